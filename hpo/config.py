@@ -1,0 +1,535 @@
+"""Experiment configuration: NNI's ``experiment.config.*`` as validated pydantic models.
+
+Contracts:
+
+* Every problem raises :class:`ConfigError` (a ``ValueError``) with a one-line message naming the
+  field path, the bad value and what was expected, e.g.
+  ``config.trial_concurrency: got -1, expected an integer >= 1``.  This holds on construction, on
+  attribute assignment (the old value is kept) and on file load (the message starts with the file).
+* Keys load as snake_case or NNI's camelCase; unknown keys or attributes get a "did you mean".
+* Single fields are checked at once; cross-field rules (command, search space, tuner, code
+  directory) are checked by :meth:`ExperimentConfig.validate_for_start`.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Sequence, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from hpo.search_space import SearchSpace, SearchSpaceError, parse_search_space
+
+__all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "ExperimentConfig", "TrainingServiceConfig",
+           "load_config_files", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration.  The message is one line: ``<path>: <problem>``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)))
+
+
+class _Problem(ValueError):
+    """Raised inside validators: ``sub`` extends the field path (``'.platform'``, ``'[0].value'``)."""
+
+    def __init__(self, text: str, sub: str = "") -> None:
+        super().__init__(text)
+        self.sub = sub
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def _to_snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def _show(value: Any) -> str:
+    text = repr(str(value)) if isinstance(value, Path) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unknown_key(key: Any, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(_to_snake(str(key)), list(names), n=1, cutoff=0.6)
+    if not close:
+        return f"unknown key {key!r}; expected one of {', '.join(names)}"
+    guess = to_camel(close[0]) if isinstance(key, str) and key != _to_snake(key) else close[0]
+    return f"unknown key {key!r}; did you mean {guess!r}?"
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    return next((m for m in map(_model_in, get_args(tp)) if m is not None), None)
+
+
+def _walk(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[str, Any, type[BaseModel] | None]:
+    """Map a pydantic error location to (snake_case path suffix, FieldInfo of its end or None, model at its end)."""
+    path, field, model = "", None, cls
+    for part in loc:
+        name = None
+        if model is not None and isinstance(part, str):
+            name = part if part in model.model_fields else next(
+                (n for n, f in model.model_fields.items() if f.alias == part), None)
+        if name is not None:
+            field = model.model_fields[name]
+            path, model = f"{path}.{name}", _model_in(field.annotation)
+        elif part in _PLATFORMS:  # a discriminated-union tag
+            model = _PLATFORMS[part]
+        elif part != "[key]":
+            path, field, model = path + (f"[{part}]" if isinstance(part, int) else f".{part}"), None, None
+    return path, field, model
+
+
+def _convert(err: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
+    """One-line ConfigError for the first problem of a pydantic ValidationError."""
+    errors = err.errors(include_url=False)
+    e, loc = errors[0], tuple(errors[0]["loc"])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    if e["type"] == "extra_forbidden":
+        sub, _, model = _walk(cls, loc[:-1])
+        return ConfigError(f"{where}{sub}: {_unknown_key(loc[-1], list(model.model_fields) if model else [])}{more}")
+    sub, field, _ = _walk(cls, loc)
+    error = (e.get("ctx") or {}).get("error")
+    if isinstance(error, ValueError):
+        text, sub = str(error), sub + getattr(error, "sub", "")
+    elif field is not None and field.description:
+        text = f"got {_show(e['input'])}, expected {field.description}"
+    else:
+        text = f"got {_show(e['input'])}: {e['msg'][:1].lower()}{e['msg'][1:]}"
+    return ConfigError(f"{where}{sub}: {text}{more}")
+
+
+class _Base(BaseModel):
+    """Shared behaviour: camelCase aliases, no extra keys, every error a one-line ConfigError."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid", populate_by_name=True,
+                              alias_generator=to_camel, arbitrary_types_allowed=True)
+    _default_where: ClassVar[str] = "config"
+    _where: str | None = PrivateAttr(default=None)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _convert(e, type(self), type(self)._default_where) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as e:
+            raise _convert(e, cls, cls._default_where) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            return super().__setattr__(name, value)
+        if name not in type(self).model_fields:
+            raise ConfigError(f"{self._location()}: {_unknown_key(name, list(type(self).model_fields))}")
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise _convert(e, type(self), self._location()) from None
+
+    def _location(self) -> str:
+        return self._where or self._default_where
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_EXPECT = "a positive duration: seconds as a number, or a string like '30s', '30m', '1.5h' or '1d'"
+
+
+def _duration_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip().lower())):
+        seconds = float(m[1]) * _UNITS[m[2]]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise _Problem(f"got {_show(value)}, expected {_DURATION_EXPECT}")
+    return seconds
+
+
+def parse_duration(value: str | int | float | None) -> float | None:
+    """Seconds in an NNI duration (``90``, ``'30s'``, ``'30m'``, ``'1.5h'``, ``'1d'``); None gives None.
+
+    Raises ConfigError for anything else, zero and negative durations included."""
+    try:
+        return _duration_seconds(value)
+    except _Problem as e:
+        raise ConfigError(f"duration: {e}") from None
+
+
+class AlgorithmConfig(_Base):
+    """A tuner or assessor: a built-in ``name`` or a custom ``class_name`` (exactly one, checked at start)."""
+
+    _default_where: ClassVar[str] = "algorithm"
+    name: str | None = Field(None, min_length=1, description="a built-in algorithm name such as 'TPE', or null")
+    class_args: dict[str, Any] = Field(default_factory=dict, description="a mapping of constructor arguments")
+    class_name: str | None = Field(None, min_length=1, description="a class path such as 'my_pkg.MyTuner', or null")
+    code_directory: Path | None = Field(None, description="a directory path, or null")
+
+    @field_validator("class_args", mode="before")
+    @classmethod
+    def _args(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+_GPU_EXPECT = ("a list of distinct GPU indices (integers >= 0), a comma-separated string like '0,1', "
+               "or a single integer")
+
+
+class LocalConfig(_Base):
+    """The local training service: trials run as subprocesses on this machine."""
+
+    _default_where: ClassVar[str] = "config.training_service"
+    platform: Literal["local"] = Field("local", description="'local'")
+    use_active_gpu: bool = Field(False, strict=True, description="true or false")
+    max_trial_number_per_gpu: int = Field(1, ge=1, strict=True, description="an integer >= 1")
+    gpu_indices: list[int] | None = Field(None, description=_GPU_EXPECT)
+    reuse_mode: bool = Field(False, strict=True, description="true or false (accepted and ignored)")
+
+    @field_validator("gpu_indices", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        items: Any = None
+        if isinstance(v, str):
+            items = [int(s) if s.strip().isdigit() else s for s in v.split(",")]
+        elif isinstance(v, int) and not isinstance(v, bool):
+            items = [v]
+        elif isinstance(v, (list, tuple)):
+            items = list(v)
+        if (not items or len(set(map(repr, items))) != len(items)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)):
+            raise _Problem(f"got {_show(v)}, expected {_GPU_EXPECT}")
+        return items
+
+
+# Platform name -> model.  To add one (e.g. RemoteConfig with platform: Literal['remote']), register it
+# here and widen TrainingServiceConfig to Annotated[LocalConfig | RemoteConfig, Field(discriminator='platform')].
+_PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig}
+TrainingServiceConfig = LocalConfig
+
+_RULE_KEYS = ("metric", "value", "optimization", "kind", "policy")
+
+
+def _check_rule(i: int, rule: Any) -> None:
+    """One Polyaxon metric early-stopping rule: {metric: str, value: number, optimization: maximize|minimize}."""
+    if not isinstance(rule, Mapping):
+        raise _Problem(f"got {_show(rule)}, expected a mapping with metric, value and optimization", f"[{i}]")
+    got = {k: f"got {_show(rule[k])}" if k in rule else "missing" for k in _RULE_KEYS}
+    for key in rule:
+        if key not in _RULE_KEYS:
+            raise _Problem(_unknown_key(key, _RULE_KEYS), f"[{i}]")
+    if not isinstance(rule.get("metric"), str) or not rule["metric"]:
+        raise _Problem(f"{got['metric']}, expected a metric name (a non-empty string)", f"[{i}].metric")
+    value = rule.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Problem(f"{got['value']}, expected a finite number", f"[{i}].value")
+    if rule.get("optimization") not in ("maximize", "minimize"):
+        raise _Problem(f"{got['optimization']}, expected 'maximize' or 'minimize'", f"[{i}].optimization")
+    if rule.get("kind", "metric_early_stopping") != "metric_early_stopping":
+        raise _Problem(f"{got['kind']}, expected 'metric_early_stopping'", f"[{i}].kind")
+
+
+class ExperimentConfig(_Base):
+    """An experiment, as NNI's ``experiment.config``; every attribute assignment is validated."""
+
+    experiment_name: str | None = Field(None, description="a string or null")
+    search_space: dict[str, Any] | None = Field(None, description="a search-space mapping or null")
+    search_space_file: Path | None = Field(None, description="a file path or null")
+    trial_command: str | None = Field(None, min_length=1, description="a non-empty shell command, or null")
+    trial_function: Any = Field(None, exclude=True)
+    trial_code_directory: Path = Field(Path("."), description="a directory path")
+    trial_concurrency: int = Field(1, ge=1, strict=True, description="an integer >= 1")
+    trial_gpu_number: int = Field(0, ge=0, strict=True, description="an integer >= 0")
+    max_experiment_duration: str | int | float | None = Field(None, description=_DURATION_EXPECT)
+    max_trial_number: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
+    max_trial_duration: str | int | float | None = Field(None, description=_DURATION_EXPECT)
+    max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0")
+    experiment_working_directory: Path | None = Field(None, description="a directory path or null")
+    log_level: Literal["trace", "debug", "info", "warning", "error", "fatal"] = Field(
+        "info", description="one of 'trace', 'debug', 'info', 'warning', 'error', 'fatal'")
+    tuner: AlgorithmConfig = Field(default_factory=AlgorithmConfig,
+                                   description="an algorithm mapping like {'name': 'TPE', 'class_args': {...}}")
+    assessor: AlgorithmConfig | None = Field(None, description="an algorithm mapping like {'name': 'Medianstop'}, "
+                                                               "or null")
+    training_service: TrainingServiceConfig = Field(
+        default_factory=LocalConfig, description="'local' or a mapping like {'platform': 'local', 'use_active_gpu': true}")
+    early_stopping: list[dict[str, Any]] | None = Field(None, description="a list of metric rules or null")
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        raw = v.raw if isinstance(v, SearchSpace) else v
+        try:
+            parse_search_space(raw)
+        except SearchSpaceError as e:
+            raise _Problem(str(e)) from None
+        return dict(raw)
+
+    @field_validator("trial_function", mode="before")
+    @classmethod
+    def _function(cls, v: Any) -> Any:
+        if v is not None and not callable(v):
+            raise _Problem(f"got {_show(v)}, expected a callable or null")
+        return v
+
+    @field_validator("max_experiment_duration", "max_trial_duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        _duration_seconds(v)
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("tuner", "assessor", mode="before")
+    @classmethod
+    def _algorithm(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("training_service", mode="before")
+    @classmethod
+    def _platform(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = {"platform": v}
+        if isinstance(v, Mapping):
+            platform = v.get("platform", "local")
+            if platform not in _PLATFORMS:
+                expected = " or ".join(map(repr, _PLATFORMS))
+                raise _Problem(f"{_show(platform)} is not supported, expected {expected}", ".platform")
+            return {**v, "platform": platform}
+        return v
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _stopping(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, (list, tuple)):
+            raise _Problem(f"got {_show(v)}, expected a list of rules like "
+                           "[{'metric': 'accuracy', 'value': 0.9, 'optimization': 'maximize'}]")
+        for i, rule in enumerate(v):
+            _check_rule(i, rule)
+        return [dict(rule) for rule in v]
+
+    @model_validator(mode="after")
+    def _attach(self) -> ExperimentConfig:
+        """Tell nested models where they live, so their own errors name the full path."""
+        where = self._location()
+        for role in ("tuner", "assessor", "training_service"):
+            if getattr(self, role) is not None:
+                getattr(self, role)._where = f"{where}.{role}"
+        return self
+
+    @property
+    def max_experiment_duration_seconds(self) -> float | None:
+        return _duration_seconds(self.max_experiment_duration)
+
+    @property
+    def max_trial_duration_seconds(self) -> float | None:
+        return _duration_seconds(self.max_trial_duration)
+
+    def validate_for_start(self) -> ExperimentConfig:
+        """Cross-field checks before a start; raises ConfigError.  Returns self.
+
+        Also canonicalises: loads ``search_space_file`` into ``search_space`` and makes the paths
+        absolute (relative ones against the current directory)."""
+        w = self._location()
+        if (self.trial_command is None) == (self.trial_function is None):
+            which = "both trial_command and trial_function are" if self.trial_command else \
+                "neither trial_command nor trial_function is"
+            raise ConfigError(f"{w}: {which} set; expected exactly one")
+        code_dir = _absolute(self.trial_code_directory)
+        if not code_dir.is_dir():
+            problem = "is not a directory" if code_dir.exists() else "does not exist"
+            raise ConfigError(f"{w}.trial_code_directory: {str(code_dir)!r} {problem}")
+        self.trial_code_directory = code_dir
+        if self.experiment_working_directory is not None:
+            self.experiment_working_directory = _absolute(self.experiment_working_directory)
+        if self.search_space_file is not None:
+            self._load_search_space_file(w)
+        if self.search_space is None:
+            raise ConfigError(f"{w}: neither search_space nor search_space_file is set; expected one")
+        for role in ("tuner", "assessor"):
+            algo: AlgorithmConfig | None = getattr(self, role)
+            if algo is None:
+                continue
+            if algo.name is not None and algo.class_name is not None:
+                raise ConfigError(f"{w}.{role}: both name ({algo.name!r}) and class_name ({algo.class_name!r}) "
+                                  "are set; expected exactly one")
+            if algo.name is None and algo.class_name is None:
+                raise ConfigError(f"{w}.{role}: neither name nor class_name is set; expected one, "
+                                  f"e.g. {w}.{role}.name = 'TPE'")
+            if algo.code_directory is not None:
+                algo.code_directory = _absolute(algo.code_directory)
+                if not algo.code_directory.is_dir():
+                    raise ConfigError(f"{w}.{role}.code_directory: {str(algo.code_directory)!r} "
+                                      "is not an existing directory")
+        for name in ("max_experiment_duration", "max_trial_duration"):
+            try:
+                _duration_seconds(getattr(self, name))
+            except _Problem as e:
+                raise ConfigError(f"{w}.{name}: {e}") from None
+        gpus = self.training_service.gpu_indices
+        if gpus is not None and self.trial_gpu_number > len(gpus):
+            raise ConfigError(f"{w}.trial_gpu_number: got {self.trial_gpu_number}, expected at most "
+                              f"{len(gpus)} (the number of training_service.gpu_indices {gpus})")
+        return self
+
+    def _load_search_space_file(self, w: str) -> None:
+        path = _absolute(self.search_space_file)
+        try:
+            data = _read_yaml(path)
+        except ConfigError as e:
+            raise ConfigError(f"{w}.search_space_file: {e}") from None
+        try:
+            parse_search_space(data)
+        except SearchSpaceError as e:
+            raise ConfigError(f"{w}.search_space_file: {str(path)!r}: {e}") from None
+        if self.search_space is not None and self.search_space != data:
+            raise ConfigError(f"{w}: search_space and search_space_file ({str(path)!r}) are both set and differ; "
+                              "expected only one")
+        self.search_space, self.search_space_file = data, path
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable snake_case dict: paths as str, None fields kept, trial_function left out."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        """The inverse of :meth:`to_dict`; camelCase keys are accepted too.  Raises ConfigError."""
+        return cls.model_validate(dict(data))
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+_LOADER: Any = None
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parsed YAML/JSON of ``path`` (duplicate keys rejected); ConfigError messages start with the file."""
+    global _LOADER
+    import yaml
+
+    if _LOADER is None:
+        class _Loader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                        if key_node.value in seen:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                        seen.add(key_node.value)
+                return super().construct_mapping(node, deep=deep)
+        _LOADER = _Loader
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read file ({e})") from None
+    try:
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML/JSON{at}: {getattr(e, 'problem', None) or e}") from None
+
+
+_OPAQUE = ("search_space", "class_args", "early_stopping")  # user data: keys are never renamed
+
+
+def _snake_keys(data: Mapping[Any, Any], path: Path, where: str) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    given: dict[Any, Any] = {}
+    for key, value in data.items():
+        name = _to_snake(key) if isinstance(key, str) else key
+        if name in out:
+            raise ConfigError(f"{path}: {where}: both {given[name]!r} and {key!r} are given; expected one")
+        if isinstance(value, Mapping) and name not in _OPAQUE:
+            value = _snake_keys(value, path, f"{where}.{name}")
+        out[name], given[name] = value, key
+    return out
+
+
+def _normalise(data: Any, path: Path) -> dict[str, Any]:
+    """snake_case keys, shorthand strings expanded, relative paths resolved against the file's directory."""
+    if not isinstance(data, Mapping):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: top level is {kind}; expected a mapping of config keys")
+    out = _snake_keys(data, path, "config")
+    base = path.absolute().parent
+    if isinstance(out.get("training_service"), str):
+        out["training_service"] = {"platform": out["training_service"]}
+    targets = [(out, k) for k in ("trial_code_directory", "search_space_file", "experiment_working_directory")]
+    for role in ("tuner", "assessor"):
+        if isinstance(out.get(role), str):
+            out[role] = {"name": out[role]}
+        if isinstance(out.get(role), dict):
+            targets.append((out[role], "code_directory"))
+    for d, key in targets:
+        if isinstance(d.get(key), str) and d[key]:
+            d[key] = str(_absolute_from(base, d[key]))
+    return out
+
+
+def _absolute_from(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+
+def _merge(base: dict[Any, Any], over: Mapping[Any, Any], key: Any = None) -> dict[Any, Any]:
+    """Later wins key by key; nested mappings merge, lists are replaced, search-space parameters replaced whole."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and key != "search_space":
+            out[k] = _merge(out[k], v, k)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config_files(paths: Sequence[str | Path] | str | Path) -> ExperimentConfig:
+    """Load NNI v2 YAML/JSON config files (.yml/.yaml/.json), deep-merged in order (see :func:`_merge`).
+
+    Keys may be camelCase or snake_case at every level (but ``search_space``, ``class_args`` and
+    ``early_stopping`` contents are user data, kept verbatim).  Relative ``trial_code_directory``,
+    ``search_space_file``, ``experiment_working_directory`` and ``tuner/assessor.code_directory`` are
+    resolved against the directory of the file that sets them.  Raises ConfigError naming the file."""
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not files:
+        raise ConfigError("config: no config files given; expected at least one .yml, .yaml or .json path")
+    merged: dict[Any, Any] = {}
+    for path in files:
+        if path.suffix.lower() not in (".yml", ".yaml", ".json"):
+            raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; expected .yml, .yaml or .json")
+        data = _normalise(_read_yaml(path), path)
+        try:
+            ExperimentConfig.model_validate(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        merged = _merge(merged, data)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{', '.join(map(str, files))}: {e}") from None

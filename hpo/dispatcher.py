@@ -1,0 +1,394 @@
+"""The engine: one asyncio loop per experiment that asks the tuner, runs trials and records everything.
+
+Contract:
+
+* every state change is committed to the store before it is acted on (a trial row exists before
+  its process starts; a result is stored before the tuner hears of it);
+* the parameters stored for a trial are the ones its process received, and results are matched to
+  trials by the channel they arrive on, never by order;
+* tuner calls run one at a time, in order, on a worker thread, so a slow tuner never stalls the
+  loop (the dashboard stays responsive);
+* the engine ends on ``max_trial_number``, ``max_experiment_duration``, or a tuner with nothing left;
+  a tuner exception ends it as ERROR with the message.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import shlex
+import string
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hpo.storage import ACTIVE_STATES, ExperimentStore
+from hpo.trial import scalar
+from training_services.base import TrainingService, TrialSpec
+from tuners.base import NoMoreTrials, Tuner, TryLater
+
+__all__ = ["Engine", "render_command", "new_id"]
+
+log = logging.getLogger("hpo.engine")
+_ID_ALPHABET = string.ascii_letters + string.digits
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
+FUNCTION_FILE = "trial_function.pkl"
+
+
+def new_id(n: int = 8, alphabet: str = string.ascii_lowercase + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def render_command(command: str, parameters: dict[str, Any]) -> str:
+    """Substitute ``{{ name }}`` placeholders with shell-quoted parameter values."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in parameters:
+            raise KeyError(f"trial_command uses {{{{ {name} }}}} but the search space has no parameter {name!r}")
+        v = parameters[name]
+        text = v if isinstance(v, str) else json.dumps(v)
+        return shlex.quote(text)
+
+    return _TEMPLATE.sub(value, command)
+
+
+@dataclass
+class _Active:
+    seq: int
+    trial_id: str
+    parameters: dict[str, Any]
+    steps: int = 0
+    final_seen: bool = False
+
+
+class Engine:
+    """Runs one experiment on the current event loop (see :meth:`run`).
+
+    Args:
+        experiment_id: the experiment's id.
+        directory: the experiment folder (store, trial folders, logs).
+        config: a validated ``ExperimentConfig``.
+        tuner: the tuner instance.
+        service: the training service.
+        store: the experiment's store, opened for writing.
+    """
+
+    def __init__(self, experiment_id: str, directory: Path, config: Any, tuner: Tuner, service: TrainingService,
+                 store: ExperimentStore) -> None:
+        self.experiment_id = experiment_id
+        self.directory = Path(directory)
+        self.config = config
+        self.tuner = tuner
+        self.service = service
+        self.store = store
+        self.status = "INITIALIZED"
+        self.message: str | None = None
+        self.active: dict[str, _Active] = {}
+        self._launching = 0
+        self._rerun: list[tuple[int, dict[str, Any]]] = []
+        self._custom: list[dict[str, Any]] = []
+        self._exhausted = False
+        self._wait_for_result = False
+        self._stopping = False
+        self._deadline_hit = False
+        self._error: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tuner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-tuner")
+        self._tuner_tail: asyncio.Future[Any] | None = None
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._started_monotonic = 0.0
+        self._prior_seconds = 0.0
+        self.done = asyncio.Event()
+
+    # -- public, called on the loop ------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``callback(kind, data)`` on every change; returns an unsubscribe function."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop: running trials are cancelled (and re-run on resume)."""
+        if not self._stopping and self.status not in ("DONE", "STOPPED", "ERROR"):
+            self._stopping = True
+            self._set_status("STOPPING")
+            self._poke()
+
+    def update_config(self, **changes: Any) -> None:
+        """Apply validated config changes (concurrency, max trials, duration, search space)."""
+        for key, value in changes.items():
+            setattr(self.config, key, value)
+        self.store.set_config(self.config.to_dict())
+        if "search_space" in changes:
+            self._tuner_submit(self.tuner.update_search_space, self.config.search_space)
+            self._exhausted = False
+        if "max_trial_number" in changes or "max_experiment_duration" in changes:
+            if self.status == "NO_MORE_TRIAL" and not self._exhausted:
+                self._set_status("RUNNING")
+        self._publish("config", changes if "search_space" not in changes else {"search_space": True})
+        self._poke()
+
+    def submit_custom(self, parameters: dict[str, Any]) -> None:
+        """Queue a trial with the given parameters (ahead of the tuner's suggestions)."""
+        self._custom.append(parameters)
+        self._poke()
+
+    async def kill_trial(self, trial_id: str) -> bool:
+        if trial_id not in self.active:
+            return False
+        await self.service.kill(trial_id, "USER_CANCELED", "killed by user")
+        return True
+
+    # -- main ----------------------------------------------------------------------------------------
+    async def run(self, resume: bool = False) -> str:
+        """Run until the experiment ends; returns the final status."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            self._started_monotonic = time.monotonic()
+            self.store.set_config(self.config.to_dict())
+            if resume:
+                self._prepare_resume()
+            await self._tuner_call(self.tuner.update_search_space, self.config.search_space)
+            if resume:
+                records = [{"parameter": t["parameter"], "value": t["default"]}
+                           for t in self.store.export_data() if t["default"] is not None]
+                if records:
+                    await self._tuner_call(self.tuner.import_data, records)
+            await self.service.start(self)
+            check = getattr(self.service, "check_gpu_request", None)
+            if check is not None:
+                check(self.config.trial_gpu_number)
+            self._set_status("RUNNING")
+            await self._main()
+        except Exception as exc:  # tuner / service failure: never hang in RUNNING
+            if self._error is None:
+                self._error = _describe(exc)
+            log.exception("engine failed")
+        if self._error is not None:
+            await self.service.stop("SYS_CANCELED", "experiment failed")
+            self._set_status("ERROR", self._error)
+        self._tuner_pool.shutdown(wait=False, cancel_futures=True)
+        self.done.set()
+        return self.status
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        while True:
+            if self._error is not None:
+                return
+            if self._stopping:
+                await self.service.stop("SYS_CANCELED", "experiment stopped")
+                self._set_status("STOPPED")
+                return
+            remaining = self._time_left()
+            if remaining is not None and remaining <= 0:
+                self._deadline_hit = True
+                await self.service.stop("SYS_CANCELED", "max_experiment_duration reached")
+                self._finish("max_experiment_duration reached")
+                return
+            await self._fill_slots()
+            if self._error is not None:
+                continue
+            if not self.active and self._launching == 0 and not self._can_submit():
+                self._finish(None)
+                return
+            if not self._can_submit() and self.status == "RUNNING":
+                self._set_status("NO_MORE_TRIAL")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _finish(self, reason: str | None) -> None:
+        counts = self.store.status_counts()
+        failed = counts["FAILED"]
+        finished = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED"))
+        message = reason
+        if finished and failed == finished:
+            message = f"all {failed} trials failed; see the trials' stderr.log (e.g. `hpo logs {self.experiment_id}`)"
+            log.warning("experiment %s: %s", self.experiment_id, message)
+            print(f"WARNING: experiment {self.experiment_id}: {message}", file=sys.stderr)
+        elif self._exhausted and reason is None:
+            message = "the tuner has nothing left to suggest"
+        self._set_status("DONE", message)
+
+    def _time_left(self) -> float | None:
+        limit = self.config.max_experiment_duration_seconds
+        if limit is None:
+            return None
+        return limit - self._prior_seconds - (time.monotonic() - self._started_monotonic)
+
+    def _can_submit(self) -> bool:
+        if self._stopping or self._deadline_hit:
+            return False
+        if self._rerun or self._custom:
+            return True
+        if self._exhausted:
+            return False
+        limit = self.config.max_trial_number
+        return limit is None or self.store.counted_trials() < limit
+
+    async def _fill_slots(self) -> None:
+        while (len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
+               and self._error is None):
+            rerun_of = None
+            if self._rerun:
+                rerun_of, params = self._rerun.pop(0)
+            elif self._custom:
+                params = self._custom.pop(0)
+            else:
+                if self._wait_for_result:
+                    return
+                seq = self.store.next_seq()
+                try:
+                    params = await self._tuner_call(self.tuner.generate_parameters, seq)
+                except NoMoreTrials:
+                    self._exhausted = True
+                    return
+                except TryLater:
+                    self._wait_for_result = True
+                    return
+                if self._stopping or self._deadline_hit:
+                    return
+            self._create_and_launch(params, rerun_of)
+
+    def _create_and_launch(self, params: dict[str, Any], rerun_of: int | None) -> None:
+        seq = self.store.next_seq()
+        trial_id = new_id(5, _ID_ALPHABET)
+        while self.store.trial(trial_id) is not None:
+            trial_id = new_id(5, _ID_ALPHABET)
+        self.store.add_trial(seq, trial_id, params, rerun_of)  # recorded before it runs
+        self.active[trial_id] = _Active(seq, trial_id, params)
+        self._publish("trial", {"id": trial_id, "seq": seq, "status": "WAITING"})
+        try:
+            command = self._command_for(params)
+        except KeyError as exc:
+            self._launching += 1
+            self.ended(trial_id, "FAILED", None, str(exc.args[0]))
+            self._launching -= 1
+            return
+        spec = TrialSpec(self.experiment_id, trial_id, seq, params, command, Path(self.config.trial_code_directory),
+                         self.directory / "trials" / trial_id, self.config.trial_gpu_number,
+                         self.config.max_trial_duration_seconds)
+        self._launching += 1
+        task = asyncio.get_running_loop().create_task(self._launch(spec))
+        task.add_done_callback(_log_task_error)
+
+    def _command_for(self, params: dict[str, Any]) -> str:
+        if self.config.trial_function is not None:
+            return f"{shlex.quote(sys.executable)} -m hpo.function_trial {shlex.quote(str(self.directory / FUNCTION_FILE))}"
+        return render_command(self.config.trial_command, params)
+
+    async def _launch(self, spec: TrialSpec) -> None:
+        try:
+            await self.service.launch(spec)
+        except Exception as exc:
+            if spec.trial_id in self.active:
+                self.ended(spec.trial_id, "FAILED", None, f"could not start: {_describe(exc)}")
+        finally:
+            self._launching -= 1
+            self._poke()
+
+    # -- TrialEvents (called by the training service on the loop) ---------------------------------------
+    def started(self, trial_id: str, pid: int | None, pgid: int | None, host: str | None,
+                gpus: list[int] | None) -> None:
+        trial = self.active.get(trial_id)
+        if trial is None:
+            return
+        self.store.trial_started(trial.seq, pid, pgid, host, gpus)
+        self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": "RUNNING"})
+
+    def metric(self, trial_id: str, kind: str, value: Any) -> None:
+        trial = self.active.get(trial_id)
+        if trial is None:
+            return
+        number = scalar(value)
+        if kind == "final":
+            if trial.final_seen:
+                log.warning("trial %s reported a final result twice; keeping the first", trial_id)
+                return
+            trial.final_seen = True
+            self.store.add_metric(trial.seq, "final", 0, number, value)
+            if number is not None:
+                self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, number)
+        else:
+            trial.steps += 1
+            self.store.add_metric(trial.seq, "intermediate", trial.steps, number, value)
+        self._publish("metric", {"id": trial_id, "seq": trial.seq, "kind": kind, "value": number,
+                                 "step": trial.steps if kind != "final" else None})
+
+    def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None:
+        trial = self.active.pop(trial_id, None)
+        if trial is None:
+            return
+        interrupted = status == "SYS_CANCELED" and (self._stopping or self._deadline_hit or self._error is not None)
+        self.store.trial_ended(trial.seq, status, exit_code, message, interrupted=interrupted)
+        self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
+        self._wait_for_result = False
+        self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": status})
+        self._poke()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _prepare_resume(self) -> None:
+        exp = self.store.experiment()
+        self._prior_seconds = float(exp.get("run_seconds") or 0.0)
+        leftovers = self.store.trials(status=ACTIVE_STATES)
+        self.service.leftover_cleanup(leftovers)
+        for rec in leftovers:
+            self.store.trial_ended(rec["seq"], "SYS_CANCELED", None, "interrupted: the engine stopped", interrupted=True)
+        for rec in self.store.trials(status="SYS_CANCELED"):
+            if rec["interrupted"] == 1:
+                self._rerun.append((rec["seq"], rec["parameters"]))
+        self.store.add_event("resume", None, {"rerun": [s for s, _ in self._rerun]})
+
+    def _set_status(self, status: str, message: str | None = None) -> None:
+        self.store.set_status(status, message)
+        self.status = status
+        if message is not None:
+            self.message = message
+        self._publish("status", {"status": status, "message": message})
+
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(kind, data)
+            except Exception:  # a broken listener must not break the engine
+                log.exception("listener failed")
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _tuner_call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        fut = self._loop.run_in_executor(self._tuner_pool, fn, *args)
+        self._tuner_tail = fut
+        return fut
+
+    def _tuner_submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Fire-and-forget tuner call; an exception ends the experiment as ERROR."""
+        fut = self._tuner_call(fn, *args)
+
+        def check(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None and self._error is None:
+                self._error = f"tuner failed in {fn.__name__}: {_describe(f.exception())}"
+                self._poke()
+
+        fut.add_done_callback(check)
+
+
+def _describe(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task failed: %s", _describe(task.exception()))

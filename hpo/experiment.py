@@ -1,0 +1,504 @@
+"""``Experiment``: the user-facing facade (NNI's Python API).
+
+An experiment runs its engine on a background thread of the caller's process; ``run()`` blocks
+until it ends, ``start()`` returns at once (notebooks).  Reads (``list_trial_jobs``,
+``export_data``, ...) go to the experiment's SQLite file through a read-only connection;
+actions go to the engine: directly when it runs in this process, through its JSON API when
+the experiment was opened with :meth:`Experiment.connect`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hpo.config import ConfigError, ExperimentConfig
+from hpo.dispatcher import FUNCTION_FILE, Engine, new_id
+from hpo.registry import hpo_home, lookup, register
+from hpo.storage import ExperimentStore
+from training_services.base import create_training_service
+from tuners.base import Tuner
+
+__all__ = ["Experiment", "ExperimentError"]
+
+log = logging.getLogger("hpo")
+TOKEN_FILE = ".token"
+_END_STATES = ("DONE", "STOPPED", "ERROR")
+
+
+class ExperimentError(RuntimeError):
+    """A user-level problem starting or controlling an experiment (one-line message)."""
+
+
+class Experiment:
+    """An HPO experiment.
+
+    ``Experiment(tuner, 'local')`` with a tuner instance or a tuner name; ``Experiment('local')``
+    leaves the tuner to ``experiment.config.tuner.name``.  Configure through ``experiment.config``.
+    """
+
+    def __init__(self, tuner: Tuner | str | None = None, training_service: str | None = None,
+                 config: ExperimentConfig | None = None) -> None:
+        if isinstance(tuner, str) and training_service is None and tuner.lower() in ("local", "remote"):
+            tuner, training_service = None, tuner
+        self.config = config if config is not None else ExperimentConfig()
+        self._tuner: Tuner | None = None
+        if isinstance(tuner, Tuner):
+            self._tuner = tuner
+            cls = type(tuner)  # recorded so that resume() can recreate it
+            self.config.tuner = {"class_name": f"{cls.__module__}.{cls.__qualname__}", "class_args": tuner.class_args()}
+        elif isinstance(tuner, str):
+            self.config.tuner.name = tuner
+        elif tuner is not None:
+            raise TypeError(f"tuner: expected a Tuner instance or a tuner name, got {type(tuner).__name__}")
+        if training_service is not None:
+            self.config.training_service = training_service
+        self.id: str | None = None
+        self.directory: Path | None = None
+        self.port: int | None = None
+        self._runner: _Runner | None = None
+        self._client: Any = None
+        self._reader: ExperimentStore | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self, port: int = 8080, debug: bool = False, host: str = "127.0.0.1") -> None:
+        """Start the experiment in the background and serve its dashboard on ``host:port``."""
+        if self._runner is not None:
+            raise ExperimentError(f"experiment {self.id} is already started")
+        self.config.validate_for_start()
+        tuner = self._make_tuner()
+        service = _make_service(self.config)
+        sock = _bind(host, port)
+        experiment_id = new_id()
+        root = Path(self.config.experiment_working_directory or hpo_home()).expanduser()
+        directory = root / experiment_id
+        try:
+            store = ExperimentStore(directory)
+            store.create_experiment(experiment_id, self.config.experiment_name, self.config.to_dict())
+            if self.config.trial_function is not None:
+                _save_function(self.config.trial_function, directory / FUNCTION_FILE)
+            register(experiment_id, self.config.experiment_name, directory)
+        except BaseException:
+            sock.close()
+            raise
+        self._launch(experiment_id, directory, tuner, service, store, sock, host, resume=False, debug=debug)
+
+    def _launch(self, experiment_id: str, directory: Path, tuner: Tuner, service: Any, store: ExperimentStore,
+                sock: socket.socket, host: str, resume: bool, debug: bool = False) -> None:
+        self.id, self.directory = experiment_id, directory
+        self.port = sock.getsockname()[1]
+        _setup_logging(directory, self.config.log_level, debug)
+        token = _write_token(directory)
+        engine = Engine(experiment_id, directory, self.config, tuner, service, store)
+        self._runner = _Runner(engine, sock, host, token, resume)
+        self._runner.start()
+        self._reader = ExperimentStore(directory, readonly=True)
+        print(f"hpo: experiment {experiment_id} {'resumed' if resume else 'started'}; "
+              f"dashboard at http://{_url_host(host)}:{self.port}", file=sys.stderr)
+
+    def run(self, port: int = 8080, wait_completion: bool = True, debug: bool = False,
+            host: str = "127.0.0.1") -> bool | None:
+        """Start, wait until the experiment ends (with a progress bar), stop; True unless ERROR.
+
+        Ctrl-C stops the experiment gracefully (trials cancelled, resumable).
+        """
+        self.start(port, debug, host)
+        if not wait_completion:
+            return None
+        return self._wait_and_stop()
+
+    def _wait_and_stop(self) -> bool:
+        try:
+            self._follow_progress()
+        except KeyboardInterrupt:
+            print("\nhpo: stopping (Ctrl-C)...", file=sys.stderr)
+        finally:
+            self.stop()
+        return self.get_status() != "ERROR"
+
+    def _follow_progress(self) -> None:
+        from hpo.progress import ProgressBar
+
+        assert self._runner is not None and self._reader is not None
+        with ProgressBar(self._reader, self.config.max_trial_number, _maximize(self)) as bar:
+            while not self._runner.engine_done.wait(0.25):
+                bar.update()
+            bar.update()
+
+    def stop(self) -> None:
+        """Stop the experiment: running trials are ended, the dashboard closes."""
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
+            status = self.get_status()
+            print(f"hpo: experiment {self.id} {status}", file=sys.stderr)
+        elif self._client is not None:
+            self._client.post("/experiment/stop")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the experiment ends (or ``timeout`` s); True if it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._runner is not None:
+            return self._runner.engine_done.wait(timeout)
+        while self.get_status() not in _END_STATES:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def _store(self) -> ExperimentStore:
+        if self._reader is None:
+            raise ExperimentError("the experiment has not been started")
+        return self._reader
+
+    def get_status(self) -> str:
+        """INITIALIZED, RUNNING, NO_MORE_TRIAL, DONE, STOPPING, STOPPED or ERROR."""
+        if self._reader is None:
+            return "INITIALIZED"
+        return self._store().experiment()["status"]
+
+    def get_experiment_profile(self) -> dict[str, Any]:
+        return self._store().experiment()
+
+    def list_trial_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every trial (dicts with id, sequence id, parameters, status, final result, ...)."""
+        return list(self._store().trials(status=status))
+
+    def get_trial_job(self, trial_id: str) -> dict[str, Any]:
+        rec = self._store().trial(trial_id)
+        if rec is None:
+            raise ExperimentError(f"experiment {self.id} has no trial {trial_id!r}")
+        rec["intermediate"] = [m["value"] for m in self._store().metrics(rec["seq"], "intermediate")]
+        return rec
+
+    def get_job_statistics(self) -> dict[str, int]:
+        """Number of trials in each state."""
+        return self._store().status_counts()
+
+    def export_data(self) -> list[dict[str, Any]]:
+        """Trials with a final result: ``{trial_id, sequence_id, parameter, value, default, status}``."""
+        return self._store().export_data()
+
+    def best_trial(self) -> dict[str, Any] | None:
+        """The trial with the best final value (per the tuner's optimize_mode), or None."""
+        return self._store().best_trial(_maximize(self))
+
+    # -- actions ---------------------------------------------------------------------------------------
+    def update_trial_concurrency(self, value: int) -> None:
+        self._update(trial_concurrency=value)
+
+    def update_max_trial_number(self, value: int) -> None:
+        self._update(max_trial_number=value)
+
+    def update_max_experiment_duration(self, value: str | int | float) -> None:
+        self._update(max_experiment_duration=value)
+
+    def update_search_space(self, value: dict[str, Any]) -> None:
+        self._update(search_space=value)
+
+    def _update(self, **changes: Any) -> None:
+        trial = ExperimentConfig.from_dict(self.config.to_dict())
+        for key, value in changes.items():
+            setattr(trial, key, value)  # raises ConfigError, changing nothing
+        if self._runner is not None:
+            self._runner.call(lambda e: e.update_config(**changes))
+            for key, value in changes.items():
+                setattr(self.config, key, value)
+        elif self._client is not None:
+            self._client.patch("/experiment", changes)
+        else:
+            raise ExperimentError("the experiment is not running")
+
+    def kill_trial_job(self, trial_id: str) -> None:
+        """End a running trial (USER_CANCELED) and its whole process tree."""
+        if self._runner is not None:
+            ok = self._runner.call_async(lambda e: e.kill_trial(trial_id))
+        elif self._client is not None:
+            self._client.post(f"/trials/{trial_id}/kill")
+            ok = True
+        else:
+            raise ExperimentError("the experiment is not running")
+        if not ok:
+            raise ExperimentError(f"trial {trial_id!r} is not running")
+
+    # -- other experiments -----------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, experiment_id: str) -> "Experiment":
+        """A handle on an existing experiment: controllable if its engine runs, else read-only."""
+        from hpo.client import ApiClient
+
+        directory = lookup(experiment_id)
+        exp = cls._open(experiment_id, directory)
+        info = exp._store().experiment()
+        if info["status"] not in _END_STATES and info.get("port") and _pid_alive(info.get("pid")):
+            exp._client = ApiClient(info.get("host") or "127.0.0.1", info["port"], _read_token(directory))
+        return exp
+
+    @classmethod
+    def _open(cls, experiment_id: str, directory: Path) -> "Experiment":
+        reader = ExperimentStore(directory, readonly=True)
+        exp = cls(config=ExperimentConfig.from_dict(reader.experiment()["config"]))
+        exp.id, exp.directory, exp._reader = experiment_id, directory, reader
+        return exp
+
+    @classmethod
+    def resume(cls, experiment_id: str, port: int = 8080, wait_completion: bool = True, debug: bool = False,
+               host: str = "127.0.0.1") -> "Experiment":
+        """Continue a stopped or crashed experiment: finished trials are kept and replayed into the tuner,
+        interrupted ones re-run, sequence numbers continue."""
+        directory = lookup(experiment_id)
+        probe = ExperimentStore(directory, readonly=True)
+        info = probe.experiment()
+        probe.close()
+        if info["status"] not in _END_STATES and _pid_alive(info.get("pid")):
+            raise ExperimentError(f"experiment {experiment_id} is still running (pid {info['pid']}); "
+                                  f"stop it first with `hpo stop {experiment_id}`")
+        exp = cls(config=ExperimentConfig.from_dict(info["config"]))
+        if (directory / FUNCTION_FILE).exists() and not exp.config.trial_command:
+            exp.config.trial_function = _load_function(directory / FUNCTION_FILE)
+        exp.config.validate_for_start()
+        tuner = exp._make_tuner()
+        service = _make_service(exp.config)
+        sock = _bind(host, port)
+        store = ExperimentStore(directory)
+        exp._launch(experiment_id, directory, tuner, service, store, sock, host, resume=True, debug=debug)
+        if wait_completion:
+            exp._wait_and_stop()
+        return exp
+
+    @classmethod
+    def view(cls, experiment_id: str, port: int = 8080, non_blocking: bool = False,
+             host: str = "127.0.0.1") -> "Experiment":
+        """Serve a stored experiment's dashboard read-only (blocks until Ctrl-C unless non_blocking)."""
+        directory = lookup(experiment_id)
+        exp = cls._open(experiment_id, directory)
+        sock = _bind(host, port)
+        exp.port = sock.getsockname()[1]
+        exp._runner = _Runner(None, sock, host, _read_token(directory) or _write_token(directory), False,
+                              directory=directory)
+        exp._runner.start()
+        print(f"hpo: viewing experiment {experiment_id} (read-only) at http://{_url_host(host)}:{exp.port}",
+              file=sys.stderr)
+        if not non_blocking:
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+            exp.stop()
+        return exp
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _make_tuner(self) -> Tuner:
+        from tuners.registry import create_tuner
+
+        if self._tuner is not None:
+            return self._tuner
+        t = self.config.tuner
+        try:
+            return create_tuner(t.name, dict(t.class_args), class_name=t.class_name, code_directory=t.code_directory)
+        except ValueError as exc:
+            raise ConfigError(f"config.tuner: {exc}") from None
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class _Runner:
+    """The engine thread: an asyncio loop running the engine and the API server."""
+
+    def __init__(self, engine: Engine | None, sock: socket.socket, host: str, token: str, resume: bool,
+                 directory: Path | None = None) -> None:
+        self.engine, self.sock, self.host, self.token, self.resume = engine, sock, host, token, resume
+        self.directory = directory if engine is None else engine.directory
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()
+        self.engine_done = threading.Event()
+        self.error: BaseException | None = None
+        self._shutdown: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._thread_main, name="hpo-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait()
+        if self.error is not None:
+            self.thread.join()
+            raise self.error
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced to start()
+            self.error = exc
+            self.ready.set()
+            self.engine_done.set()
+
+    async def _main(self) -> None:
+        from webui.server import ApiServer, create_app
+
+        self.loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        task = None
+        if self.engine is not None:
+            engine = self.engine
+            engine.store.set_runtime(os.getpid(), self.host, self.sock.getsockname()[1])
+            task = self.loop.create_task(engine.run(self.resume))
+            task.add_done_callback(lambda _t: self.engine_done.set())
+        else:
+            self.engine_done.set()
+        assert self.directory is not None
+        server = ApiServer(create_app(self.directory, self.token, self.engine,
+                                      public=not _is_loopback(self.host)), self.sock)
+        try:
+            await server.start()
+        except BaseException:
+            if self.engine is not None:
+                self.engine.request_stop()
+            raise
+        finally:
+            self.ready.set()
+        try:
+            if task is not None:
+                await task
+            await self._shutdown.wait()
+        finally:
+            await server.close()
+            if self.engine is not None:
+                self.engine.store.close()
+
+    def call(self, fn: Callable[[Engine], Any]) -> Any:
+        async def wrapper() -> Any:
+            return fn(self.engine)  # type: ignore[arg-type]
+        return self._submit(wrapper())
+
+    def call_async(self, fn: Callable[[Engine], Any]) -> Any:
+        async def wrapper() -> Any:
+            return await fn(self.engine)  # type: ignore[arg-type]
+        return self._submit(wrapper())
+
+    def _submit(self, coro: Any) -> Any:
+        assert self.loop is not None
+        if self.engine_done.is_set() and self.engine is not None:
+            coro.close()
+            raise ExperimentError("the experiment has already ended")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop is None or not self.thread.is_alive():
+            return
+        if self.engine is not None:
+            self.loop.call_soon_threadsafe(self.engine.request_stop)
+            self.engine_done.wait()
+        assert self._shutdown is not None
+        self.loop.call_soon_threadsafe(self._shutdown.set)
+        self.thread.join()
+
+
+# -- module helpers -------------------------------------------------------------------------------------
+def _make_service(config: ExperimentConfig) -> Any:
+    ts = config.training_service
+    kwargs = ts.model_dump(exclude={"platform"})
+    return create_training_service(ts.platform, **kwargs)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
+            raise ExperimentError(f"port {port} on {host} is already in use; pick another one, "
+                                  f"e.g. experiment.run(port={port + 1}) or `--port {port + 1}`") from None
+        raise ExperimentError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _url_host(host: str) -> str:
+    return "localhost" if _is_loopback(host) else host
+
+
+def _write_token(directory: Path) -> str:
+    token = secrets.token_urlsafe(24)
+    path = directory / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    return token
+
+
+def _read_token(directory: Path) -> str | None:
+    try:
+        return (directory / TOKEN_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _save_function(fn: Callable[..., Any], path: Path) -> None:
+    import cloudpickle
+
+    if not callable(fn):
+        raise ConfigError(f"config.trial_function: expected a function, got {type(fn).__name__}")
+    with open(path, "wb") as fh:
+        cloudpickle.dump(fn, fh)
+
+
+def _load_function(path: Path) -> Callable[..., Any]:
+    import cloudpickle
+
+    with open(path, "rb") as fh:
+        return cloudpickle.load(fh)
+
+
+def _maximize(exp: Experiment) -> bool:
+    if exp._tuner is not None:
+        return exp._tuner.maximize
+    args = exp.config.tuner.class_args or {}
+    return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
+
+
+def _setup_logging(directory: Path, level: str, debug: bool) -> None:
+    logger = logging.getLogger("hpo")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_hpo_experiment", False):
+            logger.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(directory / "engine.log")
+    handler._hpo_experiment = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    levels = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR, "fatal": logging.CRITICAL}
+    logger.setLevel(logging.DEBUG if debug else levels.get(level, logging.INFO))
+    logger.propagate = False

@@ -1,0 +1,438 @@
+"""Search spaces: NNI's ``_type``/``_value`` format and Polyaxon's matrix forms, parsed once.
+
+:func:`parse_search_space` turns the user's JSON-like mapping into a :class:`SearchSpace`, a
+tree of typed, immutable :class:`Dimension` objects that every tuner works from.  Invalid
+spaces are rejected here, before anything runs, with a :class:`SearchSpaceError` that names
+the parameter, the bad value and what was expected.
+
+Supported forms (``name: spec``):
+
+* NNI: ``choice`` (options may be nested sub-spaces: dicts with a ``_name`` key), ``randint``
+  ``[low, high)``, ``uniform``, ``quniform``, ``loguniform``, ``qloguniform``, ``normal``,
+  ``qnormal``, ``lognormal``, ``qlognormal``.
+* Polyaxon matrix (discrete): ``values``, ``range`` (start:stop:step, stop excluded),
+  ``linspace`` (start:stop:num), ``logspace`` (start:stop:num, base-10 exponents like
+  ``numpy.logspace``), ``geomspace`` (start:stop:num), written either as
+  ``{"_type": "linspace", "_value": [0, 1, 5]}`` or as ``{"linspace": "0:1:5"}``.
+
+Quantised types return ``round(x / q) * q`` clipped to ``[low, high]``; when ``low``,
+``high`` and ``q`` are all integers the value is returned as an ``int``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+__all__ = [
+    "SearchSpaceError", "SearchSpace", "Dimension", "Categorical", "NestedOption",
+    "IntRange", "Numeric", "parse_search_space",
+]
+
+NNI_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform",
+             "normal", "qnormal", "lognormal", "qlognormal")
+MATRIX_TYPES = ("values", "range", "linspace", "logspace", "geomspace")
+
+
+class SearchSpaceError(ValueError):
+    """The search space is malformed; the message names the parameter and the problem."""
+
+
+@dataclass(frozen=True)
+class NestedOption:
+    """One option of a nested ``choice``: a named sub-space plus constant keys."""
+
+    name: str
+    space: "SearchSpace"
+    constants: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """Base class of one named parameter."""
+
+    name: str
+
+    @property
+    def is_discrete(self) -> bool:
+        return False
+
+    def grid_values(self) -> list[Any]:
+        """Every value of a discrete dimension, in order; raises for continuous ones."""
+        raise SearchSpaceError(
+            f"parameter {self.name!r} is continuous ({self.describe()}) and cannot be enumerated by a grid: "
+            "use 'choice', 'randint', 'quniform'/'qloguniform', or a matrix form such as "
+            "{'_type': 'linspace', '_value': [low, high, num]}")
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Categorical(Dimension):
+    """``choice`` and Polyaxon's matrix forms: a finite ordered list of options."""
+
+    options: tuple[Any, ...] = ()
+    kind: str = "choice"
+
+    @property
+    def is_discrete(self) -> bool:
+        return True
+
+    @property
+    def is_nested(self) -> bool:
+        return any(isinstance(o, NestedOption) for o in self.options)
+
+    def grid_values(self) -> list[Any]:
+        return list(self.options)
+
+    def describe(self) -> str:
+        return f"{self.kind} of {len(self.options)}"
+
+
+@dataclass(frozen=True)
+class IntRange(Dimension):
+    """``randint``: integers in ``[low, high)``."""
+
+    low: int = 0
+    high: int = 1
+
+    @property
+    def is_discrete(self) -> bool:
+        return True
+
+    def grid_values(self) -> list[int]:
+        return list(range(self.low, self.high))
+
+    def describe(self) -> str:
+        return f"randint [{self.low}, {self.high})"
+
+
+@dataclass(frozen=True)
+class Numeric(Dimension):
+    """The eight real-valued NNI types.
+
+    ``distribution`` is ``"uniform"`` (bounded by ``low``/``high``) or ``"normal"`` (``mu``,
+    ``sigma``).  ``log`` means the distribution applies to ``log(x)``: for uniform, ``low`` and
+    ``high`` are still given in the user's units.  ``q`` quantises the result.
+    """
+
+    distribution: str = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    mu: float = 0.0
+    sigma: float = 1.0
+    log: bool = False
+    q: float | None = None
+    integer: bool = False  # quantised with integral low/high/q: values are ints
+
+    @property
+    def nni_type(self) -> str:
+        base = ("log" if self.log else "") + self.distribution
+        return ("q" + base) if self.q is not None else base
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.q is not None and self.distribution == "uniform"
+
+    def quantise(self, x: float) -> float | int:
+        """Round ``x`` to this dimension's grid (identity when ``q`` is None)."""
+        if self.q is None:
+            return float(x)
+        v = round(x / self.q) * self.q
+        if self.distribution == "uniform":
+            v = min(max(v, self.low), self.high)
+        v = round(v, 12)
+        return int(round(v)) if self.integer else float(v)
+
+    def grid_values(self) -> list[Any]:
+        if not self.is_discrete:
+            return super().grid_values()
+        assert self.q is not None
+        first = math.ceil(self.low / self.q - 1e-9)
+        last = math.floor(self.high / self.q + 1e-9)
+        values = [self.quantise(k * self.q) for k in range(first, last + 1)]
+        if not values or values[0] > self.low + 1e-12:
+            values.insert(0, self.quantise(self.low))
+        if values[-1] < self.high - 1e-12:
+            values.append(self.quantise(self.high))
+        out: list[Any] = []
+        for v in values:
+            if not out or v != out[-1]:
+                out.append(v)
+        return out
+
+    def describe(self) -> str:
+        if self.distribution == "uniform":
+            args = [self.low, self.high]
+        else:
+            args = [self.mu, self.sigma]
+        if self.q is not None:
+            args.append(self.q)
+        return f"{self.nni_type} {args}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered tuple of dimensions; the parsed form every tuner receives."""
+
+    dimensions: tuple[Dimension, ...]
+    raw: Mapping[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Dimension]:
+        return iter(self.dimensions)
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def __getitem__(self, name: str) -> Dimension:
+        for dim in self.dimensions:
+            if dim.name == name:
+                return dim
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    @property
+    def is_discrete(self) -> bool:
+        """True when every dimension (nested ones included) can be enumerated."""
+        return all(_dim_discrete(d) for d in self.dimensions)
+
+    def grid_size(self) -> int:
+        """Number of points of the full grid; raises SearchSpaceError on continuous dims."""
+        total = 1
+        for dim in self.dimensions:
+            total *= _dim_grid_size(dim)
+        return total
+
+    def iter_grid(self) -> Iterator[dict[str, Any]]:
+        """Every point of the grid in lexicographic order (first dimension slowest)."""
+        yield from _iter_grid(list(self.dimensions), {})
+
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` is a point of this space (used to validate suggestions)."""
+        if set(params) != set(self.names):
+            return False
+        return all(_dim_contains(d, params[d.name]) for d in self.dimensions)
+
+
+def _dim_discrete(dim: Dimension) -> bool:
+    if isinstance(dim, Categorical):
+        return all(o.space.is_discrete for o in dim.options if isinstance(o, NestedOption))
+    return dim.is_discrete
+
+
+def _dim_grid_size(dim: Dimension) -> int:
+    if isinstance(dim, Categorical):
+        return sum(o.space.grid_size() if isinstance(o, NestedOption) else 1 for o in dim.options)
+    return len(dim.grid_values())
+
+
+def _iter_grid(dims: list[Dimension], prefix: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if not dims:
+        yield dict(prefix)
+        return
+    dim, rest = dims[0], dims[1:]
+    for value in _dim_grid_iter(dim):
+        prefix[dim.name] = value
+        yield from _iter_grid(rest, prefix)
+    prefix.pop(dim.name, None)
+
+
+def _dim_grid_iter(dim: Dimension) -> Iterator[Any]:
+    for value in dim.grid_values():
+        if isinstance(value, NestedOption):
+            for sub in value.space.iter_grid():
+                yield nested_value(value, sub)
+        else:
+            yield value
+
+
+def nested_value(option: NestedOption, sub_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameter value NNI gives for a nested option: ``{"_name": ..., **params}``."""
+    out: dict[str, Any] = {"_name": option.name}
+    out.update(option.constants)
+    out.update(sub_params)
+    return out
+
+
+def _dim_contains(dim: Dimension, value: Any) -> bool:
+    if isinstance(dim, Categorical):
+        for opt in dim.options:
+            if isinstance(opt, NestedOption):
+                if isinstance(value, Mapping) and value.get("_name") == opt.name:
+                    sub = {k: v for k, v in value.items() if k != "_name" and k not in dict(opt.constants)}
+                    return opt.space.contains(sub)
+            elif opt == value and type(opt) is type(value):
+                return True
+        return False
+    if isinstance(dim, IntRange):
+        return isinstance(value, int) and not isinstance(value, bool) and dim.low <= value < dim.high
+    if isinstance(dim, Numeric):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if dim.log and value <= 0:
+            return False
+        if dim.distribution == "uniform" and not (dim.low - 1e-9 <= value <= dim.high + 1e-9):
+            return False
+        if dim.q is not None:
+            return abs(dim.quantise(value) - value) <= 1e-9 * max(1.0, abs(value))
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# parsing
+
+def parse_search_space(raw: Any, *, where: str = "search_space") -> SearchSpace:
+    """Parse and validate a search space; raises :class:`SearchSpaceError` on any problem."""
+    if isinstance(raw, SearchSpace):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise SearchSpaceError(f"{where}: expected a mapping of parameter name to spec, got {type(raw).__name__}")
+    if not raw:
+        raise SearchSpaceError(f"{where}: is empty; expected at least one parameter")
+    dims = []
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not name:
+            raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {name!r}")
+        dims.append(_parse_dimension(name, spec, f"{where}.{name}"))
+    return SearchSpace(tuple(dims), raw=dict(raw))
+
+
+def _parse_dimension(name: str, spec: Any, where: str) -> Dimension:
+    if not isinstance(spec, Mapping):
+        raise SearchSpaceError(f"{where}: expected {{'_type': ..., '_value': ...}}, got {spec!r}")
+    if "_type" not in spec:
+        shorthand = [k for k in spec if k in MATRIX_TYPES]
+        if len(spec) == 1 and shorthand:
+            kind = shorthand[0]
+            return _parse_matrix(name, kind, spec[kind], where)
+        raise SearchSpaceError(
+            f"{where}: missing '_type'; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)} "
+            f"or a Polyaxon shorthand like {{'linspace': '0:1:5'}}, got keys {sorted(map(str, spec))}")
+    kind = spec["_type"]
+    if "_value" not in spec:
+        raise SearchSpaceError(f"{where}: missing '_value' for _type {kind!r}")
+    extra = set(spec) - {"_type", "_value"}
+    if extra:
+        raise SearchSpaceError(f"{where}: unexpected keys {sorted(map(str, extra))}; only '_type' and '_value' are allowed")
+    value = spec["_value"]
+    if kind == "choice":
+        return _parse_choice(name, value, where)
+    if kind == "randint":
+        low, high = _numbers(value, 2, where, kind, "[low, high]")
+        if low != int(low) or high != int(high):
+            raise SearchSpaceError(f"{where}: randint bounds must be integers, got {value!r}")
+        if low >= high:
+            raise SearchSpaceError(f"{where}: randint needs low < high (high is excluded), got {value!r}")
+        return IntRange(name, int(low), int(high))
+    if kind in ("uniform", "quniform", "loguniform", "qloguniform"):
+        quant = kind.startswith("q")
+        log = "log" in kind
+        nums = _numbers(value, 3 if quant else 2, where, kind, "[low, high, q]" if quant else "[low, high]")
+        low, high = nums[0], nums[1]
+        if low >= high:
+            raise SearchSpaceError(f"{where}: {kind} needs low < high, got {value!r}")
+        if log and low <= 0:
+            raise SearchSpaceError(f"{where}: {kind} needs low > 0 (it is sampled in log space), got {value!r}")
+        q = nums[2] if quant else None
+        if q is not None and q <= 0:
+            raise SearchSpaceError(f"{where}: {kind} needs q > 0, got q={q!r}")
+        integer = q is not None and all(float(v).is_integer() for v in nums)
+        return Numeric(name, "uniform", low=float(low), high=float(high), log=log, q=q, integer=integer)
+    if kind in ("normal", "qnormal", "lognormal", "qlognormal"):
+        quant = kind.startswith("q")
+        nums = _numbers(value, 3 if quant else 2, where, kind, "[mu, sigma, q]" if quant else "[mu, sigma]")
+        if nums[1] <= 0:
+            raise SearchSpaceError(f"{where}: {kind} needs sigma > 0, got {value!r}")
+        q = nums[2] if quant else None
+        if q is not None and q <= 0:
+            raise SearchSpaceError(f"{where}: {kind} needs q > 0, got q={q!r}")
+        integer = q is not None and float(q).is_integer()
+        return Numeric(name, "normal", mu=float(nums[0]), sigma=float(nums[1]), log="log" in kind, q=q,
+                       integer=integer)
+    if kind in MATRIX_TYPES:
+        return _parse_matrix(name, kind, value, where)
+    raise SearchSpaceError(f"{where}: unknown _type {kind!r}; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)}")
+
+
+def _numbers(value: Any, arity: int, where: str, kind: str, shape: str) -> list[float]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != arity:
+        raise SearchSpaceError(f"{where}: {kind} takes {shape} ({arity} numbers), got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SearchSpaceError(f"{where}: {kind} takes {shape} as finite numbers, got {value!r}")
+    return list(value)
+
+
+def _parse_choice(name: str, value: Any, where: str) -> Categorical:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise SearchSpaceError(f"{where}: choice takes a list of options, got {value!r}")
+    if len(value) == 0:
+        raise SearchSpaceError(f"{where}: choice has no options; expected a non-empty list")
+    options: list[Any] = []
+    seen_names: set[str] = set()
+    for i, opt in enumerate(value):
+        if isinstance(opt, Mapping) and "_name" in opt:
+            opt_name = opt["_name"]
+            if not isinstance(opt_name, str):
+                raise SearchSpaceError(f"{where}[{i}]: '_name' must be a string, got {opt_name!r}")
+            if opt_name in seen_names:
+                raise SearchSpaceError(f"{where}[{i}]: duplicate nested option name {opt_name!r}")
+            seen_names.add(opt_name)
+            sub = {k: v for k, v in opt.items() if k != "_name" and isinstance(v, Mapping) and ("_type" in v or
+                   (len(v) == 1 and next(iter(v)) in MATRIX_TYPES))}
+            consts = tuple((k, v) for k, v in opt.items() if k != "_name" and k not in sub)
+            space = SearchSpace(tuple(_parse_dimension(k, v, f"{where}[{opt_name}].{k}") for k, v in sub.items()))
+            options.append(NestedOption(opt_name, space, consts))
+        else:
+            options.append(opt)
+    return Categorical(name, tuple(options), "choice")
+
+
+def _parse_matrix(name: str, kind: str, value: Any, where: str) -> Categorical:
+    import numpy as np  # matrix forms are rare; keep numpy off the import path otherwise
+
+    if kind == "values":
+        if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+            raise SearchSpaceError(f"{where}: values takes a non-empty list, got {value!r}")
+        return Categorical(name, tuple(value), kind)
+    args = _matrix_args(value, where, kind)
+    if kind == "range":
+        start, stop, step = args
+        if step == 0 or (stop - start) / step <= 0:
+            raise SearchSpaceError(f"{where}: range start:stop:step gives no values, got {value!r}")
+        points = np.arange(start, stop, step)
+    else:
+        start, stop, num = args
+        if num != int(num) or num < 1:
+            raise SearchSpaceError(f"{where}: {kind} num must be a positive integer, got {num!r}")
+        if kind == "geomspace" and (start == 0 or stop == 0 or (start < 0) != (stop < 0)):
+            raise SearchSpaceError(f"{where}: geomspace needs non-zero start and stop of the same sign, got {value!r}")
+        fn = {"linspace": np.linspace, "logspace": np.logspace, "geomspace": np.geomspace}[kind]
+        points = fn(start, stop, int(num))
+    all_int = kind == "range" and all(float(a).is_integer() for a in args)
+    vals = tuple(int(p) if all_int else float(p) for p in points)
+    return Categorical(name, vals, kind)
+
+
+def _matrix_args(value: Any, where: str, kind: str) -> list[float]:
+    if isinstance(value, str):
+        parts = value.split(":")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise SearchSpaceError(f"{where}: {kind} expects 'start:stop:{'step' if kind == 'range' else 'num'}', "
+                                   f"got {value!r}") from None
+    elif isinstance(value, Mapping):
+        keys = ["start", "stop", "step" if kind == "range" else "num"]
+        try:
+            nums = [value[k] for k in keys]
+        except KeyError:
+            raise SearchSpaceError(f"{where}: {kind} mapping needs keys {keys}, got {sorted(value)}") from None
+    else:
+        nums = value
+    return _numbers(nums, 3, where, kind, "start:stop:step" if kind == "range" else "start:stop:num")

@@ -1,0 +1,155 @@
+"""The trial API: what a trial process calls to get its parameters and report metrics.
+
+Stdlib only: importing it must stay cheap (no numpy, scipy, aiohttp or pydantic).
+
+A trial learns everything from environment variables set by its training service:
+
+``HPO_EXPERIMENT_ID``, ``HPO_TRIAL_ID``, ``HPO_SEQUENCE_ID``, ``HPO_TRIAL_DIR``,
+``HPO_PARAMETERS_FILE`` (JSON of the trial's parameters) and the report channel, one of
+``HPO_REPORT_FD`` (a pipe inherited from the engine) or ``HPO_REPORT_FILE`` (a file the training
+service follows).  Reports are JSON lines ``{"type": "intermediate"|"final", "value": ...}``.
+
+A trial that cannot use this module reports by printing a line on stdout::
+
+    HPO_INTERMEDIATE_RESULT=0.81
+    HPO_FINAL_RESULT=0.93            # or a JSON object with a numeric "default" key
+
+Outside an experiment (standalone) ``get_next_parameter`` returns None, the ids are
+``'STANDALONE'`` and reports are written to the ``hpo`` logger.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+__all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_result", "report_final_result",
+           "get_experiment_id", "get_trial_id", "get_sequence_id", "validate_metric", "parse_stdout_report",
+           "STDOUT_FINAL", "STDOUT_INTERMEDIATE"]
+
+STDOUT_FINAL = "HPO_FINAL_RESULT="
+STDOUT_INTERMEDIATE = "HPO_INTERMEDIATE_RESULT="
+_log = logging.getLogger("hpo")
+_params: dict[str, Any] | None = None
+_params_loaded = False
+_final_reported = False
+_channel_fd: int | None = None
+
+
+def _in_experiment() -> bool:
+    return "HPO_TRIAL_ID" in os.environ
+
+
+def get_experiment_id() -> str:
+    """Id of the experiment this trial belongs to, or ``'STANDALONE'``."""
+    return os.environ.get("HPO_EXPERIMENT_ID", "STANDALONE")
+
+
+def get_trial_id() -> str:
+    """Id of this trial, or ``'STANDALONE'``."""
+    return os.environ.get("HPO_TRIAL_ID", "STANDALONE")
+
+
+def get_sequence_id() -> int:
+    """Sequence number of this trial in its experiment (1, 2, ...), or 0 when standalone."""
+    return int(os.environ.get("HPO_SEQUENCE_ID", "0"))
+
+
+def get_next_parameter() -> dict[str, Any] | None:
+    """The parameters chosen for this trial (a dict), or None outside an experiment."""
+    global _params, _params_loaded
+    if not _params_loaded:
+        path = os.environ.get("HPO_PARAMETERS_FILE")
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                _params = json.load(fh)
+        elif "HPO_PARAMETERS" in os.environ:
+            _params = json.loads(os.environ["HPO_PARAMETERS"])
+        _params_loaded = True
+    return _params
+
+
+def get_current_parameter(tag: str | None = None) -> Any:
+    """The current parameters, or one of them by name (``tag``)."""
+    params = get_next_parameter()
+    if tag is None or params is None:
+        return params
+    return params[tag]
+
+
+def validate_metric(metric: Any, what: str = "metric") -> Any:
+    """Return ``metric`` if it is a number or a dict with a numeric ``"default"``; else raise ValueError."""
+    def is_number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if hasattr(metric, "item") and not isinstance(metric, dict):  # numpy / torch scalars
+        try:
+            metric = metric.item()
+        except Exception:
+            pass
+    if is_number(metric):
+        return metric
+    if isinstance(metric, dict):
+        if "default" not in metric:
+            raise ValueError(f"{what}: a dict result needs a 'default' key holding the number to tune on; "
+                             f"got keys {sorted(map(str, metric))}")
+        default = validate_metric(metric["default"], f"{what}['default']")
+        return {**metric, "default": default}
+    raise ValueError(f"{what}: expected a number or a dict with a numeric 'default' key, "
+                     f"got {metric!r} ({type(metric).__name__})")
+
+
+def scalar(metric: Any) -> float | None:
+    """The number tuned on, or None if it is not finite."""
+    value = metric["default"] if isinstance(metric, dict) else metric
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _send(kind: str, metric: Any) -> None:
+    global _channel_fd
+    line = json.dumps({"type": kind, "value": metric}, allow_nan=True, default=float) + "\n"
+    fd_var = os.environ.get("HPO_REPORT_FD")
+    if fd_var is not None:
+        data = line.encode()
+        fd = int(fd_var)
+        while data:
+            data = data[os.write(fd, data):]
+        return
+    path = os.environ.get("HPO_REPORT_FILE")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+        return
+    if _in_experiment():
+        prefix = STDOUT_FINAL if kind == "final" else STDOUT_INTERMEDIATE
+        print(prefix + json.dumps(metric, default=float), flush=True)
+    else:
+        _log.info("%s result: %r", kind, metric)
+
+
+def report_intermediate_result(metric: Any) -> None:
+    """Report a per-epoch (or per-step) metric; used for curves and early stopping."""
+    _send("intermediate", validate_metric(metric, "report_intermediate_result"))
+
+
+def report_final_result(metric: Any) -> None:
+    """Report the trial's final metric: a number, or a dict whose ``"default"`` is the number tuned on."""
+    global _final_reported
+    _send("final", validate_metric(metric, "report_final_result"))
+    _final_reported = True
+
+
+def parse_stdout_report(line: str) -> tuple[str, Any] | None:
+    """Parse a printed ``HPO_FINAL_RESULT=...`` / ``HPO_INTERMEDIATE_RESULT=...`` line."""
+    for prefix, kind in ((STDOUT_FINAL, "final"), (STDOUT_INTERMEDIATE, "intermediate")):
+        if line.startswith(prefix):
+            text = line[len(prefix):].strip()
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{prefix[:-1]}: expected a number or a JSON object, got {text!r}") from None
+            return kind, validate_metric(value, prefix[:-1])
+    return None

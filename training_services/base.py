@@ -1,0 +1,94 @@
+"""The training-service contract: how the engine runs trials somewhere.
+
+A service is started with a :class:`TrialEvents` sink and then asked to :meth:`launch` trials.
+It reports, for each trial and in this order: ``started`` once the process runs, any number of
+``metric`` calls, then exactly one ``ended``.  Metrics travel over the channel the service
+already has with the trial (a pipe, an SSH channel, a log stream): a trial never connects to
+the engine.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
+
+__all__ = ["TrialSpec", "TrialEvents", "TrainingService", "register_training_service", "create_training_service"]
+
+
+@dataclass
+class TrialSpec:
+    """Everything a service needs to run one trial."""
+
+    experiment_id: str
+    trial_id: str
+    sequence_id: int
+    parameters: dict[str, Any]
+    command: str                  # shell command, run in ``code_dir``
+    code_dir: Path
+    trial_dir: Path               # the trial's folder under the experiment folder (logs, parameters)
+    gpu_number: int = 0
+    max_duration: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class TrialEvents(Protocol):
+    """The engine's side: called from the engine's event loop, in order per trial."""
+
+    def started(self, trial_id: str, pid: int | None, pgid: int | None, host: str | None,
+                gpus: list[int] | None) -> None: ...
+
+    def metric(self, trial_id: str, kind: str, value: Any) -> None: ...
+
+    def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None: ...
+
+
+class TrainingService(ABC):
+    """Base class of every training service (registered by ``platform`` name)."""
+
+    platform: ClassVar[str]
+
+    @abstractmethod
+    async def start(self, events: TrialEvents) -> None:
+        """Prepare (connect, detect GPUs); raise ValueError with a clear message if unusable."""
+
+    @abstractmethod
+    async def launch(self, spec: TrialSpec) -> None:
+        """Start a trial; may wait for resources (the trial stays WAITING meanwhile).
+
+        Returns once the trial runs (``started`` was called) or has ended early.
+        """
+
+    @abstractmethod
+    async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
+        """End a trial's whole process tree; it is reported ``ended`` with ``status``."""
+
+    @abstractmethod
+    async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
+        """Kill every trial and release resources; no trial process is alive afterwards."""
+
+    def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
+        """After a crash: end processes of trials that a dead engine left running (best effort)."""
+
+
+_SERVICES: dict[str, str] = {
+    "local": "training_services.local:LocalTrainingService",
+}
+
+
+def register_training_service(platform: str, target: str | type) -> None:
+    """Make a service available by ``platform`` name (``'module:Class'`` or the class)."""
+    _SERVICES[platform] = target  # type: ignore[assignment]
+
+
+def create_training_service(platform: str, **kwargs: Any) -> TrainingService:
+    """Instantiate the service registered as ``platform``."""
+    import importlib
+    target = _SERVICES.get(platform)
+    if target is None:
+        raise ValueError(f"training service {platform!r} is not supported; expected one of {', '.join(_SERVICES)}")
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    factory: Callable[..., TrainingService] = target  # type: ignore[assignment]
+    return factory(**kwargs)

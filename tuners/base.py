@@ -1,0 +1,78 @@
+"""The tuner contract (NNI-compatible): how the engine asks for parameters and reports results.
+
+The engine calls, from one thread at a time:
+
+* :meth:`Tuner.update_search_space` once before the first suggestion (and again when the user
+  changes the space);
+* :meth:`Tuner.generate_parameters` for each new trial; it returns a dict that lies in the
+  space, raises :class:`NoMoreTrials` when nothing is left (the experiment then ends once the
+  running trials finish), or :class:`TryLater` when it must wait for more results;
+* :meth:`Tuner.receive_trial_result` with the trial's final *scalar* value (the number, or the
+  ``"default"`` entry of a dict result);
+* :meth:`Tuner.trial_end` when a trial ends, successfully or not;
+* :meth:`Tuner.import_data` with earlier results, for warm start and resume.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Mapping
+
+from hpo.search_space import SearchSpace, parse_search_space
+
+__all__ = ["Tuner", "NoMoreTrials", "TryLater", "OPTIMIZE_MODES"]
+
+OPTIMIZE_MODES = ("maximize", "minimize")
+
+
+class NoMoreTrials(Exception):
+    """The tuner has nothing left to suggest (for example an exhausted grid)."""
+
+
+class TryLater(Exception):
+    """The tuner cannot suggest now; the engine asks again after the next trial ends."""
+
+
+class Tuner(ABC):
+    """Base class of every tuner.
+
+    Args:
+        optimize_mode: ``"maximize"`` or ``"minimize"`` the reported metric.
+        seed: seed of the tuner's random generator; the same seed and the same results give the
+            same suggestions.
+    """
+
+    def __init__(self, optimize_mode: str = "maximize", seed: int | None = None) -> None:
+        mode = str(optimize_mode).lower()
+        if mode not in OPTIMIZE_MODES:
+            raise ValueError(f"optimize_mode: got {optimize_mode!r}, expected 'maximize' or 'minimize'")
+        self.optimize_mode = mode
+        self.seed = seed
+        self.space: SearchSpace | None = None
+
+    def class_args(self) -> dict[str, Any]:
+        """Constructor arguments that recreate this tuner (stored so a resumed experiment can)."""
+        return {"optimize_mode": self.optimize_mode, "seed": self.seed}
+
+    @property
+    def maximize(self) -> bool:
+        return self.optimize_mode == "maximize"
+
+    def update_search_space(self, search_space: Mapping[str, Any] | SearchSpace) -> None:
+        """Set (or replace) the space to search; raises SearchSpaceError if invalid."""
+        self.space = parse_search_space(search_space)
+
+    @abstractmethod
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
+        """Return the parameters of trial ``parameter_id``; may raise NoMoreTrials or TryLater."""
+
+    def receive_trial_result(self, parameter_id: int, parameters: Mapping[str, Any], value: float,
+                             **kwargs: Any) -> None:
+        """Record the final scalar ``value`` of a trial the tuner suggested (or that was imported)."""
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        """Called once per trial when it ends, whether or not it reported a result."""
+
+    def import_data(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Feed earlier results: records of ``{"parameter": dict, "value": number}``."""
+        for i, record in enumerate(records):
+            self.receive_trial_result(-1 - i, record["parameter"], float(record["value"]), imported=True)
