@@ -37,7 +37,11 @@ Measurements
     is checked: the objective recomputed from the record's parameters must
     equal the recorded value. NNI 3.0 is known to mis-pair parameters and
     results (microsoft/nni#5726), so mismatches > 0 is a finding about NNI,
-    not a bug here. Details go to stderr.
+    not a bug here. Details go to stderr, together with a cross-check
+    against what each trial itself says it received (the trial appends one
+    JSON line to ``$HPO_BENCH_TRIAL_LOG``, set by this driver): this tells
+    whether the trial was handed another trial's parameters or NNI stored
+    the result against the wrong parameters.
 
 Side effects are confined to the work directory (a fresh temp dir unless
 ``--workdir`` is given; removed at the end unless ``--keep`` or ``--workdir``):
@@ -49,7 +53,9 @@ Python side and the node manager otherwise write the experiment registry
 Output: logs on stderr; exactly one JSON object on the last line of stdout
 with keys ``system, trials, concurrency, completed, seconds, trials_per_s,
 time_to_first_trial_s, first_trial_source, peak_rss_mb, pairing_mismatches,
-pairing_checked``. Exit status 0 when all trials finished, 1 otherwise.
+pairing_checked``. Exit status: 0 all trials finished; 1 not all finished
+(timeout / experiment ERROR; the JSON line is still printed); 2 port busy;
+130 interrupted (SIGINT/SIGTERM: NNI is stopped, nothing printed on stdout).
 """
 
 from __future__ import annotations

@@ -1,53 +1,50 @@
 """Experiment configuration: NNI's ``experiment.config.*`` as validated pydantic models.
 
-Contracts:
-
 * Every problem raises :class:`ConfigError` (a ``ValueError``) with a one-line message naming the
-  field path, the bad value and what was expected, e.g.
-  ``config.trial_concurrency: got -1, expected an integer >= 1``.  This holds on construction, on
-  attribute assignment (the old value is kept) and on file load (the message starts with the file).
-* Keys load as snake_case or NNI's camelCase; unknown keys or attributes get a "did you mean".
-* Single fields are checked at once; cross-field rules (command, search space, tuner, code
-  directory) are checked by :meth:`ExperimentConfig.validate_for_start`.
+  field path, the bad value and what was expected (``config.trial_concurrency: got -1, expected an
+  integer >= 1``): on construction, on assignment (the old value is kept) and on file load (the
+  message then starts with the file).  Unknown keys and attributes get a "did you mean".
+* Keys load as snake_case or NNI's camelCase.  Single fields are checked at once; cross-field rules
+  are checked by :meth:`ExperimentConfig.validate_for_start`.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence, get_args
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      model_validator)
 from pydantic.alias_generators import to_camel
 
 from hpo.search_space import SearchSpace, SearchSpaceError, parse_search_space
 
-__all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "ExperimentConfig", "TrainingServiceConfig",
+__all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "TrainingServiceConfig", "ExperimentConfig",
            "load_config_files", "parse_duration"]
 
 
 class ConfigError(ValueError):
     """Invalid configuration.  The message is one line: ``<path>: <problem>``."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, _source: Any = None) -> None:
         super().__init__(re.sub(r"\s*\n\s*", " ", str(message)))
+        self._source = _source  # (ValidationError, model class) when converted from pydantic
 
 
 class _Problem(ValueError):
-    """Raised inside validators: ``sub`` extends the field path (``'.platform'``, ``'[0].value'``)."""
+    """Raised by validators: the text follows the path; ``sub`` extends it (``'.platform'``, ``'[0].value'``)."""
 
     def __init__(self, text: str, sub: str = "") -> None:
         super().__init__(text)
         self.sub = sub
 
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
 def _to_snake(name: str) -> str:
-    return _CAMEL.sub("_", name).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def _show(value: Any) -> str:
@@ -70,15 +67,13 @@ def _model_in(tp: Any) -> type[BaseModel] | None:
 
 
 def _walk(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[str, Any, type[BaseModel] | None]:
-    """Map a pydantic error location to (snake_case path suffix, FieldInfo of its end or None, model at its end)."""
+    """Map a pydantic error location to (snake_case path suffix, FieldInfo at its end or None, model at its end)."""
     path, field, model = "", None, cls
     for part in loc:
-        name = None
-        if model is not None and isinstance(part, str):
-            name = part if part in model.model_fields else next(
-                (n for n, f in model.model_fields.items() if f.alias == part), None)
+        fields = model.model_fields if model is not None else {}
+        name = part if part in fields else next((n for n, f in fields.items() if f.alias == part), None)
         if name is not None:
-            field = model.model_fields[name]
+            field = fields[name]
             path, model = f"{path}.{name}", _model_in(field.annotation)
         elif part in _PLATFORMS:  # a discriminated-union tag
             model = _PLATFORMS[part]
@@ -88,26 +83,31 @@ def _walk(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[str, Any, type[Base
 
 
 def _convert(err: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
-    """One-line ConfigError for the first problem of a pydantic ValidationError."""
+    """A one-line ConfigError for the first problem of a pydantic ValidationError."""
     errors = err.errors(include_url=False)
-    e, loc = errors[0], tuple(errors[0]["loc"])
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    e, loc, n = errors[0], tuple(errors[0]["loc"]), len(errors) - 1
+    more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
     if e["type"] == "extra_forbidden":
         sub, _, model = _walk(cls, loc[:-1])
-        return ConfigError(f"{where}{sub}: {_unknown_key(loc[-1], list(model.model_fields) if model else [])}{more}")
-    sub, field, _ = _walk(cls, loc)
+        names = list(model.model_fields) if model else []
+        return ConfigError(f"{where}{sub}: {_unknown_key(loc[-1], names)}{more}", (err, cls))
+    sub, field, model = _walk(cls, loc)
     error = (e.get("ctx") or {}).get("error")
+    if isinstance(error, ConfigError) and error._source and model is not None:  # from a nested model's __init__
+        inner = _convert(*error._source, f"{where}{sub}")
+        inner._source = (err, cls)
+        return inner
     if isinstance(error, ValueError):
         text, sub = str(error), sub + getattr(error, "sub", "")
     elif field is not None and field.description:
         text = f"got {_show(e['input'])}, expected {field.description}"
     else:
         text = f"got {_show(e['input'])}: {e['msg'][:1].lower()}{e['msg'][1:]}"
-    return ConfigError(f"{where}{sub}: {text}{more}")
+    return ConfigError(f"{where}{sub}: {text}{more}", (err, cls))
 
 
 class _Base(BaseModel):
-    """Shared behaviour: camelCase aliases, no extra keys, every error a one-line ConfigError."""
+    """camelCase aliases, no extra keys, validated assignment, every error a one-line ConfigError."""
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid", populate_by_name=True,
                               alias_generator=to_camel, arbitrary_types_allowed=True)
@@ -128,22 +128,22 @@ class _Base(BaseModel):
             raise _convert(e, cls, cls._default_where) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            return super().__setattr__(name, value)
-        if name not in type(self).model_fields:
+        if not name.startswith("_") and name not in type(self).model_fields:
             raise ConfigError(f"{self._location()}: {_unknown_key(name, list(type(self).model_fields))}")
         try:
             super().__setattr__(name, value)
         except ValidationError as e:
             raise _convert(e, type(self), self._location()) from None
 
+    def __eq__(self, other: object) -> bool:  # field values only, not where the model is attached
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     def _location(self) -> str:
         return self._where or self._default_where
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_EXPECT = "a positive duration: seconds as a number, or a string like '30s', '30m', '1.5h' or '1d'"
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration_seconds(value: Any) -> float | None:
@@ -152,7 +152,7 @@ def _duration_seconds(value: Any) -> float | None:
     seconds = math.nan
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip().lower())):
+    elif isinstance(value, str) and (m := re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", value.strip().lower())):
         seconds = float(m[1]) * _UNITS[m[2]]
     if not (math.isfinite(seconds) and seconds > 0):
         raise _Problem(f"got {_show(value)}, expected {_DURATION_EXPECT}")
@@ -169,23 +169,85 @@ def parse_duration(value: str | int | float | None) -> float | None:
         raise ConfigError(f"duration: {e}") from None
 
 
+def _gpu_list(v: Any) -> Any:
+    items: Any = None
+    if isinstance(v, str):
+        items = [int(s) if s.strip().isdigit() else s for s in v.split(",")]
+    elif isinstance(v, int) and not isinstance(v, bool):
+        items = [v]
+    elif isinstance(v, (list, tuple)):
+        items = list(v)
+    if v is not None and (not items or len(set(map(repr, items))) != len(items) or
+                          not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)):
+        raise _Problem(f"got {_show(v)}, expected {_GPU_EXPECT}")
+    return items
+
+
+def _search_space(v: Any) -> Any:
+    raw = v.raw if isinstance(v, SearchSpace) else v
+    try:
+        return None if v is None else dict(parse_search_space(raw).raw)  # type: ignore[arg-type]
+    except SearchSpaceError as e:
+        raise _Problem(str(e)) from None
+
+
+def _callable(v: Any) -> Any:
+    if v is not None and not callable(v):
+        raise _Problem(f"got {_show(v)}, expected a callable or null")
+    return v
+
+
+def _platform(v: Any) -> Any:
+    v = {"platform": v} if isinstance(v, str) else v
+    if isinstance(v, Mapping):
+        if v.get("platform", "local") not in _PLATFORMS:
+            expected = " or ".join(map(repr, _PLATFORMS))
+            raise _Problem(f"{_show(v['platform'])} is not supported, expected {expected}", ".platform")
+        return {"platform": "local", **v}
+    return v
+
+
+def _stopping_rules(v: Any) -> Any:
+    """Polyaxon metric early stopping: [{metric: str, value: number, optimization: maximize|minimize}, ...]."""
+    if v is not None and not isinstance(v, (list, tuple)):
+        raise _Problem(f"got {_show(v)}, expected a list of rules like "
+                       "[{'metric': 'accuracy', 'value': 0.9, 'optimization': 'maximize'}]")
+    for i, rule in enumerate(v or []):
+        if not isinstance(rule, Mapping):
+            raise _Problem(f"got {_show(rule)}, expected a mapping with metric, value and optimization", f"[{i}]")
+        got = {k: f"got {_show(rule[k])}" if k in rule else "missing" for k in ("metric", "value", "optimization")}
+        for key in rule:
+            if key not in ("metric", "value", "optimization", "kind", "policy"):
+                raise _Problem(_unknown_key(key, ["metric", "value", "optimization", "kind", "policy"]), f"[{i}]")
+        value = rule.get("value")
+        if not isinstance(rule.get("metric"), str) or not rule["metric"]:
+            raise _Problem(f"{got['metric']}, expected a metric name (a non-empty string)", f"[{i}].metric")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Problem(f"{got['value']}, expected a finite number", f"[{i}].value")
+        if rule.get("optimization") not in ("maximize", "minimize"):
+            raise _Problem(f"{got['optimization']}, expected 'maximize' or 'minimize'", f"[{i}].optimization")
+    return v if v is None else [dict(rule) for rule in v]
+
+
+def _check_duration(v: Any) -> Any:
+    _duration_seconds(v)
+    return v
+
+
+_GPU_EXPECT = "a list of distinct GPU indices (integers >= 0), a comma-separated string like '0,1', or one integer"
+_Duration = Annotated[str | int | float | None, BeforeValidator(_check_duration), Field(description=_DURATION_EXPECT)]
+_Algorithm = BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)  # 'TPE' -> {'name': 'TPE'}
+
+
 class AlgorithmConfig(_Base):
     """A tuner or assessor: a built-in ``name`` or a custom ``class_name`` (exactly one, checked at start)."""
 
     _default_where: ClassVar[str] = "algorithm"
     name: str | None = Field(None, min_length=1, description="a built-in algorithm name such as 'TPE', or null")
-    class_args: dict[str, Any] = Field(default_factory=dict, description="a mapping of constructor arguments")
+    class_args: Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=dict, description="a mapping of constructor arguments")
     class_name: str | None = Field(None, min_length=1, description="a class path such as 'my_pkg.MyTuner', or null")
     code_directory: Path | None = Field(None, description="a directory path, or null")
-
-    @field_validator("class_args", mode="before")
-    @classmethod
-    def _args(cls, v: Any) -> Any:
-        return {} if v is None else v
-
-
-_GPU_EXPECT = ("a list of distinct GPU indices (integers >= 0), a comma-separated string like '0,1', "
-               "or a single integer")
 
 
 class LocalConfig(_Base):
@@ -195,147 +257,49 @@ class LocalConfig(_Base):
     platform: Literal["local"] = Field("local", description="'local'")
     use_active_gpu: bool = Field(False, strict=True, description="true or false")
     max_trial_number_per_gpu: int = Field(1, ge=1, strict=True, description="an integer >= 1")
-    gpu_indices: list[int] | None = Field(None, description=_GPU_EXPECT)
+    gpu_indices: Annotated[list[int] | None, BeforeValidator(_gpu_list)] = Field(None, description=_GPU_EXPECT)
     reuse_mode: bool = Field(False, strict=True, description="true or false (accepted and ignored)")
 
-    @field_validator("gpu_indices", mode="before")
-    @classmethod
-    def _gpus(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        items: Any = None
-        if isinstance(v, str):
-            items = [int(s) if s.strip().isdigit() else s for s in v.split(",")]
-        elif isinstance(v, int) and not isinstance(v, bool):
-            items = [v]
-        elif isinstance(v, (list, tuple)):
-            items = list(v)
-        if (not items or len(set(map(repr, items))) != len(items)
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)):
-            raise _Problem(f"got {_show(v)}, expected {_GPU_EXPECT}")
-        return items
 
-
-# Platform name -> model.  To add one (e.g. RemoteConfig with platform: Literal['remote']), register it
-# here and widen TrainingServiceConfig to Annotated[LocalConfig | RemoteConfig, Field(discriminator='platform')].
+# Platform name -> model.  To add one (say RemoteConfig, platform: Literal['remote']), register it here
+# and widen TrainingServiceConfig to Annotated[LocalConfig | RemoteConfig, Field(discriminator='platform')].
 _PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig}
 TrainingServiceConfig = LocalConfig
-
-_RULE_KEYS = ("metric", "value", "optimization", "kind", "policy")
-
-
-def _check_rule(i: int, rule: Any) -> None:
-    """One Polyaxon metric early-stopping rule: {metric: str, value: number, optimization: maximize|minimize}."""
-    if not isinstance(rule, Mapping):
-        raise _Problem(f"got {_show(rule)}, expected a mapping with metric, value and optimization", f"[{i}]")
-    got = {k: f"got {_show(rule[k])}" if k in rule else "missing" for k in _RULE_KEYS}
-    for key in rule:
-        if key not in _RULE_KEYS:
-            raise _Problem(_unknown_key(key, _RULE_KEYS), f"[{i}]")
-    if not isinstance(rule.get("metric"), str) or not rule["metric"]:
-        raise _Problem(f"{got['metric']}, expected a metric name (a non-empty string)", f"[{i}].metric")
-    value = rule.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Problem(f"{got['value']}, expected a finite number", f"[{i}].value")
-    if rule.get("optimization") not in ("maximize", "minimize"):
-        raise _Problem(f"{got['optimization']}, expected 'maximize' or 'minimize'", f"[{i}].optimization")
-    if rule.get("kind", "metric_early_stopping") != "metric_early_stopping":
-        raise _Problem(f"{got['kind']}, expected 'metric_early_stopping'", f"[{i}].kind")
 
 
 class ExperimentConfig(_Base):
     """An experiment, as NNI's ``experiment.config``; every attribute assignment is validated."""
 
     experiment_name: str | None = Field(None, description="a string or null")
-    search_space: dict[str, Any] | None = Field(None, description="a search-space mapping or null")
+    search_space: Annotated[dict[str, Any] | None, BeforeValidator(_search_space)] = None
     search_space_file: Path | None = Field(None, description="a file path or null")
     trial_command: str | None = Field(None, min_length=1, description="a non-empty shell command, or null")
-    trial_function: Any = Field(None, exclude=True)
+    trial_function: Annotated[Any, BeforeValidator(_callable)] = Field(None, exclude=True)
     trial_code_directory: Path = Field(Path("."), description="a directory path")
     trial_concurrency: int = Field(1, ge=1, strict=True, description="an integer >= 1")
     trial_gpu_number: int = Field(0, ge=0, strict=True, description="an integer >= 0")
-    max_experiment_duration: str | int | float | None = Field(None, description=_DURATION_EXPECT)
+    max_experiment_duration: _Duration = None
     max_trial_number: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
-    max_trial_duration: str | int | float | None = Field(None, description=_DURATION_EXPECT)
+    max_trial_duration: _Duration = None
     max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0")
     experiment_working_directory: Path | None = Field(None, description="a directory path or null")
-    log_level: Literal["trace", "debug", "info", "warning", "error", "fatal"] = Field(
+    log_level: Annotated[Literal["trace", "debug", "info", "warning", "error", "fatal"],
+                         BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = Field(
         "info", description="one of 'trace', 'debug', 'info', 'warning', 'error', 'fatal'")
-    tuner: AlgorithmConfig = Field(default_factory=AlgorithmConfig,
-                                   description="an algorithm mapping like {'name': 'TPE', 'class_args': {...}}")
-    assessor: AlgorithmConfig | None = Field(None, description="an algorithm mapping like {'name': 'Medianstop'}, "
-                                                               "or null")
-    training_service: TrainingServiceConfig = Field(
-        default_factory=LocalConfig, description="'local' or a mapping like {'platform': 'local', 'use_active_gpu': true}")
-    early_stopping: list[dict[str, Any]] | None = Field(None, description="a list of metric rules or null")
-
-    @field_validator("search_space", mode="before")
-    @classmethod
-    def _space(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        raw = v.raw if isinstance(v, SearchSpace) else v
-        try:
-            parse_search_space(raw)
-        except SearchSpaceError as e:
-            raise _Problem(str(e)) from None
-        return dict(raw)
-
-    @field_validator("trial_function", mode="before")
-    @classmethod
-    def _function(cls, v: Any) -> Any:
-        if v is not None and not callable(v):
-            raise _Problem(f"got {_show(v)}, expected a callable or null")
-        return v
-
-    @field_validator("max_experiment_duration", "max_trial_duration", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        _duration_seconds(v)
-        return v
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, v: Any) -> Any:
-        return v.lower() if isinstance(v, str) else v
-
-    @field_validator("tuner", "assessor", mode="before")
-    @classmethod
-    def _algorithm(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
-
-    @field_validator("training_service", mode="before")
-    @classmethod
-    def _platform(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = {"platform": v}
-        if isinstance(v, Mapping):
-            platform = v.get("platform", "local")
-            if platform not in _PLATFORMS:
-                expected = " or ".join(map(repr, _PLATFORMS))
-                raise _Problem(f"{_show(platform)} is not supported, expected {expected}", ".platform")
-            return {**v, "platform": platform}
-        return v
-
-    @field_validator("early_stopping", mode="before")
-    @classmethod
-    def _stopping(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        if not isinstance(v, (list, tuple)):
-            raise _Problem(f"got {_show(v)}, expected a list of rules like "
-                           "[{'metric': 'accuracy', 'value': 0.9, 'optimization': 'maximize'}]")
-        for i, rule in enumerate(v):
-            _check_rule(i, rule)
-        return [dict(rule) for rule in v]
+    tuner: Annotated[AlgorithmConfig, _Algorithm] = Field(
+        default_factory=AlgorithmConfig, description="an algorithm mapping like {'name': 'TPE', 'class_args': {}}")
+    assessor: Annotated[AlgorithmConfig | None, _Algorithm] = Field(
+        None, description="an algorithm mapping like {'name': 'Medianstop'}, or null")
+    training_service: Annotated[TrainingServiceConfig, BeforeValidator(_platform)] = Field(
+        default_factory=LocalConfig, description="'local' or a mapping like {'platform': 'local'}")
+    early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None
 
     @model_validator(mode="after")
     def _attach(self) -> ExperimentConfig:
-        """Tell nested models where they live, so their own errors name the full path."""
-        where = self._location()
+        """Tell nested models where they live, so errors on their own assignments name the full path."""
         for role in ("tuner", "assessor", "training_service"):
             if getattr(self, role) is not None:
-                getattr(self, role)._where = f"{where}.{role}"
+                getattr(self, role)._where = f"{self._location()}.{role}"
         return self
 
     @property
@@ -347,66 +311,52 @@ class ExperimentConfig(_Base):
         return _duration_seconds(self.max_trial_duration)
 
     def validate_for_start(self) -> ExperimentConfig:
-        """Cross-field checks before a start; raises ConfigError.  Returns self.
-
-        Also canonicalises: loads ``search_space_file`` into ``search_space`` and makes the paths
-        absolute (relative ones against the current directory)."""
+        """Cross-field checks before a start; raises ConfigError, returns self.  Also canonicalises:
+        makes paths absolute (against the cwd) and loads ``search_space_file`` into ``search_space``,
+        then sets ``search_space_file`` to None (so a later ``search_space`` update is no conflict)."""
         w = self._location()
+        # Re-validate every field: dicts and lists may have been edited in place since they were assigned.
+        for model in filter(None, (self, self.tuner, self.assessor, self.training_service)):
+            for name in type(model).model_fields:
+                setattr(model, name, getattr(model, name))
         if (self.trial_command is None) == (self.trial_function is None):
             which = "both trial_command and trial_function are" if self.trial_command else \
                 "neither trial_command nor trial_function is"
             raise ConfigError(f"{w}: {which} set; expected exactly one")
-        code_dir = _absolute(self.trial_code_directory)
-        if not code_dir.is_dir():
-            problem = "is not a directory" if code_dir.exists() else "does not exist"
-            raise ConfigError(f"{w}.trial_code_directory: {str(code_dir)!r} {problem}")
-        self.trial_code_directory = code_dir
+        self.trial_code_directory = _existing_dir(self.trial_code_directory, f"{w}.trial_code_directory")
         if self.experiment_working_directory is not None:
             self.experiment_working_directory = _absolute(self.experiment_working_directory)
         if self.search_space_file is not None:
-            self._load_search_space_file(w)
+            path = self.search_space_file = _absolute(self.search_space_file)
+            try:
+                data = _read_yaml(path)  # its messages start with the path
+            except ConfigError as e:
+                raise ConfigError(f"{w}.search_space_file: {e}") from None
+            try:
+                parse_search_space(data)
+            except SearchSpaceError as e:
+                raise ConfigError(f"{w}.search_space_file: {path}: {e}") from None
+            if self.search_space is not None and self.search_space != data:
+                raise ConfigError(f"{w}: search_space and search_space_file ({str(path)!r}) are both set and "
+                                  "differ; expected only one")
+            self.search_space, self.search_space_file = data, None  # loaded: later updates are not conflicts
         if self.search_space is None:
             raise ConfigError(f"{w}: neither search_space nor search_space_file is set; expected one")
         for role in ("tuner", "assessor"):
             algo: AlgorithmConfig | None = getattr(self, role)
-            if algo is None:
-                continue
-            if algo.name is not None and algo.class_name is not None:
+            if algo is not None and algo.name is not None and algo.class_name is not None:
                 raise ConfigError(f"{w}.{role}: both name ({algo.name!r}) and class_name ({algo.class_name!r}) "
                                   "are set; expected exactly one")
-            if algo.name is None and algo.class_name is None:
+            if algo is not None and algo.name is None and algo.class_name is None:
                 raise ConfigError(f"{w}.{role}: neither name nor class_name is set; expected one, "
                                   f"e.g. {w}.{role}.name = 'TPE'")
-            if algo.code_directory is not None:
-                algo.code_directory = _absolute(algo.code_directory)
-                if not algo.code_directory.is_dir():
-                    raise ConfigError(f"{w}.{role}.code_directory: {str(algo.code_directory)!r} "
-                                      "is not an existing directory")
-        for name in ("max_experiment_duration", "max_trial_duration"):
-            try:
-                _duration_seconds(getattr(self, name))
-            except _Problem as e:
-                raise ConfigError(f"{w}.{name}: {e}") from None
+            if algo is not None and algo.code_directory is not None:
+                algo.code_directory = _existing_dir(algo.code_directory, f"{w}.{role}.code_directory")
         gpus = self.training_service.gpu_indices
         if gpus is not None and self.trial_gpu_number > len(gpus):
             raise ConfigError(f"{w}.trial_gpu_number: got {self.trial_gpu_number}, expected at most "
                               f"{len(gpus)} (the number of training_service.gpu_indices {gpus})")
         return self
-
-    def _load_search_space_file(self, w: str) -> None:
-        path = _absolute(self.search_space_file)
-        try:
-            data = _read_yaml(path)
-        except ConfigError as e:
-            raise ConfigError(f"{w}.search_space_file: {e}") from None
-        try:
-            parse_search_space(data)
-        except SearchSpaceError as e:
-            raise ConfigError(f"{w}.search_space_file: {str(path)!r}: {e}") from None
-        if self.search_space is not None and self.search_space != data:
-            raise ConfigError(f"{w}: search_space and search_space_file ({str(path)!r}) are both set and differ; "
-                              "expected only one")
-        self.search_space, self.search_space_file = data, path
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable snake_case dict: paths as str, None fields kept, trial_function left out."""
@@ -414,34 +364,41 @@ class ExperimentConfig(_Base):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
-        """The inverse of :meth:`to_dict`; camelCase keys are accepted too.  Raises ConfigError."""
+        """The inverse of :meth:`to_dict` (camelCase keys accepted too).  Raises ConfigError."""
         return cls.model_validate(dict(data))
 
 
-def _absolute(path: str | Path) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser()))
+def _absolute(path: str | Path, base: Path | None = None) -> Path:
+    path = Path(path).expanduser()
+    return Path(os.path.abspath(path if base is None else base / path))
 
 
-_LOADER: Any = None
+def _existing_dir(path: Path, where: str) -> Path:
+    path = _absolute(path)
+    if not path.is_dir():
+        raise ConfigError(f"{where}: {str(path)!r} {'is not a directory' if path.exists() else 'does not exist'}")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _yaml_loader() -> Any:
+    """A yaml.SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            keys = [k for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
+            for i, k in enumerate(keys):
+                if any(k.value == earlier.value for earlier in keys[:i]):
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k.value!r}", k.start_mark)
+            return super().construct_mapping(node, deep=deep)
+    return Loader
 
 
 def _read_yaml(path: Path) -> Any:
-    """Parsed YAML/JSON of ``path`` (duplicate keys rejected); ConfigError messages start with the file."""
-    global _LOADER
+    """The parsed YAML/JSON of ``path``; ConfigError messages start with the file."""
     import yaml
 
-    if _LOADER is None:
-        class _Loader(yaml.SafeLoader):
-            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-                seen: set[Any] = set()
-                for key_node, _ in node.value:
-                    if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                        if key_node.value in seen:
-                            raise yaml.constructor.ConstructorError(
-                                None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
-                        seen.add(key_node.value)
-                return super().construct_mapping(node, deep=deep)
-        _LOADER = _Loader
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -449,21 +406,22 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read file ({e})") from None
     try:
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: invalid YAML/JSON{at}: {getattr(e, 'problem', None) or e}") from None
 
 
-_OPAQUE = ("search_space", "class_args", "early_stopping")  # user data: keys are never renamed
+_OPAQUE = ("search_space", "class_args", "early_stopping")  # user data: their keys are never renamed
 
 
 def _snake_keys(data: Mapping[Any, Any], path: Path, where: str) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     given: dict[Any, Any] = {}
+    known = {n for m in (ExperimentConfig, AlgorithmConfig, *_PLATFORMS.values()) for n in m.model_fields}
     for key, value in data.items():
-        name = _to_snake(key) if isinstance(key, str) else key
+        name = _to_snake(key) if isinstance(key, str) and _to_snake(key) in known else key
         if name in out:
             raise ConfigError(f"{path}: {where}: both {given[name]!r} and {key!r} are given; expected one")
         if isinstance(value, Mapping) and name not in _OPAQUE:
@@ -472,13 +430,12 @@ def _snake_keys(data: Mapping[Any, Any], path: Path, where: str) -> dict[Any, An
     return out
 
 
-def _normalise(data: Any, path: Path) -> dict[str, Any]:
-    """snake_case keys, shorthand strings expanded, relative paths resolved against the file's directory."""
+def _normalise(data: Any, path: Path) -> dict[Any, Any]:
+    """snake_case keys, string shorthands expanded, relative paths resolved against the file's directory."""
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: top level is {kind}; expected a mapping of config keys")
     out = _snake_keys(data, path, "config")
-    base = path.absolute().parent
     if isinstance(out.get("training_service"), str):
         out["training_service"] = {"platform": out["training_service"]}
     targets = [(out, k) for k in ("trial_code_directory", "search_space_file", "experiment_working_directory")]
@@ -489,31 +446,24 @@ def _normalise(data: Any, path: Path) -> dict[str, Any]:
             targets.append((out[role], "code_directory"))
     for d, key in targets:
         if isinstance(d.get(key), str) and d[key]:
-            d[key] = str(_absolute_from(base, d[key]))
+            d[key] = str(_absolute(d[key], path.absolute().parent))
     return out
 
 
-def _absolute_from(base: Path, value: str) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else Path(os.path.normpath(base / p))
-
-
 def _merge(base: dict[Any, Any], over: Mapping[Any, Any], key: Any = None) -> dict[Any, Any]:
-    """Later wins key by key; nested mappings merge, lists are replaced, search-space parameters replaced whole."""
+    """Later wins key by key; nested mappings merge; lists and search-space parameters are replaced whole."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and key != "search_space":
-            out[k] = _merge(out[k], v, k)
-        else:
-            out[k] = v
+        merge = isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and key != "search_space"
+        out[k] = _merge(out[k], v, k) if merge else v
     return out
 
 
 def load_config_files(paths: Sequence[str | Path] | str | Path) -> ExperimentConfig:
-    """Load NNI v2 YAML/JSON config files (.yml/.yaml/.json), deep-merged in order (see :func:`_merge`).
+    """Load NNI v2 YAML/JSON config files (.yml/.yaml/.json) and deep-merge them in order (:func:`_merge`).
 
-    Keys may be camelCase or snake_case at every level (but ``search_space``, ``class_args`` and
-    ``early_stopping`` contents are user data, kept verbatim).  Relative ``trial_code_directory``,
+    Keys may be camelCase or snake_case at every level, except inside ``search_space``, ``class_args``
+    and ``early_stopping`` (user data, kept verbatim).  Relative ``trial_code_directory``,
     ``search_space_file``, ``experiment_working_directory`` and ``tuner/assessor.code_directory`` are
     resolved against the directory of the file that sets them.  Raises ConfigError naming the file."""
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
@@ -525,7 +475,7 @@ def load_config_files(paths: Sequence[str | Path] | str | Path) -> ExperimentCon
             raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; expected .yml, .yaml or .json")
         data = _normalise(_read_yaml(path), path)
         try:
-            ExperimentConfig.model_validate(data)
+            ExperimentConfig.model_validate(data)  # so that errors name the file that holds them
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         merged = _merge(merged, data)

@@ -20,7 +20,6 @@ Outside an experiment (standalone) ``get_next_parameter`` returns None, the ids 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from typing import Any
@@ -31,7 +30,6 @@ __all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_r
 
 STDOUT_FINAL = "HPO_FINAL_RESULT="
 STDOUT_INTERMEDIATE = "HPO_INTERMEDIATE_RESULT="
-_log = logging.getLogger("hpo")
 _params: dict[str, Any] | None = None
 _params_loaded = False
 _final_reported = False
@@ -126,8 +124,9 @@ def _send(kind: str, metric: Any) -> None:
     if _in_experiment():
         prefix = STDOUT_FINAL if kind == "final" else STDOUT_INTERMEDIATE
         print(prefix + json.dumps(metric, default=float), flush=True)
-    else:
-        _log.info("%s result: %r", kind, metric)
+    else:  # standalone: logging is imported only here, keeping the trial's import path light
+        import logging
+        logging.getLogger("hpo").info("%s result: %r", kind, metric)
 
 
 def report_intermediate_result(metric: Any) -> None:

@@ -1,0 +1,191 @@
+"""Orchestration throughput: 200 zero-work trials through hpo and, side by side, NNI 3.0.
+
+Usage (from the repository root)::
+
+    bash benchmarks/setup_nni.sh                     # once: NNI 3.0 in benchmarks/.venv-nni
+    python benchmarks/orchestration.py [--trials 200] [--concurrency 2] [--repeat 3] [--no-nni]
+    python benchmarks/orchestration.py --rss-trials 10000   # engine RSS with 10,000 finished trials
+
+Each system runs in its own child process (so RSS is the engine's alone), with trials started by
+an absolute interpreter path (``python3`` on PATH may be a slow pyenv shim).  Reported: trials/s
+(median of ``--repeat`` runs for hpo), the hpo/NNI ratio, time from ``start()`` to the first trial
+process, engine peak RSS, and the pairing check (results recomputed from exported parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NNI_PYTHON = HERE / ".venv-nni" / "bin" / "python"
+SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}, "y": {"_type": "choice", "_value": [1, 2, 3, 4, 5]}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PeakRss:
+    """Samples this process's RSS every 20 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "PeakRss":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def hpo_side(trials: int, concurrency: int, home: Path) -> dict:
+    """Runs in a child process: one hpo experiment; prints a JSON line."""
+    os.environ["HPO_HOME"] = str(home)
+    with PeakRss() as rss:
+        from hpo import Experiment
+        from tuners import RandomTuner
+
+        exp = Experiment(RandomTuner(seed=0), "local")
+        exp.config.trial_concurrency = concurrency
+        exp.config.max_trial_number = trials
+        exp.config.search_space = SPACE
+        exp.config.trial_command = f"{sys.executable} hpo_trial.py"
+        exp.config.trial_code_directory = HERE
+        t0 = time.time()
+        exp.start(free_port())
+        exp.wait()
+        seconds = time.time() - t0
+        first = min(t["started_at"] for t in exp.list_trial_jobs() if t["started_at"])
+        data = exp.export_data()
+        exp.stop()
+    mismatches = sum(1 for d in data if abs(d["parameter"]["x"] * 1000 + d["parameter"]["y"] - d["default"]) > 1e-6)
+    completed = exp.get_job_statistics()["SUCCEEDED"]
+    return {"system": "hpo", "trials": trials, "concurrency": concurrency, "completed": completed,
+            "seconds": round(seconds, 3), "trials_per_s": round(completed / seconds, 3),
+            "time_to_first_trial_s": round(first - t0, 4), "peak_rss_mb": round(rss.peak / 2**20, 1),
+            "pairing_mismatches": mismatches, "pairing_checked": len(data)}
+
+
+def rss_side(finished: int, extra: int, home: Path) -> dict:
+    """Runs in a child process: an experiment with ``finished`` trials in its store, resumed for ``extra`` more."""
+    import random
+
+    os.environ["HPO_HOME"] = str(home)
+    from hpo import Experiment
+    from hpo.config import ExperimentConfig
+    from hpo.registry import register
+    from hpo.storage import ExperimentStore
+
+    cfg = ExperimentConfig(search_space=SPACE, trial_command=f"{sys.executable} hpo_trial.py",
+                           trial_code_directory=HERE, trial_concurrency=2, max_trial_number=finished + extra)
+    cfg.tuner.name = "random"
+    directory = home / "rssbench"
+    store = ExperimentStore(directory)
+    store.create_experiment("rssbench", "rss", cfg.to_dict())
+    rng = random.Random(0)
+    for seq in range(1, finished + 1):
+        params = {"x": rng.random(), "y": rng.randint(1, 5)}
+        store.add_trial(seq, f"t{seq:05d}", params)
+        store.trial_started(seq, None, None)
+        for step in range(1, 11):
+            store.add_metric(seq, "intermediate", step, params["x"] * step, params["x"] * step)
+        value = params["x"] * 1000 + params["y"]
+        store.add_metric(seq, "final", 0, value, value)
+        store.trial_ended(seq, "SUCCEEDED", 0)
+    store.set_status("STOPPED")
+    store.close()
+    register("rssbench", "rss", directory)
+    with PeakRss() as rss:
+        t0 = time.time()
+        exp = Experiment.resume("rssbench", port=free_port(), wait_completion=False)
+        exp.wait()
+        seconds = time.time() - t0
+        exp.stop()
+    return {"system": "hpo", "finished_in_store": finished, "extra_trials": extra,
+            "completed": exp.get_job_statistics()["SUCCEEDED"], "seconds": round(seconds, 2),
+            "peak_rss_mb": round(rss.peak / 2**20, 1)}
+
+
+def run_child(cmd: list[str], timeout: float) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{cmd[:3]} printed no result (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="hpo runs (the median is reported)")
+    ap.add_argument("--no-nni", action="store_true", help="skip the NNI side")
+    ap.add_argument("--rss-trials", type=int, default=0, help="also measure RSS with this many finished trials")
+    ap.add_argument("--side", choices=["hpo", "rss"], help=argparse.SUPPRESS)
+    ap.add_argument("--home", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.side == "hpo":
+        print(json.dumps(hpo_side(args.trials, args.concurrency, Path(args.home))))
+        return
+    if args.side == "rss":
+        print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
+        runs = []
+        for i in range(args.repeat):
+            runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--trials", str(args.trials),
+                                   "--concurrency", str(args.concurrency), "--home", f"{tmp}/hpo{i}"], 1200))
+            print(f"hpo run {i + 1}: {runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+        hpo = sorted(runs, key=lambda r: r["trials_per_s"])[len(runs) // 2]
+        nni = None
+        if not args.no_nni:
+            if not NNI_PYTHON.exists():
+                sys.exit("NNI venv missing: run `bash benchmarks/setup_nni.sh` first (or pass --no-nni)")
+            nni = run_child([str(NNI_PYTHON), str(HERE / "nni_side.py"), "--trials", str(args.trials),
+                             "--concurrency", str(args.concurrency), "--port", str(free_port())], 1800)
+        rss = None
+        if args.rss_trials:
+            rss = run_child([sys.executable, __file__, "--side", "rss", "--rss-trials", str(args.rss_trials),
+                             "--home", f"{tmp}/rss"], 1200)
+
+    print(f"\nOrchestration: {args.trials} zero-work trials, concurrency {args.concurrency}, {os.cpu_count()} CPUs")
+    print(f"{'':28}{'hpo':>12}{'NNI 3.0':>12}")
+    rows = [("trials/s", "trials_per_s"), ("seconds", "seconds"), ("time to first trial (s)", "time_to_first_trial_s"),
+            ("engine peak RSS (MB)", "peak_rss_mb"), ("pairing mismatches", "pairing_mismatches"),
+            ("pairing checked", "pairing_checked")]
+    for label, key in rows:
+        print(f"{label:28}{hpo[key]!s:>12}{(nni or {}).get(key, '-')!s:>12}")
+    print(f"hpo trials/s over {len(runs)} runs: {[r['trials_per_s'] for r in runs]} (median reported)")
+    if nni:
+        print(f"throughput ratio hpo/NNI: {hpo['trials_per_s'] / nni['trials_per_s']:.1f}x")
+    if rss:
+        print(f"engine peak RSS with {rss['finished_in_store']} finished trials in the store "
+              f"(resumed, {rss['extra_trials']} more run): {rss['peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()

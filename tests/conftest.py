@@ -1,0 +1,176 @@
+"""Shared fixtures for the engine tests: real trial processes, real SQLite stores, no mocks.
+
+Every test gets its own ``HPO_HOME`` under ``tmp_path`` (nothing lands in ``~/hpo-experiments``),
+and experiments are started on port 0 (a free port chosen by the OS).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# `python3` on PATH is a slow pyenv shim (~100 ms a start): trials use this interpreter directly.
+PY = shlex.quote(sys.executable)
+
+
+@pytest.fixture(autouse=True)
+def hpo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "hpo-home"
+    monkeypatch.setenv("HPO_HOME", str(home))
+    for var in [v for v in os.environ if v.startswith("HPO_") and v != "HPO_HOME"]:
+        monkeypatch.delenv(var)
+    return home
+
+
+def write_script(directory: Path, name: str, body: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class ExperimentFactory:
+    """``make(script, search_space=..., **config)`` writes ``script`` as ``code/trial.py`` and returns an
+    Experiment whose trial command runs it; every experiment made here is stopped at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.code = tmp_path / "code"
+        self.code.mkdir(exist_ok=True)
+        self.made: list[Any] = []
+
+    def script(self, body: str, name: str = "trial.py") -> Path:
+        return write_script(self.code, name, body)
+
+    def __call__(self, script: str | None = None, *, tuner: Any = "random",
+                 search_space: dict[str, Any] | None = None, command: str | None = None,
+                 **config: Any) -> Any:
+        from hpo import Experiment
+
+        exp = Experiment(tuner, "local")
+        exp.config.search_space = search_space or {"x": {"_type": "uniform", "_value": [0, 1]}}
+        exp.config.trial_code_directory = self.code
+        if script is not None:
+            self.script(script)
+            exp.config.trial_command = command or f"{PY} trial.py"
+        elif command is not None:
+            exp.config.trial_command = command
+        for key, value in config.items():
+            setattr(exp.config, key, value)
+        self.made.append(exp)
+        return exp
+
+    def cleanup(self) -> None:
+        for exp in self.made:
+            try:
+                exp.stop()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def make_experiment(tmp_path: Path):
+    factory = ExperimentFactory(tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+class Launcher:
+    """Runs an experiment in a separate Python process (``start()`` then wait), like a user's script."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[str]] = []
+        self.directories: list[Path] = []
+
+    def __call__(self, trial_body: str, *, concurrency: int, max_trials: int,
+                 search_space: dict[str, Any] | None = None) -> tuple[subprocess.Popen[str], str, Path]:
+        code = self.tmp_path / "code"
+        write_script(code, "trial.py", trial_body)
+        space = search_space or {"x": {"_type": "uniform", "_value": [0, 1]},
+                                 "y": {"_type": "choice", "_value": [1, 2, 3]}}
+        launch = write_script(self.tmp_path, "launch.py", f"""
+            import sys, time
+            sys.path.insert(0, {str(ROOT)!r})
+            from hpo import Experiment
+            exp = Experiment("random", "local")
+            exp.config.tuner.class_args = {{"seed": 3}}
+            exp.config.search_space = {space!r}
+            exp.config.trial_command = {f"{PY} trial.py"!r}
+            exp.config.trial_code_directory = {str(code)!r}
+            exp.config.trial_concurrency = {concurrency}
+            exp.config.max_trial_number = {max_trials}
+            exp.start(port=0)
+            print("ID", exp.id, exp.directory, flush=True)
+            exp.wait()
+            print("ENDED", exp.get_status(), flush=True)
+            exp.stop()
+        """)
+        proc = subprocess.Popen([sys.executable, str(launch)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, cwd=self.tmp_path)
+        self.procs.append(proc)
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("ID "):
+            proc.kill()
+            pytest.fail(f"launcher did not start the experiment: {line!r}")
+        _, exp_id, directory = line.split(maxsplit=2)
+        self.directories.append(Path(directory.strip()))
+        return proc, exp_id, self.directories[-1]
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        kill_trial_groups(self.directories)
+
+
+def kill_trial_groups(directories: list[Path]) -> None:
+    """Best-effort teardown: SIGKILL the process group of every trial recorded in these stores."""
+    import signal
+
+    from hpo.storage import ExperimentStore
+
+    for directory in directories:
+        try:
+            with ExperimentStore(directory, readonly=True) as store:
+                trials = [(t["pgid"], t["started_at"]) for t in store.trials() if t["pgid"]]
+        except Exception:
+            continue
+        for pgid, started in trials:
+            try:
+                if psutil.Process(pgid).create_time() > (started or 0) + 5:
+                    continue  # pid reused by something else
+                os.killpg(pgid, signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def launcher(tmp_path: Path):
+    launch = Launcher(tmp_path)
+    yield launch
+    launch.cleanup()
