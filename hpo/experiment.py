@@ -9,13 +9,16 @@ the experiment was opened with :meth:`Experiment.connect`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,12 +118,15 @@ class Experiment:
         return self._wait_and_stop()
 
     def _wait_and_stop(self) -> bool:
+        previous = _sigterm_as_interrupt()
         try:
             self._follow_progress()
         except KeyboardInterrupt:
-            print("\nhpo: stopping (Ctrl-C)...", file=sys.stderr)
+            print("\nhpo: stopping...", file=sys.stderr)
         finally:
             self.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return self.get_status() != "ERROR"
 
     def _follow_progress(self) -> None:
@@ -208,10 +214,8 @@ class Experiment:
         trial = ExperimentConfig.from_dict(self.config.to_dict())
         for key, value in changes.items():
             setattr(trial, key, value)  # raises ConfigError, changing nothing
-        if self._runner is not None:
+        if self._runner is not None:  # the engine shares self.config: it applies the change
             self._runner.call(lambda e: e.update_config(**changes))
-            for key, value in changes.items():
-                setattr(self.config, key, value)
         elif self._client is not None:
             self._client.patch("/experiment", changes)
         else:
@@ -330,6 +334,7 @@ class _Runner:
         self.thread = threading.Thread(target=self._thread_main, name="hpo-engine", daemon=True)
 
     def start(self) -> None:
+        _live_runners.add(self)
         self.thread.start()
         self.ready.wait()
         if self.error is not None:
@@ -403,6 +408,50 @@ class _Runner:
         assert self._shutdown is not None
         self.loop.call_soon_threadsafe(self._shutdown.set)
         self.thread.join()
+        _live_runners.discard(self)
+
+
+_live_runners: "weakref.WeakSet[_Runner]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_runners() -> None:
+    """An interpreter exiting with experiments still started stops them: no trial is orphaned."""
+    for runner in list(_live_runners):
+        try:
+            runner.stop()
+        except Exception:
+            pass
+
+
+def _sigterm_as_interrupt() -> Any:
+    """In the main thread, make SIGTERM stop a blocking run() gracefully, like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExperimentError)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A user mistake that reaches the top of a script prints one line, not a traceback."""
+    from hpo.client import ApiError
+    from hpo.registry import ExperimentNotFound
+    from hpo.search_space import SearchSpaceError
+
+    if issubclass(exc_type, USER_ERRORS + (ApiError, ExperimentNotFound, SearchSpaceError)):
+        print(f"hpo: error: {exc}", file=sys.stderr)
+        return
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
+sys.excepthook = _excepthook
 
 
 # -- module helpers -------------------------------------------------------------------------------------
