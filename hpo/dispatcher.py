@@ -240,6 +240,7 @@ class Engine:
         while (len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
                and self._error is None):
             rerun_of = None
+            seq = self.store.next_seq()
             if self._rerun:
                 rerun_of, params = self._rerun.pop(0)
             elif self._custom:
@@ -247,7 +248,6 @@ class Engine:
             else:
                 if self._wait_for_result:
                     return
-                seq = self.store.next_seq()
                 try:
                     params = await self._tuner_call(self.tuner.generate_parameters, seq)
                 except NoMoreTrials:
@@ -258,10 +258,10 @@ class Engine:
                     return
                 if self._stopping or self._deadline_hit:
                     return
-            self._create_and_launch(params, rerun_of)
+            self._create_and_launch(seq, params, rerun_of)
 
-    def _create_and_launch(self, params: dict[str, Any], rerun_of: int | None) -> None:
-        seq = self.store.next_seq()
+    def _create_and_launch(self, seq: int, params: dict[str, Any], rerun_of: int | None) -> None:
+        """Record trial ``seq`` (the tuner's parameter_id) as WAITING, then hand it to the service."""
         trial_id = new_id(5, _ID_ALPHABET)
         while self.store.trial(trial_id) is not None:
             trial_id = new_id(5, _ID_ALPHABET)
