@@ -105,7 +105,7 @@ class Engine:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._started_monotonic = 0.0
         self._prior_seconds = 0.0
-        self.done = asyncio.Event()
+        self.first_trial_started = asyncio.Event()
 
     # -- public, called on the loop ------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
@@ -175,7 +175,6 @@ class Engine:
             await self.service.stop("SYS_CANCELED", "experiment failed")
             self._set_status("ERROR", self._error)
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
-        self.done.set()
         return self.status
 
     async def _main(self) -> None:
@@ -304,6 +303,7 @@ class Engine:
         if trial is None:
             return
         self.store.trial_started(trial.seq, pid, pgid, host, gpus)
+        self.first_trial_started.set()
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": "RUNNING"})
 
     def metric(self, trial_id: str, kind: str, value: Any) -> None:
