@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hpo.storage import ACTIVE_STATES, ExperimentStore
+from hpo.storage import ACTIVE_STATES, FINISHED_STATES, ExperimentStore
 from hpo.trial import scalar
 from training_services.base import TrainingService, TrialSpec
 from tuners.base import NoMoreTrials, Tuner, TryLater
@@ -156,9 +156,9 @@ class Engine:
             if resume:
                 self._prepare_resume()
             await self._tuner_call(self.tuner.update_search_space, self.config.search_space)
-            if resume:
-                records = [{"parameter": t["parameter"], "value": t["default"]}
-                           for t in self.store.export_data() if t["default"] is not None]
+            if resume:  # replay every trial that ran (value None: ended without a usable result)
+                records = [{"parameter": t["parameters"], "value": t["final_value"]}
+                           for t in self.store.trials(status=FINISHED_STATES) if t["interrupted"] == 0]
                 if records:
                     await self._tuner_call(self.tuner.import_data, records)
             await self.service.start(self)
@@ -265,6 +265,8 @@ class Engine:
         while self.store.trial(trial_id) is not None:
             trial_id = new_id(5, _ID_ALPHABET)
         self.store.add_trial(seq, trial_id, params, rerun_of)  # recorded before it runs
+        log.info("trial %s (#%d) created%s: %s", trial_id, seq, f" (re-run of #{rerun_of})" if rerun_of else "",
+                 json.dumps(params, default=str))
         self.active[trial_id] = _Active(seq, trial_id, params)
         self._publish("trial", {"id": trial_id, "seq": seq, "status": "WAITING"})
         try:
@@ -303,6 +305,8 @@ class Engine:
         if trial is None:
             return
         self.store.trial_started(trial.seq, pid, pgid, host, gpus)
+        log.info("trial %s (#%d) running: pid %s on %s%s", trial_id, trial.seq, pid, host,
+                 f", GPUs {gpus}" if gpus else "")
         self.first_trial_started.set()
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": "RUNNING"})
 
@@ -331,6 +335,7 @@ class Engine:
             return
         interrupted = status == "SYS_CANCELED" and (self._stopping or self._deadline_hit or self._error is not None)
         self.store.trial_ended(trial.seq, status, exit_code, message, interrupted=interrupted)
+        log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
         self._wait_for_result = False
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": status})
@@ -351,6 +356,7 @@ class Engine:
 
     def _set_status(self, status: str, message: str | None = None) -> None:
         self.store.set_status(status, message)
+        log.info("experiment %s %s%s", self.experiment_id, status, f": {message}" if message else "")
         self.status = status
         if message is not None:
             self.message = message

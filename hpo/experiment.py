@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -433,6 +434,7 @@ def _sigterm_as_interrupt() -> Any:
         return None
 
     def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the stop short
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
@@ -522,8 +524,21 @@ def _save_function(fn: Callable[..., Any], path: Path) -> None:
 
     if not callable(fn):
         raise ConfigError(f"config.trial_function: expected a function, got {type(fn).__name__}")
+    # A function from an imported module is pickled by reference by default, and the trial process
+    # (another cwd, another sys.path) often cannot import that module: pickle it by value instead.
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    data = None
+    if isinstance(fn, types.FunctionType) and module is not None and module.__name__ != "__main__":
+        try:
+            cloudpickle.register_pickle_by_value(module)
+            try:
+                data = cloudpickle.dumps(fn)
+            finally:
+                cloudpickle.unregister_pickle_by_value(module)
+        except Exception:
+            data = None
     with open(path, "wb") as fh:
-        cloudpickle.dump(fn, fh)
+        fh.write(data if data is not None else cloudpickle.dumps(fn))
 
 
 def _load_function(path: Path) -> Callable[..., Any]:

@@ -21,8 +21,10 @@ def hpo_home() -> Path:
     return Path(os.environ.get("HPO_HOME") or Path.home() / "hpo-experiments").expanduser()
 
 
-def _connect() -> sqlite3.Connection:
+def _connect(create: bool = True) -> sqlite3.Connection | None:
     home = hpo_home()
+    if not create and not (home / "registry.db").exists():
+        return None
     home.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(home / "registry.db", timeout=10.0, isolation_level=None)
     conn.execute("CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, name TEXT, directory TEXT NOT NULL, "
@@ -32,6 +34,7 @@ def _connect() -> sqlite3.Connection:
 
 def register(experiment_id: str, name: str | None, directory: Path) -> None:
     conn = _connect()
+    assert conn is not None
     try:
         conn.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
                      (experiment_id, name, str(Path(directory).resolve()), time.time()))
@@ -41,11 +44,12 @@ def register(experiment_id: str, name: str | None, directory: Path) -> None:
 
 def lookup(experiment_id: str) -> Path:
     """The folder of experiment ``experiment_id``; raises ExperimentNotFound."""
-    conn = _connect()
-    try:
-        row = conn.execute("SELECT directory FROM experiments WHERE id=?", (experiment_id,)).fetchone()
-    finally:
-        conn.close()
+    conn, row = _connect(create=False), None
+    if conn is not None:
+        try:
+            row = conn.execute("SELECT directory FROM experiments WHERE id=?", (experiment_id,)).fetchone()
+        finally:
+            conn.close()
     if row is None:
         candidate = hpo_home() / experiment_id
         if (candidate / "experiment.db").exists():
@@ -55,7 +59,9 @@ def lookup(experiment_id: str) -> Path:
 
 
 def all_experiments() -> list[dict[str, object]]:
-    conn = _connect()
+    conn = _connect(create=False)
+    if conn is None:
+        return []
     try:
         rows = conn.execute("SELECT id, name, directory, created_at FROM experiments ORDER BY created_at").fetchall()
     finally:

@@ -121,7 +121,9 @@ def test_import_data_is_accepted_and_tuning_continues(tuner_name):
     raw = TUNERS[tuner_name][0]
     history = _drive(_make(tuner_name, raw, seed=1), 10)
     tuner = _make(tuner_name, raw, seed=2)
-    tuner.import_data([{"parameter": p, "value": _objective(p)} for p in history])
+    records = [{"parameter": p, "value": _objective(p)} for p in history]
+    records[3]["value"] = None  # a trial that ran but failed: tuners must accept it
+    tuner.import_data(records)
     space = parse_search_space(raw)
     more = _drive(tuner, 5)
     assert all(space.contains(p) for p in more)
@@ -149,3 +151,12 @@ def test_exhaustion_is_signalled_not_repeated(tuner_name):
         seen.append(tuple(sorted(params.items())))
         tuner.receive_trial_result(pid, params, float(pid))
     assert len(seen) == len(set(seen)) == 6
+
+
+def test_grid_does_not_repeat_points_that_ran_without_a_result():
+    raw = {"a": {"_type": "choice", "_value": [1, 2, 3]}}
+    tuner = _make("grid", raw)
+    tuner.import_data([{"parameter": {"a": 1}, "value": None}, {"parameter": {"a": 3}, "value": 0.5}])
+    assert tuner.generate_parameters(1) == {"a": 2}
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(2)

@@ -73,6 +73,11 @@ class Tuner(ABC):
         """Called once per trial when it ends, whether or not it reported a result."""
 
     def import_data(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Feed earlier results: records of ``{"parameter": dict, "value": number}``."""
+        """Feed earlier trials: records of ``{"parameter": dict, "value": number or None}``.
+
+        A None value is a trial that ran but gave no usable result (failed, cancelled); the base
+        class skips it, tuners that must not repeat points (grid) record it as tried.
+        """
         for i, record in enumerate(records):
-            self.receive_trial_result(-1 - i, record["parameter"], float(record["value"]), imported=True)
+            if record.get("value") is not None:
+                self.receive_trial_result(-1 - i, record["parameter"], float(record["value"]), imported=True)

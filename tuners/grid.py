@@ -1,7 +1,7 @@
 """Grid search over every discrete dimension (choice, randint, quantised types, matrix forms)."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from hpo.search_space import SearchSpace
 from tuners.base import NoMoreTrials, Tuner
@@ -35,6 +35,10 @@ class GridTuner(Tuner):
                 self._done.add(_key(point))
                 return point
         raise NoMoreTrials("every point of the grid has been suggested")
+
+    def import_data(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for record in records:  # every point that ran counts as done, with or without a result
+            self._done.add(_key(record["parameter"]))
 
     def receive_trial_result(self, parameter_id: int, parameters: Mapping[str, Any], value: float,
                              **kwargs: Any) -> None:

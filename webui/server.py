@@ -242,7 +242,10 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
         return response
 
     app = web.Application(middlewares=[security])
-    app.router.add_get("/", lambda r: web.Response(text=_INDEX, content_type="text/html"))
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=_INDEX, content_type="text/html")
+
+    app.router.add_get("/", index)
     app.router.add_get(f"{API}/experiment", api.experiment)
     app.router.add_patch(f"{API}/experiment", api.update)
     app.router.add_post(f"{API}/experiment/stop", api.stop)
@@ -260,9 +263,13 @@ async def _close(api: _Api) -> None:
 
 
 def _same_origin(request: web.Request) -> bool:
+    """A browser request from the dashboard's own page (browsers send Origin on every POST/PATCH).
+
+    Requests without an Origin (scripts, other local users) are not trusted: they need the token.
+    """
     origin = request.headers.get("Origin")
-    if origin is None:  # non-browser clients send no Origin; browsers always do on POST/PATCH
-        return request.headers.get("Sec-Fetch-Site") in (None, "same-origin")
+    if origin is None:
+        return False
     return origin in (f"http://{request.host}", f"https://{request.host}")
 
 

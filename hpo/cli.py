@@ -1,0 +1,548 @@
+"""``hpo``: the command line (nnictl-like).  ``hpo <command> --help`` describes each command.
+
+Experiments run detached by default: ``hpo create`` validates everything, starts a background
+process (its own session, output in ``$HPO_HOME/logs/``) and waits until that process reports
+``ready <id> <port>`` or ``error <message>`` on an inherited pipe.  Reads (list, trials, logs,
+export) go to the experiment's store; actions (stop, update, kill) go to the running engine's
+JSON API.  Every user mistake prints one line ``hpo: error: ...`` and exits 1 (2: bad usage).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from hpo.registry import all_experiments, hpo_home, lookup
+from hpo.storage import ACTIVE_STATES, TRIAL_STATES, ExperimentStore
+
+__all__ = ["main", "build_parser"]
+
+END_STATES = ("DONE", "STOPPED", "ERROR")
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_READY_TIMEOUT, _STOP_TIMEOUT, _GRID_ROWS = 120.0, 60.0, 50
+
+
+class CliError(Exception):
+    """A user mistake; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"hpo: error: {message} (see `{self.prog} --help`)\n")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _alive(pid: int | None, since: float | None = None) -> bool:
+    """Whether process ``pid`` runs (and, with ``since``, already ran then: not a reused pid)."""
+    import psutil
+    try:
+        proc = psutil.Process(pid) if pid else None
+        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE and (
+            since is None or proc.create_time() <= since + 1)
+    except psutil.Error:
+        return False
+
+
+def _engine_alive(info: dict[str, Any]) -> bool:
+    """Whether the engine process recorded in an experiment row still runs."""
+    return info["status"] not in END_STATES and _alive(info.get("pid"), info["started_at"] or info["created_at"])
+
+
+def _open(experiment_id: str) -> tuple[Path, ExperimentStore]:
+    directory = lookup(experiment_id)
+    try:
+        return directory, ExperimentStore(directory, readonly=True)
+    except FileNotFoundError:
+        raise CliError(f"experiment {experiment_id}: its folder {str(directory)!r} has no store") from None
+
+
+def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
+    """An ApiClient on a running experiment, and its experiment row; CliError if it is not running."""
+    from hpo.client import ApiClient
+    directory, store = _open(experiment_id)
+    info = store.experiment()
+    if not info.get("port") or not _engine_alive(info):
+        state = info["status"] if info["status"] in END_STATES else "its engine is not running"
+        raise CliError(f"experiment {experiment_id} is not running ({state}); only a running experiment can "
+                       f"{action} (`hpo resume {experiment_id}` continues it)")
+    try:
+        token = (directory / ".token").read_text().strip()
+    except OSError:
+        token = None
+    return ApiClient(info.get("host") or "127.0.0.1", info["port"], token, timeout=15.0), info
+
+
+def _trial(store: ExperimentStore, experiment_id: str, key: str) -> dict[str, Any]:
+    rec = (store.trial(int(key)) if key.isdigit() else None) or store.trial(key)  # a sequence number or an id
+    if rec is None:
+        raise CliError(f"experiment {experiment_id} has no trial {key!r} (see `hpo trials {experiment_id}`)")
+    return rec
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if not start:
+        return "-"
+    s = int((end or time.time()) - start)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _load_config(paths: list[str]) -> Any:
+    """Load, merge and validate config files; also check that the tuner exists and accepts the space."""
+    from hpo.config import ConfigError, load_config_files
+    from hpo.experiment import Experiment
+    config = load_config_files(paths).validate_for_start()
+    tuner = Experiment(config=config)._make_tuner()
+    try:
+        tuner.update_search_space(config.search_space)
+    except ValueError as exc:
+        raise ConfigError(f"config.tuner ({config.tuner.name or config.tuner.class_name}): {exc}") from None
+    return config
+
+
+# -- detached mode ---------------------------------------------------------------------------------
+def _spawn(kind: str, argv: list[str], port: int) -> int:
+    """Run ``hpo <argv> --foreground`` in a new session and wait for its ready/error line."""
+    from hpo.experiment import _bind
+    _bind("127.0.0.1", port).close()  # a busy port is reported before anything is written
+    logs = hpo_home() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p))
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", *argv, "--port", str(port),
+                                 "--foreground", "--ready-fd", str(write_fd)],
+                                stdin=devnull, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                                start_new_session=True, env=env)
+    os.close(write_fd)
+    data, deadline = b"", time.monotonic() + _READY_TIMEOUT
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while b"\n" not in data and time.monotonic() < deadline:
+            if select.select([pipe], [], [], 0.5)[0]:
+                chunk = pipe.read(4096)
+                if not chunk:
+                    break
+                data += chunk
+    word, _, rest = data.decode("utf-8", "replace").partition("\n")[0].partition(" ")
+    if word == "ready":
+        experiment_id, port = rest.split()
+        print(f"experiment {experiment_id} {'resumed' if kind == 'resume' else 'started'} in the background "
+              f"(pid {proc.pid})\ndashboard: http://localhost:{port}\n"
+              f"logs: hpo logs {experiment_id}    stop: hpo stop {experiment_id}")
+        return 0
+    if word == "error":
+        raise CliError(rest)
+    if proc.poll() is None:
+        proc.kill()
+        raise CliError(f"the background process did not start within {_READY_TIMEOUT:g} s; see {log_path}")
+    raise CliError(f"the background process exited (code {proc.wait()}) before it was ready; see {log_path}")
+
+
+@contextlib.contextmanager
+def _reporter(fd: int | None) -> Iterator[Callable[[str], None] | None]:
+    """In the detached child: a function writing the ready line; a failure is written as ``error <msg>``."""
+    if fd is None:
+        yield None
+        return
+    pipe = os.fdopen(fd, "w", buffering=1)
+
+    def report(line: str) -> None:
+        if not pipe.closed:
+            pipe.write(" ".join(line.split()) + "\n")
+            pipe.close()
+    try:
+        yield report
+    except BaseException as exc:
+        report(f"error {str(exc) or type(exc).__name__}")
+        raise
+    finally:
+        report("error the background process ended before it was ready")
+
+
+@contextlib.contextmanager
+def _graceful_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt once (a graceful stop); later ones are ignored."""
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if fired:
+            print("hpo: already stopping, please wait", file=sys.stderr)
+            return
+        fired.append(signum)
+        raise KeyboardInterrupt
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _foreground(args: argparse.Namespace, launch: Callable[[bool], Any]) -> int:
+    """Run an experiment in this process: ``launch(wait)`` starts it (and with ``wait``, runs it to its end
+    with a progress bar).  In a detached child, report readiness, then wait for the end or a signal."""
+    with _graceful_signals():
+        with _reporter(args.ready_fd) as report:
+            exp = launch(report is None)
+            if report is not None:
+                report(f"ready {exp.id} {exp.port}")
+        if report is not None:
+            try:
+                while not exp.wait(1.0):
+                    pass
+            except KeyboardInterrupt:
+                print("hpo: stopping (signal received)...", file=sys.stderr)
+            finally:
+                exp.stop()
+    return 0 if exp.get_status() != "ERROR" else 1
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace) -> int:
+    from hpo.experiment import Experiment
+    config = _load_config(args.config)
+    if not args.foreground:
+        files = [a for p in args.config for a in ("--config", str(Path(p).resolve()))]
+        return _spawn("create", ["create", *files, *(["--debug"] * args.debug)], args.port)
+
+    def launch(wait: bool) -> Any:
+        exp = Experiment(config=config)
+        exp.run(port=args.port, debug=args.debug, wait_completion=wait)
+        return exp
+    return _foreground(args, launch)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from hpo.experiment import Experiment
+    if not args.foreground:
+        info = _open(args.id)[1].experiment()
+        if _engine_alive(info):
+            raise CliError(f"experiment {args.id} is still running (pid {info['pid']}); stop it first")
+        return _spawn("resume", ["resume", args.id], args.port)
+    return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait))
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from hpo.experiment import Experiment
+    Experiment.view(args.id, port=args.port)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    if bool(args.id) == bool(args.all):
+        raise CliError("give one experiment id or --all")
+    ids = [args.id] if args.id else [str(e["id"]) for e in all_experiments() if _row(e)[1]]
+    if not ids:
+        print("no running experiment")
+    for experiment_id in ids:
+        _stop_one(experiment_id)
+    return 0
+
+
+def _stop_one(experiment_id: str) -> None:
+    from hpo.client import ApiError
+    store = _open(experiment_id)[1]
+    if (status := store.experiment()["status"]) in END_STATES:
+        print(f"experiment {experiment_id} is already {status}")
+        return
+    client, info = _client(experiment_id, "be stopped")
+    pid = info["pid"]
+    try:
+        client.post("/experiment/stop")
+    except ApiError as exc:
+        print(f"hpo: the API did not answer ({exc}); sending SIGTERM to pid {pid}", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while (status := store.experiment()["status"]) not in END_STATES:
+        if time.monotonic() > deadline:
+            raise CliError(f"experiment {experiment_id} did not stop within {_STOP_TIMEOUT:g} s (status {status})")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5  # a detached or CLI engine exits too (a notebook's Python does not)
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"experiment {experiment_id} {status}")
+
+
+def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
+    """A `list` row for a registry entry, and whether its engine runs."""
+    try:
+        store = ExperimentStore(str(entry["directory"]), readonly=True)
+        info, counts = store.experiment(), store.status_counts()
+    except Exception:  # a deleted or unreadable folder
+        return [entry["id"], entry["name"], "MISSING", None, _when(entry["created_at"]), None], False  # type: ignore
+    status = info["status"]
+    running = _engine_alive(info)
+    status = "CRASHED" if status not in END_STATES and not running else status  # `hpo resume` continues it
+    done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
+    total = info["config"].get("max_trial_number")
+    return [info["id"], info["name"], status, f"{done}/{total}" if total else done,
+            _when(info["started_at"] or info["created_at"]), info["port"] if running else None], running
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [row for row, running in map(_row, all_experiments()) if running or args.all]
+    if rows:
+        _table(["ID", "NAME", "STATUS", "TRIALS", "STARTED", "PORT"], rows)
+    else:
+        print("no experiment" if args.all else "no running experiment (`hpo list --all` shows every one)")
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    rows = [[t["seq"], t["id"], t["status"], None if t["final_value"] is None else _value(t["final_value"]),
+             _value(t["parameters"]), _duration(t["started_at"], t["ended_at"])]
+            for t in _open(args.id)[1].trials(status=args.status)]
+    _table(["SEQ", "ID", "STATUS", "VALUE", "PARAMETERS", "DURATION"], rows)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    directory, store = _open(args.id)
+    if args.line < 0 or (args.limit is not None and (args.limit < 1 or args.follow)):
+        raise CliError("expected --line >= 0 and --limit >= 1, and no --limit with --follow")
+
+    def ended() -> bool:
+        info = store.experiment()
+        return not _engine_alive(info) or (
+            args.trial is not None and (store.trial(trial_id) or {}).get("status") not in ACTIVE_STATES)
+    if args.trial is None:
+        path = directory / "engine.log"
+    else:
+        trial_id = _trial(store, args.id, args.trial)["id"]
+        path = directory / "trials" / trial_id / ("stderr.log" if args.stderr else "stdout.log")
+    if directory.resolve() not in path.resolve().parents:
+        raise CliError(f"refusing to read {str(path)!r}: outside the experiment folder")
+    if not args.follow and not path.exists():
+        raise CliError(f"no log yet at {path}")
+    stop = args.line + args.limit if args.limit is not None else None
+    _print_log(path, args.line, stop, ended if args.follow else None)
+    return 0
+
+
+def _print_log(path: Path, start: int, stop: int | None, ended: Callable[[], bool] | None) -> None:
+    """Print lines [start, stop) of ``path``; with ``ended``, keep printing what is appended until it is true."""
+    while ended is not None and not path.exists():
+        if ended():
+            return
+        time.sleep(0.2)
+    buffer, seen = b"", 0
+
+    def emit(lines: list[bytes]) -> bool:  # True once past ``stop``
+        nonlocal seen
+        for raw in lines:
+            if seen >= start and (stop is None or seen < stop):
+                sys.stdout.write(raw.decode("utf-8", "replace").rstrip("\r") + "\n")
+            seen += 1
+        return stop is not None and seen >= stop
+    with open(path, "rb") as fh:
+        while True:
+            finished = ended is None or ended()  # checked before reading, so the last lines are read after it
+            while chunk := fh.read(1 << 20):
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                if emit(lines):
+                    return
+            if finished:
+                emit([buffer] if buffer else [])
+                return
+            sys.stdout.flush()
+            time.sleep(0.2)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import math
+    records = [{"trial_id": t["id"], "sequence_id": t["seq"], "status": t["status"], "parameter": t["parameters"],
+                "value": t["final"], "default": t["final_value"] if t["final_value"] is None or
+                math.isfinite(t["final_value"]) else None} for t in _open(args.id)[1].trials()]
+    with (open(args.output, "w", newline="", encoding="utf-8") if args.output
+          else contextlib.nullcontext(sys.stdout)) as out:
+        if args.format == "json":
+            out.write(json.dumps(records, indent=2) + "\n")
+        else:
+            _write_csv(records, out)
+    if args.output:
+        print(f"exported {len(records)} trials to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return out
+
+
+def _write_csv(records: list[dict[str, Any]], out: Any) -> None:
+    """One row per trial: id, seq, status, value, then the parameters flattened (``a.b`` for nested ones)."""
+    import csv
+    base, rows = ["trial_id", "sequence_id", "status", "value"], []
+    for r in records:
+        row = {"trial_id": r["trial_id"], "sequence_id": r["sequence_id"], "status": r["status"], "value": r["default"]}
+        row.update({(k if k not in base else f"parameter.{k}"): v for k, v in _flatten(r["parameter"], "", {}).items()})
+        if isinstance(r["value"], dict):  # other metrics of a dict result
+            row.update({f"final.{k}": v for k, v in _flatten(r["value"], "", {}).items() if k != "default"})
+        rows.append(row)
+    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(base + [k for r in rows for k in r])),
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    changes = {k: v for k, v in (("trial_concurrency", args.concurrency), ("max_trial_number", args.max_trials),
+                                 ("max_experiment_duration", args.duration)) if v is not None}
+    if not changes:
+        raise CliError("nothing to update; give --concurrency, --max-trials and/or --duration")
+    _client(args.id, "be updated")[0].patch("/experiment", changes)
+    print(f"experiment {args.id}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    trial_id = _trial(_open(args.id)[1], args.id, args.trial)["id"]
+    _client(args.id, "have its trials killed")[0].post(f"/trials/{trial_id}/kill")
+    print(f"trial {trial_id} of experiment {args.id} killed")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    def pruned(d: Any) -> Any:  # leave out unset (null) fields
+        return {k: pruned(v) for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+    config = _load_config(args.file)
+    print("Config valid\n\n" + yaml.safe_dump(pruned(config.to_dict()), sort_keys=False).rstrip())
+    if args.matrix:
+        _print_space(config.search_space)
+    return 0
+
+
+def _print_space(raw: dict[str, Any]) -> None:
+    """Polyaxon's ``check -m``: the grid of a discrete space (first rows), or its dimensions."""
+    import itertools
+    from hpo.search_space import parse_search_space
+    space = parse_search_space(raw)
+    if not space.is_discrete:
+        print("\nThe search space is continuous: it cannot be enumerated as a grid.  Dimensions:")
+        for dim in space:
+            print(f"  {dim.name}: {dim.describe()}")
+        return
+    size = space.grid_size()
+    print(f"\nThe search space has {size} point{'s' * (size != 1)}:")
+    _table(["#", *space.names], [[i, *(_value(p[n]) for n in space.names)]
+                                 for i, p in enumerate(itertools.islice(space.iter_grid(), _GRID_ROWS), 1)])
+    if size > _GRID_ROWS:
+        print(f"... and {size - _GRID_ROWS} more")
+
+
+# -- parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpo", description="Hyperparameter optimisation experiments (nnictl-like).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], text: str, *ids: str) -> Any:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        for positional in ids:
+            p.add_argument(positional)
+        return p
+
+    def detachable(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080)")
+        p.add_argument("--foreground", action="store_true",
+                       help="run in this process with a progress bar (Ctrl-C stops it gracefully)")
+        p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    p = command("create", cmd_create, "Validate config files and start an experiment (detached by default).")
+    p.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
+                   help="YAML/JSON config; repeat to merge (later files win)")
+    detachable(p)
+    p.add_argument("--debug", action="store_true", help="debug logging")
+    detachable(command("resume", cmd_resume, "Continue a stopped or crashed experiment (detached by default).", "id"))
+    p = command("view", cmd_view, "Serve a stored experiment's dashboard read-only until Ctrl-C.", "id")
+    p.add_argument("--port", type=int, default=8080)
+    p = command("stop", cmd_stop, "Stop a running experiment, or every one with --all.")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--all", action="store_true", help="stop every running experiment")
+    p = command("list", cmd_list, "List running experiments (--all: every one).")
+    p.add_argument("--all", action="store_true", help="list every experiment")
+    p = command("trials", cmd_trials, "List an experiment's trials.", "id")
+    p.add_argument("--status", type=str.upper, choices=TRIAL_STATES, help="only trials in this state")
+    p = command("logs", cmd_logs, "The engine log, or a trial's output (TRIAL: id or sequence number).", "id")
+    p.add_argument("trial", nargs="?")
+    p.add_argument("--stderr", action="store_true", help="the trial's stderr instead of its stdout")
+    p.add_argument("--line", type=int, default=0, help="first line to show, counted from 0 (default 0)")
+    p.add_argument("--limit", type=int, help="show at most this many lines")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the trial/experiment ends")
+    p = command("export", cmd_export, "Export trials: parameters, status, final value.", "id")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    p = command("update", cmd_update, "Change a running experiment's limits.", "id")
+    p.add_argument("--concurrency", type=int, metavar="N", help="trial concurrency")
+    p.add_argument("--max-trials", type=int, metavar="N", help="max trial number")
+    p.add_argument("--duration", metavar="D", help="max experiment duration, e.g. 90, 30m, 2h")
+    command("kill", cmd_kill, "Kill a running trial (TRIAL: id or sequence number).", "id", "trial")
+    p = command("check", cmd_check, "Validate config files; print the merged config (and the search space).")
+    p.add_argument("-f", "--file", action="append", required=True, metavar="FILE", help="repeat to merge")
+    p.add_argument("-m", "--matrix", action="store_true", help="show the search space size and grid")
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [CliError, ValueError, LookupError, OSError]
+    for module, name in (("hpo.experiment", "ExperimentError"), ("hpo.client", "ApiError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `hpo export ID | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        return 0
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()) or os.environ.get("HPO_DEBUG"):
+            raise
+        print(f"hpo: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
