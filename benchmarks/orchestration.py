@@ -5,17 +5,24 @@ Usage (from the repository root)::
     bash benchmarks/setup_nni.sh                     # once: NNI 3.0 in benchmarks/.venv-nni
     python benchmarks/orchestration.py [--trials 200] [--concurrency 2] [--repeat 3] [--no-nni]
     python benchmarks/orchestration.py --rss-trials 10000   # engine RSS with 10,000 finished trials
+    python benchmarks/orchestration.py --no-nni --remote    # also through the remote service (sshd on loopback)
 
 Each system runs in its own child process (so RSS is the engine's alone), with trials started by
 an absolute interpreter path (``python3`` on PATH may be a slow pyenv shim).  Reported: trials/s
 (median of ``--repeat`` runs for hpo), the hpo/NNI ratio, time from ``start()`` to the first trial
 process, engine peak RSS, and the pairing check (results recomputed from exported parameters).
+
+``--remote`` also runs the same trials through the remote training service: a real OpenSSH server
+(``tests/sshd.py``: Debian's sshd on 127.0.0.1, key-only, as a child process) and asyncssh, so the
+numbers include SSH, SFTP upload of the code and the remote agent; reported as trials/s against local.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -27,6 +34,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# benchmarks/tuners.py is named like the `tuners` package: this folder must not shadow the repository root
+sys.path[:] = [p for p in sys.path if p not in (str(HERE), "")]
+sys.path.insert(0, str(ROOT))
 NNI_PYTHON = HERE / ".venv-nni" / "bin" / "python"
 SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}, "y": {"_type": "choice", "_value": [1, 2, 3, 4, 5]}}
 
@@ -60,14 +70,37 @@ class PeakRss:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def hpo_side(trials: int, concurrency: int, home: Path) -> dict:
+def _loopback_machine(home: Path) -> tuple[dict, dict]:
+    """Start an sshd on 127.0.0.1 for the current user: (machine_list entry, other remote options)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sshd import SshServer, client_key, unavailable, world_dir
+
+    if unavailable():
+        sys.exit(f"--remote: {unavailable()}")
+    base = world_dir("hpo-bench-sshd-")
+    key = client_key(base, "client_key")
+    server = SshServer(base / "server", [key.with_suffix(".pub")]).start()
+    atexit.register(lambda: (server.stop(), shutil.rmtree(base, ignore_errors=True)))
+    known = base / "known_hosts"
+    known.write_text(server.known_hosts_line())
+    return (server.machine(key, python_path=sys.executable),
+            {"known_hosts_file": str(known), "remote_directory": str(home / "remote-host")})
+
+
+def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False) -> dict:
     """Runs in a child process: one hpo experiment; prints a JSON line."""
     os.environ["HPO_HOME"] = str(home)
+    if remote:
+        machine, options = _loopback_machine(home)
     with PeakRss() as rss:
         from hpo import Experiment
         from tuners import RandomTuner
 
-        exp = Experiment(RandomTuner(seed=0), "local")
+        exp = Experiment(RandomTuner(seed=0), "remote" if remote else "local")
+        if remote:
+            exp.config.training_service.machine_list = [machine]
+            for key, value in options.items():
+                setattr(exp.config.training_service, key, value)
         exp.config.trial_concurrency = concurrency
         exp.config.max_trial_number = trials
         exp.config.search_space = SPACE
@@ -82,8 +115,8 @@ def hpo_side(trials: int, concurrency: int, home: Path) -> dict:
         exp.stop()
     mismatches = sum(1 for d in data if abs(d["parameter"]["x"] * 1000 + d["parameter"]["y"] - d["default"]) > 1e-6)
     completed = exp.get_job_statistics()["SUCCEEDED"]
-    return {"system": "hpo", "trials": trials, "concurrency": concurrency, "completed": completed,
-            "seconds": round(seconds, 3), "trials_per_s": round(completed / seconds, 3),
+    return {"system": "hpo-remote" if remote else "hpo", "trials": trials, "concurrency": concurrency,
+            "completed": completed, "seconds": round(seconds, 3), "trials_per_s": round(completed / seconds, 3),
             "time_to_first_trial_s": round(first - t0, 4), "peak_rss_mb": round(rss.peak / 2**20, 1),
             "pairing_mismatches": mismatches, "pairing_checked": len(data)}
 
@@ -143,12 +176,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="hpo runs (the median is reported)")
     ap.add_argument("--no-nni", action="store_true", help="skip the NNI side")
     ap.add_argument("--rss-trials", type=int, default=0, help="also measure RSS with this many finished trials")
+    ap.add_argument("--remote", action="store_true",
+                    help="also run the trials through the remote service (sshd on loopback) and compare with local")
     ap.add_argument("--side", choices=["hpo", "rss"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.side == "hpo":
-        print(json.dumps(hpo_side(args.trials, args.concurrency, Path(args.home))))
+        print(json.dumps(hpo_side(args.trials, args.concurrency, Path(args.home), args.remote)))
         return
     if args.side == "rss":
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
@@ -161,6 +196,15 @@ def main() -> None:
                                    "--concurrency", str(args.concurrency), "--home", f"{tmp}/hpo{i}"], 1200))
             print(f"hpo run {i + 1}: {runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
         hpo = sorted(runs, key=lambda r: r["trials_per_s"])[len(runs) // 2]
+        remote = None
+        if args.remote:
+            remote_runs = []
+            for i in range(args.repeat):
+                remote_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--remote", "--trials",
+                                              str(args.trials), "--concurrency", str(args.concurrency),
+                                              "--home", f"{tmp}/remote{i}"], 1200))
+                print(f"hpo remote run {i + 1}: {remote_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+            remote = sorted(remote_runs, key=lambda r: r["trials_per_s"])[len(remote_runs) // 2]
         nni = None
         if not args.no_nni:
             if not NNI_PYTHON.exists():
@@ -182,6 +226,11 @@ def main() -> None:
     print(f"hpo trials/s over {len(runs)} runs: {[r['trials_per_s'] for r in runs]} (median reported)")
     if nni:
         print(f"throughput ratio hpo/NNI: {hpo['trials_per_s'] / nni['trials_per_s']:.1f}x")
+    if remote:
+        print(f"\nRemote service (one sshd on 127.0.0.1, asyncssh): {remote['trials_per_s']} trials/s, "
+              f"{remote['seconds']} s, time to first trial {remote['time_to_first_trial_s']} s, "
+              f"{remote['completed']}/{args.trials} succeeded, pairing mismatches {remote['pairing_mismatches']}")
+        print(f"throughput ratio remote/local: {remote['trials_per_s'] / hpo['trials_per_s']:.2f}")
     if rss:
         print(f"engine peak RSS with {rss['finished_in_store']} finished trials in the store "
               f"(resumed, {rss['extra_trials']} more run): {rss['peak_rss_mb']} MB")

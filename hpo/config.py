@@ -17,14 +17,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, get_args
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError,
+                      field_serializer, model_validator)
 from pydantic.alias_generators import to_camel
 
 from hpo.search_space import SearchSpace, SearchSpaceError, parse_search_space
 
-__all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "TrainingServiceConfig", "ExperimentConfig",
-           "load_config_files", "parse_duration"]
+__all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "RemoteConfig", "RemoteMachineConfig",
+           "TrainingServiceConfig", "ExperimentConfig", "load_config_files", "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,8 @@ def _walk(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[str, Any, type[Base
             path, model = f"{path}.{name}", _model_in(field.annotation)
         elif part in _PLATFORMS:  # a discriminated-union tag
             model = _PLATFORMS[part]
+        elif isinstance(part, int) and model is not None:  # an item of a list of models
+            path, field = f"{path}[{part}]", None
         elif part != "[key]":
             path, field, model = path + (f"[{part}]" if isinstance(part, int) else f".{part}"), None, None
     return path, field, model
@@ -261,10 +263,56 @@ class LocalConfig(_Base):
     reuse_mode: bool = Field(False, strict=True, description="true or false (accepted and ignored)")
 
 
-# Platform name -> model.  To add one (say RemoteConfig, platform: Literal['remote']), register it here
-# and widen TrainingServiceConfig to Annotated[LocalConfig | RemoteConfig, Field(discriminator='platform')].
-_PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig}
-TrainingServiceConfig = LocalConfig
+class RemoteMachineConfig(_Base):
+    """One machine of the remote training service (NNI's ``machineList`` entry, plus ``max_trials``).
+
+    ``password`` and ``ssh_passphrase`` are secrets: shown as ``'**********'``, and written as null by
+    :meth:`ExperimentConfig.to_dict` (so never stored); a resumed experiment needs them supplied again,
+    or key files without a passphrase / an ssh-agent."""
+
+    _default_where: ClassVar[str] = "config.training_service.machine_list[]"
+    host: str = Field(min_length=1, description="a host name or IP address")
+    port: int = Field(22, ge=1, le=65535, strict=True, description="a port number (1-65535)")
+    user: str | None = Field(None, min_length=1, description="a user name, or null for the current one")
+    password: SecretStr | None = Field(None, description="a password string, or null")
+    ssh_key_file: Path | None = Field(None, description="a private key file path, or null")
+    ssh_passphrase: SecretStr | None = Field(None, description="the key file's passphrase, or null")
+    python_path: str | None = Field(None, min_length=1, description=(
+        "the remote Python: an interpreter path or a folder holding python3 (put first on PATH), or null"))
+    gpu_indices: Annotated[list[int] | None, BeforeValidator(_gpu_list)] = Field(None, description=_GPU_EXPECT)
+    use_active_gpu: bool = Field(False, strict=True, description="true or false")
+    max_trial_number_per_gpu: int = Field(1, ge=1, strict=True, description="an integer >= 1")
+    max_trials: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null for no limit")
+
+    @field_serializer("password", "ssh_passphrase", when_used="json")
+    def _hide_secret(self, value: SecretStr | None) -> None:
+        return None  # secrets never reach the store, the dashboard or a saved config
+
+
+class RemoteConfig(_Base):
+    """The remote training service: trials on machines reached over SSH (nothing installed there)."""
+
+    _default_where: ClassVar[str] = "config.training_service"
+    platform: Literal["remote"] = Field("remote", description="'remote'")
+    machine_list: list[RemoteMachineConfig] = Field(
+        default_factory=list, description="a list of machines like [{'host': 'gpu1', 'user': 'me', "
+                                          "'ssh_key_file': '~/.ssh/id_ed25519'}]")
+    reuse_mode: bool = Field(False, strict=True, description="true or false (accepted and ignored)")
+    known_hosts_file: Path | None = Field(None, description="a known_hosts file path, or null for ~/.ssh/known_hosts")
+    accept_new_host_keys: bool = Field(False, strict=True, description="true or false")
+    remote_directory: str = Field("~/hpo-remote", min_length=1, description="a folder path on the machines")
+    reconnect_timeout: _Duration = "2m"
+
+    @model_validator(mode="after")
+    def _attach(self) -> RemoteConfig:
+        for i, machine in enumerate(self.machine_list):
+            machine._where = f"{self._location()}.machine_list[{i}]"
+        return self
+
+
+# Platform name -> model; TrainingServiceConfig is their union, told apart by ``platform``.
+_PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig, "remote": RemoteConfig}
+TrainingServiceConfig = Annotated[LocalConfig | RemoteConfig, Field(discriminator="platform")]
 
 
 class ExperimentConfig(_Base):
@@ -291,7 +339,7 @@ class ExperimentConfig(_Base):
     assessor: Annotated[AlgorithmConfig | None, _Algorithm] = Field(
         None, description="an algorithm mapping like {'name': 'Medianstop'}, or null")
     training_service: Annotated[TrainingServiceConfig, BeforeValidator(_platform)] = Field(
-        default_factory=LocalConfig, description="'local' or a mapping like {'platform': 'local'}")
+        default_factory=LocalConfig, description="'local', 'remote' or a mapping like {'platform': 'local'}")
     early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None
 
     @model_validator(mode="after")
@@ -352,7 +400,14 @@ class ExperimentConfig(_Base):
                                   f"e.g. {w}.{role}.name = 'TPE'")
             if algo is not None and algo.code_directory is not None:
                 algo.code_directory = _existing_dir(algo.code_directory, f"{w}.{role}.code_directory")
-        gpus = self.training_service.gpu_indices
+        if isinstance(self.training_service, RemoteConfig):
+            if not self.training_service.machine_list:
+                raise ConfigError(f"{w}.training_service.machine_list: is empty; expected at least one machine like "
+                                  "{'host': 'gpu1', 'user': 'me', 'ssh_key_file': '~/.ssh/id_ed25519'}")
+            if self.trial_function is not None:
+                raise ConfigError(f"{w}.trial_function: the remote training service runs a trial_command; "
+                                  "put the function in a script in trial_code_directory")
+        gpus = getattr(self.training_service, "gpu_indices", None)
         if gpus is not None and self.trial_gpu_number > len(gpus):
             raise ConfigError(f"{w}.trial_gpu_number: got {self.trial_gpu_number}, expected at most "
                               f"{len(gpus)} (the number of training_service.gpu_indices {gpus})")

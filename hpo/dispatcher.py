@@ -139,6 +139,29 @@ class Engine:
         self._custom.append(parameters)
         self._poke()
 
+    def rerun_trials(self, trial_ids: list[str] | None = None) -> list[str]:
+        """Queue ended trials to run again with the same parameters (ahead of the tuner's suggestions).
+
+        ``None`` re-runs every FAILED trial; given ids may also name cancelled trials.  A trial that
+        was already re-run (or is queued) is skipped.  The new trial records ``rerun_of`` and replaces
+        the old one in the count against ``max_trial_number``.  Returns the ids queued."""
+        allowed = ("FAILED",) if trial_ids is None else ("FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
+        records = self.store.trials(status="FAILED") if trial_ids is None else \
+            [r for r in (self.store.trial(t) for t in dict.fromkeys(trial_ids)) if r is not None]
+        queued_seqs = {seq for seq, _ in self._rerun}
+        queued: list[str] = []
+        for rec in records:
+            if rec["status"] in allowed and rec["interrupted"] == 0 and rec["seq"] not in queued_seqs:
+                self._rerun.append((rec["seq"], rec["parameters"]))
+                queued_seqs.add(rec["seq"])
+                queued.append(rec["id"])
+        if queued:
+            log.info("re-running %d trial(s): %s", len(queued), ", ".join(queued))
+            if self.status == "NO_MORE_TRIAL":
+                self._set_status("RUNNING")
+            self._poke()
+        return queued
+
     async def kill_trial(self, trial_id: str) -> bool:
         if trial_id not in self.active:
             return False
@@ -174,6 +197,8 @@ class Engine:
         if self._error is not None:
             await self.service.stop("SYS_CANCELED", "experiment failed")
             self._set_status("ERROR", self._error)
+        else:
+            await self.service.stop("SYS_CANCELED", "experiment ended")  # releases connections, GPUs
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
         return self.status
 
@@ -255,7 +280,7 @@ class Engine:
                 except TryLater:
                     self._wait_for_result = True
                     return
-                if self._stopping or self._deadline_hit:
+                if self._stopping or self._deadline_hit or self._error is not None:  # changed while we waited
                     return
             self._create_and_launch(seq, params, rerun_of)
 

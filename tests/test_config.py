@@ -145,7 +145,7 @@ def test_bad_value_names_field_on_construction_and_assignment(field, value):
 NESTED_BAD = [
     ("training_service", "use_active_gpu", "yes"), ("training_service", "max_trial_number_per_gpu", 0),
     ("training_service", "gpu_indices", "a,b"), ("training_service", "reuse_mode", 2),
-    ("training_service", "platform", "remote"), ("tuner", "name", 3), ("tuner", "class_name", ""),
+    ("training_service", "platform", "kubeflow"), ("tuner", "name", 3), ("tuner", "class_name", ""),
     ("tuner", "class_args", 3), ("tuner", "code_directory", 4),
 ]
 
@@ -166,10 +166,10 @@ def test_error_reports_first_problem_and_count():
 
 def test_unsupported_platform():
     assert raises(ExperimentConfig, training_service={"platform": "foo"}) == \
-        "config.training_service.platform: 'foo' is not supported, expected 'local'"
+        "config.training_service.platform: 'foo' is not supported, expected 'local' or 'remote'"
     c = ExperimentConfig()
     assert raises(assign, c, "training_service", "foo") == \
-        "config.training_service.platform: 'foo' is not supported, expected 'local'"
+        "config.training_service.platform: 'foo' is not supported, expected 'local' or 'remote'"
 
 
 # ---------------------------------------------------------------------------------------------- durations
@@ -449,9 +449,9 @@ def test_file_errors_name_the_file(tmp_path):
         raises(load_config_files, [nested])
     bad = write(tmp_path / "bad.yml", "trialConcurrency: -1\n")
     assert raises(load_config_files, [bad]) == f"{bad}: config.trial_concurrency: got -1, expected an integer >= 1"
-    platform = write(tmp_path / "platform.yml", "trainingService: {platform: remote}\n")
+    platform = write(tmp_path / "platform.yml", "trainingService: {platform: kubeflow}\n")
     assert raises(load_config_files, [platform]).endswith(
-        "config.training_service.platform: 'remote' is not supported, expected 'local'")
+        "config.training_service.platform: 'kubeflow' is not supported, expected 'local' or 'remote'")
     txt = write(tmp_path / "config.txt", "trialConcurrency: 2\n")
     assert "expected .yml, .yaml or .json" in raises(load_config_files, [txt])
     assert "no config files" in raises(load_config_files, [])

@@ -26,7 +26,19 @@ def _local(tmp: Path) -> Any:
     return create_training_service("local", kill_grace=1.0)
 
 
-SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local}
+def _remote(tmp: Path) -> Any:
+    """Trials over SSH to a real sshd on loopback (tests/sshd.py), one server for the whole run."""
+    from sshd import SharedServer, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    shared = SharedServer.get()
+    return create_training_service(
+        "remote", machine_list=[shared.server.machine(shared.key, python_path=sys.executable)],
+        known_hosts_file=str(shared.known_hosts), remote_directory=str(tmp / "remote-host"), kill_grace=1.0)
+
+
+SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "remote": _remote}
 
 
 class Recorder:

@@ -73,6 +73,7 @@ class TrainingService(ABC):
 
 _SERVICES: dict[str, str] = {
     "local": "training_services.local:LocalTrainingService",
+    "remote": "training_services.remote:RemoteTrainingService",
 }
 
 

@@ -1,0 +1,663 @@
+"""The remote training service against real OpenSSH servers on loopback (tests/sshd.py).
+
+Two "hosts" are two sshd instances on 127.0.0.1 with separate users and folders: host A logs in
+as the current user with a passphrase-protected key and runs this interpreter; host B (root only)
+logs in as a second user with a password and runs Debian's /usr/bin/python3, which has no hpo
+installed: the trial API it imports is the copy the service ships.  Servers are killed and
+restarted mid-trial to drop connections.  Nothing is mocked.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import PY
+from sshd import SECOND_USER, SshServer, client_key, ensure_user, set_password, unavailable, world_dir
+from test_training_service_contract import Recorder
+from training_services import remote as remote_mod
+from training_services.base import TrialSpec, create_training_service
+
+PASSPHRASE = "pp-" + secrets.token_hex(8)
+PASSWORD = "pw-" + secrets.token_hex(8)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keys():
+    if unavailable():
+        pytest.skip(unavailable())
+    base = world_dir("hpo-test-remote-")
+    ns = SimpleNamespace(base=base, key=client_key(base, "key"), pkey=client_key(base, "pkey", PASSPHRASE),
+                         stranger=client_key(base, "stranger"))
+    yield ns
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def second_user():
+    if os.getuid() != 0:
+        pytest.skip("a second login user needs root")
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.skip("the second host runs /usr/bin/python3, which is missing")
+    entry = ensure_user(SECOND_USER)
+    set_password(SECOND_USER, PASSWORD)
+    return entry
+
+
+@pytest.fixture
+def rdir():
+    """A remote_directory relative to each login's home; removed from every home afterwards."""
+    name = f"hpo-test-{secrets.token_hex(4)}"
+    yield name
+    homes = {os.path.expanduser("~")}
+    try:
+        import pwd
+        homes.add(pwd.getpwnam(SECOND_USER).pw_dir)
+    except KeyError:
+        pass
+    for home in homes:
+        shutil.rmtree(os.path.join(home, name), ignore_errors=True)
+
+
+@pytest.fixture
+def servers(keys, tmp_path):
+    """``make(user=None, password_auth=False)`` starts an sshd; all are stopped at teardown."""
+    made: list[SshServer] = []
+
+    def make(user: str | None = None, password_auth: bool = False) -> SshServer:
+        srv = SshServer(keys.base / f"srv-{secrets.token_hex(3)}", [keys.key.with_suffix(".pub"),
+                        keys.pkey.with_suffix(".pub")], user=user, password_auth=password_auth).start()
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+def known_hosts(tmp_path: Path, *servers: SshServer) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text("".join(s.known_hosts_line() for s in servers))
+    return path
+
+
+def host_a(srv: SshServer, keys: Any, **extra: Any) -> dict[str, Any]:
+    return srv.machine(keys.pkey, ssh_passphrase=PASSPHRASE, python_path=sys.executable, **extra)
+
+
+def host_b(srv: SshServer, **extra: Any) -> dict[str, Any]:
+    return {"host": srv.host, "port": srv.port, "user": SECOND_USER, "password": PASSWORD,
+            "python_path": "/usr/bin/python3", **extra}
+
+
+def service(tmp_path: Path, machines: list[dict[str, Any]], *servers: SshServer, **options: Any) -> Any:
+    options.setdefault("known_hosts_file", str(known_hosts(tmp_path, *servers)))
+    options.setdefault("remote_directory", str(tmp_path / "remote"))
+    options.setdefault("kill_grace", 1.0)
+    return create_training_service("remote", machine_list=machines, **options)
+
+
+def spec(tmp_path: Path, trial_id: str, script: str, parameters: dict[str, Any] | None = None,
+         command: str | None = None, **kw: Any) -> TrialSpec:
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    (code / f"{trial_id}.py").write_text(textwrap.dedent(script).lstrip())
+    return TrialSpec("exp1", trial_id, kw.pop("seq", 1), parameters or {}, command or f"{PY} {trial_id}.py",
+                     code, tmp_path / "trials" / trial_id, **kw)
+
+
+async def until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def our_processes(*roots: str) -> list[psutil.Process]:
+    """Live processes whose command line or working folder is under one of ``roots``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            text = " ".join(proc.info["cmdline"] or [])
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if any(r in text or cwd.startswith(r) for r in roots):
+            found.append(proc)
+    return found
+
+
+def assert_none_left(*roots: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while our_processes(*roots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = our_processes(*roots)
+    assert not left, [(p.pid, p.info.get("cmdline")) for p in left]
+
+
+def kill_groups(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class HostRecorder(Recorder):
+    """A Recorder that also keeps where each trial started (every start, re-runs included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: dict[str, list[str]] = {}
+
+    def started(self, trial_id, pid, pgid, host, gpus) -> None:
+        super().started(trial_id, pid, pgid, host, gpus)
+        self.hosts.setdefault(trial_id, []).append(host)
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+def test_config_yaml_python_and_secrets(tmp_path):
+    from hpo import Experiment
+    from hpo.config import ConfigError, RemoteConfig, load_config_files
+    from hpo.experiment import _make_service
+
+    yml = tmp_path / "exp.yml"
+    yml.write_text(textwrap.dedent(f"""
+        searchSpace: {{x: {{_type: uniform, _value: [0, 1]}}}}
+        trialCommand: python3 trial.py
+        trialCodeDirectory: {tmp_path}
+        tuner: {{name: random}}
+        trainingService:
+          platform: remote
+          acceptNewHostKeys: true
+          reconnectTimeout: 30s
+          machineList:
+            - {{host: gpu1, port: 2222, user: me, sshKeyFile: ~/.ssh/id_ed25519, sshPassphrase: {PASSPHRASE},
+               pythonPath: /opt/py/bin, gpuIndices: '0,1', useActiveGpu: true, maxTrialNumberPerGpu: 2,
+               maxTrials: 3}}
+            - {{host: gpu2, user: me, password: {PASSWORD}}}
+    """))
+    config = load_config_files([yml])
+    ts = config.training_service
+    assert isinstance(ts, RemoteConfig) and ts.accept_new_host_keys and ts.reconnect_timeout == "30s"
+    first, second = ts.machine_list
+    assert (first.host, first.port, first.gpu_indices, first.max_trial_number_per_gpu, first.max_trials) == \
+        ("gpu1", 2222, [0, 1], 2, 3)
+    assert first.ssh_passphrase.get_secret_value() == PASSPHRASE and second.password.get_secret_value() == PASSWORD
+    # secrets: never in the stored dict, repr or str; the service still gets them
+    stored = json.dumps(config.to_dict())
+    assert PASSWORD not in stored and PASSPHRASE not in stored
+    assert PASSWORD not in repr(config) and PASSPHRASE not in str(config)
+    assert config.to_dict()["training_service"]["machine_list"][1]["password"] is None
+    svc = _make_service(config)
+    assert svc.machines[1].password == PASSWORD and svc.machines[0].ssh_passphrase == PASSPHRASE
+    assert svc.machines[0].ssh_key_file == os.path.expanduser("~/.ssh/id_ed25519")
+    assert PASSWORD not in repr(svc) and PASSWORD not in repr(svc.machines)
+    assert svc.reconnect_timeout == 30.0
+
+    # Python: Experiment(tuner, 'remote') then machine_list assignment, validated with full paths
+    exp = Experiment("random", "remote")
+    assert isinstance(exp.config.training_service, RemoteConfig)
+    exp.config.search_space = {"x": {"_type": "uniform", "_value": [0, 1]}}
+    exp.config.trial_command = "python3 trial.py"
+    exp.config.trial_code_directory = tmp_path
+    with pytest.raises(ConfigError, match=r"training_service\.machine_list: is empty"):
+        exp.config.validate_for_start()
+    exp.config.training_service.machine_list = [{"host": "a", "user": "u"}]
+    exp.config.trial_command, exp.config.trial_function = None, print
+    with pytest.raises(ConfigError, match=r"^config\.trial_function: the remote training service runs a trial_command"):
+        exp.config.validate_for_start()
+    exp.config.trial_command, exp.config.trial_function = "python3 trial.py", None
+    with pytest.raises(ConfigError, match=r"^config\.training_service\.machine_list\[1\]\.port: got 0"):
+        exp.config.training_service.machine_list = [{"host": "a"}, {"host": "b", "port": 0}]
+    with pytest.raises(ConfigError, match=r"^config\.training_service\.machine_list\[0\]\.max_trials: got 0"):
+        exp.config.training_service.machine_list[0].max_trials = 0
+    exp.config.validate_for_start()
+
+
+def test_pack_code_ignores_and_warns_past_size(tmp_path, monkeypatch, capsys):
+    code = tmp_path / "code"
+    for rel in ("train.py", "pkg/model.py", "data/big.bin", ".git/HEAD", "pkg/__pycache__/m.pyc",
+                ".venv/bin/python", "ckpt/a.pt", "notes.tmp"):
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        (code / rel).write_text("x" * 100)
+    (code / ".nniignore").write_text("# data and checkpoints\n/data\nckpt/\n*.tmp\n")
+    out = tmp_path / "code.tar.gz"
+    files, size = remote_mod.pack_code(code, out)
+    import tarfile
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["pkg/model.py", "train.py"]
+    assert (files, size) == (2, 200)
+    before = remote_mod.code_signature(code)
+    (code / "ckpt/b.pt").write_text("ignored files do not change the version")
+    assert remote_mod.code_signature(code) == before
+    (code / "train.py").write_text("changed")
+    assert remote_mod.code_signature(code) != before
+
+    monkeypatch.setattr(remote_mod, "CODE_SIZE_WARNING", 10)
+    asyncio.run(remote_mod.RemoteTrainingService._pack_in_thread(code, tmp_path / "again.tar.gz"))
+    assert "WARNING: hpo: trial_code_directory" in capsys.readouterr().err
+
+
+# -- a full experiment across two hosts ------------------------------------------------------------------------
+TWO_HOST_TRIAL = """
+import getpass, time, hpo
+p = hpo.get_next_parameter()
+hpo.report_intermediate_result(p["x"])
+print("API", hpo.__file__, "USER", getpass.getuser(), flush=True)
+time.sleep(0.3)
+hpo.report_final_result(p["x"] * 1000 + p["y"])
+"""
+
+
+def test_experiment_across_two_hosts(tmp_path, keys, second_user, servers, rdir, make_experiment, capfd):
+    a, b = servers(), servers(user=SECOND_USER, password_auth=True)
+    machines = [host_a(a, keys, max_trials=2), host_b(b, max_trials=2)]
+    exp = make_experiment(TWO_HOST_TRIAL, command="python3 trial.py", trial_concurrency=4, max_trial_number=8,
+                          search_space={"x": {"_type": "uniform", "_value": [0, 1]},
+                                        "y": {"_type": "choice", "_value": [1, 2, 3]}},
+                          training_service={"platform": "remote", "machine_list": machines,
+                                            "known_hosts_file": str(known_hosts(tmp_path, a, b)),
+                                            "remote_directory": rdir})
+    exp.start(port=0)
+    assert exp.wait(60)
+    trials = exp.list_trial_jobs()
+    assert exp.get_status() == "DONE", exp.get_experiment_profile()["message"]
+    assert [t["status"] for t in trials] == ["SUCCEEDED"] * 8, [(t["status"], t["message"]) for t in trials]
+    for t in trials:
+        assert t["final"] == pytest.approx(t["parameters"]["x"] * 1000 + t["parameters"]["y"])
+    hosts = {t["host"] for t in trials}
+    assert hosts == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+
+    def max_overlap(rows: list[dict[str, Any]]) -> int:
+        points = sorted([(r["started_at"], 1) for r in rows] + [(r["ended_at"], -1) for r in rows])
+        level = peak = 0
+        for _, step in points:
+            level += step
+            peak = max(peak, level)
+        return peak
+
+    for host in hosts:
+        assert max_overlap([t for t in trials if t["host"] == host]) <= 2
+    home_b = second_user.pw_dir
+    for t in trials:
+        out = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
+        on_b = t["host"].endswith(str(b.port))
+        user = SECOND_USER if on_b else psutil.Process().username()
+        home = home_b if on_b else os.path.expanduser("~")
+        assert f"USER {user}" in out and f"API {home}/{rdir}/.agent-" in out, out  # the shipped trial API
+    exp.stop()
+    assert_none_left(f"{os.path.expanduser('~')}/{rdir}", f"{home_b}/{rdir}")
+    # secrets reach neither the store, the logs nor the console
+    for path in exp.directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert PASSWORD.encode() not in data and PASSPHRASE.encode() not in data, path
+    captured = capfd.readouterr()
+    assert PASSWORD not in captured.out + captured.err and PASSPHRASE not in captured.out + captured.err
+
+
+def test_trial_with_children_killed_on_other_users_host(tmp_path, keys, second_user, servers, rdir):
+    b = servers(user=SECOND_USER, password_auth=True)
+    script = """
+    import subprocess, time, hpo
+    subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"])
+    subprocess.Popen(["sleep", "300"], start_new_session=True)  # left the group: found as a descendant
+    hpo.report_intermediate_result(1)
+    time.sleep(300)
+    """
+
+    async def main() -> tuple[Recorder, list[psutil.Process]]:
+        rec = Recorder()
+        svc = service(tmp_path, [host_b(b)], b, remote_directory=rdir)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "tree", script, command="python3 tree.py"))
+        await until(lambda: rec.of("tree")[1:], 20, "the first report")
+        await asyncio.sleep(0.2)
+        root = psutil.Process(rec.pids["tree"])
+        tree = [root] + root.children(recursive=True)
+        assert len(tree) >= 5 and {p.username() for p in tree} == {SECOND_USER}
+        await svc.kill("tree", "USER_CANCELED", "killed by user")
+        await svc.stop()
+        return rec, tree
+
+    rec, tree = asyncio.run(main())
+    assert [k for k, _ in rec.of("tree")] == ["started", "metric", "ended"]
+    assert rec.ended_status["tree"] == "USER_CANCELED"
+    assert not [p for p in tree if alive(p)]
+    assert_none_left(f"{second_user.pw_dir}/{rdir}")
+
+
+# -- scheduling -----------------------------------------------------------------------------------------------------
+def test_least_loaded_host_first_within_max_trials(tmp_path, keys, servers):
+    a, b = servers(), servers()
+    sleeper = "import time, hpo\nhpo.report_intermediate_result(1)\ntime.sleep(300)\n"
+
+    async def main() -> HostRecorder:
+        rec = HostRecorder()
+        svc = service(tmp_path, [host_a(a, keys, max_trials=1), host_a(b, keys, max_trials=2)], a, b)
+        await svc.start(rec)
+        for i in range(3):
+            await svc.launch(spec(tmp_path, f"s{i}", sleeper, seq=i + 1))
+        blocked = asyncio.ensure_future(svc.launch(spec(tmp_path, "s3", sleeper, seq=4)))
+        await asyncio.sleep(0.5)
+        assert not blocked.done() and "s3" not in rec.pids  # both machines are full
+        await svc.kill("s0")
+        await asyncio.wait_for(blocked, 10)
+        await svc.stop()
+        return rec
+
+    rec = asyncio.run(main())
+    ha, hb = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
+    # s0: a tie, the first machine; s1: the empty one; s2: a is at max_trials; s3: waited for s0's slot
+    assert rec.hosts == {"s0": [ha], "s1": [hb], "s2": [hb], "s3": [ha]}
+    assert rec.ended_status == {"s0": "USER_CANCELED", "s1": "SYS_CANCELED", "s2": "SYS_CANCELED",
+                                "s3": "SYS_CANCELED"}
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_gpus_discovered_over_ssh_and_assigned(tmp_path, keys, servers):
+    """A fake nvidia-smi on the remote PATH: GPU 0 free, GPU 1 busy with another program."""
+    a = servers()
+    env_dir = tmp_path / "remote-env"  # python_path as a folder: put first on PATH, holds python3
+    env_dir.mkdir()
+    (env_dir / "python3").symlink_to(sys.executable)
+    smi = env_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\ncase \"$1\" in\n  --query-gpu=*) printf '0, GPU-aaa\\n1, GPU-bbb\\n' ;;\n"
+                   "  --query-compute-apps=*) printf 'GPU-bbb, 999999\\n' ;;\nesac\n")
+    smi.chmod(0o755)
+    script = "import os, time, hpo\nhpo.report_intermediate_result(int(os.environ['CUDA_VISIBLE_DEVICES']))\n" \
+             "time.sleep(300)\n"
+
+    async def main() -> Recorder:
+        rec = Recorder()
+        svc = service(tmp_path, [a.machine(keys.key, python_path=str(env_dir))], a)
+        await svc.start(rec)
+        svc.check_gpu_request(2)  # the busy GPU may free up: it counts, as with the local service
+        with pytest.raises(ValueError, match=rf"trial_gpu_number=3 .*127\.0\.0\.1:{a.port}: 2\)"):
+            svc.check_gpu_request(3)
+        await svc.launch(spec(tmp_path, "g1", script, gpu_number=1, command="python3 g1.py"))
+        second = asyncio.ensure_future(svc.launch(spec(tmp_path, "g2", script, gpu_number=1, seq=2,
+                                                       command="python3 g2.py")))
+        await asyncio.sleep(0.4)
+        assert not second.done()  # GPU 1 is busy with another program, GPU 0 taken
+        await svc.kill("g1")
+        await asyncio.wait_for(second, 10)
+        await until(lambda: len(rec.of("g2")) >= 2, 10, "g2's report")
+        await svc.stop()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.of("g1")[:2] == [("started", [0]), ("metric", ("intermediate", 0))]
+    assert rec.of("g2")[:2] == [("started", [0]), ("metric", ("intermediate", 0))]
+
+    async def missing() -> None:
+        svc = service(tmp_path, [a.machine(keys.key, python_path=str(env_dir), gpu_indices=[1, 5])], a)
+        await svc.start(Recorder())
+
+    with pytest.raises(ValueError, match=r"gpu_indices: GPU\(s\) \[5\] not found; detected \[0, 1\]"):
+        asyncio.run(missing())
+
+
+# -- faults at start -----------------------------------------------------------------------------------------------
+def test_start_errors_name_the_host_and_the_cause(tmp_path, keys, servers):
+    a = servers()
+    closed = SshServer(keys.base / "never-started", [keys.key.with_suffix(".pub")])  # its port is free
+
+    def start_error(machine: dict[str, Any], **options: Any) -> str:
+        async def main() -> None:
+            svc = service(tmp_path, [machine], a, **options)
+            try:
+                await svc.start(Recorder())
+            finally:
+                await svc.stop()
+        with pytest.raises(ValueError) as info:
+            asyncio.run(main())
+        return str(info.value)
+
+    where = f"remote machine {a.user}@127.0.0.1:{a.port}: "
+    msg = start_error(closed.machine(keys.key))
+    assert msg.startswith(f"remote machine {closed.user}@127.0.0.1:{closed.port}: connection refused"), msg
+    msg = start_error(a.machine(keys.stranger))
+    assert msg.startswith(where + "authentication failed"), msg
+    msg = start_error(a.machine(keys.pkey))
+    assert msg.startswith(where) and "encrypted; set ssh_passphrase" in msg, msg
+    msg = start_error(a.machine(keys.pkey, ssh_passphrase="not-the-passphrase"))
+    assert msg.startswith(where) and "wrong ssh_passphrase" in msg and "not-the-passphrase" not in msg, msg
+    msg = start_error(a.machine(keys.key, python_path="/nonexistent/python3"))
+    assert msg.startswith(where + "cannot start the remote agent"), msg
+    # host keys: unknown, then accepted when asked, then a changed key is refused
+    empty = tmp_path / "kh" / "known_hosts"
+    msg = start_error(a.machine(keys.key), known_hosts_file=str(empty))
+    assert msg.startswith(where + "unknown host key") and "accept_new_host_keys" in msg, msg
+
+    async def accept() -> None:
+        svc = service(tmp_path, [a.machine(keys.key)], a, known_hosts_file=str(empty), accept_new_host_keys=True)
+        await svc.start(Recorder())
+        await svc.stop()
+
+    asyncio.run(accept())
+    assert empty.read_text() == a.known_hosts_line()
+    other = servers()
+    empty.write_text(other.known_hosts_line().replace(f"]:{other.port} ", f"]:{a.port} "))
+    msg = start_error(a.machine(keys.key), known_hosts_file=str(empty), accept_new_host_keys=True)
+    assert msg.startswith(where + "host key mismatch"), msg
+    # two machines, one bad: the error names the bad one
+    both = service(tmp_path, [a.machine(keys.key), a.machine(keys.stranger, user="nobody")], a)
+
+    async def two() -> None:
+        try:
+            await both.start(Recorder())
+        finally:
+            await both.stop()
+
+    with pytest.raises(ValueError, match=rf"^remote machine nobody@127\.0\.0\.1:{a.port}: authentication failed"):
+        asyncio.run(two())
+
+
+def test_wrong_key_fails_the_experiment_with_a_clear_message(tmp_path, keys, servers, make_experiment):
+    a = servers()
+    exp = make_experiment("print('never runs')\n", training_service={
+        "platform": "remote", "machine_list": [a.machine(keys.stranger)],
+        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(tmp_path / "remote")})
+    exp.start(port=0)
+    assert exp.wait(30)
+    profile = exp.get_experiment_profile()
+    assert profile["status"] == "ERROR"
+    assert f"remote machine {a.user}@127.0.0.1:{a.port}: authentication failed" in profile["message"]
+
+
+# -- faults while running -------------------------------------------------------------------------------------------
+def test_connection_drop_mid_trial_is_reconciled(tmp_path, keys, servers):
+    a = servers()
+    go = tmp_path / "go"
+    script = f"""
+    import os, time, hpo
+    def wait(name):
+        while not os.path.exists({str(go)!r} + name):
+            time.sleep(0.02)
+    hpo.report_intermediate_result(1)
+    wait("1")
+    print("while disconnected", flush=True)
+    hpo.report_intermediate_result(2)
+    wait("2")
+    hpo.report_final_result(3)
+    """
+
+    async def main() -> tuple[Recorder, psutil.Process, psutil.Process]:
+        rec = Recorder()
+        svc = service(tmp_path, [host_a(a, keys)], a)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "drop", script))
+        await svc.launch(spec(tmp_path, "victim", "import time\ntime.sleep(300)\n", seq=2))
+        await until(lambda: len(rec.of("drop")) >= 2, 20, "the first report")
+        trial = psutil.Process(rec.pids["drop"])
+        victim = psutil.Process(rec.pids["victim"])
+        a.kill()  # every connection drops; the trials are detached and keep running
+        await until(lambda: svc.hosts[0].state == "reconnecting", 10, "the drop to be noticed")
+        kill = asyncio.ensure_future(svc.kill("victim", "USER_CANCELED", "killed while disconnected"))
+        go.with_name("go1").write_text("")
+        await asyncio.sleep(0.5)
+        assert alive(trial) and alive(victim) and not kill.done()
+        a.start()  # same port: the service reconnects with backoff and reconciles
+        await until(lambda: len(rec.of("drop")) >= 3, 20, "the report made while disconnected")
+        await asyncio.wait_for(kill, 20)
+        go.with_name("go2").write_text("")
+        await rec.wait_ended("drop")
+        await svc.stop()
+        return rec, trial, victim
+
+    rec, trial, victim = asyncio.run(main())
+    assert rec.of("drop") == [("started", []), ("metric", ("intermediate", 1)), ("metric", ("intermediate", 2)),
+                              ("metric", ("final", 3)), ("ended", "SUCCEEDED")]
+    assert rec.ended_status["victim"] == "USER_CANCELED" and not alive(victim)
+    assert "while disconnected" in (tmp_path / "trials" / "drop" / "stdout.log").read_text()
+    assert not alive(trial)
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_trial_gone_during_a_drop_fails_or_reruns(tmp_path, keys, servers):
+    a = servers()
+    marker = tmp_path / "ran-once"
+    script = f"""
+    import os, time, hpo
+    if os.path.exists({str(marker)!r}):
+        hpo.report_final_result(1.5)
+    else:
+        open({str(marker)!r}, "w").close()
+        time.sleep(300)
+    """
+
+    async def run(retries: int, trial_id: str) -> Recorder:
+        rec = Recorder()
+        rec.config = SimpleNamespace(max_trial_retries=retries)  # what the engine exposes
+        svc = service(tmp_path, [host_a(a, keys)], a)
+        await svc.start(rec)
+        marker.unlink(missing_ok=True)
+        await svc.launch(spec(tmp_path, trial_id, script))
+        await until(lambda: marker.exists(), 20, "the trial to start")
+        a.kill()
+        await until(lambda: svc.hosts[0].state == "reconnecting", 10, "the drop to be noticed")
+        info = json.loads(Path(svc._runs[trial_id].remote_dir, "pid.json").read_text())
+        os.kill(info["waiter"], signal.SIGKILL)  # everything of the trial vanishes while disconnected
+        kill_groups([info["pgid"]])
+        await asyncio.sleep(0.3)
+        a.start()
+        await rec.wait_ended(trial_id)
+        await svc.stop()
+        return rec
+
+    rec = asyncio.run(run(0, "lost"))
+    assert rec.ended_status["lost"] == "FAILED"
+    assert rec.messages["lost"].startswith("lost: its processes on 127.0.0.1:") and "without an exit status" in \
+        rec.messages["lost"], rec.messages
+    rec = asyncio.run(run(1, "rerun"))
+    assert [k for k, _ in rec.of("rerun")] == ["started", "started", "metric", "ended"]
+    assert rec.ended_status["rerun"] == "SUCCEEDED"
+    assert "re-running it (retry 1 of 1)" in (tmp_path / "trials" / "rerun" / "stderr.log").read_text()
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_host_that_keeps_failing_is_taken_out_of_rotation(tmp_path, keys, servers, capsys):
+    a, b = servers(), servers()
+    sleeper = "import time, hpo\nhpo.report_intermediate_result(1)\ntime.sleep(300)\n"
+    quick = "import hpo\nhpo.report_final_result(2)\n"
+
+    async def main() -> tuple[HostRecorder, list[int]]:
+        rec = HostRecorder()
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b, reconnect_timeout=1.0)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "on_a", sleeper, seq=1))
+        await svc.launch(spec(tmp_path, "on_b", sleeper, seq=2))
+        orphan = rec.pids["on_b"]
+        b.kill()  # and never back
+        await rec.wait_ended("on_b", timeout=15)
+        assert svc.hosts[1].state == "out"
+        for i in range(2):  # the other machine goes on, although it is the more loaded one
+            await svc.launch(spec(tmp_path, f"q{i}", quick, seq=3 + i))
+        await rec.wait_ended("q0", "q1")
+        await svc.stop()
+        return rec, [orphan]
+
+    rec, orphans = asyncio.run(main())
+    try:
+        assert rec.ended_status["on_b"] == "FAILED"
+        assert "unreachable" in rec.messages["on_b"], rec.messages
+        ha, hb = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
+        assert rec.hosts == {"on_a": [ha], "on_b": [hb], "q0": [ha], "q1": [ha]}
+        assert rec.ended_status["q0"] == rec.ended_status["q1"] == "SUCCEEDED"
+        assert "taken out of rotation" in capsys.readouterr().err
+    finally:
+        kill_groups(orphans)  # its trial ran on a machine we could no longer reach
+
+
+def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, servers):
+    a = servers()
+    script = "import subprocess, time, hpo\nsubprocess.Popen(['sleep', '300'])\nhpo.report_intermediate_result(1)\n" \
+             "time.sleep(300)\n"
+
+    async def crashed_engine() -> dict[str, Any]:
+        rec = HostRecorder()
+        svc = service(tmp_path, [host_a(a, keys)], a)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "orphan", script))
+        await until(lambda: len(rec.of("orphan")) >= 2, 20, "the report")
+        for host in svc.hosts:  # the engine dies: connections go, trials stay
+            await host.close()
+        return {"id": "orphan", "pgid": rec.pids["orphan"], "host": rec.hosts["orphan"][0], "started_at": time.time()}
+
+    record = asyncio.run(crashed_engine())
+    group = [p for p in psutil.process_iter() if _pgid(p) == record["pgid"]]
+    assert len(group) >= 3 and all(alive(p) for p in group)
+
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group that is not a trial's
+
+    async def resumed_engine() -> None:
+        svc = service(tmp_path, [host_a(a, keys)], a)
+        svc.leftover_cleanup([record, {"id": "other", "pgid": bystander.pid, "host": record["host"]}])
+        await svc.start(Recorder())
+        await svc.stop()
+
+    try:
+        t0 = time.monotonic()
+        asyncio.run(resumed_engine())
+        assert time.monotonic() - t0 < 5
+        assert not [p for p in group if alive(p)]
+        assert bystander.poll() is None  # the trial id is checked before a group is killed
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def _pgid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except OSError:
+        return None

@@ -1,0 +1,513 @@
+"""The remote side of the remote training service: one file, standard library only (Python >= 3.6).
+
+Uploaded next to the trial API and run over SSH as ``python agent.py serve``.  It reads JSON
+commands, one a line, on stdin and writes JSON events, one a line, on stdout; the engine's end is
+``training_services/remote.py``.  Nothing here ever connects to the engine.
+
+Each trial runs detached from the SSH session so that a dropped connection does not end it:
+
+* ``launch`` forks a *waiter* that leaves the session (``setsid``) and starts ``/bin/sh -c COMMAND``
+  in a session and process group of its own, stdout/stderr to ``stdout.log``/``stderr.log`` and
+  reports (``HPO_REPORT_FILE``) to ``reports.jsonl`` in the trial folder.  It writes ``pid.json``,
+  enforces ``max_duration``, ends what the trial left in its group when it exits, and writes
+  ``exit.json`` last.
+* The agent follows each trial's three files from byte offsets and sends new bytes, then the exit
+  status once ``exit.json`` exists and everything before it was sent.  After a reconnect a new agent
+  is told to ``follow`` the same trials from the offsets the engine already has.
+* ``kill`` sends SIGTERM to the trial's group and every descendant, SIGKILL after ``grace``.
+
+When stdin closes (the engine or the connection went away) the agent exits; trials keep running.
+"""
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+STREAMS = ("reports.jsonl", "stdout.log", "stderr.log")
+CHUNK = 1 << 16
+POLL = 0.05
+
+
+# -- processes ------------------------------------------------------------------------------------------
+def process_table():
+    """[(pid, ppid, pgid, state)] of every process visible here."""
+    rows = []
+    if os.path.isdir("/proc/self"):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % name, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            fields = data[data.rfind(b")") + 2:].split()
+            try:
+                rows.append((int(name), int(fields[1]), int(fields[2]), fields[0].decode()))
+            except (IndexError, ValueError):
+                continue
+        return rows
+    try:
+        out = subprocess.run(["ps", "-axo", "pid=,ppid=,pgid=,stat="], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL).stdout.decode()
+    except OSError:
+        return rows
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].isdigit():
+            rows.append((int(parts[0]), int(parts[1]), int(parts[2]), parts[3][:1]))
+    return rows
+
+
+def descendants(pid, table=None):
+    table = process_table() if table is None else table
+    children = {}
+    for p, pp, _, _ in table:
+        children.setdefault(pp, []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def group_alive(pgid, table=None):
+    if table is None:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False  # no member at all: skip the scan
+        except OSError:
+            pass
+        table = process_table()
+    return any(g == pgid and state != "Z" for _, _, g, state in table)
+
+
+def alive(pid, table=None):
+    table = process_table() if table is None else table
+    return any(p == pid and state != "Z" for p, _, _, state in table)
+
+
+def signal_tree(pgid, pids, sig):
+    try:
+        os.killpg(pgid, sig)
+    except (OSError, TypeError):
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def kill_tree(pid, pgid, grace, exited=lambda: True):
+    """SIGTERM the group and every descendant of ``pid``; SIGKILL what is left after ``grace`` (blocking)."""
+    tree = descendants(pid) if pid else []
+    signal_tree(pgid, tree, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        table = process_table()
+        if exited() and not group_alive(pgid, table) and not any(alive(p, table) for p in tree):
+            return
+        time.sleep(0.02)
+    signal_tree(pgid, tree + (descendants(pid) if pid else []), signal.SIGKILL)
+    for _ in range(100):
+        if exited() and not group_alive(pgid):
+            return
+        time.sleep(0.02)
+
+
+def start_time(pid):
+    """Kernel start time of ``pid`` (to tell a pid from a reused one), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            data = fh.read()
+        return int(data[data.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid, started):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return started is None or start_time(pid) in (None, started)
+
+
+def write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.rename(tmp, path)
+
+
+def read_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+# -- the waiter (a forked child that left the session) -----------------------------------------------------
+def waiter(msg, notify):
+    tdir = msg["dir"]
+    env = dict(os.environ)
+    env.pop("HPO_REPORT_FD", None)
+    for key, value in msg["env"].items():
+        env[key] = value
+    lib = msg.get("lib")
+    if lib:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
+    env["HPO_REPORT_FILE"] = os.path.join(tdir, STREAMS[0])
+    open(env["HPO_REPORT_FILE"], "ab").close()
+    grace = float(msg.get("grace") or 5.0)
+    try:
+        with open(os.path.join(tdir, STREAMS[1]), "ab") as out, open(os.path.join(tdir, STREAMS[2]), "ab") as err:
+            proc = subprocess.Popen(["/bin/sh", "-c", msg["cmd"]], cwd=msg["cwd"], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+    except Exception as exc:  # noqa: BLE001 - reported to the engine
+        write_json(os.path.join(tdir, "exit.json"), {"code": None, "error": "%s: %s" % (type(exc).__name__, exc)})
+        return
+    write_json(os.path.join(tdir, "pid.json"), {"pid": proc.pid, "pgid": proc.pid, "waiter": os.getpid(),
+                                                "waiter_start": start_time(os.getpid()), "time": time.time()})
+    try:
+        os.write(notify, b"%d\n" % proc.pid)
+    except OSError:
+        pass
+    timed_out = False
+    max_duration = msg.get("max_duration")
+    deadline = time.time() + float(max_duration) if max_duration else None
+    while True:
+        try:
+            code = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.time()))
+            break
+        except subprocess.TimeoutExpired:
+            timed_out, deadline = True, None
+            kill_tree(proc.pid, proc.pid, grace, lambda: proc.poll() is not None)
+    if group_alive(proc.pid):  # the main process is gone: end what it left in its group
+        kill_tree(0, proc.pid, 0.5)
+    write_json(os.path.join(tdir, "exit.json"), {"code": code, "timeout": timed_out})
+
+
+def fork_waiter(msg):
+    """Start the waiter; returns (its pid, the read end of its notification pipe)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, w)
+            os.closerange(w + 1, 65536)
+            waiter(msg, w)
+        except BaseException:  # noqa: BLE001 - a child must never return into the agent's loop
+            pass
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+# -- the agent ----------------------------------------------------------------------------------------------
+class Trial:
+    def __init__(self, tid, tdir, offsets=(0, 0, 0)):
+        self.id, self.dir = tid, tdir
+        self.off = list(offsets)
+        self.pid = self.pgid = None
+        self.child = None          # the waiter, when this agent forked it
+        self.pipe = None           # its notification pipe
+        self.pipe_buf = b""
+        self.waiter_gone = False
+        self.waiter_pid = self.waiter_start = None
+        self.kill_at = None
+        self.kill_tree = []
+        self.kill_grace = None     # a kill asked before the pid was known
+        self.watch_group = False   # waiter gone without exit.json but the group still runs
+
+
+class Agent:
+    def __init__(self, out_fd=1):
+        self.out_fd = out_fd
+        self.trials = {}
+        self.buf = b""
+        self.pending = []
+
+    def send(self, **event):
+        self.pending.append(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+    def flush(self):
+        data = b"".join(self.pending)
+        self.pending = []
+        while data:
+            data = data[os.write(self.out_fd, data):]
+
+    # commands
+    def do_hello(self, msg):
+        self.send(ev="reply", req=msg["req"], pid=os.getpid(), python=sys.version.split()[0],
+                  platform=sys.platform, home=os.path.expanduser("~"))
+
+    def do_gpus(self, msg):
+        exe = shutil.which("nvidia-smi")
+        gpus = []
+        if exe:
+            own = set()
+            for t in self.trials.values():
+                if t.pgid:
+                    own.add(t.pgid)
+            gpus = self._nvidia(exe, own, msg.get("own_pgids") or [])
+        self.send(ev="reply", req=msg["req"], gpus=gpus, has_smi=bool(exe))
+
+    @staticmethod
+    def _nvidia(exe, own, extra):
+        own = set(own) | set(extra)
+
+        def query(q, width):
+            try:
+                out = subprocess.run([exe, q, "--format=csv,noheader,nounits"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                return []
+            if out.returncode != 0:
+                return []
+            rows = [[c.strip() for c in ln.split(",")] for ln in out.stdout.decode().splitlines() if ln.strip()]
+            return [r for r in rows if len(r) == width]
+
+        busy = set()
+        for uuid, pid in query("--query-compute-apps=gpu_uuid,pid", 2):
+            try:
+                mine = os.getpgid(int(pid)) in own
+            except (ValueError, OSError):
+                mine = False
+            if not mine:
+                busy.add(uuid)
+        return [{"index": int(i), "uuid": u, "busy": u in busy} for i, u in query("--query-gpu=index,uuid", 2)
+                if i.isdigit()]
+
+    def do_unpack(self, msg):
+        dest, archive = msg["dest"], msg["tar"]
+        try:
+            if not os.path.isdir(dest):
+                tmp = dest + ".tmp%d" % os.getpid()
+                shutil.rmtree(tmp, ignore_errors=True)
+                with tarfile.open(archive) as tar:
+                    if hasattr(tarfile, "data_filter"):
+                        tar.extractall(tmp, filter="data")
+                    else:
+                        tar.extractall(tmp)
+                try:
+                    os.rename(tmp, dest)
+                except OSError:  # another agent unpacked it first
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self.send(ev="reply", req=msg["req"], ok=True)
+        except Exception as exc:  # noqa: BLE001
+            self.send(ev="reply", req=msg["req"], ok=False, error="%s: %s" % (type(exc).__name__, exc))
+
+    def do_launch(self, msg):
+        tid, tdir = msg["id"], msg["dir"]
+        try:
+            os.makedirs(tdir)
+        except OSError:
+            if not os.path.isdir(tdir):
+                raise
+        with open(os.path.join(tdir, "parameters.json"), "w") as fh:
+            fh.write(msg["params"])
+        for name in STREAMS:
+            open(os.path.join(tdir, name), "ab").close()
+        t = Trial(tid, tdir)
+        t.child, t.pipe = fork_waiter(msg)
+        self.trials[tid] = t
+
+    def do_follow(self, msg):
+        tid, tdir = msg["id"], msg["dir"]
+        t = Trial(tid, tdir, msg.get("off") or (0, 0, 0))
+        info = read_json(os.path.join(tdir, "pid.json"))
+        done = os.path.exists(os.path.join(tdir, "exit.json"))
+        if info is None and not done:
+            self.send(ev="reply", req=msg["req"], state="absent")
+            return
+        if info is not None:
+            t.pid, t.pgid = info["pid"], info["pgid"]
+            t.waiter_pid, t.waiter_start = info.get("waiter"), info.get("waiter_start")
+        if done:
+            state = "exited"
+        elif same_process(t.waiter_pid, t.waiter_start):
+            state = "running"
+        elif t.pgid and group_alive(t.pgid):
+            state, t.watch_group = "running", True
+        else:
+            self.send(ev="reply", req=msg["req"], state="lost", pid=t.pid, pgid=t.pgid)
+            return
+        self.trials[tid] = t
+        self.send(ev="reply", req=msg["req"], state=state, pid=t.pid, pgid=t.pgid)
+
+    def do_kill(self, msg):
+        t = self.trials.get(msg["id"])
+        if t is None:
+            return
+        grace = float(msg.get("grace") or 5.0)
+        if t.pgid is None:
+            t.kill_grace = grace
+            return
+        self._kill(t, grace)
+
+    def _kill(self, t, grace):
+        t.kill_tree = descendants(t.pid)
+        signal_tree(t.pgid, t.kill_tree, signal.SIGTERM)
+        t.kill_at = time.time() + grace
+
+    def do_cleanup(self, msg):
+        """A dead engine's leftover: kill group ``pgid`` if one of its processes is trial ``id``."""
+        pgid, tid = msg.get("pgid"), msg["id"]
+        killed = False
+        if pgid:
+            for pid, _, g, state in process_table():
+                if g != pgid or state == "Z":
+                    continue
+                try:
+                    with open("/proc/%d/environ" % pid, "rb") as fh:
+                        env = fh.read().split(b"\0")
+                except OSError:
+                    continue
+                if ("HPO_TRIAL_ID=%s" % tid).encode() in env:
+                    kill_tree(pid, pgid, 1.0)
+                    killed = True
+                    break
+        self.send(ev="reply", req=msg["req"], killed=killed)
+
+    # the loop
+    def pump(self, t):
+        """Send the new bytes of the trial's files; True if there were any."""
+        moved = False
+        for i, name in enumerate(STREAMS):
+            try:
+                with open(os.path.join(t.dir, name), "rb") as fh:
+                    fh.seek(t.off[i])
+                    while True:
+                        data = fh.read(CHUNK)
+                        if not data:
+                            break
+                        self.send(ev="data", id=t.id, s=i, off=t.off[i], d=data.decode("latin-1"))
+                        t.off[i] += len(data)
+                        moved = True
+            except OSError:
+                continue
+        return moved
+
+    def finished(self, t):
+        """The trial's final status, or None while it runs."""
+        info = read_json(os.path.join(t.dir, "exit.json"))
+        if info is not None:
+            return info
+        if t.child is not None:
+            if not t.waiter_gone:
+                return None
+            return {"code": None, "error": "its monitor process ended without an exit status"}
+        if t.watch_group:
+            if group_alive(t.pgid):
+                return None
+            return {"code": None, "unknown": True}
+        if same_process(t.waiter_pid, t.waiter_start):
+            return None
+        info = read_json(os.path.join(t.dir, "exit.json"))  # written just before the waiter exited
+        return info if info is not None else {"code": None, "lost": "its processes ended without an exit status"}
+
+    def on_pipe(self, t):
+        try:
+            data = os.read(t.pipe, 4096)
+        except OSError:
+            data = b""
+        if data:
+            t.pipe_buf += data
+            if t.pid is None and b"\n" in t.pipe_buf:
+                t.pid = t.pgid = int(t.pipe_buf.split(b"\n", 1)[0])
+                self.send(ev="started", id=t.id, pid=t.pid, pgid=t.pgid)
+                if t.kill_grace is not None:
+                    self._kill(t, t.kill_grace)
+            return
+        os.close(t.pipe)
+        t.pipe = None
+        try:
+            os.waitpid(t.child, 0)
+        except OSError:
+            pass
+        t.waiter_gone = True
+
+    def step(self, now):
+        for t in list(self.trials.values()):
+            if t.kill_at is not None and now >= t.kill_at:
+                signal_tree(t.pgid, t.kill_tree + descendants(t.pid), signal.SIGKILL)
+                t.kill_at = None
+            self.pump(t)
+            if t.pipe is not None:
+                continue
+            status = self.finished(t)
+            if status is None:
+                continue
+            self.pump(t)
+            status.update(ev="exit", id=t.id, off=t.off)
+            self.send(**status)
+            del self.trials[t.id]
+
+    def handle(self, line):
+        msg = json.loads(line)
+        op = msg.get("op")
+        try:
+            getattr(self, "do_" + op)(msg)
+        except Exception as exc:  # noqa: BLE001 - reported, the agent goes on
+            if "req" in msg:
+                self.send(ev="reply", req=msg["req"], error="%s: %s" % (type(exc).__name__, exc))
+            elif "id" in msg:
+                self.send(ev="exit", id=msg["id"], code=None, error="%s: %s" % (type(exc).__name__, exc))
+
+    def serve(self, in_fd=0):
+        while True:
+            pipes = {t.pipe: t for t in self.trials.values() if t.pipe is not None}
+            timeout = POLL if self.trials else None
+            try:
+                ready, _, _ = select.select([in_fd] + list(pipes), [], [], timeout)
+            except InterruptedError:
+                continue
+            if in_fd in ready:
+                data = os.read(in_fd, CHUNK)
+                if not data:
+                    return
+                self.buf += data
+                *lines, self.buf = self.buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.handle(line)
+            for fd in ready:
+                if fd in pipes:
+                    self.on_pipe(pipes[fd])
+            self.step(time.time())
+            self.flush()
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[1] == "serve":
+        try:
+            Agent().serve()
+        except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+            pass
+        return 0
+    sys.stderr.write("usage: agent.py serve\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

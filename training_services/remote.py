@@ -1,0 +1,1070 @@
+"""Remote training service: trials on machines reachable over SSH, driven from the engine's event loop.
+
+A remote machine needs Python 3 and an SSH server, nothing else: no package is installed there and
+the trial never connects back to the engine.  Per machine, one SSH connection (asyncssh) carries
+everything:
+
+* at start, a small pure-Python agent (``_remote_agent.py``) and the trial API (``hpo/trial.py``,
+  stdlib only) are uploaded over SFTP to ``<remote_directory>/.agent-<hash>/``;
+* the trial code directory is packed once per experiment (tar.gz, minus ``DEFAULT_IGNORE`` and the
+  globs in its ``.hpoignore`` / ``.nniignore``; a warning past ``CODE_SIZE_WARNING``), uploaded over
+  SFTP to each machine the first time a trial runs there and unpacked into
+  ``<remote_directory>/<experiment_id>/code-<version>``.  Each launch checks the files' names, sizes
+  and mtimes: if they changed, the new version is packed and shipped for the trials launched from
+  then on (as with the local service, a trial runs the code as it was when it was launched);
+* each trial gets ``<remote_directory>/<experiment_id>/trials/<trial_id>/`` and runs detached from
+  the SSH session (its own session and process group), so a dropped connection does not end it.
+  Parameters go out in the launch command; reports, stdout and stderr come back through the
+  agent's stdout on the same connection (copied to the local trial folder as they arrive).
+
+Faults: a machine that cannot be reached or authenticated at :meth:`RemoteTrainingService.start` is
+an error naming it and the cause.  A connection that drops later is re-established with backoff;
+each of its trials is then followed again from the byte offsets already received, or, if its
+processes vanished meanwhile, failed with the reason (or re-run when ``max_trial_retries`` allows).
+A machine still unreachable after ``reconnect_timeout`` is taken out of rotation with a warning.
+Host keys are checked against ``known_hosts_file`` (default ``~/.ssh/known_hosts``); with
+``accept_new_host_keys`` a machine never seen before is trusted and recorded there (like OpenSSH's
+``StrictHostKeyChecking=accept-new``); a key that differs from a recorded one is always refused.
+Passwords and passphrases are kept in memory only: the config stores them as null, so a resumed
+experiment needs them set again (or key files without passphrase, or an ssh-agent).
+
+Trial processes get ``HPO_TRIAL_DIR`` (the remote trial folder), ``HPO_PARAMETERS_FILE`` and
+``HPO_REPORT_FILE`` there, ``CUDA_VISIBLE_DEVICES``, and ``python_path`` first on ``PATH``
+(``python_path`` may be an interpreter or a folder holding ``python3``).  What a trial writes in its
+remote folder stays on the machine, as do the folders (for inspection).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import hpo.trial
+from hpo.trial import parse_stdout_report, validate_metric
+from training_services.base import TrainingService, TrialEvents, TrialSpec
+from training_services.gpu import GpuAllocator, GpuInfo
+from training_services.local import _failure_message
+
+__all__ = ["RemoteTrainingService", "RemoteMachine", "pack_code", "code_signature", "DEFAULT_IGNORE",
+           "CODE_SIZE_WARNING"]
+
+log = logging.getLogger("hpo.remote")
+
+AGENT_FILE = Path(__file__).with_name("_remote_agent.py")
+DEFAULT_IGNORE = (".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv*", "venv", ".mypy_cache", ".pytest_cache",
+                  ".ipynb_checkpoints", "node_modules", ".DS_Store", ".nniignore", ".hpoignore")
+IGNORE_FILES = (".hpoignore", ".nniignore")
+CODE_SIZE_WARNING = 64 * 2**20
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
+_TRIAL_API_INIT = '''"""The hpo trial API, shipped by the remote training service (stdlib only)."""
+from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
+                       get_trial_id, report_final_result, report_intermediate_result)
+'''
+
+
+def _reveal(value: Any) -> Any:
+    """The clear text of a pydantic SecretStr (or the value itself)."""
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+
+@dataclass
+class RemoteMachine:
+    """One ``machine_list`` entry (NNI's field names); secrets are left out of ``repr``."""
+
+    host: str
+    user: str | None = None
+    port: int = 22
+    password: str | None = field(default=None, repr=False)
+    ssh_key_file: str | None = None
+    ssh_passphrase: str | None = field(default=None, repr=False)
+    python_path: str | None = None
+    gpu_indices: list[int] | None = None
+    use_active_gpu: bool = False
+    max_trial_number_per_gpu: int = 1
+    max_trials: int | None = None
+
+    @classmethod
+    def from_any(cls, entry: Any) -> "RemoteMachine":
+        if isinstance(entry, RemoteMachine):
+            return entry
+        data = dict(entry) if isinstance(entry, Mapping) else entry.model_dump()
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"machine_list: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        data = {k: _reveal(v) for k, v in data.items()}
+        if data.get("ssh_key_file") is not None:
+            data["ssh_key_file"] = str(Path(str(data["ssh_key_file"])).expanduser())
+        if not data.get("host"):
+            raise ValueError("machine_list: every machine needs a 'host'")
+        return cls(**data)
+
+    @property
+    def label(self) -> str:
+        """How trials name their host: ``host`` or ``host:port``."""
+        return self.host if self.port == 22 else f"{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """How errors name the machine: ``user@host:port``."""
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+
+# -- code packing ------------------------------------------------------------------------------------------
+def _ignore_patterns(code_dir: Path) -> list[str]:
+    patterns = list(DEFAULT_IGNORE)
+    for name in IGNORE_FILES:
+        path = code_dir / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line.rstrip("/"))
+    return patterns
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pat in patterns:
+        if pat.startswith("/"):
+            if fnmatch.fnmatch(rel, pat[1:]):
+                return True
+        elif "/" in pat:
+            if fnmatch.fnmatch(rel, pat):
+                return True
+        elif fnmatch.fnmatch(name, pat):
+            return True
+    return False
+
+
+def _code_files(code_dir: Path) -> list[tuple[str, str]]:
+    """(relative name, path) of every file to ship, sorted; ignored files and folders left out."""
+    patterns = _ignore_patterns(code_dir)
+    out = []
+    for root, dirs, names in os.walk(code_dir):
+        rel_root = os.path.relpath(root, code_dir)
+        rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
+        dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, patterns))
+        out += [(rel_root + n, os.path.join(root, n)) for n in sorted(names) if not _ignored(rel_root + n, patterns)]
+    return out
+
+
+def code_signature(code_dir: Path) -> str:
+    """A digest of the names, sizes and modification times of the files :func:`pack_code` would ship."""
+    digest = hashlib.sha256()
+    for rel, path in _code_files(Path(code_dir)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def pack_code(code_dir: Path, out: Path) -> tuple[int, int]:
+    """Write ``code_dir`` as a tar.gz at ``out``, minus ignored files; returns (files, bytes packed).
+
+    Ignored: ``DEFAULT_IGNORE`` plus the patterns in the folder's ``.hpoignore`` / ``.nniignore``
+    (one glob a line: a bare name matches at any depth, ``a/b`` or ``/a`` from the top)."""
+    files = size = 0
+    with tarfile.open(out, "w:gz", compresslevel=3) as tar:
+        for rel, path in _code_files(Path(code_dir)):
+            try:
+                info = tar.gettarinfo(path, arcname=rel)
+                if info.isreg():
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                    size += info.size
+                elif info.issym():
+                    tar.addfile(info)
+                else:
+                    continue
+            except OSError:
+                continue
+            files += 1
+    return files, size
+
+
+# -- per-trial state -----------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    spec: TrialSpec
+    host: "_Host"
+    gpus: list[int]
+    remote_dir: str
+    stdout_file: Any
+    stderr_file: Any
+    started: asyncio.Future[None]
+    off: list[int] = field(default_factory=lambda: [0, 0, 0])
+    partial: list[bytes] = field(default_factory=lambda: [b"", b""])
+    pid: int | None = None
+    started_sent: bool = False
+    launch_error: str | None = None
+    kill_status: str | None = None
+    kill_reason: str | None = None
+    report_error: str | None = None
+    attempt: int = 0
+    code_remote: str = ""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _HostError(Exception):
+    """A problem with one machine; the text names it."""
+
+
+# -- one machine -----------------------------------------------------------------------------------------------
+class _Host:
+    def __init__(self, service: "RemoteTrainingService", machine: RemoteMachine, index: int) -> None:
+        self.svc, self.m, self.index = service, machine, index
+        self.state = "down"                   # up | reconnecting | out | closed
+        self.conn: Any = None
+        self.agent: Any = None
+        self.reader: asyncio.Task[None] | None = None
+        self.reconnect_task: asyncio.Task[None] | None = None
+        self.generation = 0
+        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_req = 0
+        self.runs: dict[str, _Run] = {}
+        self.assigned = 0
+        self.allocator = GpuAllocator([], machine.max_trial_number_per_gpu, machine.use_active_gpu)
+        self.code: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self.root = ""
+        self.agent_dir = ""
+        self.out_reason: str | None = None
+        self.failures = 0
+        self.client_key: Any = None
+        self.host_key_problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.m.label
+
+    # connection ------------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect, install the agent if needed and start it; raises _HostError naming the machine."""
+        import asyncssh
+
+        svc, m = self.svc, self.m
+        try:
+            if m.ssh_key_file and self.client_key is None:
+                self.client_key = _load_key(m.ssh_key_file, m.ssh_passphrase)
+            self.host_key_problem = None
+            host = self
+
+            class Client(asyncssh.SSHClient):
+                def validate_host_public_key(self, hostname: str, addr: str, port: int, key: Any) -> bool:
+                    return svc._check_new_host_key(host, hostname, addr, port, key)
+
+            conn = await asyncio.wait_for(asyncssh.connect(
+                m.host, m.port, username=m.user, password=m.password,
+                client_keys=[self.client_key] if self.client_key is not None else (),
+                agent_path=None if self.client_key is not None else (),
+                known_hosts=svc._known_hosts(), client_factory=Client, connect_timeout=svc.connect_timeout,
+                keepalive_interval=svc.keepalive_interval, keepalive_count_max=3,
+                preferred_auth="publickey,password" if m.password else "publickey",
+                ), svc.connect_timeout + 5)
+        except Exception as exc:  # noqa: BLE001 - described for the user
+            raise _HostError(f"remote machine {m.address}: {self._describe(exc)}") from None
+        try:
+            await self._start_agent(conn)
+        except Exception as exc:  # noqa: BLE001
+            conn.abort()
+            text = str(exc) if isinstance(exc, _HostError) else _describe(exc)
+            raise _HostError(f"remote machine {m.address}: {text}") from None
+        self.conn = conn
+        self.state = "up"
+
+    def _describe(self, exc: BaseException) -> str:
+        import asyncssh
+
+        if isinstance(exc, _HostError):
+            return str(exc)
+        if self.host_key_problem is not None:
+            return self.host_key_problem
+        if isinstance(exc, asyncssh.PermissionDenied):
+            if self.m.ssh_key_file or self.m.password:
+                how = "ssh_key_file" if self.m.ssh_key_file else "password"
+                return (f"authentication failed for user {self.m.user!r}: the server refused the {how}; "
+                        "check user, ssh_key_file, ssh_passphrase and password")
+            return (f"authentication failed for user {self.m.user!r} with the default keys and ssh-agent: no "
+                    "password or ssh_key_file is set (passwords are never stored: set it again after a resume)")
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return f"host key not verifiable ({exc.reason})"
+        if isinstance(exc, asyncssh.DisconnectError):
+            return f"disconnected by the server: {exc.reason}"
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused (is an SSH server listening on that port?)"
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return f"no answer within {self.svc.connect_timeout:g} s (host down or port filtered?)"
+        if isinstance(exc, OSError) and exc.__class__.__name__ == "gaierror":
+            return f"cannot resolve host name {self.m.host!r} ({exc.strerror})"
+        if isinstance(exc, OSError):
+            return f"cannot connect: {exc.strerror or exc}"
+        return _describe(exc)
+
+    async def _start_agent(self, conn: Any) -> None:
+        svc = self.svc
+        async with conn.start_sftp_client() as sftp:
+            home = await sftp.realpath(".")
+            root = svc.remote_directory
+            if root == "~" or root.startswith("~/"):
+                root = home + root[1:]
+            elif not root.startswith("/"):
+                root = f"{home}/{root}"
+            self.root = root.rstrip("/")
+            self.agent_dir = f"{self.root}/.agent-{svc._agent_digest}"
+            if not await sftp.exists(f"{self.agent_dir}/agent.py"):
+                tmp = f"{self.agent_dir}.tmp{secrets.token_hex(4)}"
+                await sftp.makedirs(f"{tmp}/lib/hpo", exist_ok=True)
+                for rel, data in svc._agent_files.items():
+                    async with sftp.open(f"{tmp}/{rel}", "wb") as fh:
+                        await fh.write(data)
+                try:
+                    await sftp.rename(tmp, self.agent_dir)
+                except Exception:  # noqa: BLE001 - another engine installed the same agent meanwhile
+                    await _sftp_rmtree(sftp, tmp)
+        python = self.m.python_path
+        if python:
+            prelude = (f'P={shlex.quote(python)}; if [ -d "$P" ]; then PATH="$P:$PATH"; P="$P/python3"; '
+                       f'else PATH="$(dirname "$P"):$PATH"; fi; export PATH; ')
+        else:
+            prelude = 'P=$(command -v python3 || command -v python || echo python3); '
+        command = f'{prelude}exec "$P" -S {shlex.quote(self.agent_dir + "/agent.py")} serve'
+        agent = await conn.create_process(command, encoding=None)
+        self.generation += 1
+        self.agent = agent
+        self.replies = {}
+        self.reader = asyncio.get_running_loop().create_task(self._read(agent, self.generation))
+        try:
+            hello = await asyncio.wait_for(self.request({"op": "hello"}), 60)
+        except (ConnectionError, asyncio.TimeoutError):
+            err = b""
+            try:
+                err = await asyncio.wait_for(agent.stderr.read(4000), 2)
+            except Exception:  # noqa: BLE001
+                pass
+            text = err.decode("utf-8", "replace").strip().splitlines()
+            raise _HostError(f"cannot start the remote agent with {python or 'python3'}: "
+                             f"{text[-1] if text else 'it exited at once'}") from None
+        version = tuple(int(p) for p in hello.get("python", "0.0").split(".")[:2] if p.isdigit())
+        if version < (3, 6):
+            raise _HostError(f"{python or 'python3'} there is Python {hello.get('python')}; expected 3.6 or newer")
+        gpus = await self.request({"op": "gpus"})
+        self._set_gpus(gpus.get("gpus") or [], first=not self.allocator.gpus)
+
+    def _set_gpus(self, rows: list[dict[str, Any]], first: bool) -> None:
+        gpus = [GpuInfo(int(r["index"]), str(r["uuid"]), bool(r["busy"])) for r in rows]
+        wanted = self.m.gpu_indices
+        if wanted is not None:
+            known = {g.index for g in gpus}
+            missing = [i for i in wanted if i not in known]
+            if missing and first:
+                raise _HostError(f"gpu_indices: GPU(s) {missing} not found; detected {sorted(known) or 'no GPUs'}")
+            gpus = [g for g in gpus if g.index in wanted]
+        if first:
+            self.allocator = GpuAllocator(gpus, self.m.max_trial_number_per_gpu, self.m.use_active_gpu)
+        else:
+            self.allocator.refresh(gpus)
+
+    async def refresh_gpus(self) -> None:
+        if self.state == "up" and self.allocator.gpus:
+            try:
+                self._set_gpus((await self.request({"op": "gpus"})).get("gpus") or [], first=False)
+            except ConnectionError:
+                pass
+
+    async def close(self) -> None:
+        self.state = "closed"
+        if self.reconnect_task is not None:
+            self.reconnect_task.cancel()
+        agent, conn = self.agent, self.conn
+        self.agent = self.conn = None
+        if agent is not None:
+            try:
+                agent.stdin.write_eof()
+                await asyncio.wait_for(agent.wait(), 5)
+            except Exception:  # noqa: BLE001 - best effort: the connection closes anyway
+                pass
+        if conn is not None:
+            conn.close()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+            except Exception:  # noqa: BLE001
+                pass
+        if self.reader is not None:
+            self.reader.cancel()
+
+    # talking to the agent ---------------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        """Write one command to the agent; ConnectionError when the connection is (being) lost."""
+        if self.agent is None:
+            raise ConnectionError(f"not connected to {self.label}")
+        try:
+            self.agent.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        except Exception as exc:  # noqa: BLE001 - BrokenPipeError, asyncssh errors: the reader sees the drop
+            raise ConnectionError(f"connection to {self.label} lost: {_describe(exc)}") from None
+
+    async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.next_req += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.replies[self.next_req] = fut
+        self.send({**msg, "req": self.next_req})
+        reply = await fut
+        if "error" in reply and msg["op"] != "unpack":
+            raise _HostError(f"remote agent on {self.label}: {reply['error']}")
+        return reply
+
+    async def _read(self, agent: Any, generation: int) -> None:
+        reason = "the connection closed"
+        try:
+            while True:
+                line = await agent.stdout.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    log.warning("%s: unreadable line from the remote agent: %r", self.label, line[:200])
+                    continue
+                try:
+                    self._dispatch(msg)
+                except Exception:  # noqa: BLE001 - one bad event must not stop following the others
+                    log.exception("%s: handling %s failed", self.label, msg.get("ev"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            reason = _describe(exc)
+        if generation == self.generation:
+            self._connection_lost(reason)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        ev = msg.get("ev")
+        if ev == "reply":
+            fut = self.replies.pop(msg.get("req"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        run = self.runs.get(msg.get("id", ""))
+        if run is None:
+            return
+        if ev == "data":
+            self.svc._on_data(run, int(msg["s"]), int(msg["off"]), msg["d"].encode("latin-1"))
+        elif ev == "started":
+            self.svc._on_started(run, msg.get("pid"))
+        elif ev == "exit":
+            self.svc._on_exit(run, msg)
+
+    def _connection_lost(self, reason: str) -> None:
+        for fut in self.replies.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"connection to {self.label} lost: {reason}"))
+        self.replies = {}
+        self.agent = None
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
+        if self.state != "up" or (self.svc._closing and not self.runs):
+            return
+        self.state = "reconnecting"
+        log.warning("remote machine %s: connection lost (%s); reconnecting", self.m.address, reason)
+        self.svc._notify()
+        self.reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        delay, deadline = BACKOFF_FIRST, time.monotonic() + self.svc.reconnect_timeout
+        attempts = 0
+        while True:
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                await self.connect()
+                break
+            except _HostError as exc:
+                reason = str(exc).split(": ", 1)[-1]
+            except Exception as exc:  # noqa: BLE001
+                reason = _describe(exc)
+            if self.state == "closed":
+                return
+            if time.monotonic() + delay > deadline:
+                self.take_out(f"unreachable for {self.svc.reconnect_timeout:g} s after {attempts} attempts; "
+                              f"last error: {reason}")
+                return
+            delay = min(delay * 2, BACKOFF_MAX)
+        log.warning("remote machine %s: reconnected after %d attempt(s); reconciling %d trial(s)",
+                    self.m.address, attempts, len(self.runs))
+        self.svc._notify()
+        for run in list(self.runs.values()):
+            await self.follow(run)
+
+    async def follow(self, run: _Run) -> None:
+        """After a reconnect: pick a trial up again from the offsets received so far."""
+        try:
+            reply = await self.request({"op": "follow", "id": run.spec.trial_id, "dir": run.remote_dir,
+                                        "off": run.off})
+        except (ConnectionError, _HostError):
+            return  # lost again: the next reconnect reconciles it
+        if self.runs.get(run.spec.trial_id) is not run:
+            return  # moved elsewhere meanwhile
+        state = reply.get("state")
+        if state == "absent":  # the launch never reached the machine
+            if run.started_sent:
+                self.svc._on_lost(run, "its trial folder has no process record")
+            else:
+                self.svc._send_launch(run)
+            return
+        if state == "lost":
+            self.svc._on_lost(run, f"its processes on {self.label} ended while the connection was down, "
+                                   "without an exit status")
+            return
+        if not run.started_sent and reply.get("pid"):
+            self.svc._on_started(run, reply["pid"])
+        if run.kill_status is not None:
+            self.svc._send_kill(run)
+
+    def take_out(self, reason: str) -> None:
+        """Stop using this machine: its trials are lost (re-run elsewhere if retries allow)."""
+        self.state = "out"
+        self.out_reason = reason
+        message = f"remote machine {self.m.address} taken out of rotation: {reason}"
+        log.warning(message)
+        print(f"WARNING: hpo: {message}", file=sys.stderr)
+        for run in list(self.runs.values()):
+            self.svc._on_lost(run, f"machine {self.label} unreachable ({reason})")
+        self.svc._notify()
+
+    # code -------------------------------------------------------------------------------------------------
+    async def ensure_code(self, code_dir: Path, experiment_id: str) -> str:
+        """The remote folder holding the trial code as it is now (uploaded once per version)."""
+        version, tarball = await self.svc._code_version(code_dir)
+        key = (version, experiment_id)
+        fut = self.code.get(key)
+        if fut is None:
+            fut = self.code[key] = asyncio.ensure_future(self._upload_code(tarball, version, experiment_id))
+        try:
+            return await asyncio.shield(fut)
+        except BaseException:
+            if fut.done() and self.code.get(key) is fut:
+                del self.code[key]
+            raise
+
+    async def _upload_code(self, tarball: Path, version: str, experiment_id: str) -> str:
+        exp_dir = f"{self.root}/{experiment_id}"
+        dest = f"{exp_dir}/code-{version}"
+        remote_tar = f"{dest}.tar.gz"
+        if self.conn is None:
+            raise ConnectionError(f"not connected to {self.label}")
+        async with self.conn.start_sftp_client() as sftp:
+            await sftp.makedirs(f"{exp_dir}/trials", exist_ok=True)
+            await sftp.put(str(tarball), remote_tar)
+        reply = await self.request({"op": "unpack", "tar": remote_tar, "dest": dest})
+        if not reply.get("ok"):
+            raise _HostError(f"cannot unpack the trial code on {self.label}: {reply.get('error')}")
+        return dest
+
+
+# -- the service ------------------------------------------------------------------------------------------------
+class RemoteTrainingService(TrainingService):
+    """Runs trials on remote machines over SSH.
+
+    Args:
+        machine_list: machines (mappings with NNI's keys: host, port, user, password | ssh_key_file,
+            ssh_passphrase, python_path, gpu_indices, use_active_gpu, max_trial_number_per_gpu,
+            and max_trials: at most this many trials at once there).
+        known_hosts_file: OpenSSH known_hosts used to verify host keys (default ``~/.ssh/known_hosts``).
+        accept_new_host_keys: trust (and record in ``known_hosts_file``) a machine seen for the first
+            time; a key that differs from a recorded one is refused regardless.
+        remote_directory: where experiments live on each machine (``~`` is that user's home).
+        reconnect_timeout: seconds to keep reconnecting a dropped machine before taking it out of rotation.
+        kill_grace: seconds between SIGTERM and SIGKILL.
+        connect_timeout: seconds for one connection attempt.
+    """
+
+    platform = "remote"
+
+    def __init__(self, machine_list: list[Any] | None = None, known_hosts_file: str | Path | None = None,
+                 accept_new_host_keys: bool = False, remote_directory: str = "~/hpo-remote",
+                 reconnect_timeout: float | str | None = 120.0, kill_grace: float = 5.0,
+                 connect_timeout: float = 15.0, keepalive_interval: float = 5.0, **_ignored: Any) -> None:
+        from hpo.config import parse_duration
+
+        machines = [RemoteMachine.from_any(m) for m in machine_list or []]
+        if not machines:
+            raise ValueError("training_service.machine_list is empty; expected at least one machine like "
+                             "{'host': 'gpu1', 'user': 'me', 'ssh_key_file': '~/.ssh/id_ed25519'}")
+        self.machines = machines
+        self.known_hosts_file = Path(known_hosts_file or "~/.ssh/known_hosts").expanduser()
+        self.accept_new_host_keys = bool(accept_new_host_keys)
+        self.remote_directory = str(remote_directory or "~/hpo-remote")
+        self.reconnect_timeout = parse_duration(reconnect_timeout) or 120.0
+        self.kill_grace = kill_grace
+        self.connect_timeout = connect_timeout
+        self.keepalive_interval = keepalive_interval
+        self.hosts = [_Host(self, m, i) for i, m in enumerate(machines)]
+        self._events: TrialEvents | None = None
+        self._runs: dict[str, _Run] = {}
+        self._waiting: dict[str, tuple[str, str | None] | None] = {}
+        self._change: asyncio.Event | None = None
+        self._closing = False
+        self._packs: dict[str, asyncio.Future[Path]] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._leftovers: list[dict[str, Any]] = []
+        self._guard: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        trial_api = Path(hpo.trial.__file__).read_bytes()
+        self._agent_files = {"agent.py": AGENT_FILE.read_bytes(), "lib/hpo/trial.py": trial_api,
+                             "lib/hpo/__init__.py": _TRIAL_API_INIT.encode()}
+        digest = hashlib.sha256()
+        for name in sorted(self._agent_files):
+            digest.update(name.encode() + b"\0" + self._agent_files[name])
+        self._agent_digest = digest.hexdigest()[:12]
+
+    def __repr__(self) -> str:
+        return f"RemoteTrainingService({[m.address for m in self.machines]})"
+
+    # lifecycle ------------------------------------------------------------------------------------------------
+    async def start(self, events: TrialEvents) -> None:
+        self._events = events
+        self._change = asyncio.Event()
+        self._stopped = asyncio.Event()
+        results = await asyncio.gather(*(h.connect() for h in self.hosts), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await asyncio.gather(*(h.close() for h in self.hosts))
+            for err in errors:
+                if not isinstance(err, _HostError):
+                    raise err
+            raise ValueError("; ".join(map(str, errors)))
+        await self._cleanup_leftovers()
+        self._guard = asyncio.get_running_loop().create_task(self._close_at_loop_end())
+
+    async def _close_at_loop_end(self) -> None:
+        """The engine does not call stop() after a normal end: close the connections (and with them the
+        idle remote agents) when the event loop shuts down and cancels this task."""
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(h.close() for h in self.hosts)), 6)
+            except BaseException:  # noqa: BLE001 - best effort while the loop ends
+                pass
+            raise
+
+    def check_gpu_request(self, gpu_number: int) -> None:
+        """Raise ValueError if no machine could ever run a trial asking ``gpu_number`` GPUs."""
+        if gpu_number <= 0:
+            return
+        counts = {h.label: len(h.allocator.gpus) for h in self.hosts}
+        if max(counts.values()) < gpu_number:
+            found = ", ".join(f"{k}: {v}" for k, v in counts.items())
+            raise ValueError(f"trial_gpu_number={gpu_number} but no remote machine has that many usable GPUs "
+                             f"(detected with nvidia-smi over SSH: {found})")
+
+    async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
+        self._closing = True
+        for trial_id in list(self._waiting):
+            self._waiting[trial_id] = (status, reason)
+        self._notify()
+        runs = list(self._runs.values())
+        kills = [asyncio.ensure_future(self.kill(r.spec.trial_id, status, reason)) for r in runs]
+        if kills:
+            limit = self.kill_grace + 10 + (self.reconnect_timeout if any(h.state == "reconnecting"
+                                                                          for h in self.hosts) else 0)
+            await asyncio.wait(kills, timeout=limit)
+        for run in list(self._runs.values()):  # a machine we could not reach again: give up on it
+            log.warning("trial %s on %s: could not confirm its end (machine unreachable)",
+                        run.spec.trial_id, run.host.label)
+            self._finish(run, run.kill_status or status, None,
+                         f"{run.kill_reason or reason or 'stopped'} (machine {run.host.label} unreachable: "
+                         "its processes may still run)")
+        await asyncio.gather(*(h.close() for h in self.hosts))
+        self._stopped.set()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
+        """Remembered here, done in :meth:`start` once connected: a dead engine's trials are killed on
+        their machine if a process of that group still carries the trial's id."""
+        self._leftovers = [r for r in records if r.get("pgid") and r.get("host")]
+
+    async def _cleanup_leftovers(self) -> None:
+        by_label = {h.label: h for h in self.hosts}
+        for rec in self._leftovers:
+            host = by_label.get(rec["host"])
+            if host is not None and host.state == "up":
+                try:
+                    await host.request({"op": "cleanup", "id": rec["id"], "pgid": rec["pgid"]})
+                except (ConnectionError, _HostError) as exc:
+                    log.warning("leftover trial %s on %s: %s", rec["id"], host.label, exc)
+        self._leftovers = []
+
+    # launching ------------------------------------------------------------------------------------------------
+    async def launch(self, spec: TrialSpec) -> None:
+        assert self._events is not None, "start() must be called first"
+        run: _Run | None = None
+        for attempt in range(5):
+            picked = await self._acquire(spec)
+            if picked is None:
+                if run is not None:
+                    self._release(run)
+                return
+            host, gpus = picked
+            if run is None:
+                spec.trial_dir.mkdir(parents=True, exist_ok=True)
+                (spec.trial_dir / "parameters.json").write_text(json.dumps(spec.parameters))
+                run = _Run(spec, host, gpus, "", open(spec.trial_dir / "stdout.log", "ab", buffering=0),
+                           open(spec.trial_dir / "stderr.log", "ab", buffering=0),
+                           asyncio.get_running_loop().create_future())
+                self._runs[spec.trial_id] = run
+            run.host, run.gpus = host, gpus
+            run.remote_dir = f"{host.root}/{spec.experiment_id}/trials/{spec.trial_id}"
+            host.runs[spec.trial_id] = run
+            try:
+                run.code_remote = await host.ensure_code(spec.code_dir, spec.experiment_id)
+            except ConnectionError:  # the machine dropped meanwhile: pick one again
+                self._detach(run)
+                continue
+            except BaseException as exc:
+                self._release(run)
+                if isinstance(exc, _HostError):
+                    host.failures += 1
+                    if host.failures >= 3 and host.state == "up":
+                        host.take_out(f"{host.failures} trials in a row could not start there; last: {exc}")
+                    raise RuntimeError(str(exc)) from None
+                raise
+            host.failures = 0
+            self._send_launch(run)
+            break
+        else:
+            assert run is not None
+            self._release(run)
+            raise RuntimeError("the remote machines kept dropping the connection")
+        await run.started
+        if run.launch_error is not None:
+            raise RuntimeError(run.launch_error)
+
+    async def _acquire(self, spec: TrialSpec) -> tuple[_Host, list[int]] | None:
+        """A machine (and GPUs) for the trial: the least-loaded one with room; waits while none has."""
+        assert self._change is not None
+        trial_id = spec.trial_id
+        self._waiting[trial_id] = None
+        try:
+            while True:
+                change = self._change
+                killed = self._waiting.get(trial_id)
+                if killed is not None or self._closing:
+                    status, reason = killed or ("SYS_CANCELED", "experiment stopped")
+                    self._events.ended(trial_id, status, None, reason)  # type: ignore[union-attr]
+                    return None
+                usable = [h for h in self.hosts if h.state in ("up", "reconnecting")]
+                if not usable:
+                    why = "; ".join(f"{h.m.address}: {h.out_reason or h.state}" for h in self.hosts)
+                    raise RuntimeError(f"no remote machine is usable ({why})")
+                for host in sorted((h for h in self.hosts if h.state == "up"), key=lambda h: (h.assigned, h.index)):
+                    if host.m.max_trials is not None and host.assigned >= host.m.max_trials:
+                        continue
+                    gpus = host.allocator.acquire(spec.gpu_number)
+                    if gpus is not None:
+                        host.assigned += 1
+                        return host, gpus
+                try:
+                    await asyncio.wait_for(change.wait(), timeout=10)
+                except asyncio.TimeoutError:  # other programs may have freed a GPU
+                    if spec.gpu_number > 0:
+                        await asyncio.gather(*(h.refresh_gpus() for h in self.hosts))
+        finally:
+            self._waiting.pop(trial_id, None)
+
+    def _send_launch(self, run: _Run) -> None:
+        spec, host = run.spec, run.host
+        env = dict(spec.env)
+        env.update({
+            "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
+            "HPO_SEQUENCE_ID": str(spec.sequence_id), "HPO_TRIAL_DIR": run.remote_dir,
+            "HPO_PARAMETERS_FILE": f"{run.remote_dir}/parameters.json",
+            "PYTHONUNBUFFERED": spec.env.get("PYTHONUNBUFFERED", "1"),
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, run.gpus)),
+        })
+        if host.state != "up":
+            return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
+        with contextlib.suppress(ConnectionError):  # likewise
+            host.send({"op": "launch", "id": spec.trial_id, "dir": run.remote_dir,
+                       "cwd": run.code_remote,
+                       "cmd": spec.command, "env": env, "params": json.dumps(spec.parameters),
+                       "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace})
+        if run.kill_status is not None:
+            self._send_kill(run)
+
+    # events from the agents -------------------------------------------------------------------------------------
+    def _on_started(self, run: _Run, pid: int | None) -> None:
+        run.pid = pid
+        run.started_sent = True
+        self._events.started(run.spec.trial_id, pid, pid, run.host.label, run.gpus)  # type: ignore[union-attr]
+        if not run.started.done():
+            run.started.set_result(None)
+
+    def _on_data(self, run: _Run, stream: int, offset: int, data: bytes) -> None:
+        have = run.off[stream]
+        if offset < have:  # already received before a reconnect
+            data = data[have - offset:]
+        elif offset > have:
+            log.warning("trial %s: %d bytes of %s missing", run.spec.trial_id, offset - have,
+                        ("reports", "stdout", "stderr")[stream])
+        if not data:
+            return
+        run.off[stream] = max(have, offset) + len(data)
+        if stream == 2:
+            run.stderr_file.write(data)
+            return
+        if stream == 1:
+            run.stdout_file.write(data)
+        lines = (run.partial[stream] + data).split(b"\n")
+        run.partial[stream] = lines.pop()
+        for line in lines:
+            self._on_line(run, stream, line)
+
+    def _on_line(self, run: _Run, stream: int, line: bytes) -> None:
+        if stream == 0:
+            if not line.strip():
+                return
+            try:
+                msg = json.loads(line)
+                kind = msg["type"]
+                if kind not in ("intermediate", "final"):
+                    raise ValueError(f"unknown report type {kind!r}")
+                value = validate_metric(msg["value"], f"{kind} result")
+            except (ValueError, KeyError, TypeError) as exc:
+                run.report_error = f"bad report from trial: {exc}"
+                return
+        else:
+            if not line.startswith(b"HPO_"):
+                return
+            try:
+                parsed = parse_stdout_report(line.decode("utf-8", "replace").strip())
+            except ValueError as exc:
+                run.report_error = str(exc)
+                return
+            if parsed is None:
+                return
+            kind, value = parsed
+        self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
+
+    def _on_exit(self, run: _Run, msg: dict[str, Any]) -> None:
+        for stream in (0, 1):
+            if run.partial[stream]:
+                line, run.partial[stream] = run.partial[stream], b""
+                self._on_line(run, stream, line)
+        code = msg.get("code")
+        if msg.get("lost"):
+            self._on_lost(run, f"its processes on {run.host.label} ended without an exit status")
+        elif run.kill_status is not None:
+            self._finish(run, run.kill_status, code, run.kill_reason)
+        elif msg.get("error"):
+            if not run.started_sent and not run.started.done():
+                run.launch_error = f"on {run.host.label}: {msg['error']}"
+                self._release(run)
+            else:
+                self._finish(run, "FAILED", code, f"on {run.host.label}: {msg['error']}")
+        elif msg.get("timeout"):
+            self._finish(run, "FAILED", code, f"exceeded max_trial_duration ({run.spec.max_duration:g} s)")
+        elif msg.get("unknown"):
+            self._finish(run, "FAILED", None, f"exit status unknown: its monitor on {run.host.label} ended "
+                                              "while the connection was down")
+        elif code == 0 and run.report_error is None:
+            self._finish(run, "SUCCEEDED", 0, None)
+        else:
+            self._finish(run, "FAILED", code,
+                         run.report_error or _failure_message(run.spec.trial_dir / "stderr.log", code))
+
+    def _on_lost(self, run: _Run, reason: str) -> None:
+        """The trial's processes vanished: re-run it if retries allow, else fail it with ``reason``."""
+        retries = self._max_retries()
+        if run.kill_status is not None or self._closing:
+            self._finish(run, run.kill_status or "SYS_CANCELED", None, run.kill_reason or reason)
+        elif run.attempt < retries:
+            run.attempt += 1
+            log.warning("trial %s lost (%s); re-running it (retry %d of %d)", run.spec.trial_id, reason,
+                        run.attempt, retries)
+            run.stderr_file.write(f"\n[hpo] trial lost ({reason}); re-running it (retry {run.attempt} "
+                                  f"of {retries})\n".encode())
+            self._detach(run)
+            task = asyncio.get_running_loop().create_task(self._rerun(run))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
+                                   self._finish(run, "FAILED", None, f"lost ({reason}); re-run failed: "
+                                                                     f"{_describe(t.exception())}"))
+        else:
+            self._finish(run, "FAILED", None, f"lost: {reason}")
+
+    async def _rerun(self, run: _Run) -> None:
+        self._runs[run.spec.trial_id] = run
+        picked = await self._acquire(run.spec)
+        if picked is None:
+            self._release(run)  # _acquire reported it ended
+            return
+        host, gpus = picked
+        run.host, run.gpus = host, gpus
+        run.remote_dir = f"{host.root}/{run.spec.experiment_id}/trials/{run.spec.trial_id}.{run.attempt}"
+        run.off, run.partial, run.started_sent, run.report_error = [0, 0, 0], [b"", b""], False, None
+        host.runs[run.spec.trial_id] = run
+        run.code_remote = await host.ensure_code(run.spec.code_dir, run.spec.experiment_id)
+        self._send_launch(run)
+
+    def _max_retries(self) -> int:
+        config = getattr(self._events, "config", None)
+        return int(getattr(config, "max_trial_retries", 0) or 0)
+
+    # killing ------------------------------------------------------------------------------------------------------
+    async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
+        if trial_id in self._waiting:
+            self._waiting[trial_id] = (status, reason)
+            self._notify()
+            while trial_id in self._waiting:
+                await asyncio.sleep(0.01)
+            return
+        run = self._runs.get(trial_id)
+        if run is None:
+            return
+        if run.kill_status is None:
+            run.kill_status, run.kill_reason = status, reason
+        if run.host.state == "up" and run.host.runs.get(trial_id) is run:
+            self._send_kill(run)
+        await run.done.wait()
+
+    def _send_kill(self, run: _Run) -> None:
+        with contextlib.suppress(ConnectionError):  # sent again once reconnected
+            run.host.send({"op": "kill", "id": run.spec.trial_id, "grace": self.kill_grace})
+
+    # bookkeeping --------------------------------------------------------------------------------------------------
+    def _detach(self, run: _Run) -> None:
+        host = run.host
+        if host.runs.get(run.spec.trial_id) is run:
+            del host.runs[run.spec.trial_id]
+            host.assigned -= 1
+            host.allocator.release(run.gpus)
+        self._notify()
+
+    def _release(self, run: _Run) -> None:
+        self._detach(run)
+        if self._runs.get(run.spec.trial_id) is run:
+            del self._runs[run.spec.trial_id]
+        run.stdout_file.close()
+        run.stderr_file.close()
+        if not run.started.done():
+            run.started.set_result(None)
+        run.done.set()
+
+    def _finish(self, run: _Run, status: str, code: int | None, message: str | None) -> None:
+        if run.done.is_set():
+            return
+        self._release(run)
+        self._events.ended(run.spec.trial_id, status, code, message)  # type: ignore[union-attr]
+
+    def _notify(self) -> None:
+        if self._change is not None:
+            self._change.set()
+            self._change = asyncio.Event()
+
+    async def _code_version(self, code_dir: Path) -> tuple[str, Path]:
+        """(signature, tar.gz) of the trial code as it is now: packed once per version, per experiment."""
+        loop = asyncio.get_running_loop()
+        code_dir = Path(code_dir).resolve()
+        version = await loop.run_in_executor(None, code_signature, code_dir)
+        fut = self._packs.get(version)
+        if fut is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="hpo-remote-code-")
+            fut = self._packs[version] = asyncio.ensure_future(
+                self._pack_in_thread(code_dir, Path(self._tmp.name) / f"code-{version}.tar.gz"))
+        return version, await asyncio.shield(fut)
+
+    @staticmethod
+    async def _pack_in_thread(code_dir: Path, out: Path) -> Path:
+        files, size = await asyncio.get_running_loop().run_in_executor(None, pack_code, code_dir, out)
+        packed = out.stat().st_size
+        log.info("trial code %s: %d files, %.1f MB (%.1f MB packed)", code_dir, files, size / 2**20, packed / 2**20)
+        if size > CODE_SIZE_WARNING:
+            message = (f"trial_code_directory {code_dir} holds {size / 2**20:.0f} MB ({files} files) to upload to "
+                       f"every remote machine; list data, checkpoints and environments in {code_dir}/.hpoignore "
+                       f"(or .nniignore) to leave them out")
+            log.warning(message)
+            print(f"WARNING: hpo: {message}", file=sys.stderr)
+        return out
+
+    # host keys ----------------------------------------------------------------------------------------------------
+    def _known_hosts(self) -> Any:
+        import asyncssh
+
+        if self.known_hosts_file.exists():
+            return asyncssh.read_known_hosts(str(self.known_hosts_file))
+        return asyncssh.import_known_hosts("")
+
+    def _check_new_host_key(self, host: _Host, hostname: str, addr: str, port: int, key: Any) -> bool:
+        """Called for a key not in known_hosts: accept it only for a never-seen host, when allowed."""
+        known = self._known_hosts().match(hostname, addr, port)
+        name = hostname if port == 22 else f"[{hostname}]:{port}"
+        if known[0]:
+            host.host_key_problem = (
+                f"host key mismatch: {name} presented a different key than the one recorded in "
+                f"{self.known_hosts_file} (if the machine was reinstalled, remove the old entry with "
+                f"`ssh-keygen -R '{name}' -f {self.known_hosts_file}`)")
+            return False
+        if not self.accept_new_host_keys:
+            host.host_key_problem = (
+                f"unknown host key: {name} is not in {self.known_hosts_file}; add it (e.g. `ssh-keyscan -p {port} "
+                f"{hostname} >> {self.known_hosts_file}` after checking the fingerprint) or set "
+                "training_service.accept_new_host_keys = true")
+            return False
+        kind, blob = key.export_public_key("openssh").decode().split()[:2]
+        line = f"{name} {kind} {blob}\n"
+        self.known_hosts_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.known_hosts_file, "a", encoding="utf-8") as fh:
+            fh.write(line)
+        log.warning("remote machine %s: new host key accepted and added to %s", host.m.address, self.known_hosts_file)
+        return True
+
+
+def _load_key(path: str, passphrase: str | None) -> Any:
+    import asyncssh
+
+    if not os.path.exists(path):
+        raise _HostError(f"ssh_key_file {path!r} does not exist")
+    try:
+        return asyncssh.read_private_key(path, passphrase)
+    except asyncssh.KeyEncryptionError as exc:
+        if "ncorrect passphrase" in str(exc):
+            raise _HostError(f"cannot load ssh_key_file {path!r}: wrong ssh_passphrase") from None
+        raise _HostError(f"cannot load ssh_key_file {path!r}: {exc}") from None  # e.g. bcrypt missing
+    except asyncssh.KeyImportError as exc:
+        text = str(exc)
+        if "assphrase" in text:
+            raise _HostError(f"cannot load ssh_key_file {path!r}: it is encrypted; set ssh_passphrase") from None
+        raise _HostError(f"cannot load ssh_key_file {path!r}: {text}") from None
+    except OSError as exc:
+        raise _HostError(f"cannot read ssh_key_file {path!r}: {exc.strerror}") from None
+
+
+async def _sftp_rmtree(sftp: Any, path: str) -> None:
+    try:
+        await sftp.rmtree(path)
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or getattr(exc, "reason", "") or ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
