@@ -280,6 +280,9 @@ class Engine:
                 except TryLater:
                     self._wait_for_result = True
                     return
+                except Exception as exc:
+                    self._error = f"tuner failed in generate_parameters: {_describe(exc)}"
+                    return
                 if self._stopping or self._deadline_hit or self._error is not None:  # changed while we waited
                     return
             self._create_and_launch(seq, params, rerun_of)

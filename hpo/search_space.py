@@ -273,7 +273,8 @@ def _dim_contains(dim: Dimension, value: Any) -> bool:
     if isinstance(dim, Numeric):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
-        if dim.log and value <= 0:
+        # qlognormal may round exp(x) down to 0 (as NNI's does); every other log type is > 0
+        if dim.log and (value < 0 or (value == 0 and not (dim.q is not None and dim.distribution == "normal"))):
             return False
         if dim.distribution == "uniform" and not (dim.low - 1e-9 <= value <= dim.high + 1e-9):
             return False

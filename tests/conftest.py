@@ -6,6 +6,7 @@ and experiments are started on port 0 (a free port chosen by the OS).
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import subprocess
 import sys
@@ -70,7 +71,7 @@ class ExperimentFactory:
                  **config: Any) -> Any:
         from hpo import Experiment
 
-        exp = Experiment(tuner, "local")
+        exp = Experiment("local") if tuner is None else Experiment(tuner, "local")
         exp.config.search_space = search_space or {"x": {"_type": "uniform", "_value": [0, 1]}}
         exp.config.trial_code_directory = self.code
         if script is not None:
@@ -129,13 +130,16 @@ class Launcher:
             print("ENDED", exp.get_status(), flush=True)
             exp.stop()
         """)
-        proc = subprocess.Popen([sys.executable, str(launch)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, cwd=self.tmp_path)
+        err = self.tmp_path / "launch.err"
+        with open(err, "w") as err_file:
+            proc = subprocess.Popen([sys.executable, str(launch)], stdout=subprocess.PIPE, stderr=err_file,
+                                    text=True, cwd=self.tmp_path)
         self.procs.append(proc)
-        line = proc.stdout.readline()  # type: ignore[union-attr]
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
         if not line.startswith("ID "):
             proc.kill()
-            pytest.fail(f"launcher did not start the experiment: {line!r}")
+            pytest.fail(f"launcher did not start the experiment: {line!r}; stderr: {err.read_text()[-2000:]}")
         _, exp_id, directory = line.split(maxsplit=2)
         self.directories.append(Path(directory.strip()))
         return proc, exp_id, self.directories[-1]

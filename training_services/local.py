@@ -256,6 +256,28 @@ class LocalTrainingService(TrainingService):
                 os.killpg(pgid, signal.SIGKILL)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 pass
+        # A trial the dead engine had started but not yet recorded (no pgid), and descendants that left
+        # its group, are found by the environment every trial process inherits.
+        _kill_by_environment({(str(rec["id"]), str(rec["seq"])) for rec in records if rec.get("id")})
+
+
+def _kill_by_environment(trials: set[tuple[str, str]]) -> None:
+    """SIGKILL every process whose (HPO_TRIAL_ID, HPO_SEQUENCE_ID) is one of ``trials``."""
+    me = os.getpid()
+    for _ in range(3):  # again, in case a process forked while we looked
+        killed = 0
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid == me:
+                    continue
+                env = proc.environ()
+                if (env.get("HPO_TRIAL_ID"), env.get("HPO_SEQUENCE_ID")) in trials:
+                    proc.kill()
+                    killed += 1
+            except psutil.Error:
+                continue
+        if not killed:
+            return
 
 
 async def kill_process_tree(pid: int, pgid: int, grace: float, exited: Callable[[], bool]) -> None:
