@@ -116,7 +116,9 @@ def _load_config(paths: list[str]) -> Any:
     from hpo.config import ConfigError, load_config_files
     from hpo.experiment import Experiment
     config = load_config_files(paths).validate_for_start()
-    tuner = Experiment(config=config)._make_tuner()
+    experiment = Experiment(config=config)
+    tuner = experiment._make_tuner()
+    experiment._make_assessor()
     try:
         tuner.update_search_space(config.search_space)
     except ValueError as exc:

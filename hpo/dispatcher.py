@@ -23,13 +23,15 @@ import string
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from hpo.storage import ACTIVE_STATES, FINISHED_STATES, ExperimentStore
 from hpo.trial import scalar
 from training_services.base import TrainingService, TrialSpec
+from hpo.early_stopping import threshold_reached
+from tuners.assessor import Assessor, AssessResult
 from tuners.base import NoMoreTrials, Tuner, TryLater
 
 __all__ = ["Engine", "render_command", "new_id"]
@@ -65,6 +67,7 @@ class _Active:
     parameters: dict[str, Any]
     steps: int = 0
     final_seen: bool = False
+    history: list[float] = field(default_factory=list)  # scalar intermediate values, for assessors
 
 
 class Engine:
@@ -80,8 +83,10 @@ class Engine:
     """
 
     def __init__(self, experiment_id: str, directory: Path, config: Any, tuner: Tuner, service: TrainingService,
-                 store: ExperimentStore) -> None:
+                 store: ExperimentStore, assessor: Assessor | None = None) -> None:
         self.experiment_id = experiment_id
+        self.assessor = assessor
+        self._goal_reached: str | None = None
         self.directory = Path(directory)
         self.config = config
         self.tuner = tuner
@@ -184,6 +189,8 @@ class Engine:
                            for t in self.store.trials(status=FINISHED_STATES) if t["interrupted"] == 0]
                 if records:
                     await self._tuner_call(self.tuner.import_data, records)
+                if self.assessor is not None:
+                    await self._tuner_call(self._replay_assessor)
             await self.service.start(self)
             check = getattr(self.service, "check_gpu_request", None)
             if check is not None:
@@ -210,6 +217,10 @@ class Engine:
             if self._stopping:
                 await self.service.stop("SYS_CANCELED", "experiment stopped")
                 self._set_status("STOPPED")
+                return
+            if self._goal_reached is not None:
+                await self.service.stop("SYS_CANCELED", self._goal_reached)
+                self._finish(self._goal_reached)
                 return
             remaining = self._time_left()
             if remaining is not None and remaining <= 0:
@@ -251,7 +262,7 @@ class Engine:
         return limit - self._prior_seconds - (time.monotonic() - self._started_monotonic)
 
     def _can_submit(self) -> bool:
-        if self._stopping or self._deadline_hit:
+        if self._stopping or self._deadline_hit or self._goal_reached is not None:
             return False
         if self._rerun or self._custom:
             return True
@@ -354,15 +365,54 @@ class Engine:
         else:
             trial.steps += 1
             self.store.add_metric(trial.seq, "intermediate", trial.steps, number, value)
+            if number is not None:
+                trial.history.append(number)
+                if self.assessor is not None:
+                    self._assess(trial)
         self._publish("metric", {"id": trial_id, "seq": trial.seq, "kind": kind, "value": number,
                                  "step": trial.steps if kind != "final" else None})
+        if self._goal_reached is None and self.config.early_stopping:
+            reason = threshold_reached(self.config.early_stopping, value)
+            if reason is not None:
+                self._goal_reached = f"{reason} in trial {trial_id} (#{trial.seq})"
+                self.store.add_event("goal_reached", trial.seq, {"reason": self._goal_reached})
+                self._poke()
+
+    def _assess(self, trial: _Active) -> None:
+        """Ask the assessor about ``trial``; a Bad verdict stops it as EARLY_STOPPED."""
+        assert self.assessor is not None and self._loop is not None
+        fut = self._loop.run_in_executor(self._tuner_pool, self.assessor.assess_trial, trial.trial_id,
+                                         list(trial.history))
+
+        def decide(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or trial.trial_id not in self.active:
+                return
+            if f.exception() is not None:
+                if self._error is None:
+                    self._error = f"assessor failed in assess_trial: {_describe(f.exception())}"
+                    self._poke()
+                return
+            if f.result() == AssessResult.Bad:
+                reason = f"stopped early by {type(self.assessor).__name__} at step {len(trial.history)}"
+                task = self._loop.create_task(self.service.kill(trial.trial_id, "EARLY_STOPPED", reason))  # type: ignore[union-attr]
+                task.add_done_callback(_log_task_error)
+
+        fut.add_done_callback(decide)
 
     def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None:
         trial = self.active.pop(trial_id, None)
         if trial is None:
             return
         interrupted = status == "SYS_CANCELED" and (self._stopping or self._deadline_hit or self._error is not None)
+        if status == "EARLY_STOPPED" and not trial.final_seen and trial.history:
+            # the tuner learns from where the trial was stopped (and so does a resumed tuner)
+            last = trial.history[-1]
+            self.store.add_metric(trial.seq, "final", 0, last, {"default": last, "early_stopped": True})
+            self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, last)
         self.store.trial_ended(trial.seq, status, exit_code, message, interrupted=interrupted)
+        if self.assessor is not None:
+            self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
+                                       status == "SUCCEEDED")
         log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
         self._wait_for_result = False
@@ -381,6 +431,17 @@ class Engine:
             if rec["interrupted"] == 1:
                 self._rerun.append((rec["seq"], rec["parameters"]))
         self.store.add_event("resume", None, {"rerun": [s for s, _ in self._rerun]})
+
+    def _replay_assessor(self) -> None:
+        """Resume: show the assessor every finished trial's curve again, as it saw them the first time."""
+        assert self.assessor is not None
+        for rec in self.store.trials(status=FINISHED_STATES):
+            if rec["interrupted"]:
+                continue
+            history = [m["value"] for m in self.store.metrics(rec["seq"], "intermediate") if m["value"] is not None]
+            for k in range(1, len(history) + 1):
+                self.assessor.assess_trial(rec["id"], history[:k])
+            self.assessor.trial_end(rec["id"], rec["status"] == "SUCCEEDED")
 
     def _set_status(self, status: str, message: str | None = None) -> None:
         self.store.set_status(status, message)

@@ -78,6 +78,7 @@ class Experiment:
             raise ExperimentError(f"experiment {self.id} is already started")
         self.config.validate_for_start()
         tuner = self._make_tuner()
+        assessor = self._make_assessor()
         service = _make_service(self.config)
         sock = _bind(host, port)
         experiment_id = new_id()
@@ -92,20 +93,21 @@ class Experiment:
         except BaseException:
             sock.close()
             raise
-        self._launch(experiment_id, directory, tuner, service, store, sock, host, resume=False, debug=debug)
+        self._launch(experiment_id, directory, tuner, service, store, sock, host, resume=False, debug=debug,
+                     assessor=assessor)
 
     def _launch(self, experiment_id: str, directory: Path, tuner: Tuner, service: Any, store: ExperimentStore,
-                sock: socket.socket, host: str, resume: bool, debug: bool = False) -> None:
+                sock: socket.socket, host: str, resume: bool, debug: bool = False, assessor: Any = None) -> None:
         self.id, self.directory = experiment_id, directory
         self.port = sock.getsockname()[1]
         _setup_logging(directory, self.config.log_level, debug)
         token = _write_token(directory)
-        engine = Engine(experiment_id, directory, self.config, tuner, service, store)
+        engine = Engine(experiment_id, directory, self.config, tuner, service, store, assessor)
         self._runner = _Runner(engine, sock, host, token, resume)
         self._runner.start()
         self._reader = ExperimentStore(directory, readonly=True)
         print(f"hpo: experiment {experiment_id} {'resumed' if resume else 'started'}; "
-              f"dashboard at http://{_url_host(host)}:{self.port}", file=sys.stderr)
+              f"dashboard at {_dashboard_url(host, self.port, token)}", file=sys.stderr)
 
     def run(self, port: int = 8080, wait_completion: bool = True, debug: bool = False,
             host: str = "127.0.0.1") -> bool | None:
@@ -271,10 +273,12 @@ class Experiment:
             exp.config.trial_function = _load_function(directory / FUNCTION_FILE)
         exp.config.validate_for_start()
         tuner = exp._make_tuner()
+        assessor = exp._make_assessor()
         service = _make_service(exp.config)
         sock = _bind(host, port)
         store = ExperimentStore(directory)
-        exp._launch(experiment_id, directory, tuner, service, store, sock, host, resume=True, debug=debug)
+        exp._launch(experiment_id, directory, tuner, service, store, sock, host, resume=True, debug=debug,
+                    assessor=assessor)
         if wait_completion:
             exp._wait_and_stop()
         return exp
@@ -287,10 +291,10 @@ class Experiment:
         exp = cls._open(experiment_id, directory)
         sock = _bind(host, port)
         exp.port = sock.getsockname()[1]
-        exp._runner = _Runner(None, sock, host, _read_token(directory) or _write_token(directory), False,
-                              directory=directory)
+        token = _read_token(directory) or _write_token(directory)
+        exp._runner = _Runner(None, sock, host, token, False, directory=directory)
         exp._runner.start()
-        print(f"hpo: viewing experiment {experiment_id} (read-only) at http://{_url_host(host)}:{exp.port}",
+        print(f"hpo: viewing experiment {experiment_id} (read-only) at {_dashboard_url(host, exp.port, token)}",
               file=sys.stderr)
         if not non_blocking:
             try:
@@ -312,6 +316,16 @@ class Experiment:
             return create_tuner(t.name, dict(t.class_args), class_name=t.class_name, code_directory=t.code_directory)
         except ValueError as exc:
             raise ConfigError(f"config.tuner: {exc}") from None
+
+    def _make_assessor(self) -> Any:
+        a = self.config.assessor
+        if a is None or (a.name is None and a.class_name is None):
+            return None
+        from tuners.assessor import create_assessor
+        try:
+            return create_assessor(a.name, dict(a.class_args), class_name=a.class_name, code_directory=a.code_directory)
+        except ValueError as exc:
+            raise ConfigError(f"config.assessor: {exc}") from None
 
     def __enter__(self) -> "Experiment":
         return self
@@ -485,6 +499,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _dashboard_url(host: str, port: int, token: str) -> str:
+    """The dashboard's URL; on a non-loopback address it carries the token (as Jupyter's does)."""
+    if _is_loopback(host):
+        return f"http://{_url_host(host)}:{port}"
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"http://{shown}:{port}/?token={token}"
 
 
 def _url_host(host: str) -> str:

@@ -1,0 +1,106 @@
+"""Early stopping with real trial processes: metric thresholds, median stop, ASHA."""
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from hpo.early_stopping import threshold_reached
+from tuners.asha import AshaAssessor
+from tuners.assessor import AssessResult, create_assessor
+from tuners.medianstop import MedianstopAssessor
+
+# Each trial reports `steps` intermediate values of x * step, writing its pid first.
+CURVE = """
+import os, time, hpo
+p = hpo.get_next_parameter()
+open(os.path.join(os.environ["HPO_TRIAL_DIR"], "pid"), "w").write(str(os.getpid()))
+for step in range(1, p["steps"] + 1):
+    hpo.report_intermediate_result(p["x"] * step)
+    time.sleep(p.get("sleep", 0.05))
+hpo.report_final_result(p["x"] * p["steps"])
+"""
+
+
+def test_threshold_rules():
+    rules = [{"metric": "accuracy", "value": 0.9, "optimization": "maximize"},
+             {"metric": "loss", "value": 0.1, "optimization": "minimize"}]
+    assert threshold_reached(rules, {"default": 0.5, "accuracy": 0.89, "loss": 0.2}) is None
+    assert "accuracy reached 0.95" in threshold_reached(rules, {"default": 0.5, "accuracy": 0.95})
+    assert "loss reached 0.05" in threshold_reached(rules, {"default": 0.5, "loss": 0.05})
+    assert threshold_reached(rules, 0.95) is not None  # a plain number is the value of every metric
+
+
+def test_medianstop_semantics():
+    a = MedianstopAssessor(optimize_mode="maximize", start_step=2)
+    for tid, curve in (("a", [1, 2, 3]), ("b", [2, 3, 4]), ("c", [3, 4, 5])):
+        for k in range(1, 4):
+            assert a.assess_trial(tid, curve[:k]) == AssessResult.Good  # nothing completed yet
+        a.trial_end(tid, True)
+    # completed running averages at step 2: 1.5, 2.5, 3.5 -> median 2.5
+    assert a.assess_trial("d", [0.1]) == AssessResult.Good            # before start_step
+    assert a.assess_trial("d", [0.1, 2.0]) == AssessResult.Bad        # best 2.0 < 2.5
+    assert a.assess_trial("e", [0.1, 3.0]) == AssessResult.Good       # best 3.0 >= 2.5
+    m = MedianstopAssessor(optimize_mode="minimize")
+    m.assess_trial("a", [1.0]); m.trial_end("a", True)
+    m.assess_trial("b", [3.0]); m.trial_end("b", True)
+    assert m.assess_trial("c", [2.5]) == AssessResult.Bad and m.assess_trial("d", [1.5]) == AssessResult.Good
+
+
+def test_asha_rungs_and_promotion():
+    a = AshaAssessor(optimize_mode="maximize", reduction_factor=2, min_steps=1, max_steps=8)
+    assert a.rungs == [1, 2, 4]
+    assert a.assess_trial("t1", [0.5]) == AssessResult.Good   # one peer: too few to judge
+    assert a.assess_trial("t2", [0.9]) == AssessResult.Good   # top half of {0.5, 0.9}
+    assert a.assess_trial("t3", [0.1]) == AssessResult.Bad    # bottom of {0.5, 0.9, 0.1}
+    assert a.assess_trial("t2", [0.9, 0.8, 0.7]) == AssessResult.Good  # step 3 is no rung
+    with pytest.raises(ValueError, match="reduction_factor"):
+        AshaAssessor(reduction_factor=1)
+    with pytest.raises(ValueError, match="unknown assessor 'medianstp'; did you mean 'medianstop'"):
+        create_assessor("medianstp")
+
+
+def test_metric_threshold_ends_the_experiment(make_experiment):
+    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [0.1, 0.2, 1.0]},
+                                        "steps": {"_type": "choice", "_value": [5]}},
+                          max_trial_number=50, trial_concurrency=1, tuner="grid")
+    exp.config.early_stopping = [{"metric": "default", "value": 3.0, "optimization": "maximize"}]
+    assert exp.run(port=0)
+    status = exp.get_experiment_profile()
+    assert status["status"] == "DONE"
+    assert "early stopping: default reached" in status["message"]
+    trials = exp.list_trial_jobs()
+    # grid order: x=0.1 and 0.2 never reach 3; x=1.0 reaches 3.0 at step 3 -> nothing after it starts
+    assert [t["parameters"]["x"] for t in trials] == [0.1, 0.2, 1.0]
+
+
+def test_median_stop_kills_bad_trials_and_feeds_the_tuner(make_experiment):
+    # grid order, one at a time: three good curves complete, then a bad one is judged against them
+    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [1.0, 0.99, 0.98, 0.01]},
+                                               "steps": {"_type": "choice", "_value": [6]},
+                                               "sleep": {"_type": "choice", "_value": [0.15]}},
+                          max_trial_number=4, trial_concurrency=1, tuner="grid")
+    exp.config.assessor = {"name": "Medianstop", "class_args": {"optimize_mode": "maximize", "start_step": 2}}
+    assert exp.run(port=0)
+    trials = {t["seq"]: t for t in exp.list_trial_jobs()}
+    assert [trials[s]["status"] for s in (1, 2, 3)] == ["SUCCEEDED"] * 3
+    stopped = trials[4]
+    assert stopped["status"] == "EARLY_STOPPED", stopped
+    assert "stopped early by MedianstopAssessor at step 2" in stopped["message"]
+    # its last intermediate value became its result, so the tuner (and a resumed tuner) learns from it
+    assert stopped["final"]["early_stopped"] is True and stopped["final_value"] == pytest.approx(0.02)
+    pid = int((exp.directory / "trials" / stopped["id"] / "pid").read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_asha_stops_the_worst_trials(make_experiment):
+    xs = [0.9, 0.8, 0.1, 0.7, 0.05, 0.6]
+    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": xs},
+                                        "steps": {"_type": "choice", "_value": [9]}},
+                          max_trial_number=6, trial_concurrency=1, tuner="grid")
+    exp.config.assessor = {"name": "ASHA", "class_args": {"reduction_factor": 3, "min_steps": 1, "max_steps": 9}}
+    assert exp.run(port=0)
+    by_x = {t["parameters"]["x"]: t["status"] for t in exp.list_trial_jobs()}
+    # rungs at steps 1 and 3; the first two trials have too few peers to be judged, every later one
+    # is outside the top third at step 1
+    assert by_x == {0.9: "SUCCEEDED", 0.8: "SUCCEEDED", 0.1: "EARLY_STOPPED", 0.7: "EARLY_STOPPED",
+                    0.05: "EARLY_STOPPED", 0.6: "EARLY_STOPPED"}
