@@ -106,7 +106,6 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tuner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-tuner")
-        self._tuner_tail: asyncio.Future[Any] | None = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._started_monotonic = 0.0
         self._prior_seconds = 0.0
@@ -464,9 +463,7 @@ class Engine:
 
     def _tuner_call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         assert self._loop is not None
-        fut = self._loop.run_in_executor(self._tuner_pool, fn, *args)
-        self._tuner_tail = fut
-        return fut
+        return self._loop.run_in_executor(self._tuner_pool, fn, *args)
 
     def _tuner_submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Fire-and-forget tuner call; an exception ends the experiment as ERROR."""
