@@ -442,26 +442,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load_config(args.file)
     print("Config valid\n\n" + yaml.safe_dump(pruned(config.to_dict()), sort_keys=False).rstrip())
     if args.matrix:
-        _print_space(config.search_space)
+        _print_space(config)
     return 0
 
 
-def _print_space(raw: dict[str, Any]) -> None:
-    """Polyaxon's ``check -m``: the grid of a discrete space (first rows), or its dimensions."""
+def _print_space(config: Any) -> None:
+    """Polyaxon's ``check -m``: the matrix a grid search would run (first rows), or the dimensions."""
     import itertools
+    import math
     from hpo.search_space import parse_search_space
-    space = parse_search_space(raw)
+    space = parse_search_space(config.search_space)
+    args = dict(config.tuner.class_args or {})
+    tuner = (config.tuner.name or config.tuner.class_name or "").lower()
+    if "logspace" in tuner:
+        from tuners.logspace import discretise
+        space = discretise(space, int(args.get("n", 5)))
     if not space.is_discrete:
         print("\nThe search space is continuous: it cannot be enumerated as a grid.  Dimensions:")
         for dim in space:
             print(f"  {dim.name}: {dim.describe()}")
         return
     size = space.grid_size()
-    print(f"\nThe search space has {size} point{'s' * (size != 1)}:")
-    _table(["#", *space.names], [[i, *(_value(p[n]) for n in space.names)]
-                                 for i, p in enumerate(itertools.islice(space.iter_grid(), _GRID_ROWS), 1)])
+    runs = size
+    n_experiments = args.get("n_experiments")
+    if isinstance(n_experiments, float) and n_experiments <= 1:
+        runs = min(size, math.ceil(n_experiments * size))
+    elif n_experiments is not None:
+        runs = min(size, int(n_experiments))
+    if config.max_trial_number is not None:
+        runs = min(runs, config.max_trial_number)
+    print("\nThe matrix definition is:")
+    for point in itertools.islice(space.iter_grid(), _GRID_ROWS):
+        print(point)
     if size > _GRID_ROWS:
         print(f"... and {size - _GRID_ROWS} more")
+    method = args.get("search_method", "sequential")
+    print(f"\nThe matrix-space has {size} point{'s' * (size != 1)}: {runs} experiment{'s' * (runs != 1)}, "
+          f"with {config.trial_concurrency} concurrent run{'s' * (config.trial_concurrency != 1)}, "
+          f"and a {method} search")
 
 
 # -- parser ----------------------------------------------------------------------------------------

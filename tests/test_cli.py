@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import ast
 import re
 import socket
 import sqlite3
@@ -96,16 +97,17 @@ def cli(tmp_path: Path):
 def test_check_prints_config_and_grid(cli: Cli) -> None:
     out = cli("check", "-f", cli.config(), "-m").stdout
     assert "Config valid" in out and "trial_concurrency: 3" in out
-    assert "The search space has 6 points" in out
-    rows = [line.split() for line in out.splitlines() if re.match(r"\d+\s", line)]
-    assert rows == [["1", "1", "a"], ["2", "1", "bb"], ["3", "2", "a"], ["4", "2", "bb"], ["5", "3", "a"],
-                    ["6", "3", "bb"]]
+    assert "The matrix-space has 6 points: 6 experiments, with 3 concurrent runs, and a sequential search" in out
+    matrix = out.split("The matrix definition is:")[1].splitlines()
+    rows = [ast.literal_eval(line) for line in matrix if line.startswith("{")]
+    assert [(r["x"], r["y"]) for r in rows] == [(1, "a"), (1, "bb"), (2, "a"), (2, "bb"), (3, "a"), (3, "bb")]
     # a later file wins (search-space parameters are merged by name); a big grid is truncated with a count
     (cli.dir / "over.yml").write_text("trialConcurrency: 5\nsearchSpace:\n"
                                       "  a: {_type: randint, _value: [0, 30]}\n  b: {values: [1, 2, 3]}\n")
     out = cli("check", "-f", cli.config(), "-f", str(cli.dir / "over.yml"), "-m").stdout
-    assert "trial_concurrency: 5" in out and "The search space has 540 points" in out
-    assert "... and 490 more" in out and sum(bool(re.match(r"\d+\s", s)) for s in out.splitlines()) == 50
+    assert "trial_concurrency: 5" in out and "The matrix-space has 540 points" in out
+    matrix = out.split("The matrix definition is:")[1].splitlines()
+    assert "... and 490 more" in out and sum(line.startswith("{") for line in matrix) == 50
     # a continuous space is described, not enumerated
     out = cli("check", "-f", cli.config(space="  lr: {_type: loguniform, _value: [0.001, 0.1]}\n"
                                              "  y: {_type: choice, _value: [a, b]}\n", tuner="random"), "-m").stdout
