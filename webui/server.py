@@ -1,9 +1,22 @@
-"""The JSON API (aiohttp), served from the engine's process on the engine's loop.
+"""The dashboard: a JSON API and a static single-page app (aiohttp), served from the engine's process
+on the engine's loop.  The API is described by the OpenAPI document at ``/api/v1/openapi.json``.
 
-Reads go to a read-only store connection on a worker thread, so they never block the engine.
-Actions (stop, kill, update) go to the engine and need the experiment's token
-(``Authorization: Bearer TOKEN`` or ``?token=``), or a same-origin request from loopback.
-A server bound to a non-loopback address needs the token for every request.
+Reads go to read-only store connections on worker threads, so they never block the engine.
+Live changes are pushed to browsers as server-sent events (``/api/v1/events``) fed by
+``Engine.subscribe``; a read-only server (``hpo view``) pushes nothing.
+
+Security:
+
+* a server bound to a loopback address answers only requests whose ``Host`` is a loopback name
+  (no DNS rebinding), and reads need no token;
+* a server bound to any other address needs the experiment's token for every request
+  (``Authorization: Bearer TOKEN``, ``?token=TOKEN`` as in the printed URL, or the HttpOnly
+  SameSite=Strict cookie that such a URL sets);
+* actions (stop, kill, update, submit, re-run) need the token, or a same-origin browser request
+  (``Origin`` equal to the server's own) from loopback (or, on a public server, with the cookie);
+* pages are served with a strict Content-Security-Policy (scripts from this server only), and the
+  page renders every name, parameter and log line as text;
+* log requests resolve the trial by id in the store and refuse any path outside the experiment folder.
 """
 from __future__ import annotations
 
@@ -11,18 +24,35 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
+import math
+import os
+import re
 import socket
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from hpo.storage import TRIAL_STATES, ExperimentStore
+from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
 
+log = logging.getLogger("hpo.webui")
 API = "/api/v1"
+STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+END_STATES = ("DONE", "STOPPED", "ERROR")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MAX_STREAMS = 64
+_KEEPALIVE = 15.0
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'")
+DASH_KEY = web.AppKey("dashboard", object)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -32,103 +62,428 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+def _host_name(host_header: str) -> str:
+    """``'[::1]:8080'`` -> ``'::1'``, ``'localhost:8080'`` -> ``'localhost'``."""
+    host = host_header.strip()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class _Api:
-    def __init__(self, directory: Path, token: str, engine: Any = None, control: Any = None,
-                 public: bool = False) -> None:
+    """The read side of one experiment, plus its engine when it runs in this process."""
+
+    def __init__(self, directory: Path, engine: Any = None) -> None:
         self.directory = Path(directory)
         self.store = ExperimentStore(directory, readonly=True)
-        self.token = token
+        self.reader = Reader(directory)
         self.engine = engine        # None: read-only (view)
-        self.control = control      # thread-safe facade for actions (the Experiment's runner)
-        self.public = public
+        self.experiment_id = str(self.store.experiment()["id"])
 
-    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def close(self) -> None:
+        self.store.close()
+        self.reader.close()
+
+    @staticmethod
+    async def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
 
-    def authorised(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get("token", "")
-        return bool(given) and hmac.compare_digest(given, self.token)
+    def live(self) -> bool:
+        return self.engine is not None and self.engine.status not in END_STATES
 
-    # -- reads ---------------------------------------------------------------------------------------
+    def maximize(self, config: dict[str, Any] | None = None) -> bool:
+        if self.engine is not None:
+            tuner = getattr(self.engine, "tuner", None)
+            if tuner is not None and isinstance(getattr(tuner, "maximize", None), bool):
+                return tuner.maximize
+        return _maximize(config if config is not None else self.store.experiment()["config"])
+
+    def experiment(self) -> dict[str, Any]:
+        exp = self.store.experiment()
+        config = exp["config"]
+        maximize = self.maximize(config)
+        best = self.store.best_trial(maximize)
+        counts = self.store.status_counts()
+        now = time.time()
+        status = self.engine.status if self.engine is not None else exp["status"]
+        running_elsewhere = self.engine is None and status not in END_STATES and _pid_alive(exp.get("pid"))
+        if self.engine is None and status not in END_STATES and not running_elsewhere:
+            status = "CRASHED" if exp.get("started_at") else status
+        elapsed = float(exp.get("run_seconds") or 0.0)
+        if status not in END_STATES and status != "CRASHED" and exp.get("started_at") and exp.get("ended_at") is None:
+            elapsed += max(0.0, now - exp["started_at"])
+        max_duration = _duration_seconds(config.get("max_experiment_duration"))
+        tuner = config.get("tuner") or {}
+        service = config.get("training_service") or {}
+        counted = self.store.counted_trials()
+        done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"))
+        exp.update({
+            "status": status,
+            "trial_counts": counts,
+            "best_trial": _trial_json(best) if best else None,
+            "read_only": self.engine is None,
+            "live": self.live(),
+            "running_elsewhere": running_elsewhere,
+            "maximize": maximize,
+            "tuner": tuner.get("name") or tuner.get("class_name"),
+            "training_service": service.get("platform") if isinstance(service, dict) else service,
+            "elapsed_seconds": elapsed,
+            "remaining_seconds": None if max_duration is None else max(0.0, max_duration - elapsed),
+            "progress": {
+                "trials_done": done, "trials_counted": counted, "trials_total": sum(counts.values()),
+                "max_trial_number": config.get("max_trial_number"),
+                "max_experiment_duration_seconds": max_duration,
+                "trial_concurrency": config.get("trial_concurrency"),
+            },
+            "parameter_names": list((config.get("search_space") or {}).keys()),
+            "metric_keys": self.reader.metric_keys(),
+            "directory": str(self.directory),
+            "server_time": now,
+        })
+        return exp
+
+    def trial(self, trial_id: str) -> dict[str, Any] | None:
+        rec = self.store.trial(trial_id)
+        if rec is None:
+            return None
+        out = _trial_json(rec)
+        metrics = self.reader.trial_metrics(rec["seq"])
+        out["intermediate"] = [m["value"] for m in metrics if m["kind"] == "intermediate"]
+        out["metrics"] = metrics
+        started, ended = rec["started_at"], rec["ended_at"]
+        out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
+        logs = {}
+        for stream in ("stdout", "stderr"):
+            path = self.log_path(rec["id"], stream)
+            logs[stream] = path.stat().st_size if path is not None and path.exists() else None
+        out["log_sizes"] = logs
+        return out
+
+    def log_path(self, trial_id: str, stream: str) -> Path | None:
+        base = self.directory.resolve()
+        path = (base / "trials" / trial_id / f"{stream}.log").resolve()
+        return path if base in path.parents else None
+
+
+class _Client:
+    """One server-sent-event stream's mailbox."""
+
+    def __init__(self, wants_events: bool) -> None:
+        self.wants_events = wants_events
+        self.items: list[tuple[str, Any]] = []
+        self.overflow = False
+        self.closing = False
+        self.wake = asyncio.Event()
+
+    def push(self, item: tuple[str, Any]) -> None:
+        if len(self.items) >= 5000:
+            self.overflow, self.items = True, []
+        elif not self.overflow:
+            self.items.append(item)
+        self.wake.set()
+
+    def take(self) -> tuple[list[tuple[str, Any]], bool]:
+        items, overflow = self.items, self.overflow
+        self.items, self.overflow = [], False
+        self.wake.clear()
+        return items, overflow
+
+
+class _Hub:
+    """Fans the engine's events out to every open stream; closes them all at shutdown."""
+
+    def __init__(self, engine: Any) -> None:
+        self.clients: set[_Client] = set()
+        self.closing = False
+        self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, wants_events: bool) -> _Client:
+        if len(self.clients) >= _MAX_STREAMS:
+            raise web.HTTPServiceUnavailable(text=f"too many open streams (at most {_MAX_STREAMS}); close some tabs")
+        self._loop = asyncio.get_running_loop()
+        client = _Client(wants_events)
+        self.clients.add(client)
+        return client
+
+    def remove(self, client: _Client) -> None:
+        self.clients.discard(client)
+
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is not None and running is not self._loop:
+            self._loop.call_soon_threadsafe(self._on_event, kind, data)
+            return
+        item = (kind, _sanitise(data))
+        for client in list(self.clients):
+            if client.wants_events:
+                client.push(item)
+
+    def close(self) -> None:
+        self.closing = True
+        if self._unsubscribe is not None:
+            try:
+                self._unsubscribe()
+            except ValueError:
+                pass
+            self._unsubscribe = None
+        for client in list(self.clients):
+            client.closing = True
+            client.wake.set()
+
+
+class Dashboard:
+    """Everything one server needs: its own experiment, read-only views of the others, the event hub."""
+
+    def __init__(self, directory: Path, token: str, engine: Any, public: bool) -> None:
+        self.main = _Api(directory, engine)
+        self.token = token
+        self.public = public
+        self.hub = _Hub(engine)
+        self.others: OrderedDict[str, _Api] = OrderedDict()
+        self.cookie = f"hpo-token-{re.sub(r'[^A-Za-z0-9]', '', self.main.experiment_id)}"
+        self._index: bytes | None = None
+
+    def close(self) -> None:
+        self.hub.close()
+        self.main.close()
+        for api in self.others.values():
+            api.close()
+        self.others.clear()
+
+    # -- auth ---------------------------------------------------------------------------------------
+    def token_given(self, request: web.Request) -> bool:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        given = given or request.query.get("token", "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def cookie_given(self, request: web.Request) -> bool:
+        given = request.cookies.get(self.cookie, "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def api_for(self, request: web.Request) -> _Api:
+        eid = request.match_info.get("experiment_id")
+        if eid is None or eid == self.main.experiment_id:
+            return self.main
+        if not _ID_RE.match(eid):
+            raise web.HTTPNotFound(text=f"no experiment with id {eid!r}")
+        api = self.others.get(eid)
+        if api is None:
+            from hpo.registry import ExperimentNotFound, lookup
+            try:
+                directory = lookup(eid)
+                api = await _Api.read(_Api, directory)
+            except (ExperimentNotFound, FileNotFoundError, LookupError, OSError) as exc:
+                raise web.HTTPNotFound(text=f"no experiment with id {eid!r}" if isinstance(exc, ExperimentNotFound)
+                                       else f"experiment {eid!r} cannot be read: {exc}")
+            self.others[eid] = api
+            while len(self.others) > 32:
+                self.others.popitem(last=False)[1].close()
+        self.others.move_to_end(eid)
+        return api
+
+    # -- pages --------------------------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.Response:
+        if self._index is None:
+            self._index = (STATIC / "index.html").read_bytes()
+        response = web.Response(body=self._index, content_type="text/html", charset="utf-8",
+                                headers={"Cache-Control": "no-cache"})
+        if self.public and request.query.get("token") and self.token_given(request):
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from webui.openapi import openapi_document
+        return web.json_response(openapi_document(), dumps=_dumps)
+
+    # -- reads --------------------------------------------------------------------------------------
     async def experiment(self, request: web.Request) -> web.Response:
-        def collect() -> dict[str, Any]:
-            exp = self.store.experiment()
-            maximize = _maximize(exp["config"])
-            best = self.store.best_trial(maximize)
-            exp["trial_counts"] = self.store.status_counts()
-            exp["best_trial"] = _trial_json(best) if best else None
-            exp["read_only"] = self.engine is None
-            if self.engine is not None:
-                exp["status"] = self.engine.status
-            return exp
-        return web.json_response(await self.read(collect), dumps=_dumps)
+        api = await self.api_for(request)
+        return web.json_response(await api.read(api.experiment), dumps=_dumps)
+
+    async def experiments(self, request: web.Request) -> web.Response:
+        return web.json_response(await _Api.read(_registry_rows, self.main.experiment_id), dumps=_dumps)
 
     async def trials(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
         q = request.query
-        status = q.get("status")
-        if status is not None:
-            states = [s.strip().upper() for s in status.split(",") if s.strip()]
-            bad = [s for s in states if s not in TRIAL_STATES]
+        status = None
+        if "status" in q:
+            status = [s.strip().upper() for s in q["status"].split(",") if s.strip()]
+            bad = [s for s in status if s not in TRIAL_STATES]
             if bad:
                 raise web.HTTPBadRequest(text=f"unknown status {bad[0]!r}; expected one of {', '.join(TRIAL_STATES)}")
-            status = states  # type: ignore[assignment]
         limit = _int_arg(q, "limit", 100, 1, 10000)
-        offset = _int_arg(q, "offset", 0, 0, None)
-        order_by = q.get("sort", "seq")
+        offset = _int_arg(q, "offset", 0, 0, 10**9)
+        order = q.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise web.HTTPBadRequest(text="order must be 'asc' or 'desc'")
+        filters = q.getall("filter", [])
+        if len(filters) > 20:
+            raise web.HTTPBadRequest(text="at most 20 filters")
         try:
-            rows = await self.read(self.store.trials, status=status, limit=limit, offset=offset, order_by=order_by,
-                                   descending=q.get("order", "asc") == "desc")
-        except ValueError as exc:
+            rows, total = await api.read(api.reader.trials_page, status=status, filters=filters,
+                                         search=q.get("q") or None, sort=q.get("sort", "seq") or "seq",
+                                         descending=order == "desc", limit=limit, offset=offset)
+        except QueryError as exc:
             raise web.HTTPBadRequest(text=str(exc))
-        return web.json_response([_trial_json(r) for r in rows], dumps=_dumps)
+        return web.json_response(rows, dumps=_dumps, headers={"X-Total-Count": str(total)})
 
     async def trial(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
-
-        def collect() -> dict[str, Any] | None:
-            rec = self.store.trial(trial_id)
-            if rec is None:
-                return None
-            out = _trial_json(rec)
-            out["intermediate"] = [m["value"] for m in self.store.metrics(rec["seq"], "intermediate")]
-            return out
-        data = await self.read(collect)
+        data = await api.read(api.trial, trial_id)
         if data is None:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
         return web.json_response(data, dumps=_dumps)
 
-    async def logs(self, request: web.Request) -> web.Response:
+    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str, Path]:
+        api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
         stream = request.query.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise web.HTTPBadRequest(text="stream must be 'stdout' or 'stderr'")
-        rec = await self.read(self.store.trial, trial_id)
+        rec = await api.read(api.store.trial, trial_id)
         if rec is None:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
-        path = (self.directory / "trials" / rec["id"] / f"{stream}.log").resolve()
-        if self.directory.resolve() not in path.parents:
+        path = api.log_path(rec["id"], stream)
+        if path is None:
             raise web.HTTPForbidden(text="path outside the experiment folder")
-        line = _int_arg(request.query, "line", 0, 0, None)
+        return api, rec["id"], stream, path
+
+    async def logs(self, request: web.Request) -> web.Response:
+        api, trial_id, stream, path = await self._log_target(request)
+        line = _int_arg(request.query, "line", 0, 0, 10**9)
         limit = _int_arg(request.query, "limit", 1000, 1, 100000)
-        lines = await self.read(_read_lines, path, line, limit)
-        return web.json_response({"trial_id": trial_id, "stream": stream, "line": line, "lines": lines})
+        tail = _int_arg(request.query, "tail", 0, 0, 100000) if "tail" in request.query else None
+        start, lines, total = await api.read(_read_lines, path, line, limit, tail)
+        return web.json_response({"trial_id": trial_id, "stream": stream, "line": start, "lines": lines,
+                                  "next_line": start + len(lines), "total_lines": total})
+
+    async def logs_stream(self, request: web.Request) -> web.StreamResponse:
+        """Follow a trial's log as server-sent events: ``lines`` events ``{line, lines}``, then ``end``."""
+        api, trial_id, stream, path = await self._log_target(request)
+        line = _int_arg(request.query, "line", 0, 0, 10**9)
+        client = self.hub.add(wants_events=False)
+        response = await _sse_start(request)
+        try:
+            offset = await api.read(_line_offset, path, line)
+            pending, next_line, checked = b"", line, 0.0
+            while not client.closing:
+                chunk = await api.read(_read_from, path, offset, 1 << 20)
+                offset += len(chunk)
+                finished = False
+                if not chunk and time.monotonic() - checked > 0.5:
+                    checked = time.monotonic()
+                    rec = await api.read(api.store.trial, trial_id)
+                    finished = rec is None or rec["status"] not in ("WAITING", "RUNNING") or not api.live()
+                data = pending + chunk
+                *complete, pending = data.split(b"\n")
+                if finished and pending:
+                    complete.append(pending)
+                    pending = b""
+                if complete:
+                    texts = [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete]
+                    await response.write(_sse("lines", {"line": next_line, "lines": texts}))
+                    next_line += len(texts)
+                if finished:
+                    await response.write(_sse("end", {"line": next_line}))
+                    break
+                if not chunk:
+                    client.wake.clear()
+                    try:
+                        await asyncio.wait_for(client.wake.wait(), 0.25)
+                    except asyncio.TimeoutError:
+                        pass
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self.hub.remove(client)
+        return response
 
     async def export(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.read(self.store.export_data), dumps=_dumps)
+        api = await self.api_for(request)
+        return web.json_response(await api.read(api.store.export_data), dumps=_dumps)
 
-    # -- actions ---------------------------------------------------------------------------------------
+    async def chart_data(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
+        body = await api.read(api.reader.chart_data)
+        return web.Response(body=body, content_type="application/json")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
+        q = request.query
+        trials = None
+        if "trials" in q:
+            trials = [t for t in q["trials"].split(",") if t][:501]
+        top = _int_arg(q, "top", 20, 0, 500)
+        bands = q.get("bands", "false").lower() in ("1", "true", "yes")
+        try:
+            body = await api.read(api.reader.curves, trials, top, await api.read(api.maximize), bands)
+        except QueryError as exc:
+            raise web.HTTPBadRequest(text=str(exc))
+        return web.Response(body=body, content_type="application/json")
+
+    async def importance(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
+        data = await api.read(api.reader.importance, await api.read(api.maximize))
+        return web.json_response(data, dumps=_dumps)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: ``hello`` once, then ``batch`` events ``{events: [[kind, data], ...]}``
+        gathered over 100 ms (kinds: trial, metric, status, config), ``reset`` when a slow reader
+        missed some (reload everything), and a comment every 15 s to keep the connection open."""
+        api = self.main
+        client = self.hub.add(wants_events=api.live())
+        response = await _sse_start(request)
+        try:
+            await response.write(_sse("hello", {"experiment_id": api.experiment_id, "read_only": api.engine is None,
+                                                "live": api.live(),
+                                                "status": api.engine.status if api.engine is not None else None}))
+            while not client.closing:
+                try:
+                    await asyncio.wait_for(client.wake.wait(), _KEEPALIVE)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if client.closing:
+                    break
+                await asyncio.sleep(0.1)  # gather a burst into one message
+                items, overflow = client.take()
+                if overflow:
+                    await response.write(_sse("reset", {}))
+                elif items:
+                    await response.write(_sse("batch", {"events": [[k, d] for k, d in items]}))
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            self.hub.remove(client)
+        return response
+
+    # -- actions ------------------------------------------------------------------------------------
     def _require_engine(self) -> Any:
-        if self.engine is None:
+        engine = self.main.engine
+        if engine is None:
             raise web.HTTPConflict(text="this experiment is open read-only (view); resume it to change it")
-        return self.engine
+        if engine.status in END_STATES or engine.status == "STOPPING":
+            raise web.HTTPConflict(text=f"the experiment is {engine.status}; it cannot be changed any more")
+        return engine
 
     async def stop(self, request: web.Request) -> web.Response:
-        engine = self._require_engine()
+        engine = self.main.engine
+        if engine is None:
+            raise web.HTTPConflict(text="this experiment is open read-only (view); resume it to change it")
         engine.request_stop()
         return web.json_response({"status": engine.status})
 
     async def kill(self, request: web.Request) -> web.Response:
-        engine = self._require_engine()
+        engine = self.main.engine
+        if engine is None:
+            raise web.HTTPConflict(text="this experiment is open read-only (view); resume it to change it")
         trial_id = request.match_info["trial_id"]
         if not await engine.kill_trial(trial_id):
             raise web.HTTPNotFound(text=f"trial {trial_id!r} is not running")
@@ -136,10 +491,7 @@ class _Api:
 
     async def update(self, request: web.Request) -> web.Response:
         engine = self._require_engine()
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise web.HTTPBadRequest(text="expected a JSON object")
+        body = await _json_body(request)
         allowed = {"trial_concurrency", "max_trial_number", "max_experiment_duration", "search_space"}
         if not isinstance(body, dict) or not body or set(body) - allowed:
             raise web.HTTPBadRequest(text=f"expected a JSON object with some of: {', '.join(sorted(allowed))}")
@@ -149,6 +501,68 @@ class _Api:
             raise web.HTTPBadRequest(text=str(exc))
         engine.update_config(**body)
         return web.json_response({"updated": sorted(body)})
+
+    async def submit(self, request: web.Request) -> web.Response:
+        engine = self._require_engine()
+        body = await _json_body(request)
+        params = body.get("parameters") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or set(body) - {"parameters"} or not isinstance(params, dict):
+            raise web.HTTPBadRequest(text='expected {"parameters": {NAME: VALUE, ...}}')
+        from hpo.search_space import SearchSpaceError, parse_search_space
+        try:
+            space = parse_search_space(engine.config.search_space)
+        except SearchSpaceError as exc:
+            raise web.HTTPConflict(text=f"the search space cannot be read: {exc}")
+        if not space.contains(params):
+            raise web.HTTPBadRequest(text="the parameters are not a point of the search space; expected every one of "
+                                          + ", ".join(f"{d.name} ({d.describe()})" for d in space))
+        engine.submit_custom(params)
+        return web.json_response({"queued": params}, status=202, dumps=_dumps)
+
+    async def rerun(self, request: web.Request) -> web.Response:
+        engine = self._require_engine()
+        body = await _json_body(request, default={})
+        ids = body.get("trial_ids") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or set(body) - {"trial_ids"} or (
+                ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
+                                     or len(ids) > 10000)):
+            raise web.HTTPBadRequest(text='expected {} (every failed trial) or {"trial_ids": ["ID", ...]}')
+        queued = engine.rerun_trials(ids)
+        return web.json_response({"queued": queued})
+
+    async def rerun_one(self, request: web.Request) -> web.Response:
+        engine = self._require_engine()
+        trial_id = request.match_info["trial_id"]
+        if await _Api.read(self.main.store.trial, trial_id) is None:
+            raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
+        queued = engine.rerun_trials([trial_id])
+        if not queued:
+            raise web.HTTPConflict(text=f"trial {trial_id!r} cannot be re-run: only a failed or cancelled trial "
+                                        "that has not been re-run yet can")
+        return web.json_response({"queued": queued})
+
+
+async def _json_body(request: web.Request, default: Any = None) -> Any:
+    raw = await request.read()
+    if not raw.strip() and default is not None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text="expected a JSON body")
+
+
+async def _sse_start(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    _security_headers(response)
+    await response.prepare(request)
+    await response.write(b"retry: 2000\n\n")
+    return response
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
 
 
 def _validate_changes(config: Any, changes: dict[str, Any]) -> None:
@@ -163,11 +577,71 @@ def _maximize(config: dict[str, Any]) -> bool:
     return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
 
 
+def _duration_seconds(value: Any) -> float | None:
+    from hpo.config import parse_duration
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _registry_rows(current: str) -> list[dict[str, Any]]:
+    """Every registered experiment with its status, trial counts and best value."""
+    from hpo.registry import all_experiments
+
+    out = []
+    for entry in reversed(all_experiments()):
+        row: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "directory": entry["directory"],
+                               "created_at": entry["created_at"], "current": entry["id"] == current}
+        try:
+            with ExperimentStore(str(entry["directory"]), readonly=True) as store:
+                info = store.experiment()
+                counts = store.status_counts()
+                maximize = _maximize(info["config"])
+                best = store.best_trial(maximize)
+        except Exception as exc:  # a deleted or unreadable folder
+            row.update({"status": "MISSING", "error": str(exc)})
+            out.append(row)
+            continue
+        status = info["status"]
+        running = status not in END_STATES and _pid_alive(info.get("pid"))
+        if status not in END_STATES and not running:
+            status = "CRASHED"
+        config = info["config"]
+        tuner = config.get("tuner") or {}
+        row.update({
+            "name": info["name"], "status": status, "running": running, "port": info["port"] if running else None,
+            "host": info["host"] if running else None, "started_at": info["started_at"], "ended_at": info["ended_at"],
+            "trial_counts": counts, "trials": sum(counts.values()), "max_trial_number": config.get("max_trial_number"),
+            "tuner": tuner.get("name") or tuner.get("class_name"), "maximize": maximize,
+            "best_value": _finite(best["final_value"]) if best else None, "best_trial": best["id"] if best else None,
+            "run_seconds": info["run_seconds"],
+        })
+        out.append(row)
+    return out
+
+
 def _trial_json(rec: dict[str, Any]) -> dict[str, Any]:
     return {"id": rec["id"], "sequence_id": rec["seq"], "parameters": rec["parameters"], "status": rec["status"],
             "created_at": rec["created_at"], "started_at": rec["started_at"], "ended_at": rec["ended_at"],
             "exit_code": rec["exit_code"], "message": rec["message"], "final": rec["final"],
-            "value": rec["final_value"], "gpus": rec["gpus"], "rerun_of": rec["rerun_of"]}
+            "value": _finite(rec["final_value"]), "gpus": rec["gpus"], "rerun_of": rec["rerun_of"]}
+
+
+def _finite(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
 def _int_arg(query: Any, name: str, default: int, low: int, high: int | None) -> int:
@@ -177,89 +651,87 @@ def _int_arg(query: Any, name: str, default: int, low: int, high: int | None) ->
     try:
         value = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be an integer, got {raw!r}")
+        raise web.HTTPBadRequest(text=f"{name} must be an integer, got {raw[:50]!r}")
     if value < low or (high is not None and value > high):
         raise web.HTTPBadRequest(text=f"{name} must be between {low} and {high if high is not None else 'inf'}")
     return value
 
 
-def _read_lines(path: Path, start: int, limit: int) -> list[str]:
+_MAX_LINE = 65536
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + " …[line truncated]"
+
+
+def _read_lines(path: Path, start: int, limit: int, tail: int | None) -> tuple[int, list[str], int]:
+    """Lines ``[start, start+limit)`` of a log (or its last ``tail`` lines), and its line count."""
     if not path.exists():
-        return []
-    out: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for i, line in enumerate(fh):
-            if i < start:
-                continue
-            if len(out) >= limit:
-                break
-            out.append(line.rstrip("\n"))
-    return out
+        return (0 if tail is not None else start), [], 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    total = len(lines)
+    if tail is not None:
+        start = max(0, total - tail)
+        limit = tail
+    chosen = lines[start:start + limit]
+    return start, [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in chosen], total
+
+
+def _line_offset(path: Path, line: int) -> int:
+    """Byte offset where line ``line`` starts (the end of the file if it has fewer lines)."""
+    if line == 0 or not path.exists():
+        return 0
+    seen, offset = 0, 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count = chunk.count(b"\n")
+            if seen + count >= line:
+                idx = -1
+                for _ in range(line - seen):
+                    idx = chunk.index(b"\n", idx + 1)
+                return offset + idx + 1
+            seen += count
+            offset += len(chunk)
+    return offset
+
+
+def _read_from(path: Path, offset: int, size: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+    except FileNotFoundError:
+        return b""
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str, allow_nan=False) if _finite(obj) else json.dumps(_sanitise(obj), default=str)
-
-
-def _finite(obj: Any) -> bool:
     try:
-        json.dumps(obj, default=str, allow_nan=False)
-        return True
+        return json.dumps(obj, default=str, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        return False
+        return json.dumps(_sanitise(obj), default=str, separators=(",", ":"))
 
 
 def _sanitise(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
-        return None
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _sanitise(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_sanitise(v) for v in obj]
     return obj
 
 
-_INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>hpo experiment</title></head>
-<body><h1>hpo</h1><p>The dashboard is being built; the JSON API is at <a href="/api/v1/experiment">/api/v1/experiment</a>.</p>
-</body></html>"""
-
-
-def create_app(directory: Path, token: str, engine: Any = None, public: bool = False) -> web.Application:
-    """The aiohttp application for one experiment (``engine=None`` serves it read-only)."""
-    api = _Api(directory, token, engine, public=public)
-
-    @web.middleware
-    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
-        mutating = request.method not in ("GET", "HEAD", "OPTIONS")
-        if api.public or mutating:
-            if not api.authorised(request):
-                same_origin = _same_origin(request)
-                if api.public or not (same_origin and _is_loopback(request.remote)):
-                    raise web.HTTPUnauthorized(text="this action needs the experiment's token "
-                                                    "(Authorization: Bearer TOKEN)")
-        response = await handler(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
-    app = web.Application(middlewares=[security])
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX, content_type="text/html")
-
-    app.router.add_get("/", index)
-    app.router.add_get(f"{API}/experiment", api.experiment)
-    app.router.add_patch(f"{API}/experiment", api.update)
-    app.router.add_post(f"{API}/experiment/stop", api.stop)
-    app.router.add_get(f"{API}/trials", api.trials)
-    app.router.add_get(f"{API}/trials/{{trial_id}}", api.trial)
-    app.router.add_get(f"{API}/trials/{{trial_id}}/logs", api.logs)
-    app.router.add_post(f"{API}/trials/{{trial_id}}/kill", api.kill)
-    app.router.add_get(f"{API}/export", api.export)
-    app.on_cleanup.append(lambda _app: _close(api))
-    return app
-
-
-async def _close(api: _Api) -> None:
-    api.store.close()
+def _security_headers(response: web.StreamResponse) -> None:
+    h = response.headers
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("Content-Security-Policy", _CSP)
+    h.setdefault("Cross-Origin-Resource-Policy", "same-origin")
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -273,6 +745,72 @@ def _same_origin(request: web.Request) -> bool:
     return origin in (f"http://{request.host}", f"https://{request.host}")
 
 
+def create_app(directory: Path, token: str, engine: Any = None, public: bool = False) -> web.Application:
+    """The aiohttp application for one experiment (``engine=None`` serves it read-only)."""
+    dash = Dashboard(Path(directory), token, engine, public)
+
+    @web.middleware
+    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not dash.public and not _is_loopback(_host_name(request.host)):
+            raise web.HTTPForbidden(text="this dashboard listens on loopback only; open it as "
+                                         "http://localhost:PORT or http://127.0.0.1:PORT")
+        mutating = request.method not in ("GET", "HEAD", "OPTIONS")
+        if dash.public or mutating:
+            if not dash.token_given(request):
+                browser = _same_origin(request) and (dash.cookie_given(request) if dash.public
+                                                     else _is_loopback(request.remote))
+                if dash.public and not mutating:
+                    browser = dash.cookie_given(request)
+                if not browser:
+                    raise web.HTTPUnauthorized(
+                        text="this needs the experiment's token: open the URL printed with ?token=..., "
+                             "or send Authorization: Bearer TOKEN" if dash.public else
+                             "this action needs the experiment's token (Authorization: Bearer TOKEN)")
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _security_headers(exc)
+            raise
+        if not response.prepared:
+            _security_headers(response)
+        return response
+
+    app = web.Application(middlewares=[security], client_max_size=4 * 1024 * 1024)
+    app[DASH_KEY] = dash
+    r = app.router
+    r.add_get("/", dash.index)
+    r.add_static("/static", STATIC, follow_symlinks=False, append_version=False)
+    r.add_get(f"{API}/openapi.json", dash.openapi)
+    r.add_get(f"{API}/events", dash.events)
+    r.add_get(f"{API}/experiments", dash.experiments)
+    r.add_patch(f"{API}/experiment", dash.update)
+    r.add_post(f"{API}/experiment/stop", dash.stop)
+    r.add_post(f"{API}/trials", dash.submit)
+    r.add_post(f"{API}/trials/rerun", dash.rerun)
+    r.add_post(f"{API}/trials/{{trial_id}}/kill", dash.kill)
+    r.add_post(f"{API}/trials/{{trial_id}}/rerun", dash.rerun_one)
+    r.add_get(f"{API}/trials/{{trial_id}}/logs/stream", dash.logs_stream)
+    for prefix in (API, f"{API}/experiments/{{experiment_id}}"):
+        r.add_get(f"{prefix}/experiment", dash.experiment)
+        r.add_get(f"{prefix}/trials", dash.trials)
+        r.add_get(f"{prefix}/trials/{{trial_id}}", dash.trial)
+        r.add_get(f"{prefix}/trials/{{trial_id}}/logs", dash.logs)
+        r.add_get(f"{prefix}/export", dash.export)
+        r.add_get(f"{prefix}/chart-data", dash.chart_data)
+        r.add_get(f"{prefix}/metrics", dash.metrics)
+        r.add_get(f"{prefix}/importance", dash.importance)
+
+    async def on_shutdown(_app: web.Application) -> None:
+        dash.hub.close()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        dash.close()
+
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
 class ApiServer:
     """Serves :func:`create_app` on an already-bound socket (so 'port in use' is found up front)."""
 
@@ -281,7 +819,7 @@ class ApiServer:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
         await web.SockSite(self.runner, self.sock).start()
 

@@ -1,0 +1,216 @@
+// Chart helpers on the vendored Apache ECharts (webui/static/vendor/echarts, loaded on first use).
+import { escapeHtml, fmtNum, STATUS_COLORS } from './util.js';
+
+let loading = null;
+
+/** Load the vendored ECharts once (a classic script from this server; nothing from the internet). */
+export function loadECharts() {
+  if (window.echarts) return Promise.resolve(window.echarts);
+  if (!loading) {
+    loading = new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      s.src = '/static/vendor/echarts/echarts.min.js';
+      s.onload = () => resolve(window.echarts);
+      s.onerror = () => reject(new Error('could not load the chart library'));
+      document.head.append(s);
+    });
+  }
+  return loading;
+}
+
+/** A chart in `el` that resizes with it; returns {chart, dispose()}. */
+export async function makeChart(el) {
+  const echarts = await loadECharts();
+  const chart = echarts.init(el, null, { renderer: 'canvas' });
+  const ro = new ResizeObserver(() => chart.resize());
+  ro.observe(el);
+  return { chart, dispose() { ro.disconnect(); chart.dispose(); } };
+}
+
+const AXIS = { axisLine: { lineStyle: { color: '#c5ccd8' } }, axisLabel: { color: '#4a5568' },
+  splitLine: { lineStyle: { color: '#edf0f5' } }, nameTextStyle: { color: '#4a5568' } };
+
+export const baseGrid = { left: 56, right: 24, top: 28, bottom: 40, containLabel: false };
+
+export function tip(lines) {
+  return lines.filter(Boolean).map((l) => escapeHtml(l)).join('<br>');
+}
+
+/** Final value per trial (scatter, coloured by status) with the best-so-far line. */
+export function historyOption(data, { maximize, logY = false, onlyFinished = true } = {}) {
+  const pts = [];
+  const best = [];
+  let cur = null;
+  for (let i = 0; i < data.count; i++) {
+    const v = data.value[i];
+    if (v === null || v === undefined || (logY && v <= 0)) continue;
+    pts.push([data.seq[i], v, data.id[i], data.status[i]]);
+    if (cur === null || (maximize ? v > cur : v < cur)) cur = v;
+    best.push([data.seq[i], cur]);
+  }
+  return {
+    animation: false,
+    grid: { ...baseGrid, right: 30 },
+    legend: { top: 0, right: 0, textStyle: { color: '#4a5568' }, data: ['trial', 'best so far'] },
+    tooltip: { trigger: 'item', formatter: (p) => p.seriesName === 'trial'
+      ? tip([`trial #${p.data[0]} (${p.data[2]})`, `value ${fmtNum(p.data[1])}`, p.data[3]])
+      : tip([`best so far after #${p.data[0]}`, fmtNum(p.data[1])]) },
+    xAxis: { type: 'value', name: 'trial', nameLocation: 'middle', nameGap: 26, min: 'dataMin', max: 'dataMax', minInterval: 1, ...AXIS },
+    yAxis: { type: logY ? 'log' : 'value', name: 'metric', scale: true, ...AXIS,
+      axisLabel: { color: '#4a5568', formatter: (v) => fmtNum(v, 4) } },
+    dataZoom: [{ type: 'inside', xAxisIndex: 0 }, { type: 'inside', yAxisIndex: 0 }],
+    series: [
+      { name: 'trial', type: 'scatter', data: pts, symbolSize: pts.length > 3000 ? 3 : 6, large: pts.length > 2000,
+        itemStyle: { color: (p) => STATUS_COLORS[p.data[3]] || '#2f6fde', opacity: 0.75 } },
+      { name: 'best so far', type: 'line', step: 'end', data: best, showSymbol: false,
+        lineStyle: { color: '#f08c00', width: 2 }, itemStyle: { color: '#f08c00' }, z: 3 },
+    ],
+  };
+}
+
+/** Intermediate curves of some trials, with optional median / quartile band over all trials. */
+export function curvesOption(curves, { logY = false, bands = null, highlight = null, maxLegend = 12 } = {}) {
+  const series = [];
+  if (bands && bands.step && bands.step.length) {
+    series.push({ name: 'quartiles (all trials)', type: 'line', data: bands.step.map((s, i) => [s, bands.p25[i]]),
+      lineStyle: { opacity: 0 }, symbol: 'none', stack: 'band', silent: true, areaStyle: { opacity: 0 } });
+    series.push({ name: 'quartiles (all trials)', type: 'line',
+      data: bands.step.map((s, i) => [s, bands.p75[i] - bands.p25[i]]), lineStyle: { opacity: 0 }, symbol: 'none',
+      stack: 'band', silent: true, areaStyle: { color: 'rgba(47,111,222,0.12)' } });
+    series.push({ name: 'median (all trials)', type: 'line', data: bands.step.map((s, i) => [s, bands.median[i]]),
+      symbol: 'none', lineStyle: { color: '#1a365d', width: 2, type: 'dashed' }, silent: true, z: 5 });
+  }
+  for (const c of curves) {
+    const pts = [];
+    for (let i = 0; i < c.steps.length; i++) {
+      const v = c.values[i];
+      if (v === null || (logY && v <= 0)) continue;
+      pts.push([c.steps[i], v]);
+    }
+    const hot = highlight && highlight.has(c.id);
+    series.push({ name: `#${c.seq} ${c.id}`, type: 'line', data: pts, showSymbol: pts.length < 30, symbolSize: 4,
+      emphasis: { focus: 'series', lineStyle: { width: 3 } },
+      lineStyle: { width: hot ? 3 : 1.4, opacity: highlight && !hot ? 0.35 : 0.9 } });
+  }
+  const names = curves.map((c) => `#${c.seq} ${c.id}`);
+  return {
+    animation: false,
+    grid: { ...baseGrid, right: curves.length <= maxLegend ? 150 : 24 },
+    legend: curves.length <= maxLegend ? { type: 'scroll', orient: 'vertical', right: 0, top: 10, data: names,
+      textStyle: { color: '#4a5568' } } : undefined,
+    tooltip: { trigger: 'item', formatter: (p) => tip([p.seriesName, `step ${p.data[0]}: ${fmtNum(p.data[1])}`]) },
+    xAxis: { type: 'value', name: 'step', nameLocation: 'middle', nameGap: 26, min: 'dataMin', minInterval: 1, ...AXIS },
+    yAxis: { type: logY ? 'log' : 'value', scale: true, name: 'intermediate result', ...AXIS,
+      axisLabel: { color: '#4a5568', formatter: (v) => fmtNum(v, 4) } },
+    dataZoom: [{ type: 'inside', xAxisIndex: 0 }],
+    series,
+  };
+}
+
+/** Parallel coordinates: one axis per parameter (categorical where needed) and the metric. */
+export function parallelOption(data, { maximize, names, maxLines = 2000 } = {}) {
+  const idx = [];
+  for (let i = 0; i < data.count; i++) if (data.value[i] !== null && data.value[i] !== undefined) idx.push(i);
+  let chosen = idx;
+  if (idx.length > maxLines) {  // keep the best and a uniform sample of the rest
+    const sorted = [...idx].sort((a, b) => (maximize ? data.value[b] - data.value[a] : data.value[a] - data.value[b]));
+    const keep = new Set(sorted.slice(0, Math.floor(maxLines / 2)));
+    const rest = sorted.slice(Math.floor(maxLines / 2));
+    const step = rest.length / (maxLines - keep.size);
+    for (let k = 0; k < maxLines - keep.size; k++) keep.add(rest[Math.floor(k * step)]);
+    chosen = [...keep];
+  }
+  const axes = [];
+  const cols = [];
+  names.forEach((name, dim) => {
+    const col = data.params[name] || [];
+    const numeric = chosen.every((i) => col[i] === null || col[i] === undefined || typeof col[i] === 'number');
+    if (numeric) {
+      const vals = chosen.map((i) => col[i]).filter((v) => typeof v === 'number');
+      const positive = vals.length && vals.every((v) => v > 0);
+      const span = positive ? Math.max(...vals) / Math.min(...vals) : 0;
+      axes.push({ dim, name, type: positive && span > 1000 ? 'log' : 'value', scale: true });
+    } else {
+      const cats = [...new Set(chosen.map((i) => String(col[i])))].sort();
+      axes.push({ dim, name, type: 'category', data: cats });
+    }
+    cols.push({ col, numeric });
+  });
+  axes.push({ dim: names.length, name: 'metric', type: 'value', scale: true,
+    nameTextStyle: { fontWeight: 'bold', color: '#1a202c' } });
+  const rows = chosen.map((i) => [...cols.map(({ col, numeric }) => (numeric ? col[i] : String(col[i]))), data.value[i], data.id[i], data.seq[i]]);
+  const vals = rows.map((r) => r[names.length]);
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  return {
+    animation: false,
+    parallelAxis: axes.map((a) => ({ ...a, nameTextStyle: { color: '#1a202c', ...(a.nameTextStyle || {}) },
+      axisLabel: { color: '#4a5568', formatter: a.type === 'category' ? undefined : (v) => fmtNum(v, 3) },
+      axisLine: { lineStyle: { color: '#8a94a6' } } })),
+    parallel: { left: 50, right: 140, top: 40, bottom: 30, parallelAxisDefault: { nameLocation: 'start', nameGap: 16,
+      areaSelectStyle: { width: 18, opacity: 0.25 } } },
+    visualMap: { type: 'continuous', min: Number.isFinite(lo) ? lo : 0, max: Number.isFinite(hi) ? hi : 1,
+      dimension: names.length, inRange: { color: maximize ? ['#d64545', '#f2c94c', '#1f9d55'] : ['#1f9d55', '#f2c94c', '#d64545'] },
+      right: 10, top: 'middle', calculable: true, itemHeight: 180, text: ['metric', ''], textStyle: { color: '#4a5568' },
+      formatter: (v) => fmtNum(v, 4) },
+    tooltip: { trigger: 'item', formatter: (p) => tip([`trial #${p.data[names.length + 2]} (${p.data[names.length + 1]})`,
+      ...names.map((n, k) => `${n} = ${typeof p.data[k] === 'number' ? fmtNum(p.data[k]) : p.data[k]}`),
+      `metric = ${fmtNum(p.data[names.length])}`]) },
+    series: [{ type: 'parallel', data: rows, smooth: false, progressive: 800,
+      lineStyle: { width: 1, opacity: rows.length > 1000 ? 0.25 : 0.6 },
+      emphasis: { lineStyle: { width: 2.5, opacity: 1 } },
+      inactiveOpacity: 0.04, activeOpacity: 1 }],
+  };
+}
+
+export function importanceOption(imp) {
+  const items = [...imp.importances].reverse();
+  return {
+    animation: false,
+    grid: { left: 110, right: 50, top: 8, bottom: 24 },
+    tooltip: { trigger: 'item', formatter: (p) => tip([`${p.name}: ${fmtNum(p.value, 3)}`, items[p.dataIndex].kind]) },
+    xAxis: { type: 'value', ...AXIS, axisLabel: { color: '#4a5568', formatter: (v) => fmtNum(v, 2) } },
+    yAxis: { type: 'category', data: items.map((d) => d.name), ...AXIS,
+      axisLabel: { color: '#1a202c', width: 100, overflow: 'truncate' } },
+    series: [{ type: 'bar', data: items.map((d) => d.value), barMaxWidth: 22, itemStyle: { color: '#2f6fde' },
+      label: { show: true, position: 'right', formatter: (p) => fmtNum(p.value, 2), color: '#4a5568' } }],
+  };
+}
+
+export function durationOption(data) {
+  const durs = [];
+  for (let i = 0; i < data.count; i++) {
+    if (data.start[i] && data.end[i]) durs.push([data.seq[i], data.end[i] - data.start[i], data.status[i], data.id[i]]);
+  }
+  const values = durs.map((d) => d[1]).sort((a, b) => a - b);
+  const bins = [];
+  if (values.length) {
+    const lo = values[0], hi = values[values.length - 1];
+    const n = Math.min(40, Math.max(5, Math.ceil(Math.sqrt(values.length))));
+    const w = (hi - lo) / n || 1;
+    for (let k = 0; k < n; k++) bins.push([lo + k * w, lo + (k + 1) * w, 0]);
+    for (const v of values) bins[Math.min(n - 1, Math.floor((v - lo) / w))][2]++;
+  }
+  return {
+    animation: false,
+    grid: [{ left: 56, right: '53%', top: 30, bottom: 40 }, { left: '55%', right: 20, top: 30, bottom: 40 }],
+    title: [{ text: 'histogram (trials per bin)', left: 56, top: 0, textStyle: { fontSize: 12, color: '#4a5568', fontWeight: 'normal' } },
+      { text: 'per trial (seconds)', left: '55%', top: 0, textStyle: { fontSize: 12, color: '#4a5568', fontWeight: 'normal' } }],
+    tooltip: { trigger: 'item', formatter: (p) => (p.seriesIndex === 0
+      ? tip([`${fmtNum(p.data[0], 3)}–${fmtNum(p.data[1], 3)} s`, `${p.data[2]} trials`])
+      : tip([`trial #${p.data[0]} (${p.data[3]})`, `${fmtNum(p.data[1], 4)} s`, p.data[2]])) },
+    xAxis: [{ type: 'value', gridIndex: 0, name: 'seconds', nameLocation: 'middle', nameGap: 26, scale: true, ...AXIS },
+      { type: 'value', gridIndex: 1, name: 'trial', nameLocation: 'middle', nameGap: 26, min: 'dataMin', ...AXIS }],
+    yAxis: [{ type: 'value', gridIndex: 0, ...AXIS },
+      { type: 'value', gridIndex: 1, scale: true, ...AXIS }],
+    series: [
+      { type: 'custom', xAxisIndex: 0, yAxisIndex: 0, data: bins, renderItem: (params, api) => {
+        const a = api.coord([api.value(0), api.value(2)]);
+        const b = api.coord([api.value(1), 0]);
+        return { type: 'rect', shape: { x: a[0] + 1, y: a[1], width: Math.max(1, b[0] - a[0] - 2), height: b[1] - a[1] },
+          style: { fill: '#2f6fde' } };
+      }, encode: { x: [0, 1], y: 2 } },
+      { type: 'scatter', xAxisIndex: 1, yAxisIndex: 1, data: durs, symbolSize: durs.length > 3000 ? 2 : 4,
+        large: durs.length > 2000, itemStyle: { color: (p) => STATUS_COLORS[p.data[2]] || '#2f6fde', opacity: 0.7 } },
+    ],
+  };
+}

@@ -1,0 +1,262 @@
+// Trials: a virtualised table of every trial (server-side sort, filter and paging), live status and
+// metric updates, column chooser, kill / re-run / compare of selected trials, and a custom trial form.
+import { h, clear, fill, button, fmtNum, fmtDuration, fmtValue, fmtTime, statusPill, throttle, toast, api,
+  TRIAL_STATES, STATUS_COLORS, icon } from '../util.js';
+import { VirtualTable } from '../table.js';
+import { makeChart, curvesOption } from '../charts.js';
+
+const BASE_COLUMNS = ['select', 'seq', 'id', 'status', 'value', 'duration', 'latest', 'started', 'actions'];
+
+export async function mount(root, ctx, route) {
+  const exp = ctx.exp;
+  const params = route.params;
+  const state = {
+    sort: { key: params.get('sort') || 'seq', desc: params.get('order') === 'desc' },
+    status: new Set((params.get('status') || '').split(',').filter((s) => TRIAL_STATES.includes(s))),
+    filters: params.getAll('filter'),
+    q: params.get('q') || '',
+    selected: new Set(),
+  };
+  const paramNames = exp.parameter_names || [];
+  const metricKeys = (exp.metric_keys || []).filter((k) => k !== 'default');
+  const storedCols = (() => { try { return JSON.parse(localStorage.getItem('hpo-columns') || 'null'); } catch (e) { return null; } })();
+  const allCols = [...BASE_COLUMNS, ...paramNames.map((n) => `param.${n}`), ...metricKeys.map((k) => `metric.${k}`), 'ended', 'message', 'exit_code'];
+  let shown = new Set(storedCols ? storedCols.filter((c) => allCols.includes(c)) : [...BASE_COLUMNS, ...paramNames.map((n) => `param.${n}`)]);
+  for (const c of ['select', 'seq', 'id', 'status']) shown.add(c);
+
+  const disposers = [];
+  const countLabel = h('span.count-label', { 'data-testid': 'trial-count' }, '…');
+  const selLabel = h('span.sel-label', '');
+  const filterInput = h('input.filter-input', { type: 'text', placeholder: 'filter: value<0.5, param.lr>=1e-3, param.act==relu, message~oom',
+    value: state.filters.join(', '), 'aria-label': 'filter', 'data-testid': 'filter-input' });
+  const searchInput = h('input.search-input', { type: 'search', placeholder: 'search id or parameters', value: state.q, 'aria-label': 'search' });
+  const statusBox = h('div.status-filter', { role: 'group', 'aria-label': 'status filter' },
+    TRIAL_STATES.map((s) => h('button.chip', { type: 'button', 'aria-pressed': String(state.status.has(s)), 'data-status': s,
+      title: `show only ${s} (toggle)`, onclick: (e) => {
+        if (state.status.has(s)) state.status.delete(s); else state.status.add(s);
+        e.currentTarget.setAttribute('aria-pressed', String(state.status.has(s)));
+        apply();
+      } }, h('span.dot', { style: { background: STATUS_COLORS[s] } }), s.toLowerCase().replace('_', ' '))));
+  const colMenu = h('div.menu', { hidden: true, 'data-testid': 'column-menu' });
+  const compareBox = h('div.compare', { hidden: true });
+  const formBox = h('div.custom-form', { hidden: true });
+  const tableHost = h('div.table-host');
+  const ro = ctx.readOnly;
+  const toolbar = h('div.toolbar',
+    statusBox,
+    h('form.filter-form', { onsubmit: (e) => { e.preventDefault(); apply(); } }, filterInput, searchInput,
+      h('button.btn', { type: 'submit' }, 'Apply')),
+  );
+  const actions = h('div.toolbar.actions',
+    countLabel, selLabel,
+    h('div.spacer'),
+    h('div.menu-wrap', button('Columns', { icon: 'columns', onclick: () => { colMenu.hidden = !colMenu.hidden; }, testid: 'columns-button' }), colMenu),
+    button('Compare', { icon: 'compare', testid: 'compare-button', title: 'compare the selected trials', onclick: () => compare() }),
+    button('Kill selected', { icon: 'kill', kind: 'danger', disabled: ro, testid: 'kill-selected', onclick: () => killSelected() }),
+    button('Re-run selected', { icon: 'rerun', disabled: ro, onclick: () => rerun([...state.selected]) }),
+    button('Re-run all failed', { icon: 'rerun', disabled: ro, testid: 'rerun-failed', onclick: () => rerun(null) }),
+    button('New trial', { icon: 'plus', disabled: ro, onclick: () => showForm() }),
+  );
+  root.append(h('section.card.trials-card', toolbar, actions, compareBox, formBox, tableHost));
+
+  // -- columns ------------------------------------------------------------------------------------
+  function colDef(key) {
+    if (key === 'select') {
+      return { key, title: '', width: 34, header: () => h('input', { type: 'checkbox', title: 'clear the selection',
+        checked: state.selected.size > 0, onchange: (e) => { if (!e.target.checked) { state.selected.clear(); updateSel(); table.schedule(true); } else e.target.checked = false; } }),
+        render: (r) => h('input', { type: 'checkbox', 'aria-label': `select trial ${r.id}`, checked: state.selected.has(r.id), 'data-select': r.id,
+          onchange: (e) => { if (e.target.checked) state.selected.add(r.id); else state.selected.delete(r.id); updateSel(); } }) };
+    }
+    if (key === 'seq') return { key, title: '#', width: 64, sort: 'seq', render: (r) => String(r.sequence_id) };
+    if (key === 'id') return { key, title: 'id', width: 90, sort: 'id', render: (r) => h('a', { href: ctx.link('trial', r.id), title: 'open the trial' }, r.id) };
+    if (key === 'status') return { key, title: 'status', width: 140, sort: 'status', render: (r) => statusPill(r.status) };
+    if (key === 'value') return { key, title: 'value', width: 100, sort: 'value', defaultDesc: exp.maximize, tip: 'final result (the tuned metric)',
+      render: (r) => h('span.num', { title: r.value === null ? '' : String(r.value) }, fmtNum(r.value)) };
+    if (key === 'duration') return { key, title: 'duration', width: 90, sort: 'duration', render: (r) => h('span.num', fmtDuration(r.duration)) };
+    if (key === 'latest') return { key, title: 'latest / steps', width: 120, tip: 'latest intermediate result and number of results',
+      render: (r) => (r.steps ? h('span.num', { title: String(r.latest) }, `${fmtNum(r.latest)} · ${r.steps}`) : '') };
+    if (key === 'started') return { key, title: 'started', width: 160, sort: 'started_at', render: (r) => fmtTime(r.started_at) };
+    if (key === 'ended') return { key, title: 'ended', width: 160, sort: 'ended_at', render: (r) => fmtTime(r.ended_at) };
+    if (key === 'message') return { key, title: 'message', width: 220, sort: 'message', render: (r) => h('span', { title: r.message || '' }, r.message || '') };
+    if (key === 'exit_code') return { key, title: 'exit', width: 60, sort: 'exit_code', render: (r) => (r.exit_code ?? '') };
+    if (key === 'actions') {
+      return { key, title: 'actions', width: 150, render: (r) => {
+        if (ro) return '';
+        if (r.status === 'RUNNING' || r.status === 'WAITING') {
+          return button('Kill', { icon: 'kill', kind: 'small danger', testid: `kill-${r.id}`, onclick: () => kill(r.id) });
+        }
+        if (['FAILED', 'USER_CANCELED', 'SYS_CANCELED'].includes(r.status)) {
+          return button('Re-run', { icon: 'rerun', kind: 'small', onclick: () => rerun([r.id]) });
+        }
+        return '';
+      } };
+    }
+    if (key.startsWith('param.')) {
+      const name = key.slice(6);
+      return { key, title: name, width: 110, sort: key, tip: `parameter ${name}`, render: (r) => {
+        const v = (r.parameters || {})[name];
+        return h('span', { title: JSON.stringify(v) ?? '', class: typeof v === 'number' ? 'num' : '' }, fmtValue(v));
+      } };
+    }
+    if (key.startsWith('metric.')) {
+      const name = key.slice(7);
+      return { key, title: name, width: 100, sort: key, tip: `final result key ${name}`, render: (r) => {
+        const v = r.final && typeof r.final === 'object' ? r.final[name] : undefined;
+        return h('span.num', { title: String(v ?? '') }, fmtValue(v));
+      } };
+    }
+    return { key, title: key, width: 100, render: () => '' };
+  }
+  const columns = () => allCols.filter((c) => shown.has(c)).map(colDef);
+
+  function renderColMenu() {
+    fill(colMenu, h('div.menu-title', 'Columns'), allCols.filter((c) => c !== 'select').map((c) => h('label.menu-item',
+      h('input', { type: 'checkbox', checked: shown.has(c), disabled: ['seq', 'id', 'status'].includes(c), 'data-col': c, onchange: (e) => {
+        if (e.target.checked) shown.add(c); else shown.delete(c);
+        try { localStorage.setItem('hpo-columns', JSON.stringify([...shown])); } catch (err) { /* private mode */ }
+        table.setColumns(columns());
+      } }), ' ', c.replace(/^param\./, 'param: ').replace(/^metric\./, 'metric: '))));
+  }
+
+  // -- data ---------------------------------------------------------------------------------------
+  function query(offset, limit) {
+    const q = new URLSearchParams({ limit: String(limit), offset: String(offset), sort: state.sort.key, order: state.sort.desc ? 'desc' : 'asc' });
+    if (state.status.size) q.set('status', [...state.status].join(','));
+    for (const f of state.filters) q.append('filter', f);
+    if (state.q) q.set('q', state.q);
+    return q;
+  }
+  async function fetchRows(offset, limit) {
+    const res = await api(`${ctx.base}/trials?${query(offset, limit)}`, { raw: true });
+    const rows = await res.json();
+    return { rows, total: Number(res.headers.get('X-Total-Count') || rows.length) };
+  }
+  const table = new VirtualTable(tableHost, {
+    columns: columns(), sort: state.sort, fetch: fetchRows, rowKey: (r) => r.id,
+    rowClass: (r) => (state.selected.has(r.id) ? 'selected' : ''),
+    onSort: (s) => { state.sort = s; table.sort = s; table.setColumns(columns()); apply(); },
+    onTotal: (n) => { countLabel.textContent = `${n.toLocaleString()} ${n === 1 ? 'trial' : 'trials'}${state.status.size || state.filters.length || state.q ? ' match' : ''}`; },
+    onLoad: () => { if (!window.__hpo.ready.trials) { window.__hpo.ready.trials = performance.now(); performance.mark('hpo-trials-interactive'); } },
+    onRowClick: (r, e) => {
+      if (e.target.closest('a, button, input')) return;
+      if (e.detail === 2) location.hash = ctx.link('trial', r.id);
+    },
+    onError: (err) => { countLabel.textContent = err.message; countLabel.classList.add('error'); },
+    emptyText: 'No trial matches.',
+  });
+  disposers.push(() => table.destroy());
+  renderColMenu();
+
+  function apply() {
+    state.filters = filterInput.value.split(/[,;](?![^"']*["'])/).map((s) => s.trim()).filter(Boolean);
+    state.q = searchInput.value.trim();
+    countLabel.classList.remove('error');
+    const q = query(0, 0);
+    q.delete('limit'); q.delete('offset');
+    if (q.get('sort') === 'seq') q.delete('sort');
+    if (q.get('order') === 'asc') q.delete('order');
+    const hash = `${ctx.prefix}/trials${q.toString() ? '?' + q : ''}`;
+    if (location.hash !== hash) history.replaceState(null, '', hash);
+    table.reset();
+  }
+
+  function updateSel() {
+    selLabel.textContent = state.selected.size ? `${state.selected.size} selected` : '';
+  }
+
+  // -- actions ------------------------------------------------------------------------------------
+  async function kill(id) {
+    try { await api(`${ctx.base}/trials/${encodeURIComponent(id)}/kill`, { method: 'POST' }); toast(`Trial ${id} killed`); } catch (err) { toast(err.message, 'error'); }
+  }
+  async function killSelected() {
+    const ids = [...state.selected];
+    if (!ids.length) { toast('Select running trials first'); return; }
+    for (const id of ids) {
+      const row = table.byKey.get(id);
+      if (row && !['RUNNING', 'WAITING'].includes(row.status)) continue;
+      await kill(id);
+    }
+  }
+  async function rerun(ids) {
+    if (ids && !ids.length) { toast('Select failed trials first'); return; }
+    try {
+      const res = await api(`${ctx.base}/trials/rerun`, { method: 'POST', body: ids ? { trial_ids: ids } : {} });
+      toast(res.queued.length ? `Re-running ${res.queued.length} trial(s)` : 'Nothing to re-run (only failed or cancelled trials not re-run yet)');
+    } catch (err) { toast(err.message, 'error'); }
+  }
+
+  function showForm() {
+    formBox.hidden = !formBox.hidden;
+    if (formBox.hidden) return;
+    const space = exp.config.search_space || {};
+    const best = exp.best_trial ? exp.best_trial.parameters : {};
+    const inputs = {};
+    const form = h('form', { onsubmit: async (e) => {
+      e.preventDefault();
+      const parameters = {};
+      try {
+        for (const [name, input] of Object.entries(inputs)) parameters[name] = JSON.parse(input.value);
+      } catch (err) { toast('Each value must be JSON (numbers as 0.1, strings as "relu")', 'error'); return; }
+      try { await api(`${ctx.base}/trials`, { method: 'POST', body: { parameters } }); toast('Trial queued'); formBox.hidden = true; } catch (err) { toast(err.message, 'error'); }
+    } },
+    h('h3', 'New trial with given parameters'),
+    h('div.form-grid', Object.entries(space).map(([name, spec]) => {
+      inputs[name] = h('input', { type: 'text', value: JSON.stringify(best[name] ?? (spec._value ? spec._value[0] : null)), 'aria-label': name });
+      return h('label.field', h('span', name), inputs[name], h('small', `${spec._type} ${JSON.stringify(spec._value)}`));
+    })),
+    h('div.row', h('button.btn.primary', { type: 'submit' }, 'Queue trial'), button('Cancel', { onclick: () => { formBox.hidden = true; } })));
+    fill(formBox, form);
+  }
+
+  let cmpChart = null;
+  async function compare() {
+    const ids = [...state.selected].slice(0, 20);
+    if (ids.length < 1) { toast('Select two or more trials to compare'); return; }
+    compareBox.hidden = false;
+    const details = await Promise.all(ids.map((id) => api(`${ctx.base}/trials/${encodeURIComponent(id)}`)));
+    const names = [...new Set(details.flatMap((d) => Object.keys(d.parameters || {})))];
+    const chartEl = h('div.chart.chart-sm', { 'data-testid': 'compare-chart' });
+    const diff = (n) => new Set(details.map((d) => JSON.stringify((d.parameters || {})[n]))).size > 1;
+    fill(compareBox, 
+      h('div.card-head', h('h3', `Compare ${ids.length} trials`), button('Close', { onclick: () => { compareBox.hidden = true; } })),
+      h('div.compare-grid', chartEl, h('div.scroll-x', h('table.simple.compare-table', { 'data-testid': 'compare-table' },
+        h('thead', h('tr', h('th', ''), details.map((d) => h('th', h('a', { href: ctx.link('trial', d.id) }, `#${d.sequence_id} ${d.id}`))))),
+        h('tbody',
+          h('tr', h('th', 'status'), details.map((d) => h('td', statusPill(d.status)))),
+          h('tr', h('th', 'value'), details.map((d) => h('td.num', fmtNum(d.value)))),
+          h('tr', h('th', 'duration'), details.map((d) => h('td.num', fmtDuration(d.duration)))),
+          names.map((n) => h(`tr${diff(n) ? '.differs' : ''}`, { title: diff(n) ? 'values differ' : 'same value' }, h('th', n),
+            details.map((d) => h('td', fmtValue((d.parameters || {})[n]))))))))));
+    if (cmpChart) cmpChart.dispose();
+    cmpChart = await makeChart(chartEl);
+    cmpChart.chart.setOption(curvesOption(details.map((d) => ({ id: d.id, seq: d.sequence_id,
+      steps: d.metrics.filter((m) => m.kind === 'intermediate').map((m) => m.step),
+      values: d.metrics.filter((m) => m.kind === 'intermediate').map((m) => m.value) }))), true);
+  }
+  disposers.push(() => cmpChart && cmpChart.dispose());
+
+  // -- live ---------------------------------------------------------------------------------------
+  const refresh = throttle(() => table.refresh(), 400);
+  disposers.push(() => refresh.cancel());
+  disposers.push(ctx.bus.on('events', (events) => {
+    let structural = false;
+    for (const [kind, d] of events) {
+      if (kind === 'trial') {
+        const known = table.patch(d.id, { status: d.status });
+        if (!known || state.status.size || state.sort.key !== 'seq') structural = true;
+        else if (d.status !== 'RUNNING') structural = true;  // timestamps, exit code, message
+      } else if (kind === 'metric') {
+        if (d.kind === 'final') { table.patch(d.id, { value: d.value }); structural = true; } else {
+          const row = table.byKey.get(d.id);
+          if (row) table.patch(d.id, { latest: d.value, steps: Math.max(row.steps || 0, d.step || 0) });
+        }
+      }
+    }
+    if (structural) refresh();
+  }));
+  disposers.push(ctx.bus.on('reset', () => refresh()));
+  const onDoc = (e) => { if (!colMenu.hidden && !e.target.closest('.menu-wrap')) colMenu.hidden = true; };
+  document.addEventListener('click', onDoc);
+  disposers.push(() => document.removeEventListener('click', onDoc));
+  return { table, destroy() { for (const d of disposers) d(); } };
+}
