@@ -4,7 +4,6 @@ against real experiments with real trial processes.  Screenshots of every page a
 from __future__ import annotations
 
 import os
-
 import time
 from pathlib import Path
 
