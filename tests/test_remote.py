@@ -26,7 +26,8 @@ import psutil
 import pytest
 
 from conftest import PY
-from sshd import SECOND_USER, SshServer, client_key, ensure_user, set_password, unavailable, world_dir
+from sshd import (SECOND_USER, SshServer, client_key, ensure_user, free_port, set_password, unavailable,
+                  world_dir)
 from test_training_service_contract import Recorder
 from training_services import remote as remote_mod
 from training_services.base import TrialSpec, create_training_service
@@ -321,6 +322,51 @@ def test_experiment_across_two_hosts(tmp_path, keys, second_user, servers, rdir,
             assert PASSWORD.encode() not in data and PASSPHRASE.encode() not in data, path
     captured = capfd.readouterr()
     assert PASSWORD not in captured.out + captured.err and PASSPHRASE not in captured.out + captured.err
+
+
+def test_hpo_create_across_two_hosts_from_yaml(tmp_path, keys, second_user, servers, rdir):
+    """The CLI path: a YAML config in NNI's v2 camelCase form, `hpo create --foreground`, two real hosts."""
+    import yaml
+
+    a, b = servers(), servers(user=SECOND_USER, password_auth=True)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "trial.py").write_text(TWO_HOST_TRIAL)
+    config = {
+        "experimentName": "two-hosts-cli", "trialCommand": "python3 trial.py", "trialCodeDirectory": str(code),
+        "trialConcurrency": 4, "maxTrialNumber": 6, "tuner": {"name": "random"},
+        "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}, "y": {"_type": "choice", "_value": [1, 2, 3]}},
+        "trainingService": {
+            "platform": "remote", "knownHostsFile": str(known_hosts(tmp_path, a, b)), "remoteDirectory": rdir,
+            "machineList": [
+                {"host": a.host, "port": a.port, "user": a.user, "sshKeyFile": str(keys.pkey),
+                 "sshPassphrase": PASSPHRASE, "pythonPath": sys.executable, "maxTrials": 2},
+                {"host": b.host, "port": b.port, "user": SECOND_USER, "password": PASSWORD,
+                 "pythonPath": "/usr/bin/python3", "maxTrials": 2},
+            ]},
+    }
+    path = tmp_path / "remote.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HPO_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "hpo", "create", "--config", str(path), "--port", str(free_port()),
+                           "--foreground"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    experiment_id = proc.stderr.split("experiment ", 1)[1].split()[0]
+    trials = subprocess.run([sys.executable, "-m", "hpo", "export", experiment_id, "--format", "json"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    rows = json.loads(trials.stdout)
+    assert len(rows) == 6 and all(r["status"] == "SUCCEEDED" for r in rows), rows
+    for r in rows:
+        assert r["value"] == pytest.approx(r["parameter"]["x"] * 1000 + r["parameter"]["y"])
+    from hpo.storage import ExperimentStore
+    store = ExperimentStore(tmp_path / "home" / experiment_id, readonly=True)
+    assert {t["host"] for t in store.trials()} == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+    store.close()
+    assert_none_left(f"{os.path.expanduser('~')}/{rdir}", f"{second_user.pw_dir}/{rdir}")
+    assert PASSWORD not in proc.stdout + proc.stderr and PASSPHRASE not in proc.stdout + proc.stderr
+    for f in (tmp_path / "home").rglob("*"):
+        if f.is_file():
+            assert PASSWORD.encode() not in f.read_bytes() and PASSPHRASE.encode() not in f.read_bytes(), f
 
 
 def test_trial_with_children_killed_on_other_users_host(tmp_path, keys, second_user, servers, rdir):
