@@ -41,7 +41,9 @@ DISCRETE = {
 }
 
 # tuner name -> spaces it must handle
-TUNERS: dict[str, list[dict]] = {"random": [MIXED, DISCRETE], "grid": [DISCRETE], "tpe": [MIXED, DISCRETE]}
+TUNERS: dict[str, list[dict]] = {"random": [MIXED, DISCRETE], "grid": [DISCRETE], "tpe": [MIXED, DISCRETE],
+                                 "logspace": [MIXED, DISCRETE], "hyperopt": [MIXED, DISCRETE],
+                                 "anneal": [MIXED, DISCRETE], "optuna": [MIXED, DISCRETE]}
 
 
 def _available() -> list[str]:

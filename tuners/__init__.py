@@ -3,6 +3,10 @@ from tuners.base import NoMoreTrials, Tuner, TryLater
 from tuners.registry import create_tuner, register_tuner, tuner_class
 from tuners.random_tuner import RandomTuner
 from tuners.grid import GridTuner
+from tuners.logspace import LogspaceTuner
+from tuners.hyperopt_tuner import AnnealTuner, HyperoptTuner  # hyperopt itself is imported on first use
+from tuners.optuna_tuner import OptunaTuner  # optuna itself is imported on first use
 
 __all__ = ["Tuner", "NoMoreTrials", "TryLater", "RandomTuner", "GridTuner",
+           "LogspaceTuner", "HyperoptTuner", "AnnealTuner", "OptunaTuner",
            "create_tuner", "register_tuner", "tuner_class"]

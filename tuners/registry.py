@@ -21,7 +21,11 @@ _CANONICAL: list[str] = []
 # Built-ins are imported lazily: naming 'random' must not import every tuner's dependencies.
 _BUILTIN_MODULES = {
     "random": ("tuners.random_tuner", ("random", "randomsearch", "rand")),
-    "grid": ("tuners.grid", ("grid", "gridsearch")),
+    "grid": ("tuners.grid", ("grid", "gridsearch", "gridtuner")),
+    "logspace": ("tuners.logspace", ("logspace", "logspacetuner")),
+    "hyperopt": ("tuners.hyperopt_tuner", ("hyperopt", "hyperopttuner")),
+    "anneal": ("tuners.hyperopt_tuner", ("anneal", "annealtuner")),
+    "optuna": ("tuners.optuna_tuner", ("optuna", "optunatuner")),
 }
 
 
