@@ -6,7 +6,8 @@ from tuners.grid import GridTuner
 from tuners.logspace import LogspaceTuner
 from tuners.hyperopt_tuner import AnnealTuner, HyperoptTuner  # hyperopt itself is imported on first use
 from tuners.optuna_tuner import OptunaTuner  # optuna itself is imported on first use
+from tuners.tpe import TpeTuner
 
-__all__ = ["Tuner", "NoMoreTrials", "TryLater", "RandomTuner", "GridTuner",
+__all__ = ["Tuner", "NoMoreTrials", "TryLater", "RandomTuner", "GridTuner", "TpeTuner",
            "LogspaceTuner", "HyperoptTuner", "AnnealTuner", "OptunaTuner",
            "create_tuner", "register_tuner", "tuner_class"]

@@ -26,6 +26,7 @@ _BUILTIN_MODULES = {
     "hyperopt": ("tuners.hyperopt_tuner", ("hyperopt", "hyperopttuner")),
     "anneal": ("tuners.hyperopt_tuner", ("anneal", "annealtuner")),
     "optuna": ("tuners.optuna_tuner", ("optuna", "optunatuner")),
+    "tpe": ("tuners.tpe", ("tpe", "tpetuner", "treeparzen")),
 }
 
 
