@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id
-from hpo.registry import hpo_home, lookup, register
+from hpo.registry import hpo_home, lookup, pid_alive, register
 from hpo.storage import ExperimentStore
 from training_services.base import create_training_service
 from tuners.base import Tuner
@@ -245,7 +245,7 @@ class Experiment:
         directory = lookup(experiment_id)
         exp = cls._open(experiment_id, directory)
         info = exp._store().experiment()
-        if info["status"] not in _END_STATES and info.get("port") and _pid_alive(info.get("pid")):
+        if info["status"] not in _END_STATES and info.get("port") and pid_alive(info.get("pid")):
             exp._client = ApiClient(info.get("host") or "127.0.0.1", info["port"], _read_token(directory))
         return exp
 
@@ -265,7 +265,7 @@ class Experiment:
         probe = ExperimentStore(directory, readonly=True)
         info = probe.experiment()
         probe.close()
-        if info["status"] not in _END_STATES and _pid_alive(info.get("pid")):
+        if info["status"] not in _END_STATES and pid_alive(info.get("pid")):
             raise ExperimentError(f"experiment {experiment_id} is still running (pid {info['pid']}); "
                                   f"stop it first with `hpo stop {experiment_id}`")
         exp = cls(config=ExperimentConfig.from_dict(info["config"]))
@@ -528,18 +528,6 @@ def _read_token(directory: Path) -> str | None:
         return (directory / TOKEN_FILE).read_text().strip()
     except OSError:
         return None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _save_function(fn: Callable[..., Any], path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_result", "report_final_result",
            "get_experiment_id", "get_trial_id", "get_sequence_id", "validate_metric", "parse_stdout_report",
+           "parse_channel_report",
            "STDOUT_FINAL", "STDOUT_INTERMEDIATE"]
 
 STDOUT_FINAL = "HPO_FINAL_RESULT="
@@ -33,7 +34,6 @@ STDOUT_INTERMEDIATE = "HPO_INTERMEDIATE_RESULT="
 _params: dict[str, Any] | None = None
 _params_loaded = False
 _final_reported = False
-_channel_fd: int | None = None
 
 
 def _in_experiment() -> bool:
@@ -107,7 +107,6 @@ def scalar(metric: Any) -> float | None:
 
 
 def _send(kind: str, metric: Any) -> None:
-    global _channel_fd
     line = json.dumps({"type": kind, "value": metric}, allow_nan=True, default=float) + "\n"
     fd_var = os.environ.get("HPO_REPORT_FD")
     if fd_var is not None:
@@ -139,6 +138,18 @@ def report_final_result(metric: Any) -> None:
     global _final_reported
     _send("final", validate_metric(metric, "report_final_result"))
     _final_reported = True
+
+
+def parse_channel_report(line: bytes) -> tuple[str, Any]:
+    """Parse one JSON line of the report channel; raises ValueError naming what is wrong."""
+    try:
+        msg = json.loads(line)
+        kind = msg["type"]
+        if kind not in ("intermediate", "final"):
+            raise ValueError(f"unknown report type {kind!r}")
+        return kind, validate_metric(msg["value"], f"{kind} result")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"bad report from trial: {exc}") from None
 
 
 def parse_stdout_report(line: str) -> tuple[str, Any] | None:

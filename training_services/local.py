@@ -20,7 +20,7 @@ from typing import Any, Callable
 import psutil
 
 import hpo
-from hpo.trial import parse_stdout_report, validate_metric
+from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.gpu import GpuAllocator, detect_gpus
 
@@ -174,13 +174,9 @@ class LocalTrainingService(TrainingService):
 
     def _on_report(self, run: _Run, line: bytes) -> None:
         try:
-            msg = json.loads(line)
-            kind = msg["type"]
-            if kind not in ("intermediate", "final"):
-                raise ValueError(f"unknown report type {kind!r}")
-            value = validate_metric(msg["value"], f"{kind} result")
-        except (ValueError, KeyError, TypeError) as exc:
-            run.report_error = f"bad report from trial: {exc}"
+            kind, value = parse_channel_report(line)
+        except ValueError as exc:
+            run.report_error = str(exc)
             return
         self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import hpo.trial
-from hpo.trial import parse_stdout_report, validate_metric
+from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.gpu import GpuAllocator, GpuInfo
 from training_services.local import _failure_message
@@ -841,13 +841,9 @@ class RemoteTrainingService(TrainingService):
             if not line.strip():
                 return
             try:
-                msg = json.loads(line)
-                kind = msg["type"]
-                if kind not in ("intermediate", "final"):
-                    raise ValueError(f"unknown report type {kind!r}")
-                value = validate_metric(msg["value"], f"{kind} result")
-            except (ValueError, KeyError, TypeError) as exc:
-                run.report_error = f"bad report from trial: {exc}"
+                kind, value = parse_channel_report(line)
+            except ValueError as exc:
+                run.report_error = str(exc)
                 return
         else:
             if not line.startswith(b"HPO_"):

@@ -26,7 +26,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import re
 import socket
 import time
@@ -36,6 +35,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from hpo.registry import pid_alive
 from hpo.storage import TRIAL_STATES, ExperimentStore
 from webui.queries import QueryError, Reader
 
@@ -106,7 +106,7 @@ class _Api:
         counts = self.store.status_counts()
         now = time.time()
         status = self.engine.status if self.engine is not None else exp["status"]
-        running_elsewhere = self.engine is None and status not in END_STATES and _pid_alive(exp.get("pid"))
+        running_elsewhere = self.engine is None and status not in END_STATES and pid_alive(exp.get("pid"))
         if self.engine is None and status not in END_STATES and not running_elsewhere:
             status = "CRASHED" if exp.get("started_at") else status
         elapsed = float(exp.get("run_seconds") or 0.0)
@@ -585,18 +585,6 @@ def _duration_seconds(value: Any) -> float | None:
         return None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _registry_rows(current: str) -> list[dict[str, Any]]:
     """Every registered experiment with its status, trial counts and best value."""
     from hpo.registry import all_experiments
@@ -616,7 +604,7 @@ def _registry_rows(current: str) -> list[dict[str, Any]]:
             out.append(row)
             continue
         status = info["status"]
-        running = status not in END_STATES and _pid_alive(info.get("pid"))
+        running = status not in END_STATES and pid_alive(info.get("pid"))
         if status not in END_STATES and not running:
             status = "CRASHED"
         config = info["config"]
