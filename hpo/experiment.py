@@ -475,9 +475,17 @@ sys.excepthook = _excepthook
 
 # -- module helpers -------------------------------------------------------------------------------------
 def _make_service(config: ExperimentConfig) -> Any:
+    """The configured training service, checked (GPUs, ...) before anything of the experiment is created."""
     ts = config.training_service
     kwargs = ts.model_dump(exclude={"platform"})
-    return create_training_service(ts.platform, **kwargs)
+    service = create_training_service(ts.platform, **kwargs)
+    precheck = getattr(service, "precheck", None)
+    if precheck is not None:
+        try:
+            precheck(config.trial_gpu_number)
+        except ValueError as exc:
+            raise ConfigError(f"config.training_service: {exc}") from None
+    return service
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -20,7 +20,7 @@ from conftest import PY, wait_until, write_script
 from hpo import Experiment
 from hpo.config import ConfigError
 from hpo.experiment import ExperimentError
-from hpo.registry import ExperimentNotFound
+from hpo.registry import ExperimentNotFound, hpo_home
 from hpo.storage import ExperimentStore
 from training_services.gpu import GpuAllocator, GpuInfo
 from tuners import GridTuner, RandomTuner
@@ -678,8 +678,10 @@ def test_trials_without_gpus_see_no_gpu(make_experiment, fake_gpus):
 
 def test_asking_for_more_gpus_than_exist_is_a_clear_error(make_experiment, fake_gpus):
     exp = make_experiment(GPU_TRIAL, trial_gpu_number=3, max_trial_number=2)
-    ok, elapsed = run_guarded(exp, 20)
-    assert ok is False
-    assert exp.get_status() == "ERROR"
-    assert "trial_gpu_number=3 but only 2 GPU(s) are available" in exp.get_experiment_profile()["message"]
-    assert exp.list_trial_jobs() == []
+    with pytest.raises(ConfigError, match=r"trial_gpu_number=3 but only 2 GPU\(s\) are available"):
+        exp.start(port=0)
+    assert exp.id is None and not list(hpo_home().glob("*/experiment.db"))  # nothing was created
+    exp.config.training_service.gpu_indices = [0, 5]
+    exp.config.trial_gpu_number = 1
+    with pytest.raises(ConfigError, match=r"gpu_indices: GPU\(s\) \[5\] not found; detected \[0, 1\]"):
+        exp.start(port=0)

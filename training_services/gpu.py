@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 from dataclasses import dataclass
 
-__all__ = ["GpuInfo", "detect_gpus", "GpuAllocator"]
+__all__ = ["GpuInfo", "query_gpus", "detect_gpus", "GpuAllocator"]
 
 
 @dataclass(frozen=True)
@@ -15,27 +16,31 @@ class GpuInfo:
     busy: bool          # has compute processes not started by this engine
 
 
-async def detect_gpus(own_pids: frozenset[int] = frozenset()) -> list[GpuInfo]:
-    """GPUs seen by ``nvidia-smi`` (empty when it is absent or fails)."""
+def query_gpus(own_pids: frozenset[int] = frozenset()) -> list[GpuInfo]:
+    """GPUs seen by ``nvidia-smi`` (empty when it is absent or fails); blocking, see :func:`detect_gpus`."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
-    gpus = await _query(exe, "--query-gpu=index,uuid", 2)
-    apps = await _query(exe, "--query-compute-apps=gpu_uuid,pid", 2)
+    gpus = _query(exe, "--query-gpu=index,uuid", 2)
+    apps = _query(exe, "--query-compute-apps=gpu_uuid,pid", 2)
     busy_uuids = {uuid for uuid, pid in apps if not pid.isdigit() or int(pid) not in own_pids}
     return [GpuInfo(int(idx), uuid, uuid in busy_uuids) for idx, uuid in gpus if idx.isdigit()]
 
 
-async def _query(exe: str, query: str, width: int) -> list[list[str]]:
+async def detect_gpus(own_pids: frozenset[int] = frozenset()) -> list[GpuInfo]:
+    """:func:`query_gpus` on a worker thread, for the engine's event loop."""
+    return await asyncio.to_thread(query_gpus, own_pids)
+
+
+def _query(exe: str, query: str, width: int) -> list[list[str]]:
     try:
-        proc = await asyncio.create_subprocess_exec(exe, query, "--format=csv,noheader,nounits",
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=10)
-    except (OSError, asyncio.TimeoutError):
+        proc = subprocess.run([exe, query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
         return []
     if proc.returncode != 0:
         return []
-    rows = [[c.strip() for c in line.split(",")] for line in out.decode().splitlines() if line.strip()]
+    rows = [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
     return [r for r in rows if len(r) == width]
 
 

@@ -22,7 +22,7 @@ import psutil
 import hpo
 from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
-from training_services.gpu import GpuAllocator, detect_gpus
+from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 
 __all__ = ["LocalTrainingService", "kill_process_tree"]
 
@@ -93,7 +93,17 @@ class LocalTrainingService(TrainingService):
     async def start(self, events: TrialEvents) -> None:
         self._events = events
         self._gpu_freed = asyncio.Condition()
-        gpus = await detect_gpus()
+        self.allocator = GpuAllocator(self._usable_gpus(await detect_gpus()), self.max_trial_number_per_gpu,
+                                      self.use_active_gpu)
+
+    def precheck(self, gpu_number: int) -> None:
+        """Before anything is created: raise ValueError if the GPU settings can never be met here."""
+        if gpu_number > 0 or self.gpu_indices is not None:
+            self.allocator = GpuAllocator(self._usable_gpus(query_gpus()), self.max_trial_number_per_gpu,
+                                          self.use_active_gpu)
+            self.check_gpu_request(gpu_number)
+
+    def _usable_gpus(self, gpus: list[Any]) -> list[Any]:
         if self.gpu_indices is not None:
             known = {g.index for g in gpus}
             missing = [i for i in self.gpu_indices if i not in known]
@@ -101,7 +111,7 @@ class LocalTrainingService(TrainingService):
                 raise ValueError(f"training_service.gpu_indices: GPU(s) {missing} not found; "
                                  f"detected {sorted(known) or 'no GPUs'}")
             gpus = [g for g in gpus if g.index in self.gpu_indices]
-        self.allocator = GpuAllocator(gpus, self.max_trial_number_per_gpu, self.use_active_gpu)
+        return gpus
 
     def check_gpu_request(self, gpu_number: int) -> None:
         """Raise ValueError if trials asking ``gpu_number`` GPUs could never run here."""
