@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from hpo import Experiment
-from tuners import RandomTuner
+from tuners import TpeTuner
 
 search_space = {
     "C": {"_type": "loguniform", "_value": [0.01, 100]},
@@ -11,7 +11,7 @@ search_space = {
     "kernel": {"_type": "choice", "_value": ["rbf", "poly", "sigmoid"]},
 }
 
-experiment = Experiment(RandomTuner(optimize_mode="maximize", seed=0), "local")
+experiment = Experiment(TpeTuner(optimize_mode="maximize", seed=0), "local")
 experiment.config.experiment_name = "digits-svm"
 experiment.config.trial_concurrency = 2
 experiment.config.max_trial_number = 30
