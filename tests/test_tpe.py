@@ -341,3 +341,29 @@ def test_finished_or_failed_trials_leave_the_pending_set() -> None:
     tuner.trial_end(1, False)  # failed: no result
     assert not tuner._pending
     assert tuner._n == 1
+
+
+def test_pending_copies_of_the_best_option_do_not_push_suggestions_onto_worse_options() -> None:
+    """The constant liar counts a pending point's plain categorical value only half: with 7 pending
+    suggestions on the clearly better option, the next ones mostly stay on it (a full liar moves
+    about one in seven to the worse option)."""
+    import dataclasses
+
+    def share_on_good(mix: float) -> float:
+        hits = 0
+        for seed in range(20):
+            tuner = TpeTuner("minimize", seed=seed)
+            tuner.settings = dataclasses.replace(tuner.settings, liar_categorical=mix)
+            tuner.update_search_space({"k": {"_type": "choice", "_value": ["good", "bad"]},
+                                       "x": {"_type": "uniform", "_value": [0, 1]}})
+            rng = np.random.default_rng(seed)
+            for i in range(30):
+                p = {"k": ["good", "bad"][i % 2], "x": float(rng.random())}
+                tuner.receive_trial_result(-1 - i, p, (p["x"] - 0.3) ** 2 + (p["k"] == "bad"), imported=True)
+            suggestions = [tuner.generate_parameters(i) for i in range(8)]
+            hits += sum(p["k"] == "good" for p in suggestions[1:])
+        return hits / (20 * 7)
+
+    assert TpeTuner().settings.liar_categorical == 0.5
+    assert share_on_good(0.5) >= 0.93
+    assert share_on_good(0.5) > share_on_good(0.0)

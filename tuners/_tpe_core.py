@@ -63,9 +63,7 @@ class TpeSettings:
     max_bad: int = 500                 # g keeps the newest this-many bad trials (bounds the cost per suggestion)
     constant_liar: bool = True         # pending points join g
     local_split: bool = True           # nested sub-spaces split their own trials into good / bad
-    pending_penalty: float = 0.0       # EXP
-    pending_temperature: float = 0.0   # EXP
-    pending_widen: float = 0.0         # EXP
+    liar_categorical: float = 0.5      # pending rows' categorical kernels: this much mixed toward uniform
 
 
 @dataclass
@@ -143,7 +141,8 @@ class _Estimator:
     __slots__ = ("w", "logw", "mu", "sigma", "logz", "obs", "beta", "n_opts", "offsets", "coef")
 
     def __init__(self, mu: np.ndarray, widths: np.ndarray, obs: np.ndarray, weights: np.ndarray,
-                 n_opts: np.ndarray, s: TpeSettings, n_dims_total: int) -> None:
+                 n_opts: np.ndarray, s: TpeSettings, n_dims_total: int,
+                 soften: np.ndarray | None = None, soften_by: np.ndarray | None = None) -> None:
         k = len(weights)
         dn, dc = mu.shape[1], obs.shape[1]
         w = np.empty(k + 1)
@@ -179,6 +178,15 @@ class _Estimator:
             if k:
                 delta = np.log1p((1.0 - beta) * n_opts / beta)
                 q[np.repeat(np.arange(k), dc), (obs + self.offsets).ravel()] = np.tile(delta, k)
+                if soften is not None and soften_by is not None:
+                    # components ``soften`` (pending rows): categorical kernel (1 - t) * kernel + t * uniform
+                    on = 1.0 - beta + beta / n_opts
+                    off = beta / n_opts
+                    on_t = (1.0 - soften_by) * on + soften_by / n_opts
+                    off_t = (1.0 - soften_by) * off + soften_by / n_opts
+                    qk = q[:k]
+                    qk[soften] *= (np.log(on_t / off_t) / delta)[np.repeat(np.arange(dc), n_opts)][None, :]
+                    const[:k][soften] += np.sum(np.log(off_t / off))
         else:
             self.beta = np.ones(0)
         self.coef = np.concatenate([-0.5 * inv, b, const[:, None], q], axis=1)
@@ -384,42 +392,14 @@ class _Proposer:
         gest = self._estimator(group, gi_idx, wg)
         n = self.s.n_candidates
         joint = self.s.multivariate
-        npend = self.n_pending
-        if npend and self.s.pending_widen > 0:
-            import dataclasses
-            ws = dataclasses.replace(self.s, bandwidth_factor=self.s.bandwidth_factor * (1 + npend) ** self.s.pending_widen)
-            sest = self._estimator(group, li_idx, wl, ws)
-            cx, cc = sest.sample(self.rng, n, joint)
-        else:
-            cx, cc = lest.sample(self.rng, n, joint)
+        cx, cc = lest.sample(self.rng, n, joint)
         for j, li in enumerate(group.num):
             leaf = self.cs.leaves[li]
             if leaf.discrete:
                 cx[:, j] = leaf.snap(cx[:, j])[0]
         if joint:
             score = lest.log_pdf_joint(cx, cc) - gest.log_pdf_joint(cx, cc)
-            if npend and self.s.pending_penalty > 0:
-                nf = self.n_finished
-                pidx = nf + np.flatnonzero(act[nf:])
-                k = len(lest.w) - 1
-                if len(pidx) and k:
-                    h = np.average(lest.sigma[:k], axis=0, weights=lest.w[:k]) if lest.sigma.shape[1] else lest.sigma[0]
-                    pr = self.X[pidx]
-                    d2 = np.zeros((len(cx), len(pidx)))
-                    if len(group.num):
-                        z = (cx[:, None, :] - pr[None, :, group.num]) / h[None, None, :]
-                        d2 += np.sum(z * z, axis=2)
-                    if len(group.cat):
-                        d2 += 4.0 * np.sum(cc[:, None, :] != pr[None, :, group.cat].astype(np.intp), axis=2)
-                    score = score + self.s.pending_penalty * np.sum(np.log1p(-0.999 * np.exp(-0.5 * d2)), axis=1)
-            if npend and self.s.pending_temperature > 0:
-                z = (score - score.max()) / self.s.pending_temperature
-                pz = np.exp(z); pz /= pz.sum()
-                first = int(self.rng.choice(len(score), p=pz))
-                order = np.argsort(-score, kind="stable")
-                order = np.concatenate([[first], order[order != first]])
-            else:
-                order = np.argsort(-score, kind="stable")
+            order = np.argsort(-score, kind="stable")
             rows = [(cx[i], cc[i]) for i in order]
         else:
             ln, lc = lest.log_pdf_marginal(cx, cc)
@@ -454,15 +434,24 @@ class _Proposer:
             lazy = self._children[key] = _Lazy(self.group(child))
         return lazy
 
-    def _estimator(self, group: Group, idx: np.ndarray, weights: np.ndarray, s: TpeSettings | None = None) -> _Estimator:
-        s = s or self.s
+    def _estimator(self, group: Group, idx: np.ndarray, weights: np.ndarray) -> _Estimator:
         rows = self.X[idx]
         mu = rows[:, group.num]
         widths = self.W[idx][:, group.num]
         obs = rows[:, group.cat].astype(np.intp)
         n_opts = group.n_opts
-        n_dims = len(group.leaves) if s.multivariate else 1
-        return _Estimator(mu, widths, obs, weights[idx], n_opts, s, n_dims)
+        n_dims = len(group.leaves) if self.s.multivariate else 1
+        soften = soften_by = None
+        if self.n_pending and self.s.liar_categorical > 0 and len(group.cat):
+            pend = idx >= self.n_finished
+            # a pending point's plain choices say little about where to look next (with one kernel
+            # per option, eight pending copies of the best option would push the next suggestions to
+            # the others); the choices that select a nested sub-space keep the full liar
+            selectors = {li for li, _ in group.children}
+            by = np.array([0.0 if li in selectors else self.s.liar_categorical for li in group.cat])
+            if pend.any() and by.any():
+                soften, soften_by = pend, by
+        return _Estimator(mu, widths, obs, weights[idx], n_opts, self.s, n_dims, soften, soften_by)
 
 
 def _combine(x: np.ndarray, a: np.ndarray, subs: list[_Lazy], limit: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -22,8 +22,11 @@ Nested choices
 Parallel use
     Suggestions still running are *pending*; with ``constant_liar`` they join the "bad" density
     ``g`` as if they had come back with the worst value, which pushes the next suggestions away
-    from them.  In an all-discrete space no point is suggested twice (pending, finished, failed
-    or imported); once every point has been suggested the tuner raises :class:`NoMoreTrials`.
+    from them.  Their plain categorical values count only half (their kernels in ``g`` are mixed
+    half-way toward uniform): with one kernel per option, eight pending copies of the best option
+    would otherwise push the next suggestions onto the worse ones.  Choices that select a nested
+    sub-space keep the full liar.  In an all-discrete space no point is suggested twice (pending,
+    finished, failed or imported); once every point has been suggested the tuner raises :class:`NoMoreTrials`.
 """
 from __future__ import annotations
 
