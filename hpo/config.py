@@ -413,6 +413,12 @@ class ExperimentConfig(_Base):
                               f"{len(gpus)} (the number of training_service.gpu_indices {gpus})")
         return self
 
+    def check_update(self, **changes: Any) -> None:
+        """Raise ConfigError if applying ``changes`` would be invalid; this config is left unchanged."""
+        trial = type(self).from_dict(self.to_dict())
+        for key, value in changes.items():
+            setattr(trial, key, value)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable snake_case dict: paths as str, None fields kept, trial_function left out."""
         return self.model_dump(mode="json")

@@ -214,9 +214,7 @@ class Experiment:
         self._update(search_space=value)
 
     def _update(self, **changes: Any) -> None:
-        trial = ExperimentConfig.from_dict(self.config.to_dict())
-        for key, value in changes.items():
-            setattr(trial, key, value)  # raises ConfigError, changing nothing
+        self.config.check_update(**changes)
         if self._runner is not None:  # the engine shares self.config: it applies the change
             self._runner.call(lambda e: e.update_config(**changes))
         elif self._client is not None:

@@ -152,8 +152,15 @@ def parse_channel_report(line: bytes) -> tuple[str, Any]:
         raise ValueError(f"bad report from trial: {exc}") from None
 
 
-def parse_stdout_report(line: str) -> tuple[str, Any] | None:
-    """Parse a printed ``HPO_FINAL_RESULT=...`` / ``HPO_INTERMEDIATE_RESULT=...`` line."""
+def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
+    """Parse a printed ``HPO_FINAL_RESULT=...`` / ``HPO_INTERMEDIATE_RESULT=...`` line (None for any other).
+
+    Raw bytes from a trial's stdout are accepted: other lines are skipped without being decoded.
+    """
+    if isinstance(line, bytes):
+        if not line.startswith(b"HPO_"):
+            return None
+        line = line.decode("utf-8", "replace").strip()
     for prefix, kind in ((STDOUT_FINAL, "final"), (STDOUT_INTERMEDIATE, "intermediate")):
         if line.startswith(prefix):
             text = line[len(prefix):].strip()

@@ -5,6 +5,7 @@ A tuner is listed in ``TUNERS`` with the spaces it supports; every test runs for
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytest
 
@@ -75,8 +76,8 @@ def _objective(params: dict) -> float:
     return total
 
 
-def _drive(tuner: Tuner, n: int) -> list[dict]:
-    """Ask/tell ``n`` trials sequentially; stops early on NoMoreTrials."""
+def _drive(tuner: Tuner, n: int, objective: Callable[[dict], float] = _objective) -> list[dict]:
+    """Ask/tell ``n`` trials sequentially, scoring with ``objective``; stops early on NoMoreTrials."""
     out = []
     for pid in range(1, n + 1):
         try:
@@ -84,7 +85,7 @@ def _drive(tuner: Tuner, n: int) -> list[dict]:
         except NoMoreTrials:
             break
         out.append(params)
-        tuner.receive_trial_result(pid, params, _objective(params))
+        tuner.receive_trial_result(pid, params, objective(params))
         tuner.trial_end(pid, True)
     return out
 

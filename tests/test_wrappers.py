@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from hpo.search_space import parse_search_space
+from test_tuner_contract import _drive as drive
 from tuners.base import NoMoreTrials, Tuner
 from tuners.hyperopt_tuner import AnnealTuner, HyperoptTuner
 from tuners.optuna_tuner import OptunaTuner
@@ -89,16 +90,7 @@ def _score(params: dict) -> float:
 
 
 def _drive(tuner: Tuner, n: int, objective: Callable[[dict], float] = _score) -> list[dict]:
-    out = []
-    for pid in range(1, n + 1):
-        try:
-            params = tuner.generate_parameters(pid)
-        except NoMoreTrials:
-            break
-        out.append(params)
-        tuner.receive_trial_result(pid, params, objective(params))
-        tuner.trial_end(pid, True)
-    return out
+    return drive(tuner, n, objective)  # the contract suite's sequential ask/tell loop, scored with _score
 
 
 @pytest.fixture(params=list(ALGORITHMS))

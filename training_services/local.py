@@ -191,10 +191,8 @@ class LocalTrainingService(TrainingService):
         self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     def _on_stdout_line(self, run: _Run, line: bytes) -> None:
-        if not line.startswith(b"HPO_"):
-            return
         try:
-            parsed = parse_stdout_report(line.decode("utf-8", "replace").strip())
+            parsed = parse_stdout_report(line)
         except ValueError as exc:
             run.report_error = str(exc)
             return

@@ -846,10 +846,8 @@ class RemoteTrainingService(TrainingService):
                 run.report_error = str(exc)
                 return
         else:
-            if not line.startswith(b"HPO_"):
-                return
             try:
-                parsed = parse_stdout_report(line.decode("utf-8", "replace").strip())
+                parsed = parse_stdout_report(line)
             except ValueError as exc:
                 run.report_error = str(exc)
                 return
