@@ -4,15 +4,22 @@ Usage (from the repository root)::
 
     python benchmarks/tuners.py                  # quality: 10 problems x 10 seeds x budgets 50 and 100
     python benchmarks/tuners.py --quick          # 3 seeds, budgets 25 and 50
+    python benchmarks/tuners.py --suite holdout  # the same on the 10 holdout problems
     python benchmarks/tuners.py --latency        # ask+tell latency at 100, 1,000 and 3,000 finished trials
 
 (Run heavy jobs with ``nice -n 19`` on a shared machine.  The full quality run takes about 4
 minutes on 2 idle cores, 15-20 when the machine is busy.  Optuna's CMA-ES sampler needs the
 ``cmaes`` package; without it that column is skipped with a note.)
 
-Quality mode runs every optimizer on every problem of ``benchmarks/problems.py`` for each seed
-(one run of the largest budget; the best value after the first ``b`` trials is the result at
-budget ``b``: none of the optimizers knows the budget) and prints, per budget:
+Quality mode runs every optimizer on every problem of a suite of ``benchmarks/problems.py`` for
+each seed (one run of the largest budget; the best value after the first ``b`` trials is the result
+at budget ``b``: none of the optimizers knows the budget).  ``--suite main`` (the default) is
+``PROBLEMS``, the ten problems TpeTuner's defaults were chosen on; ``--suite holdout`` is
+``HOLDOUT_PROBLEMS``, ten problems they were *not* chosen on, to check that they generalise
+(Styblinski-Tang 8-D, Rastrigin 4-D, six-hump camel, Michalewicz 5-D, Schwefel 3-D, a noisy
+Hartmann-3, a 20-D problem with 3 relevant dimensions, an integer / quantised synthetic, gradient
+boosting on breast_cancer and SGD on wine, both by log-loss); ``--suite all`` is both.
+``--problems`` picks problems by name from either list.  Quality mode prints, per budget:
 
 * mean regret normalised by random search's (per problem: the mean regret over seeds divided by
   random search's, then averaged over problems; lower is better, random = 1);
@@ -67,8 +74,10 @@ sys.path.append(str(HERE))  # problems.py
 
 from hpo.search_space import (Categorical, IntRange, NestedOption, Numeric, SearchSpace,  # noqa: E402
                               nested_value, parse_search_space)
-from problems import PROBLEMS, Problem, get_problem  # noqa: E402
+from problems import HOLDOUT_PROBLEMS, PROBLEMS, Problem, get_problem  # noqa: E402
 
+SUITES: dict[str, list[Problem]] = {"main": PROBLEMS, "holdout": HOLDOUT_PROBLEMS,
+                                    "all": PROBLEMS + HOLDOUT_PROBLEMS}
 OPTIMIZERS = ["tpe", "optuna-tpe", "optuna-tpe-indep", "optuna-cmaes", "hyperopt-tpe", "hyperopt-anneal", "random"]
 TPE_VARIANTS: dict[str, dict[str, Any]] = {"tpe": {}}
 
@@ -325,7 +334,7 @@ def _available(optimizers: list[str]) -> list[str]:
 
 
 def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> None:
-    problems = [get_problem(p) for p in args.problems.split(",")] if args.problems else PROBLEMS
+    problems = [get_problem(p) for p in args.problems.split(",")] if args.problems else SUITES[args.suite]
     seeds = list(range(args.seeds))
     budgets = sorted(int(b) for b in args.budgets.split(","))
     budget = budgets[-1]
@@ -386,7 +395,8 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         return 1000 * statistics.fmean(results[_cache_key((p.name, o, s, budget))]["overhead"]
                                        for p in problems for s in seeds)
 
-    print(f"# Tuner benchmark: quality ({len(problems)} problems, {len(seeds)} seeds, budgets "
+    suite = "" if args.problems or args.suite == "main" else f"{args.suite} suite, "
+    print(f"# Tuner benchmark: quality ({suite}{len(problems)} problems, {len(seeds)} seeds, budgets "
           f"{', '.join(map(str, budgets))})")
     print(f"command: `{_command()}`")
     print(_environment(elapsed, args.jobs))
@@ -637,7 +647,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency", action="store_true", help="measure ask+tell latency instead of quality")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per problem and optimizer (default 10)")
     ap.add_argument("--budgets", default=None, help="comma-separated trial budgets (default 50,100)")
-    ap.add_argument("--problems", default=None, help="comma-separated problem names (default: all)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="main",
+                    help="problem suite for quality mode: main (PROBLEMS, default), holdout (HOLDOUT_PROBLEMS: "
+                         "not used to choose TpeTuner's defaults) or all")
+    ap.add_argument("--problems", default=None,
+                    help="comma-separated problem names from either suite (default: all of --suite)")
     ap.add_argument("--optimizers", default=None, help=f"comma-separated (default: {','.join(OPTIMIZERS)})")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="extra TpeTuner configuration to compare, e.g. 'tpe-u={\"multivariate\": false}'")
