@@ -26,7 +26,8 @@ boosting on breast_cancer and SGD on wine, both by log-loss); ``--suite all`` is
 * mean rank (per problem and seed, 1 = best, ties share ranks; averaged);
 * mean ask+tell time per trial;
 * per-problem normalised regret; and TpeTuner at concurrency 8 (8 pending suggestions before results
-  come back, oldest first) against its sequential self.
+  come back, oldest first) against its sequential self, over ``--concurrency-seeds`` seeds (default
+  40: the ratio of two noisy means needs more seeds than the tables), with a bootstrap interval.
 
 Regret is ``best loss - minimum``; for the scikit-learn problems, whose minimum is unknown, the
 minimum is the best loss any optimizer found in this invocation.
@@ -344,7 +345,11 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
     if "random" not in optimizers:
         optimizers.append("random")
     conc = [f"{v}-c8" for v in variants if v in optimizers] if args.concurrency else []
-    tasks = [(p.name, o, s, budget) for p in problems for o in optimizers + conc for s in seeds]
+    # the concurrency comparison is a ratio of two noisy means: it gets its own, larger set of seeds
+    cseeds = list(range(max(args.concurrency_seeds, args.seeds))) if conc else []
+    tasks = [(p.name, o, s, budget) for p in problems for o in optimizers for s in seeds]
+    tasks += [(p.name, o, s, budget) for p in problems for s in cseeds
+              for o in conc + ([c[:-3] for c in conc] + ["random"] if s >= args.seeds else [])]
     # slow problems and optimizers first, for load balance
     tasks.sort(key=lambda t: (get_problem(t[0]).kind != "sklearn", not t[1].startswith(("optuna-tpe", "hyperopt"))))
     cache = _load_cache(args.cache)
@@ -374,9 +379,9 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         r = results[_cache_key((p, o, s, budget))]
         return max(min(r["losses"][:b]) - ref[p], 0.0)
 
-    def norm(p: str, o: str, b: int) -> float:
-        mo = statistics.fmean(regret(p, o, s, b) for s in seeds)
-        mr = statistics.fmean(regret(p, "random", s, b) for s in seeds)
+    def norm(p: str, o: str, b: int, over: list[int] = seeds) -> float:
+        mo = statistics.fmean(regret(p, o, s, b) for s in over)
+        mr = statistics.fmean(regret(p, "random", s, b) for s in over)
         if mr <= 0:
             return 1.0 if mo <= 0 else math.inf
         return mo / mr
@@ -426,22 +431,19 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         print(_table(header, rows))
         print()
     if conc:
-        print(f"## Concurrency: TpeTuner with 8 pending suggestions vs sequential (normalised regret @{budget})")
+        print(f"## Concurrency: TpeTuner with 8 pending suggestions vs sequential (normalised regret @{budget}, "
+              f"{len(cseeds)} seeds)")
         print()
-        header = ["problem"] + [c for v in variants if f"{v}-c8" in conc for c in (f"{v} sequential", f"{v} concurrency 8")]
-        rows = []
-        for p in problems:
-            rows.append([p.name] + [_fmt(norm(p.name, o, budget)) for v in variants if f"{v}-c8" in conc
-                                    for o in (v, f"{v}-c8")])
-        rows.append(["**mean**"] + [_fmt(statistics.fmean(norm(p.name, o, budget) for p in problems))
-                                    for v in variants if f"{v}-c8" in conc for o in (v, f"{v}-c8")])
+        pairs = [(v, f"{v}-c8") for v in variants if f"{v}-c8" in conc]
+        header = ["problem"] + [c for v, _ in pairs for c in (f"{v} sequential", f"{v} concurrency 8")]
+        rows = [[p.name] + [_fmt(norm(p.name, o, budget, cseeds)) for pair in pairs for o in pair] for p in problems]
+        rows.append(["**mean**"] + [_fmt(statistics.fmean(norm(p.name, o, budget, cseeds) for p in problems))
+                                    for pair in pairs for o in pair])
         print(_table(header, rows))
-        for v in variants:
-            if f"{v}-c8" in conc:
-                seq = statistics.fmean(norm(p.name, v, budget) for p in problems)
-                par = statistics.fmean(norm(p.name, f"{v}-c8", budget) for p in problems)
-                print(f"\n{v}: concurrency 8 / sequential = {par / seq:.3f} "
-                      f"({(par / seq - 1) * 100:+.1f}%; target: within +15%)")
+        for v, vc in pairs:
+            ratio, lo, hi = _concurrency_ratio([p.name for p in problems], v, vc, cseeds, budget, regret)
+            print(f"\n{v}: concurrency 8 / sequential = {ratio:.3f} ({(ratio - 1) * 100:+.1f}%; target: within "
+                  f"+15%); bootstrap over seeds, 90% interval [{lo:.3f}, {hi:.3f}]")
         print()
     print("## Targets")
     print()
@@ -453,6 +455,22 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         ok = agg[("tpe", b)] < others[best_other]
         print(f"- @{b}: TpeTuner {agg[('tpe', b)]:.3f} vs best other {best_other} {others[best_other]:.3f}: "
               f"{'met' if ok else 'MISSED'}")
+
+
+def _concurrency_ratio(problems: list[str], seq: str, par: str, seeds: list[int], budget: int,
+                       regret: Callable[[str, str, int, int], float]) -> tuple[float, float, float]:
+    """Mean normalised regret of ``par`` over that of ``seq``, and a 90% bootstrap interval
+    (seeds resampled together across problems and optimizers)."""
+    r = {o: np.array([[regret(p, o, s, budget) for s in seeds] for p in problems]) for o in (seq, par, "random")}
+
+    def ratio(idx: np.ndarray) -> float:
+        rand = r["random"][:, idx].mean(axis=1)
+        rand = np.where(rand > 0, rand, np.inf)  # a problem random search always solves counts 0 for both
+        return float((r[par][:, idx].mean(axis=1) / rand).mean() / (r[seq][:, idx].mean(axis=1) / rand).mean())
+
+    rng = np.random.default_rng(0)
+    boot = [ratio(rng.integers(0, len(seeds), len(seeds))) for _ in range(2000)]
+    return ratio(np.arange(len(seeds))), float(np.percentile(boot, 5)), float(np.percentile(boot, 95))
 
 
 def _tpe_defaults() -> str:
@@ -657,6 +675,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="extra TpeTuner configuration to compare, e.g. 'tpe-u={\"multivariate\": false}'")
     ap.add_argument("--no-concurrency", dest="concurrency", action="store_false",
                     help="skip the TpeTuner runs at concurrency 8")
+    ap.add_argument("--concurrency-seeds", type=int, default=None,
+                    help="seeds for the concurrency-8 vs sequential comparison (default 40; --quick: 3)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--cache", default=None, help="JSON-lines file that keeps the runs of the other optimizers")
     ap.add_argument("--latency-n", default="100,1000,3000", help="finished trials for --latency")
@@ -665,6 +685,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.seeds is None:
         args.seeds = 3 if args.quick else 10
+    if args.concurrency_seeds is None:
+        args.concurrency_seeds = 3 if args.quick else 40
     if args.budgets is None:
         args.budgets = "25,50" if args.quick else "50,100"
     variants: dict[str, dict[str, Any]] = {"tpe": {}}
