@@ -89,20 +89,25 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def _run_trial(tmp: Path, service_factory: Any, trial_id: str, script: str, **kw: Any) -> Recorder:
+    """Start a service, run one trial to its end, stop the service; what it reported."""
+    async def main() -> Recorder:
+        rec, svc = Recorder(), service_factory(tmp)
+        await svc.start(rec)
+        await svc.launch(_spec(tmp, trial_id, script, **kw))
+        await rec.wait_ended(trial_id)
+        await svc.stop()
+        return rec
+
+    return _run(main())
+
+
 def test_reports_arrive_in_order_then_ended(tmp_path, service_factory):
     script = ("import hpo, sys\np = hpo.get_next_parameter()\n"
               "for i in range(3):\n    hpo.report_intermediate_result(p['x'] * i)\n"
               "print('hello from the trial')\nhpo.report_final_result({'default': 7.5, 'other': 1})\n")
 
-    async def main() -> Recorder:
-        rec, svc = Recorder(), service_factory(tmp_path)
-        await svc.start(rec)
-        await svc.launch(_spec(tmp_path, "t1", script, parameters={"x": 2}))
-        await rec.wait_ended("t1")
-        await svc.stop()
-        return rec
-
-    rec = _run(main())
+    rec = _run_trial(tmp_path, service_factory, "t1", script, parameters={"x": 2})
     kinds = [k for k, _ in rec.of("t1")]
     assert kinds == ["started", "metric", "metric", "metric", "metric", "ended"]
     metrics = [d for k, d in rec.of("t1") if k == "metric"]
@@ -117,14 +122,7 @@ def test_trial_identity_in_environment(tmp_path, service_factory):
     script = ("import hpo, os\nhpo.report_final_result({'default': hpo.get_sequence_id(), "
               "'trial': hpo.get_trial_id(), 'exp': hpo.get_experiment_id(), 'cuda': os.environ['CUDA_VISIBLE_DEVICES']})\n")
 
-    async def main() -> Recorder:
-        rec, svc = Recorder(), service_factory(tmp_path)
-        await svc.start(rec)
-        await svc.launch(_spec(tmp_path, "envtrial", script, seq=42))
-        await rec.wait_ended("envtrial")
-        return rec
-
-    rec = _run(main())
+    rec = _run_trial(tmp_path, service_factory, "envtrial", script, seq=42)
     final = [d for k, d in rec.of("envtrial") if k == "metric"][0][1]
     assert final == {"default": 42, "trial": "envtrial", "exp": "exp1", "cuda": ""}
 
@@ -132,14 +130,7 @@ def test_trial_identity_in_environment(tmp_path, service_factory):
 def test_failure_exit_code_and_message(tmp_path, service_factory):
     script = "import sys\nprint('about to fail', file=sys.stderr)\nraise SystemExit('bad learning rate: -1')\n"
 
-    async def main() -> Recorder:
-        rec, svc = Recorder(), service_factory(tmp_path)
-        await svc.start(rec)
-        await svc.launch(_spec(tmp_path, "fails", script))
-        await rec.wait_ended("fails")
-        return rec
-
-    rec = _run(main())
+    rec = _run_trial(tmp_path, service_factory, "fails", script)
     assert rec.ended_status["fails"] == "FAILED"
     assert rec.messages["fails"] == "bad learning rate: -1"
 
@@ -147,14 +138,7 @@ def test_failure_exit_code_and_message(tmp_path, service_factory):
 def test_printed_result_lines_are_reports(tmp_path, service_factory):
     script = "print('HPO_INTERMEDIATE_RESULT=0.5')\nprint('noise')\nprint('HPO_FINAL_RESULT=0.75')\n"
 
-    async def main() -> Recorder:
-        rec, svc = Recorder(), service_factory(tmp_path)
-        await svc.start(rec)
-        await svc.launch(_spec(tmp_path, "printed", script))
-        await rec.wait_ended("printed")
-        return rec
-
-    rec = _run(main())
+    rec = _run_trial(tmp_path, service_factory, "printed", script)
     assert [d for k, d in rec.of("printed") if k == "metric"] == [("intermediate", 0.5), ("final", 0.75)]
     assert rec.ended_status["printed"] == "SUCCEEDED"
 
