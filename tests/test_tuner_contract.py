@@ -68,7 +68,7 @@ def _objective(params: dict) -> float:
     total = 0.0
     for key, value in sorted(params.items()):
         if isinstance(value, dict):
-            total += _objective({k: v for k, v in value.items() if k != "_name"}) + len(value["_name"])
+            total += _objective({k: v for k, v in value.items() if k != "_name"}) + len(value.get("_name", ""))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             total += math.tanh(float(value)) * (1 + len(key))
         else:

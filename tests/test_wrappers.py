@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 
 from hpo.search_space import parse_search_space
-from test_tuner_contract import _drive as drive
+from test_tuner_contract import _drive
+from test_tuner_contract import _objective as _score  # the contract suite's deterministic score
 from tuners.base import NoMoreTrials, Tuner
 from tuners.hyperopt_tuner import AnnealTuner, HyperoptTuner
 from tuners.optuna_tuner import OptunaTuner
@@ -74,23 +75,6 @@ def _make(name: str, raw: dict, **kwargs: Any) -> Tuner:
     tuner = ALGORITHMS[name](**kwargs)
     tuner.update_search_space(raw)
     return tuner
-
-
-def _score(params: dict) -> float:
-    """A deterministic score of any point."""
-    total = 0.0
-    for key, value in sorted(params.items()):
-        if isinstance(value, dict):
-            total += _score({k: v for k, v in value.items() if k != "_name"}) + len(value.get("_name", ""))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            total += math.tanh(float(value)) * (1 + len(key))
-        else:
-            total += len(str(value))
-    return total
-
-
-def _drive(tuner: Tuner, n: int, objective: Callable[[dict], float] = _score) -> list[dict]:
-    return drive(tuner, n, objective)  # the contract suite's sequential ask/tell loop, scored with _score
 
 
 @pytest.fixture(params=list(ALGORITHMS))
