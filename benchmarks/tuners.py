@@ -348,8 +348,9 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
     # the concurrency comparison is a ratio of two noisy means: it gets its own, larger set of seeds
     cseeds = list(range(max(args.concurrency_seeds, args.seeds))) if conc else []
     tasks = [(p.name, o, s, budget) for p in problems for o in optimizers for s in seeds]
-    tasks += [(p.name, o, s, budget) for p in problems for s in cseeds
-              for o in conc + ([c[:-3] for c in conc] + ["random"] if s >= args.seeds else [])]
+    tasks += [(p.name, o, s, budget) for p in problems for o in conc for s in cseeds]
+    tasks += [(p.name, o, s, budget) for p in problems for o in [c[:-3] for c in conc] + ["random"]
+              for s in cseeds[args.seeds:]]  # sequential and random runs beyond the tables' seeds
     # slow problems and optimizers first, for load balance
     tasks.sort(key=lambda t: (get_problem(t[0]).kind != "sklearn", not t[1].startswith(("optuna-tpe", "hyperopt"))))
     cache = _load_cache(args.cache)
@@ -380,11 +381,8 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         return max(min(r["losses"][:b]) - ref[p], 0.0)
 
     def norm(p: str, o: str, b: int, over: list[int] = seeds) -> float:
-        mo = statistics.fmean(regret(p, o, s, b) for s in over)
-        mr = statistics.fmean(regret(p, "random", s, b) for s in over)
-        if mr <= 0:
-            return 1.0 if mo <= 0 else math.inf
-        return mo / mr
+        return float(_normalised(statistics.fmean(regret(p, o, s, b) for s in over),
+                                 statistics.fmean(regret(p, "random", s, b) for s in over)))
 
     from scipy.stats import rankdata
 
@@ -457,6 +455,14 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
               f"{'met' if ok else 'MISSED'}")
 
 
+def _normalised(regret: Any, random_regret: Any) -> np.ndarray:
+    """Mean regret over random search's (element-wise); where random search always found the
+    minimum: 1 if the optimizer did too, else infinity."""
+    regret, random_regret = np.asarray(regret, dtype=float), np.asarray(random_regret, dtype=float)
+    solved = random_regret <= 0
+    return np.where(solved, np.where(regret <= 0, 1.0, np.inf), regret / np.where(solved, 1.0, random_regret))
+
+
 def _concurrency_ratio(problems: list[str], seq: str, par: str, seeds: list[int], budget: int,
                        regret: Callable[[str, str, int, int], float]) -> tuple[float, float, float]:
     """Mean normalised regret of ``par`` over that of ``seq``, and a 90% bootstrap interval
@@ -465,8 +471,8 @@ def _concurrency_ratio(problems: list[str], seq: str, par: str, seeds: list[int]
 
     def ratio(idx: np.ndarray) -> float:
         rand = r["random"][:, idx].mean(axis=1)
-        rand = np.where(rand > 0, rand, np.inf)  # a problem random search always solves counts 0 for both
-        return float((r[par][:, idx].mean(axis=1) / rand).mean() / (r[seq][:, idx].mean(axis=1) / rand).mean())
+        return float(_normalised(r[par][:, idx].mean(axis=1), rand).mean()
+                     / _normalised(r[seq][:, idx].mean(axis=1), rand).mean())
 
     rng = np.random.default_rng(0)
     boot = [ratio(rng.integers(0, len(seeds), len(seeds))) for _ in range(2000)]
