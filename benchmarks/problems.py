@@ -194,15 +194,28 @@ def _folds(name: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)]
 
 
-def _cv_error(model: Any, data: str) -> float:
+def _cross_validate(model: Any, data: str, score: Callable[[Any, np.ndarray, np.ndarray], float],
+                    n_folds: int = 3) -> float:
+    """Mean of ``score(fitted model, X, y)`` over the first ``n_folds`` of the 3 fixed folds."""
     import warnings
-    errs = []
+    scores = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for Xa, ya, Xb, yb in _folds(data):
+        for Xa, ya, Xb, yb in _folds(data)[:n_folds]:
             model.fit(Xa, ya)
-            errs.append(float(np.mean(model.predict(Xb) != yb)))
-    return float(np.mean(errs))
+            scores.append(score(model, Xb, yb))
+    return float(np.mean(scores))
+
+
+def _error_rate(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(model.predict(X) != y))
+
+
+def _log_loss(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """Log-loss, probabilities clipped at 1e-15 (a diverged model's NaN probabilities count as clipped)."""
+    proba = model.predict_proba(X)[np.arange(len(y)), np.searchsorted(model.classes_, y)]
+    proba = np.nan_to_num(proba, nan=0.0)
+    return float(-np.mean(np.log(np.clip(proba, 1e-15, 1.0))))
 
 
 def krr_diabetes(p: dict[str, Any]) -> float:
@@ -217,10 +230,10 @@ def krr_diabetes(p: dict[str, Any]) -> float:
 
 def tree_digits(p: dict[str, Any]) -> float:
     from sklearn.tree import DecisionTreeClassifier
-    return _cv_error(DecisionTreeClassifier(
+    return _cross_validate(DecisionTreeClassifier(
         max_depth=p["max_depth"], min_samples_split=p["min_samples_split"],
         min_samples_leaf=p["min_samples_leaf"], max_features=p["max_features"],
-        criterion=p["criterion"], random_state=0), "digits600")
+        criterion=p["criterion"], random_state=0), "digits600", _error_rate)
 
 
 def cash_digits(p: dict[str, Any]) -> float:
@@ -239,7 +252,7 @@ def cash_digits(p: dict[str, Any]) -> float:
     else:
         model = DecisionTreeClassifier(max_depth=m["max_depth"], min_samples_leaf=m["min_samples_leaf"],
                                        criterion=m["criterion"], random_state=0)
-    return _cv_error(model, "digits600")
+    return _cross_validate(model, "digits600", _error_rate)
 
 
 PROBLEMS: list[Problem] = [
@@ -361,37 +374,22 @@ def quantised(p: dict[str, Any]) -> float:
     return max(ridge + rate + 0.1 * abs(depth - 6) + mc + sub + col + bins, 0.0)
 
 
-def _cv_log_loss(model: Any, data: str, n_folds: int = 3) -> float:
-    """CV log-loss on the first ``n_folds`` of the 3 fixed folds (probabilities clipped at 1e-15; a
-    diverged model's NaN probabilities count as clipped)."""
-    import warnings
-    losses = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for Xa, ya, Xb, yb in _folds(data)[:n_folds]:
-            model.fit(Xa, ya)
-            proba = model.predict_proba(Xb)[np.arange(len(yb)), np.searchsorted(model.classes_, yb)]
-            proba = np.nan_to_num(proba, nan=0.0)
-            losses.append(float(-np.mean(np.log(np.clip(proba, 1e-15, 1.0)))))
-    return float(np.mean(losses))
-
-
 def gb_breast_cancer(p: dict[str, Any]) -> float:
     """Validation log-loss of gradient boosting on one fixed split (2/3 : 1/3; a boosting stage costs
     about a millisecond, so 3 folds would take too long)."""
     from sklearn.ensemble import GradientBoostingClassifier
-    return _cv_log_loss(GradientBoostingClassifier(
+    return _cross_validate(GradientBoostingClassifier(
         n_estimators=p["n_estimators"], learning_rate=p["learning_rate"], max_depth=p["max_depth"],
         subsample=p["subsample"], max_features=p["max_features"], min_samples_leaf=p["min_samples_leaf"],
-        random_state=0), "breast_cancer", n_folds=1)
+        random_state=0), "breast_cancer", _log_loss, n_folds=1)
 
 
 def sgd_wine(p: dict[str, Any]) -> float:
     from sklearn.linear_model import SGDClassifier
-    return _cv_log_loss(SGDClassifier(
+    return _cross_validate(SGDClassifier(
         loss="log_loss", penalty=p["penalty"], alpha=p["alpha"], l1_ratio=p["l1_ratio"],
         learning_rate=p["learning_rate"], eta0=p["eta0"], max_iter=p["max_iter"], tol=None,
-        average=p["average"], random_state=0), "wine")
+        average=p["average"], random_state=0), "wine", _log_loss)
 
 
 HOLDOUT_PROBLEMS: list[Problem] = [
