@@ -22,19 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpo.search_space import parse_search_space
+from test_search_space import ALL_NNI
 from tuners import NoMoreTrials, RandomTuner, TpeTuner, create_tuner, tuner_class
 
-MIXED = {
+MIXED = {  # the ten NNI types (a boolean option added to the choice), a Polyaxon form, nested choices
+    **ALL_NNI,
     "c": {"_type": "choice", "_value": ["a", 2, 3.5, True]},
-    "ri": {"_type": "randint", "_value": [2, 7]},
-    "u": {"_type": "uniform", "_value": [-1, 3]},
-    "qu": {"_type": "quniform", "_value": [0, 10, 2]},
-    "lu": {"_type": "loguniform", "_value": [1e-4, 1e-1]},
-    "qlu": {"_type": "qloguniform", "_value": [1, 100, 5]},
-    "n": {"_type": "normal", "_value": [0, 2]},
-    "qn": {"_type": "qnormal", "_value": [10, 3, 0.5]},
-    "ln": {"_type": "lognormal", "_value": [0, 1]},
-    "qln": {"_type": "qlognormal", "_value": [2, 0.5, 1]},
     "lin": {"linspace": "0:1:5"},
     "model": {"_type": "choice", "_value": [
         {"_name": "svm", "C": {"_type": "loguniform", "_value": [1e-2, 1e2]}, "kernel": "rbf"},
@@ -335,7 +328,8 @@ def test_pending_suggestions_are_distinct_and_not_near_duplicates() -> None:
 def test_finished_or_failed_trials_leave_the_pending_set() -> None:
     tuner = TpeTuner(seed=0, n_startup_trials=2)
     tuner.update_search_space(SPACE_2D)
-    p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    p0 = tuner.generate_parameters(0)
+    tuner.generate_parameters(1)
     tuner.receive_trial_result(0, p0, 1.0)
     tuner.trial_end(0, True)
     tuner.trial_end(1, False)  # failed: no result
