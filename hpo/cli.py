@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hpo.registry import all_experiments, hpo_home, lookup
-from hpo.storage import ACTIVE_STATES, TRIAL_STATES, ExperimentStore
+from hpo.storage import ACTIVE_STATES, TRIAL_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
 
 __all__ = ["main", "build_parser"]
 
@@ -51,17 +51,17 @@ def _alive(pid: int | None, since: float | None = None) -> bool:
         return False
 
 
-def _engine_alive(info: dict[str, Any]) -> bool:
-    """Whether the engine process recorded in an experiment row still runs."""
-    return info["status"] not in END_STATES and _alive(info.get("pid"), info["started_at"] or info["created_at"])
+def _engine_alive(directory: str | Path, info: dict[str, Any]) -> bool:
+    """Whether the experiment's engine runs (it holds the experiment's writer lock)."""
+    return info["status"] not in END_STATES and engine_running(directory, info.get("pid"))
 
 
 def _open(experiment_id: str) -> tuple[Path, ExperimentStore]:
     directory = lookup(experiment_id)
     try:
         return directory, ExperimentStore(directory, readonly=True)
-    except FileNotFoundError:
-        raise CliError(f"experiment {experiment_id}: its folder {str(directory)!r} has no store") from None
+    except FileNotFoundError as exc:
+        raise CliError(f"experiment {experiment_id}: {exc}") from None
 
 
 def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
@@ -69,7 +69,7 @@ def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
     from hpo.client import ApiClient
     directory, store = _open(experiment_id)
     info = store.experiment()
-    if not info.get("port") or not _engine_alive(info):
+    if not info.get("port") or not _engine_alive(directory, info):
         state = info["status"] if info["status"] in END_STATES else "its engine is not running"
         raise CliError(f"experiment {experiment_id} is not running ({state}); only a running experiment can "
                        f"{action} (`hpo resume {experiment_id}` continues it)")
@@ -242,8 +242,9 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from hpo.experiment import Experiment
     if not args.foreground:
-        info = _open(args.id)[1].experiment()
-        if _engine_alive(info):
+        directory, store = _open(args.id)
+        info = store.experiment()
+        if _engine_alive(directory, info):
             raise CliError(f"experiment {args.id} is still running (pid {info['pid']}); stop it first")
         return _spawn("resume", ["resume", args.id], args.port)
     return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait))
@@ -268,9 +269,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def _stop_one(experiment_id: str) -> None:
     from hpo.client import ApiError
-    store = _open(experiment_id)[1]
+    directory, store = _open(experiment_id)
     if (status := store.experiment()["status"]) in END_STATES:
         print(f"experiment {experiment_id} is already {status}")
+        return
+    if _end_abandoned(experiment_id, directory):
         return
     client, info = _client(experiment_id, "be stopped")
     pid = info["pid"]
@@ -291,6 +294,25 @@ def _stop_one(experiment_id: str) -> None:
     print(f"experiment {experiment_id} {status}")
 
 
+def _end_abandoned(experiment_id: str, directory: Path, trial_id: str | None = None) -> bool:
+    """If the experiment's engine is dead, end what it left (all, or one trial) here; False if it runs."""
+    from hpo.abandoned import end_abandoned
+    if engine_running(directory, _open(experiment_id)[1].experiment().get("pid")):
+        return False
+    try:
+        status, ended = end_abandoned(directory, trial_id)
+    except StoreLocked:  # an engine took it meanwhile
+        return False
+    if trial_id is not None:
+        if not ended:
+            raise CliError(f"trial {trial_id} of experiment {experiment_id} is not running")
+        print(f"trial {trial_id} of experiment {experiment_id} killed (its engine had died)")
+    else:
+        print(f"experiment {experiment_id} {status} (its engine had died; "
+              f"{ended} leftover trial{'s' * (ended != 1)} ended)")
+    return True
+
+
 def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
     """A `list` row for a registry entry, and whether its engine runs."""
     try:
@@ -299,7 +321,7 @@ def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
     except Exception:  # a deleted or unreadable folder
         return [entry["id"], entry["name"], "MISSING", None, _when(entry["created_at"]), None], False  # type: ignore
     status = info["status"]
-    running = _engine_alive(info)
+    running = _engine_alive(str(entry["directory"]), info)
     status = "CRASHED" if status not in END_STATES and not running else status  # `hpo resume` continues it
     done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
     total = info["config"].get("max_trial_number")
@@ -331,7 +353,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     def ended() -> bool:
         info = store.experiment()
-        return not _engine_alive(info) or (
+        return not _engine_alive(directory, info) or (
             args.trial is not None and (store.trial(trial_id) or {}).get("status") not in ACTIVE_STATES)
     if args.trial is None:
         path = directory / "engine.log"
@@ -428,7 +450,10 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    trial_id = _trial(_open(args.id)[1], args.id, args.trial)["id"]
+    directory, store = _open(args.id)
+    trial_id = _trial(store, args.id, args.trial)["id"]
+    if store.experiment()["status"] not in END_STATES and _end_abandoned(args.id, directory, trial_id):
+        return 0
     _client(args.id, "have its trials killed")[0].post(f"/trials/{trial_id}/kill")
     print(f"trial {trial_id} of experiment {args.id} killed")
     return 0
@@ -536,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CliError, ValueError, LookupError, OSError]
+    errors: list[type[BaseException]] = [CliError, ValueError, LookupError, OSError, StoreError]
     for module, name in (("hpo.experiment", "ExperimentError"), ("hpo.client", "ApiError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))

@@ -252,6 +252,9 @@ class AlgorithmConfig(_Base):
     code_directory: Path | None = Field(None, description="a directory path, or null")
 
 
+_KILL_GRACE_EXPECT = "seconds a stopped trial gets between SIGTERM and SIGKILL (0 to 3600)"
+
+
 class LocalConfig(_Base):
     """The local training service: trials run as subprocesses on this machine."""
 
@@ -261,6 +264,7 @@ class LocalConfig(_Base):
     max_trial_number_per_gpu: int = Field(1, ge=1, strict=True, description="an integer >= 1")
     gpu_indices: Annotated[list[int] | None, BeforeValidator(_gpu_list)] = Field(None, description=_GPU_EXPECT)
     reuse_mode: bool = Field(False, strict=True, description="true or false (accepted and ignored)")
+    kill_grace: float = Field(5.0, ge=0, le=3600, description=_KILL_GRACE_EXPECT)
 
 
 class RemoteMachineConfig(_Base):
@@ -302,6 +306,7 @@ class RemoteConfig(_Base):
     accept_new_host_keys: bool = Field(False, strict=True, description="true or false")
     remote_directory: str = Field("~/hpo-remote", min_length=1, description="a folder path on the machines")
     reconnect_timeout: _Duration = "2m"
+    kill_grace: float = Field(5.0, ge=0, le=3600, description=_KILL_GRACE_EXPECT)
 
     @model_validator(mode="after")
     def _attach(self) -> RemoteConfig:

@@ -9,11 +9,17 @@ Contract:
 * tuner calls run one at a time, in order, on a worker thread, so a slow tuner never stalls the
   loop (the dashboard stays responsive);
 * the engine ends on ``max_trial_number``, ``max_experiment_duration``, or a tuner with nothing left;
-  a tuner exception ends it as ERROR with the message.
+  a tuner exception ends it as ERROR with the message;
+* a store that cannot be written (disk full) ends it as ERROR too: trials are stopped, the message
+  says which file, and nothing half-written is left (it can be resumed once there is space);
+* the running time is persisted every ``HEARTBEAT_SECONDS``, so a crash does not reset the
+  ``max_experiment_duration`` budget;
+* a trial whose final result is stored is finished, whatever happens to its process afterwards.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hpo.storage import ACTIVE_STATES, FINISHED_STATES, ExperimentStore
+from hpo.storage import ACTIVE_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
 from training_services.base import TrainingService, TrialSpec
 from hpo.early_stopping import threshold_reached
@@ -40,6 +46,10 @@ log = logging.getLogger("hpo.engine")
 _ID_ALPHABET = string.ascii_letters + string.digits
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 FUNCTION_FILE = "trial_function.pkl"
+HEARTBEAT_SECONDS = 1.0
+# a trial that could not start for one of these is the engine's problem, not the trial's: it is re-queued
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+_MAX_RESOURCE_FAILURES = 20  # in a row, before the experiment ends as ERROR
 
 
 def new_id(n: int = 8, alphabet: str = string.ascii_lowercase + string.digits) -> str:
@@ -109,7 +119,12 @@ class Engine:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._started_monotonic = 0.0
         self._prior_seconds = 0.0
+        self._resource_failures = 0
+        self._store_failed = False
+        self._unrecorded: list[tuple[Any, ...]] = []  # trial ends the store could not take, retried at the end
         self.first_trial_started = asyncio.Event()
+        self.running = asyncio.Event()  # set once trials may start (the service is up)
+        self.start_error: str | None = None  # why the experiment could not start, if it could not
 
     # -- public, called on the loop ------------------------------------------------------------------
     def subscribe(self, callback: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
@@ -121,14 +136,21 @@ class Engine:
         """Begin a graceful stop: running trials are cancelled (and re-run on resume)."""
         if not self._stopping and self.status not in ("DONE", "STOPPED", "ERROR"):
             self._stopping = True
-            self._set_status("STOPPING")
             self._poke()
+            self._set_status("STOPPING")
 
     def update_config(self, **changes: Any) -> None:
-        """Apply validated config changes (concurrency, max trials, duration, search space)."""
+        """Apply validated config changes (concurrency, max trials, duration, search space); they are
+        recorded first, and nothing changes if they cannot be (StoreError)."""
+        before = {key: getattr(self.config, key) for key in changes}
         for key, value in changes.items():
             setattr(self.config, key, value)
-        self.store.set_config(self.config.to_dict())
+        try:
+            self.store.set_config(self.config.to_dict())
+        except StoreError:
+            for key, value in before.items():
+                setattr(self.config, key, value)
+            raise
         if "search_space" in changes:
             self._tuner_submit(self.tuner.update_search_space, self.config.search_space)
             self._exhausted = False
@@ -174,11 +196,19 @@ class Engine:
 
     # -- main ----------------------------------------------------------------------------------------
     async def run(self, resume: bool = False) -> str:
-        """Run until the experiment ends; returns the final status."""
+        """Run until the experiment ends; returns the final status.
+
+        If it cannot start (the service is unusable, the tuner rejects the space), ``start_error``
+        says why; a resumed experiment then keeps the status it had (a DONE one stays DONE)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        previous: dict[str, Any] | None = None
+        heartbeat: asyncio.Task[None] | None = None
         try:
             self._started_monotonic = time.monotonic()
+            if resume:
+                previous = self.store.experiment()
+                self._prior_seconds = self.store.elapsed_seconds()
             self.store.set_config(self.config.to_dict())
             if resume:
                 self._prepare_resume()
@@ -195,18 +225,50 @@ class Engine:
             if check is not None:
                 check(self.config.trial_gpu_number)
             self._set_status("RUNNING")
+            self.running.set()
+            heartbeat = self._loop.create_task(self._heartbeat())
             await self._main()
-        except Exception as exc:  # tuner / service failure: never hang in RUNNING
+        except Exception as exc:  # tuner / service / store failure: never hang in RUNNING
             if self._error is None:
                 self._error = _describe(exc)
-            log.exception("engine failed")
+            if isinstance(exc, (StoreError, ValueError)):
+                log.error("engine failed: %s", self._error)
+            else:
+                log.exception("engine failed")
+        if heartbeat is not None:
+            heartbeat.cancel()
         if self._error is not None:
-            await self.service.stop("SYS_CANCELED", "experiment failed")
-            self._set_status("ERROR", self._error)
+            await self._stop_service("experiment failed")
+            if self._store_failed:  # the trials are stopped: nothing else writes now
+                self.store.release_reserve()
+                self._store_failed = False
+                for write in self._unrecorded:
+                    self._guarded(*write)
+            if not self.running.is_set():
+                self.start_error = self._error
+            if previous is not None and not self.running.is_set():  # a resume that could not start
+                self._set_status(previous["status"], previous["message"], restore=True)
+            else:
+                self._set_status("ERROR", self._error)
         else:
-            await self.service.stop("SYS_CANCELED", "experiment ended")  # releases connections, GPUs
+            await self._stop_service("experiment ended")  # releases connections, GPUs
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
         return self.status
+
+    async def _stop_service(self, reason: str) -> None:
+        try:
+            await self.service.stop("SYS_CANCELED", reason)
+        except Exception as exc:  # the experiment ends anyway; what could not be stopped is in the log
+            log.error("training service failed to stop: %s", _describe(exc))
+
+    async def _heartbeat(self) -> None:
+        """Persist the running time every HEARTBEAT_SECONDS (a crash costs at most that much budget)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            self._guarded(self.store.record_elapsed, self._elapsed())
+
+    def _elapsed(self) -> float:
+        return self._prior_seconds + (time.monotonic() - self._started_monotonic)
 
     async def _main(self) -> None:
         assert self._wake is not None
@@ -214,17 +276,17 @@ class Engine:
             if self._error is not None:
                 return
             if self._stopping:
-                await self.service.stop("SYS_CANCELED", "experiment stopped")
+                await self._stop_service("experiment stopped")
                 self._set_status("STOPPED")
                 return
             if self._goal_reached is not None:
-                await self.service.stop("SYS_CANCELED", self._goal_reached)
+                await self._stop_service(self._goal_reached)
                 self._finish(self._goal_reached)
                 return
             remaining = self._time_left()
             if remaining is not None and remaining <= 0:
                 self._deadline_hit = True
-                await self.service.stop("SYS_CANCELED", "max_experiment_duration reached")
+                await self._stop_service("max_experiment_duration reached")
                 self._finish("max_experiment_duration reached")
                 return
             await self._fill_slots()
@@ -258,7 +320,7 @@ class Engine:
         limit = self.config.max_experiment_duration_seconds
         if limit is None:
             return None
-        return limit - self._prior_seconds - (time.monotonic() - self._started_monotonic)
+        return limit - self._elapsed()
 
     def _can_submit(self) -> bool:
         if self._stopping or self._deadline_hit or self._goal_reached is not None:
@@ -329,12 +391,32 @@ class Engine:
     async def _launch(self, spec: TrialSpec) -> None:
         try:
             await self.service.launch(spec)
+            self._resource_failures = 0
         except Exception as exc:
-            if spec.trial_id in self.active:
+            if spec.trial_id not in self.active:
+                pass
+            elif isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+                await self._requeue_after_resource_error(spec, exc)
+            else:
                 self.ended(spec.trial_id, "FAILED", None, f"could not start: {_describe(exc)}")
         finally:
             self._launching -= 1
             self._poke()
+
+    async def _requeue_after_resource_error(self, spec: TrialSpec, exc: OSError) -> None:
+        """The engine ran out of something (file descriptors, memory): not the trial's fault.  The trial
+        is recorded as interrupted and queued again with the same parameters after a pause; too many
+        such failures in a row end the experiment."""
+        self._resource_failures += 1
+        reason = f"could not start: the engine ran out of resources ({_describe(exc)}); re-queued"
+        trial = self.active.get(spec.trial_id)
+        self.ended(spec.trial_id, "SYS_CANCELED", None, reason, interrupted=True)
+        if self._resource_failures >= _MAX_RESOURCE_FAILURES:
+            self._fail(f"{_MAX_RESOURCE_FAILURES} trials in a row could not start: {_describe(exc)}")
+            return
+        if trial is not None:
+            self._rerun.append((trial.seq, trial.parameters))
+        await asyncio.sleep(min(5.0, 0.2 * 2 ** min(self._resource_failures, 5)))
 
     # -- TrialEvents (called by the training service on the loop) ---------------------------------------
     def started(self, trial_id: str, pid: int | None, pgid: int | None, host: str | None,
@@ -342,7 +424,8 @@ class Engine:
         trial = self.active.get(trial_id)
         if trial is None:
             return
-        self.store.trial_started(trial.seq, pid, pgid, host, gpus)
+        if not self._guarded(self.store.trial_started, trial.seq, pid, pgid, host, gpus):
+            return
         log.info("trial %s (#%d) running: pid %s on %s%s", trial_id, trial.seq, pid, host,
                  f", GPUs {gpus}" if gpus else "")
         self.first_trial_started.set()
@@ -357,13 +440,15 @@ class Engine:
             if trial.final_seen:
                 log.warning("trial %s reported a final result twice; keeping the first", trial_id)
                 return
+            if not self._guarded(self.store.add_metric, trial.seq, "final", 0, number, value):
+                return
             trial.final_seen = True
-            self.store.add_metric(trial.seq, "final", 0, number, value)
             if number is not None:
                 self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, number)
         else:
+            if not self._guarded(self.store.add_metric, trial.seq, "intermediate", trial.steps + 1, number, value):
+                return
             trial.steps += 1
-            self.store.add_metric(trial.seq, "intermediate", trial.steps, number, value)
             if number is not None:
                 trial.history.append(number)
                 if self.assessor is not None:
@@ -374,7 +459,7 @@ class Engine:
             reason = threshold_reached(self.config.early_stopping, value)
             if reason is not None:
                 self._goal_reached = f"{reason} in trial {trial_id} (#{trial.seq})"
-                self.store.add_event("goal_reached", trial.seq, {"reason": self._goal_reached})
+                self._guarded(self.store.add_event, "goal_reached", trial.seq, {"reason": self._goal_reached})
                 self._poke()
 
     def _assess(self, trial: _Active) -> None:
@@ -398,17 +483,24 @@ class Engine:
 
         fut.add_done_callback(decide)
 
-    def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None:
+    def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None,
+              interrupted: bool | None = None) -> None:
         trial = self.active.pop(trial_id, None)
         if trial is None:
             return
-        interrupted = status == "SYS_CANCELED" and (self._stopping or self._deadline_hit or self._error is not None)
+        if interrupted is None:
+            interrupted = status == "SYS_CANCELED" and (self._stopping or self._deadline_hit or self._error is not None)
+        if trial.final_seen and status == "SYS_CANCELED":
+            # its result is stored: the trial is finished (not re-run on resume, counted once)
+            status, interrupted = "SUCCEEDED", False
+            message = f"ended after its final result ({message})" if message else None
         if status == "EARLY_STOPPED" and not trial.final_seen and trial.history:
             # the tuner learns from where the trial was stopped (and so does a resumed tuner)
             last = trial.history[-1]
-            self.store.add_metric(trial.seq, "final", 0, last, {"default": last, "early_stopped": True})
-            self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, last)
-        self.store.trial_ended(trial.seq, status, exit_code, message, interrupted=interrupted)
+            if self._guarded(self.store.add_metric, trial.seq, "final", 0, last, {"default": last, "early_stopped": True}):
+                self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, last)
+        if not self._guarded(self.store.trial_ended, trial.seq, status, exit_code, message, interrupted):
+            self._unrecorded.append((self.store.trial_ended, trial.seq, status, exit_code, message, interrupted))
         if self.assessor is not None:
             self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
                                        status == "SUCCEEDED")
@@ -420,12 +512,11 @@ class Engine:
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _prepare_resume(self) -> None:
-        exp = self.store.experiment()
-        self._prior_seconds = float(exp.get("run_seconds") or 0.0)
-        leftovers = self.store.trials(status=ACTIVE_STATES)
-        self.service.leftover_cleanup(leftovers)
-        for rec in leftovers:
-            self.store.trial_ended(rec["seq"], "SYS_CANCELED", None, "interrupted: the engine stopped", interrupted=True)
+        self.service.leftover_cleanup(self.store.trials(status=ACTIVE_STATES))
+        self.store.end_leftovers("interrupted: the engine stopped")
+        goal = self.store.events_of_kind("goal_reached")
+        if goal:  # an early-stopping goal was reached before the crash: the experiment is over
+            self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
         for rec in self.store.trials(status="SYS_CANCELED"):
             if rec["interrupted"] == 1:
                 self._rerun.append((rec["seq"], rec["parameters"]))
@@ -442,13 +533,40 @@ class Engine:
                 self.assessor.assess_trial(rec["id"], history[:k])
             self.assessor.trial_end(rec["id"], rec["status"] == "SUCCEEDED")
 
-    def _set_status(self, status: str, message: str | None = None) -> None:
-        self.store.set_status(status, message)
+    def _set_status(self, status: str, message: str | None = None, restore: bool = False) -> None:
+        """Record and publish the experiment's status.  It changes in memory even when the store cannot
+        be written, so the engine always reaches its end; ``restore`` puts back a previous status as is."""
+        if restore:
+            self._guarded(self.store.restore_status, status, message)
+        elif status in ("RUNNING", "DONE", "STOPPED", "ERROR"):
+            self._guarded(self.store.set_status, status, message, self._elapsed())
+        else:
+            self._guarded(self.store.set_status, status, message)
         log.info("experiment %s %s%s", self.experiment_id, status, f": {message}" if message else "")
         self.status = status
         if message is not None:
             self.message = message
         self._publish("status", {"status": status, "message": message})
+
+    def _guarded(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Run a store write; if the store fails, end the experiment as ERROR (once) and return False.
+
+        Called from service callbacks and status changes, which must never raise."""
+        try:
+            write(*args, **kwargs)
+            return True
+        except StoreError as exc:
+            if not self._store_failed:
+                self._store_failed = True
+                log.error("store write failed: %s", exc)
+            self._fail(str(exc))
+            return False
+
+    def _fail(self, message: str) -> None:
+        """End the experiment as ERROR with ``message`` (the first failure wins)."""
+        if self._error is None:
+            self._error = message
+        self._poke()
 
     def _publish(self, kind: str, data: dict[str, Any]) -> None:
         for callback in list(self._listeners):
@@ -478,6 +596,8 @@ class Engine:
 
 
 def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, StoreError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
 
 

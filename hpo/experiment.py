@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id
-from hpo.registry import hpo_home, lookup, pid_alive, register
-from hpo.storage import ExperimentStore
+from hpo.registry import hpo_home, lookup, register
+from hpo.storage import ExperimentStore, StoreError, StoreLocked, engine_running
 from training_services.base import create_training_service
 from tuners.base import Tuner
 
@@ -84,6 +84,7 @@ class Experiment:
         experiment_id = new_id()
         root = Path(self.config.experiment_working_directory or hpo_home()).expanduser()
         directory = root / experiment_id
+        store = None
         try:
             store = ExperimentStore(directory)
             store.create_experiment(experiment_id, self.config.experiment_name, self.config.to_dict())
@@ -92,6 +93,8 @@ class Experiment:
             register(experiment_id, self.config.experiment_name, directory)
         except BaseException:
             sock.close()
+            if store is not None:
+                store.close()
             raise
         self._launch(experiment_id, directory, tuner, service, store, sock, host, resume=False, debug=debug,
                      assessor=assessor)
@@ -100,12 +103,24 @@ class Experiment:
                 sock: socket.socket, host: str, resume: bool, debug: bool = False, assessor: Any = None) -> None:
         self.id, self.directory = experiment_id, directory
         self.port = sock.getsockname()[1]
-        _setup_logging(directory, self.config.log_level, debug)
-        token = _write_token(directory)
+        try:
+            _setup_logging(directory, self.config.log_level, debug)
+            token = _write_token(directory)
+        except OSError as exc:
+            sock.close()
+            store.close()
+            raise ExperimentError(f"cannot write to the experiment folder {directory}: {exc.strerror or exc}") from None
         engine = Engine(experiment_id, directory, self.config, tuner, service, store, assessor)
-        self._runner = _Runner(engine, sock, host, token, resume)
-        self._runner.start()
         self._reader = ExperimentStore(directory, readonly=True)
+        runner = _Runner(engine, sock, host, token, resume)
+        try:
+            runner.start()
+        except ExperimentError:
+            what = "resume" if resume else "start"
+            status = self.get_status()
+            raise ExperimentError(f"experiment {experiment_id} could not {what}: {engine.start_error}"
+                                  f"{f' (it stays {status})' if resume else ''}") from None
+        self._runner = runner
         print(f"hpo: experiment {experiment_id} {'resumed' if resume else 'started'}; "
               f"dashboard at {_dashboard_url(host, self.port, token)}", file=sys.stderr)
 
@@ -127,10 +142,10 @@ class Experiment:
         except KeyboardInterrupt:
             print("\nhpo: stopping...", file=sys.stderr)
         finally:
-            self.stop()
+            status = self.stop()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        return self.get_status() != "ERROR"
+        return status != "ERROR"
 
     def _follow_progress(self) -> None:
         from hpo.progress import ProgressBar
@@ -141,15 +156,31 @@ class Experiment:
                 bar.update()
             bar.update()
 
-    def stop(self) -> None:
-        """Stop the experiment: running trials are ended, the dashboard closes."""
+    def stop(self) -> str | None:
+        """Stop the experiment: running trials are ended, the dashboard closes.  Returns the status it
+        ended with (the engine's word, even where the store could not record it: a full disk)."""
         if self._runner is not None:
             self._runner.stop()
-            self._runner = None
-            status = self.get_status()
+            engine, self._runner = self._runner.engine, None
+            status = engine.status if engine is not None else self.get_status()
             print(f"hpo: experiment {self.id} {status}", file=sys.stderr)
+            return status
         elif self._client is not None:
             self._client.post("/experiment/stop")
+        elif self._abandoned():  # its engine died: end what it left behind
+            from hpo.abandoned import end_abandoned
+            status, ended = end_abandoned(self.directory)  # type: ignore[arg-type]
+            print(f"hpo: experiment {self.id} {status} (its engine had died; {ended} leftover trial(s) ended)",
+                  file=sys.stderr)
+            return status
+        return None
+
+    def _abandoned(self) -> bool:
+        """Whether this is a handle on an experiment whose engine died before it ended."""
+        if self._reader is None or self.directory is None:
+            return False
+        info = self._reader.experiment()
+        return info["status"] not in _END_STATES and not engine_running(self.directory, info.get("pid"))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the experiment ends (or ``timeout`` s); True if it ended."""
@@ -229,6 +260,9 @@ class Experiment:
         elif self._client is not None:
             self._client.post(f"/trials/{trial_id}/kill")
             ok = True
+        elif self._abandoned():
+            from hpo.abandoned import end_abandoned
+            ok = end_abandoned(self.directory, trial_id)[1] > 0  # type: ignore[arg-type]
         else:
             raise ExperimentError("the experiment is not running")
         if not ok:
@@ -243,7 +277,7 @@ class Experiment:
         directory = lookup(experiment_id)
         exp = cls._open(experiment_id, directory)
         info = exp._store().experiment()
-        if info["status"] not in _END_STATES and info.get("port") and pid_alive(info.get("pid")):
+        if info["status"] not in _END_STATES and info.get("port") and engine_running(directory, info.get("pid")):
             exp._client = ApiClient(info.get("host") or "127.0.0.1", info["port"], _read_token(directory))
         return exp
 
@@ -260,12 +294,10 @@ class Experiment:
         """Continue a stopped or crashed experiment: finished trials are kept and replayed into the tuner,
         interrupted ones re-run, sequence numbers continue."""
         directory = lookup(experiment_id)
-        probe = ExperimentStore(directory, readonly=True)
-        info = probe.experiment()
-        probe.close()
-        if info["status"] not in _END_STATES and pid_alive(info.get("pid")):
-            raise ExperimentError(f"experiment {experiment_id} is still running (pid {info['pid']}); "
-                                  f"stop it first with `hpo stop {experiment_id}`")
+        with ExperimentStore(directory, readonly=True) as probe:
+            info = probe.experiment()
+        if engine_running(directory, info.get("pid")):
+            raise _still_running(experiment_id, info)
         exp = cls(config=ExperimentConfig.from_dict(info["config"]))
         if (directory / FUNCTION_FILE).exists() and not exp.config.trial_command:
             exp.config.trial_function = _load_function(directory / FUNCTION_FILE)
@@ -274,7 +306,14 @@ class Experiment:
         assessor = exp._make_assessor()
         service = _make_service(exp.config)
         sock = _bind(host, port)
-        store = ExperimentStore(directory)
+        try:
+            store = ExperimentStore(directory)  # the writer lock: a second resume stops here
+        except StoreLocked:
+            sock.close()
+            raise _still_running(experiment_id, info) from None
+        except BaseException:
+            sock.close()
+            raise
         exp._launch(experiment_id, directory, tuner, service, store, sock, host, resume=True, debug=debug,
                     assessor=assessor)
         if wait_completion:
@@ -332,6 +371,12 @@ class Experiment:
         self.stop()
 
 
+def _still_running(experiment_id: str, info: dict[str, Any]) -> "ExperimentError":
+    pid = f" (pid {info['pid']})" if info.get("pid") else ""
+    return ExperimentError(f"experiment {experiment_id} is still running{pid}; "
+                           f"stop it first with `hpo stop {experiment_id}`")
+
+
 class _Runner:
     """The engine thread: an asyncio loop running the engine and the API server."""
 
@@ -365,12 +410,27 @@ class _Runner:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._shutdown = asyncio.Event()
+        try:
+            await self._serve()
+        finally:
+            if self.engine is not None:
+                self.engine.store.close()  # releases the writer lock
+
+    async def _serve(self) -> None:
+        assert self.loop is not None and self._shutdown is not None
         task = None
         if self.engine is not None:
             engine = self.engine
             engine.store.set_runtime(os.getpid(), self.host, self.sock.getsockname()[1])
             task = self.loop.create_task(engine.run(self.resume))
             task.add_done_callback(lambda _t: self.engine_done.set())
+            # start() returns once trials can run (or the experiment could not start: it raises)
+            running = self.loop.create_task(engine.running.wait())
+            await asyncio.wait({task, running}, return_when=asyncio.FIRST_COMPLETED)
+            running.cancel()
+            if task.done() and engine.start_error is not None:
+                self.sock.close()
+                raise ExperimentError(engine.start_error)
             # let the first trials start before importing the web stack (~0.15 s of imports)
             first = self.loop.create_task(engine.first_trial_started.wait())
             await asyncio.wait({task, first}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
@@ -386,6 +446,8 @@ class _Runner:
         except BaseException:
             if self.engine is not None:
                 self.engine.request_stop()
+                if task is not None:
+                    await task
             raise
         finally:
             self.ready.set()
@@ -395,8 +457,6 @@ class _Runner:
             await self._shutdown.wait()
         finally:
             await server.close()
-            if self.engine is not None:
-                self.engine.store.close()
 
     def call(self, fn: Callable[[Engine], Any]) -> Any:
         async def wrapper() -> Any:
@@ -452,7 +512,7 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExperimentError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExperimentError, StoreError)
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
@@ -572,13 +632,26 @@ def _maximize(exp: Experiment) -> bool:
     return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
 
 
+class _EngineLogHandler(logging.FileHandler):
+    """engine.log; a failing write (disk full) is reported once on stderr, not as a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            print(f"hpo: cannot write {self.baseFilename} ({error}); engine log lines are lost until there is space",
+                  file=sys.stderr)
+
+
 def _setup_logging(directory: Path, level: str, debug: bool) -> None:
     logger = logging.getLogger("hpo")
     for handler in list(logger.handlers):
         if getattr(handler, "_hpo_experiment", False):
             logger.removeHandler(handler)
             handler.close()
-    handler = logging.FileHandler(directory / "engine.log")
+    handler = _EngineLogHandler(directory / "engine.log")
     handler._hpo_experiment = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)

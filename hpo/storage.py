@@ -7,20 +7,113 @@ connections and never block the writer.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES"]
+__all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES", "StoreError",
+           "StoreWriteError", "StoreLocked", "engine_running"]
 
 TRIAL_STATES = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 ACTIVE_STATES = ("WAITING", "RUNNING")
 FINISHED_STATES = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 DB_NAME = "experiment.db"
+LOCK_NAME = ".engine.lock"
+RESERVE_NAME = ".space-reserve"
+RESERVE_BYTES = 256 * 1024  # given back when the disk is full, so that the engine can record how it ended
+_SQLITE_FULL = 13
+
+
+class StoreError(RuntimeError):
+    """The store cannot be read or written; the message is one line naming the file."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed (disk full, I/O error): nothing of that write was committed."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the experiment (its engine runs): there is only ever one writer."""
+
+
+def _lock_path(directory: Path) -> Path:
+    return Path(directory) / LOCK_NAME
+
+
+def engine_running(directory: str | Path, pid: int | None = None) -> bool:
+    """Whether some process holds experiment ``directory`` for writing, i.e. its engine runs.
+
+    The writer holds an exclusive ``flock`` on ``.engine.lock`` for as long as its store is open; the
+    kernel drops it when that process exits, however it exits (kill -9 included): no pid files, no
+    pid reuse.  ``pid``, the engine's recorded pid, covers the last moments of a dying engine (its
+    threads still closing its files): if that process is already dead or a zombie, wait up to 3 s
+    for the lock to go.
+    """
+    deadline = time.monotonic() + 3.0
+    while _locked(Path(directory)):
+        if pid is None or _pid_running(pid) or time.monotonic() > deadline:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return not Path("/proc").is_dir()
+
+
+def _locked(directory: Path) -> bool:
+    try:
+        fd = os.open(_lock_path(Path(directory)), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases our probe lock
+    return False
+
+
+def _acquire_writer_lock(directory: Path) -> int:
+    """Take the experiment's writer lock (non-blocking); StoreLocked if another process holds it."""
+    path = _lock_path(directory)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(f"experiment folder {directory} is in use by another running engine; "
+                          "stop that one first") from None
+    return fd
+
+
+def _describe_write_error(path: Path, exc: BaseException) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == _SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc).lower():
+        return f"disk full writing {path}"
+    return f"cannot write {path}: {exc}"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiment (
@@ -33,6 +126,7 @@ CREATE TABLE IF NOT EXISTS experiment (
     started_at REAL,
     ended_at REAL,
     run_seconds REAL NOT NULL DEFAULT 0,
+    elapsed_seconds REAL,
     pid INTEGER,
     host TEXT,
     port INTEGER
@@ -101,28 +195,79 @@ class ExperimentStore:
 
     Args:
         directory: the experiment's folder; the database is ``directory/experiment.db``.
-        readonly: open a read-only connection (readers); the engine opens the only writer.
+        readonly: open a read-only connection (readers); otherwise open the only writer, which
+            holds the experiment's writer lock until :meth:`close` (:class:`StoreLocked` if another
+            process holds it).
+
+    Every failure to read the file raises :class:`StoreError` and every failed write
+    :class:`StoreWriteError`, both with a one-line message naming the file.
     """
 
     def __init__(self, directory: str | Path, readonly: bool = False) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         self.readonly = readonly
+        self._lock_fd: int | None = None
+        self._lock = threading.Lock()  # a read-only store may be shared by reader threads
         if readonly:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no experiment store at {self.path}")
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
-                                         timeout=5.0, isolation_level=None)
-        else:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
+            try:
+                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                             timeout=5.0, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise self._unreadable(exc) from None
+            self._query("SELECT id FROM experiment LIMIT 1")  # a corrupt or foreign file fails here, in one line
+            return
+        try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _acquire_writer_lock(self.directory)
+            self._reserve_space()
+        except OSError as exc:
+            self.close()
+            raise StoreWriteError(_describe_write_error(self.directory, exc)) from None
+        try:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()  # a read-only store may be shared by reader threads
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(experiment)")}
+            if "elapsed_seconds" not in columns:  # a store written before this column existed
+                self._conn.execute("ALTER TABLE experiment ADD COLUMN elapsed_seconds REAL")
+        except sqlite3.Error as exc:
+            self.close()
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+                raise StoreWriteError(_describe_write_error(self.path, exc)) from None
+            raise self._unreadable(exc) from None
+
+    def _reserve_space(self) -> None:
+        """Hold RESERVE_BYTES of real disk blocks in a file (see :meth:`release_reserve`)."""
+        path = self.directory / RESERVE_NAME
+        if path.exists() and path.stat().st_size >= RESERVE_BYTES:
+            return
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * RESERVE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def release_reserve(self) -> None:
+        """Give back the reserved disk space: on a full disk, room for the last writes (how it ended)."""
+        try:
+            (self.directory / RESERVE_NAME).unlink()
+        except OSError:
+            pass
+
+    def _unreadable(self, exc: BaseException) -> StoreError:
+        return StoreError(f"cannot read the experiment store {self.path} ({exc}); it is damaged or not an hpo "
+                          f"store: restore it from a backup, or delete the experiment folder {self.directory}")
 
     def close(self) -> None:
-        self._conn.close()
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the writer lock
+            self._lock_fd = None
 
     def __enter__(self) -> "ExperimentStore":
         return self
@@ -134,11 +279,31 @@ class ExperimentStore:
     def _write(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         if self.readonly:
             raise PermissionError("this store was opened read-only")
-        return self._conn.execute(sql, tuple(args))
+        try:
+            return self._conn.execute(sql, tuple(args))
+        except sqlite3.Error as exc:
+            raise StoreWriteError(_describe_write_error(self.path, exc)) from None
+
+    def _transaction(self, *statements: tuple[str, Iterable[Any]]) -> None:
+        """Run write statements atomically: all are committed or none."""
+        self._write("BEGIN")
+        try:
+            for sql, args in statements:
+                self._write(sql, args)
+            self._write("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # a failed COMMIT may already have rolled back
+            raise
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:
-            return self._conn.execute(sql, tuple(args)).fetchall()
+            try:
+                return self._conn.execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._unreadable(exc) from None
 
     # -- experiment ------------------------------------------------------------------------------
     def create_experiment(self, experiment_id: str, name: str | None, config: dict[str, Any]) -> None:
@@ -156,21 +321,43 @@ class ExperimentStore:
         exp["config"] = json.loads(exp["config"])
         return exp
 
-    def set_status(self, status: str, message: str | None = None) -> None:
+    def set_status(self, status: str, message: str | None = None, run_seconds: float | None = None) -> None:
+        """Record the experiment's status; ``run_seconds`` (with RUNNING and the end states) is the
+        experiment's total running time so far, counted by the engine across resumes."""
         now = time.time()
+        event = ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
+                 (now, "status", None, _dumps({"status": status, "message": message})))
         if status == "RUNNING":
-            self._write("UPDATE experiment SET status=?, message=?, started_at=?, ended_at=NULL", (status, message, now))
+            update = ("UPDATE experiment SET status=?, message=?, started_at=?, ended_at=NULL, "
+                      "run_seconds=COALESCE(?, run_seconds), elapsed_seconds=COALESCE(?, elapsed_seconds)",
+                      (status, message, now, run_seconds, run_seconds))
         elif status in ("DONE", "STOPPED", "ERROR"):
-            self._write("UPDATE experiment SET status=?, message=COALESCE(?, message), ended_at=?, "
-                        "run_seconds=run_seconds + (? - COALESCE(started_at, ?)), pid=NULL, port=NULL",
-                        (status, message, now, now, now))
+            update = ("UPDATE experiment SET status=?, message=COALESCE(?, message), ended_at=?, "
+                      "run_seconds=COALESCE(?, run_seconds + (? - COALESCE(started_at, ?))), "
+                      "elapsed_seconds=NULL, pid=NULL, port=NULL", (status, message, now, run_seconds, now, now))
         else:
-            self._write("UPDATE experiment SET status=?, message=COALESCE(?, message)", (status, message))
-        self.add_event("status", None, {"status": status, "message": message})
+            update = ("UPDATE experiment SET status=?, message=COALESCE(?, message)", (status, message))
+        self._transaction(update, event)
+
+    def restore_status(self, status: str, message: str | None) -> None:
+        """Put back a status recorded earlier, as it was (a resume that could not start)."""
+        self._transaction(("UPDATE experiment SET status=?, message=?, pid=NULL, port=NULL", (status, message)),
+                          ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
+                           (time.time(), "status", None, _dumps({"status": status, "message": message}))))
+
+    def record_elapsed(self, seconds: float) -> None:
+        """Persist the running experiment's total running time (so a crash does not reset its budget)."""
+        self._write("UPDATE experiment SET elapsed_seconds=?", (seconds,))
+
+    def elapsed_seconds(self) -> float:
+        """Running time the experiment has used so far, including a segment that ended in a crash."""
+        run, elapsed = self._query("SELECT run_seconds, elapsed_seconds FROM experiment LIMIT 1")[0]
+        return max(float(run or 0.0), float(elapsed or 0.0))
 
     def set_config(self, config: dict[str, Any]) -> None:
-        self._write("UPDATE experiment SET config=?", (_dumps(config),))
-        self.add_event("config", None, {})
+        self._transaction(("UPDATE experiment SET config=?", (_dumps(config),)),
+                          ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
+                           (time.time(), "config", None, "{}")))
 
     def set_runtime(self, pid: int | None, host: str | None, port: int | None) -> None:
         self._write("UPDATE experiment SET pid=?, host=?, port=?", (pid, host, port))
@@ -185,22 +372,23 @@ class ExperimentStore:
         return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")}
                 for r in rows]
 
+    def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT id, ts, kind, trial_seq, data FROM events WHERE kind=? ORDER BY id", (kind,))
+        return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")}
+                for r in rows]
+
     # -- trials --------------------------------------------------------------------------------
     def next_seq(self) -> int:
         return (self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]) + 1
 
     def add_trial(self, seq: int, trial_id: str, parameters: dict[str, Any], rerun_of: int | None = None) -> None:
         """Insert a WAITING trial; with ``rerun_of``, atomically mark that interrupted trial as re-queued."""
-        self._conn.execute("BEGIN")
-        try:
-            self._write("INSERT INTO trials (seq, id, parameters, status, created_at, rerun_of) VALUES (?, ?, ?, ?, ?, ?)",
-                        (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of))
-            if rerun_of is not None:
-                self._write("UPDATE trials SET interrupted=2 WHERE seq=?", (rerun_of,))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        insert = ("INSERT INTO trials (seq, id, parameters, status, created_at, rerun_of) VALUES (?, ?, ?, ?, ?, ?)",
+                  (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of))
+        if rerun_of is None:
+            self._transaction(insert)
+        else:
+            self._transaction(insert, ("UPDATE trials SET interrupted=2 WHERE seq=?", (rerun_of,)))
 
     def trial_started(self, seq: int, pid: int | None, pgid: int | None, host: str | None = None,
                       gpus: list[int] | None = None) -> None:
@@ -213,25 +401,31 @@ class ExperimentStore:
         self._write("UPDATE trials SET status=?, ended_at=?, exit_code=?, message=?, interrupted=? WHERE seq=?",
                     (status, time.time(), exit_code, message, 1 if interrupted else 0, seq))
 
+    def end_leftovers(self, message: str, status: str = "SYS_CANCELED") -> list[TrialRecord]:
+        """After an engine died: record its WAITING/RUNNING trials as ended and return them (as they were).
+
+        A trial whose final result is stored is finished (SUCCEEDED); the others get ``status``, and
+        SYS_CANCELED ones are marked interrupted, to be re-run by a resume."""
+        leftovers = self.trials(status=ACTIVE_STATES)
+        for rec in leftovers:
+            if rec["final"] is not None:
+                self.trial_ended(rec["seq"], "SUCCEEDED", None, f"{message} after its final result")
+            else:
+                self.trial_ended(rec["seq"], status, None, message, interrupted=status == "SYS_CANCELED")
+        return leftovers
+
     def counted_trials(self) -> int:
         """Trials that count against ``max_trial_number`` (interrupted ones are replaced by their re-run)."""
         return self._query("SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]
 
     def add_metric(self, seq: int, kind: str, step: int, value: float | None, data: Any) -> None:
         """Record an intermediate (``kind='intermediate'``) or final result of trial ``seq``."""
+        insert = ("INSERT INTO metrics (trial_seq, kind, step, value, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                  (seq, kind, step, value, _dumps(data), time.time()))
         if kind == "final":
-            self._conn.execute("BEGIN")
-            try:
-                self._write("INSERT INTO metrics (trial_seq, kind, step, value, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                            (seq, kind, step, value, _dumps(data), time.time()))
-                self._write("UPDATE trials SET final=?, final_value=? WHERE seq=?", (_dumps(data), value, seq))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            self._transaction(insert, ("UPDATE trials SET final=?, final_value=? WHERE seq=?", (_dumps(data), value, seq)))
         else:
-            self._write("INSERT INTO metrics (trial_seq, kind, step, value, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                        (seq, kind, step, value, _dumps(data), time.time()))
+            self._write(*insert)
 
     def trials(self, status: str | Iterable[str] | None = None, limit: int | None = None, offset: int = 0,
                order_by: str = "seq", descending: bool = False) -> list[TrialRecord]:
@@ -265,19 +459,21 @@ class ExperimentStore:
 
     def status_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(TRIAL_STATES, 0)
-        counts.update(dict(self._query("SELECT status, COUNT(*) FROM trials GROUP BY status")))
+        # a trial that was interrupted and re-run counts once: as its re-run
+        counts.update(dict(self._query("SELECT status, COUNT(*) FROM trials WHERE interrupted != 2 GROUP BY status")))
         return counts
 
     def best_trial(self, maximize: bool) -> TrialRecord | None:
         order = "DESC" if maximize else "ASC"
         rows = self._query(f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE final_value IS NOT NULL "
-                           f"ORDER BY final_value {order}, seq LIMIT 1")
+                           f"AND interrupted=0 ORDER BY final_value {order}, seq LIMIT 1")
         return TrialRecord.from_row(rows[0]) if rows else None
 
     def export_data(self) -> list[dict[str, Any]]:
-        """Every trial with a final result: ``{trial_id, sequence_id, parameter, value, status}``."""
+        """Every trial with a final result, once: ``{trial_id, sequence_id, parameter, value, status}``
+        (an interrupted trial that was re-run is represented by its re-run)."""
         rows = self._query("SELECT id, seq, parameters, final, final_value, status FROM trials "
-                           "WHERE final IS NOT NULL ORDER BY seq")
+                           "WHERE final IS NOT NULL AND interrupted=0 ORDER BY seq")
         return [{"trial_id": i, "sequence_id": s, "parameter": json.loads(p), "value": json.loads(f),
                  "default": v if v is None or math.isfinite(v) else None, "status": st}
                 for i, s, p, f, v, st in rows]

@@ -6,7 +6,8 @@ be enabled for one test), ``UsePAM no``.  See ``/work/shared/infra/ssh-test-serv
 
 * :meth:`SshServer.kill` drops every connection (the listener and the per-connection ``sshd``
   processes; nothing they started), :meth:`SshServer.start` brings it back on the same port.
-* :func:`ensure_user` creates a second login (root only) so two "hosts" have separate users.
+* :func:`create_user` / :func:`remove_user`: a second login (root only) so two "hosts" have separate
+  users, created for a test run and deleted after it.
 * :func:`client_key` makes a client key pair (optionally with a passphrase).
 
 Plain classes, usable outside pytest; :func:`unavailable` says why servers cannot run here.
@@ -65,16 +66,25 @@ def client_key(directory: Path, name: str = "id_ed25519", passphrase: str = "") 
     return path
 
 
-def ensure_user(name: str = SECOND_USER) -> pwd.struct_passwd:
-    """A local login ``name`` with a home folder (created when missing; needs root)."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        pass
+def create_user(name: str = SECOND_USER) -> pwd.struct_passwd:
+    """A new local login ``name`` with a home folder (root only); :func:`remove_user` deletes both.
+
+    A login of that name left by an earlier, interrupted run is removed first, so the test run owns it."""
+    remove_user(name)
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
     # useradd leaves the account locked ('!'), which sshd refuses under UsePAM no
     subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
     return pwd.getpwnam(name)
+
+
+def remove_user(name: str = SECOND_USER) -> None:
+    """Delete login ``name``, its processes and its home folder, if it exists."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
 
 
 def set_password(user: str, password: str) -> None:

@@ -26,9 +26,10 @@ import psutil
 import pytest
 
 from conftest import PY
-from sshd import (SECOND_USER, SshServer, client_key, ensure_user, free_port, set_password, unavailable,
+from sshd import (SECOND_USER, SshServer, client_key, create_user, free_port, remove_user, set_password, unavailable,
                   world_dir)
 from test_training_service_contract import Recorder
+from hpo.experiment import ExperimentError
 from training_services import remote as remote_mod
 from training_services.base import TrialSpec, create_training_service
 
@@ -54,9 +55,12 @@ def second_user():
         pytest.skip("a second login user needs root")
     if not os.path.exists("/usr/bin/python3"):
         pytest.skip("the second host runs /usr/bin/python3, which is missing")
-    entry = ensure_user(SECOND_USER)
-    set_password(SECOND_USER, PASSWORD)
-    return entry
+    entry = create_user(SECOND_USER)  # deleted with its home after this module's tests
+    try:
+        set_password(SECOND_USER, PASSWORD)
+        yield entry
+    finally:
+        remove_user(SECOND_USER)
 
 
 @pytest.fixture
@@ -532,8 +536,9 @@ def test_wrong_key_fails_the_experiment_with_a_clear_message(tmp_path, keys, ser
     exp = make_experiment("print('never runs')\n", training_service={
         "platform": "remote", "machine_list": [a.machine(keys.stranger)],
         "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(tmp_path / "remote")})
-    exp.start(port=0)
-    assert exp.wait(30)
+    with pytest.raises(ExperimentError, match=rf"could not start: remote machine {a.user}@127\.0\.0\.1:{a.port}: "
+                                              "authentication failed"):
+        exp.start(port=0)
     profile = exp.get_experiment_profile()
     assert profile["status"] == "ERROR"
     assert f"remote machine {a.user}@127.0.0.1:{a.port}: authentication failed" in profile["message"]
