@@ -210,13 +210,17 @@ def _platform(v: Any) -> Any:
 
 
 def _stopping_rules(v: Any) -> Any:
-    """Polyaxon metric early stopping: [{metric: str, value: number, optimization: maximize|minimize}, ...]."""
+    """Polyaxon early stopping: [{metric: str, value: number, optimization: maximize|minimize}, ...] and
+    [{kind: failure_early_stopping, percent: number}]."""
     if v is not None and not isinstance(v, (list, tuple)):
         raise _Problem(f"got {_show(v)}, expected a list of rules like "
                        "[{'metric': 'accuracy', 'value': 0.9, 'optimization': 'maximize'}]")
     for i, rule in enumerate(v or []):
         if not isinstance(rule, Mapping):
             raise _Problem(f"got {_show(rule)}, expected a mapping with metric, value and optimization", f"[{i}]")
+        if rule.get("kind") == "failure_early_stopping":
+            _failure_rule(rule, i)
+            continue
         got = {k: f"got {_show(rule[k])}" if k in rule else "missing" for k in ("metric", "value", "optimization")}
         for key in rule:
             if key not in ("metric", "value", "optimization", "kind", "policy"):
@@ -229,6 +233,17 @@ def _stopping_rules(v: Any) -> Any:
         if rule.get("optimization") not in ("maximize", "minimize"):
             raise _Problem(f"{got['optimization']}, expected 'maximize' or 'minimize'", f"[{i}].optimization")
     return v if v is None else [dict(rule) for rule in v]
+
+
+def _failure_rule(rule: Mapping[str, Any], i: int) -> None:
+    for key in rule:
+        if key not in ("kind", "percent"):
+            raise _Problem(_unknown_key(key, ["kind", "percent"]), f"[{i}]")
+    percent = rule.get("percent")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent <= 100:
+        shown = f"got {_show(percent)}" if "percent" in rule else "missing"
+        raise _Problem(f"{shown}, expected a number in (0, 100]: the percent of failed trials that ends the "
+                       "experiment", f"[{i}].percent")
 
 
 def _check_duration(v: Any) -> Any:
@@ -335,6 +350,7 @@ class ExperimentConfig(_Base):
     max_trial_number: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     max_trial_duration: _Duration = None
     max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0")
+    max_failed_trials: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     experiment_working_directory: Path | None = Field(None, description="a directory path or null")
     log_level: Annotated[Literal["trace", "debug", "info", "warning", "error", "fatal"],
                          BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = Field(

@@ -50,6 +50,8 @@ HEARTBEAT_SECONDS = 1.0
 # a trial that could not start for one of these is the engine's problem, not the trial's: it is re-queued
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
 _MAX_RESOURCE_FAILURES = 20  # in a row, before the experiment ends as ERROR
+FAIL_FAST_TRIALS = 5  # when the first this many trials all fail, the experiment ends (ERROR): a broken command
+_STDERR_TAIL_LINES = 5
 
 
 def new_id(n: int = 8, alphabet: str = string.ascii_lowercase + string.digits) -> str:
@@ -77,6 +79,7 @@ class _Active:
     parameters: dict[str, Any]
     steps: int = 0
     final_seen: bool = False
+    final_value: float | None = None
     history: list[float] = field(default_factory=list)  # scalar intermediate values, for assessors
 
 
@@ -304,16 +307,20 @@ class Engine:
                 pass
 
     def _finish(self, reason: str | None) -> None:
+        """End as DONE; an experiment whose trials all failed ends as ERROR instead (never a green DONE)."""
         counts = self.store.status_counts()
         failed = counts["FAILED"]
         finished = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED"))
-        message = reason
         if finished and failed == finished:
-            message = f"all {failed} trials failed; see the trials' stderr.log (e.g. `hpo logs {self.experiment_id}`)"
-            log.warning("experiment %s: %s", self.experiment_id, message)
-            print(f"WARNING: experiment {self.experiment_id}: {message}", file=sys.stderr)
-        elif self._exhausted and reason is None:
+            self._set_status("ERROR", f"all {failed} trials failed; {self._first_failure()}")
+            return
+        message = reason
+        if self._exhausted and reason is None:
             message = "the tuner has nothing left to suggest"
+        no_result = self.store.count_without_result()
+        if no_result:
+            note = f"{no_result} trial{'s' * (no_result != 1)} succeeded without a final result"
+            message = f"{message}; {note}" if message else note
         self._set_status("DONE", message)
 
     def _time_left(self) -> float | None:
@@ -442,7 +449,7 @@ class Engine:
                 return
             if not self._guarded(self.store.add_metric, trial.seq, "final", 0, number, value):
                 return
-            trial.final_seen = True
+            trial.final_seen, trial.final_value = True, number
             if number is not None:
                 self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, number)
         else:
@@ -494,6 +501,8 @@ class Engine:
             # its result is stored: the trial is finished (not re-run on resume, counted once)
             status, interrupted = "SUCCEEDED", False
             message = f"ended after its final result ({message})" if message else None
+        elif status == "SUCCEEDED" and message is None and trial.final_value is None:
+            message = NO_RESULT if not trial.final_seen else "its final result is not a finite number"
         if status == "EARLY_STOPPED" and not trial.final_seen and trial.history:
             # the tuner learns from where the trial was stopped (and so does a resumed tuner)
             last = trial.history[-1]
@@ -508,7 +517,36 @@ class Engine:
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
         self._wait_for_result = False
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": status})
+        if status == "FAILED" and self._error is None:
+            self._check_failures()
         self._poke()
+
+    def _check_failures(self) -> None:
+        """End the experiment (ERROR) when trials fail too often: ``max_failed_trials`` failures, a
+        Polyaxon ``failure_early_stopping`` percent, or, by default, the first FAIL_FAST_TRIALS all
+        failing (a typo in the command must not burn the whole budget)."""
+        counts = self.store.status_counts()
+        failed, finished = counts["FAILED"], counts["FAILED"] + counts["SUCCEEDED"] + counts["EARLY_STOPPED"]
+        limit, percent = self.config.max_failed_trials, _failure_percent(self.config.early_stopping)
+        if limit is not None:
+            reason = f"{failed} trials failed (max_failed_trials = {limit})" if failed >= limit else None
+        elif percent is not None:
+            total = self.config.max_trial_number or max(finished, FAIL_FAST_TRIALS)
+            reason = (f"{failed} of {finished} trials failed, over the failure_early_stopping limit of {percent:g}% "
+                      f"of {total}") if failed * 100 >= percent * total else None
+        else:
+            reason = f"the first {failed} trials all failed" if failed == finished >= FAIL_FAST_TRIALS else None
+        if reason is not None:
+            self._fail(f"{reason}; {self._first_failure()}")
+
+    def _first_failure(self) -> str:
+        """Which trial failed first, and the end of its stderr (where the cause usually is)."""
+        first = self.store.trials(status="FAILED", limit=1)[0]
+        tail = _tail_lines(self.directory / "trials" / first["id"] / "stderr.log", _STDERR_TAIL_LINES)
+        where = f"the first failure, trial {first['id']} (#{first['seq']})"
+        if tail:
+            return f"{where}, ended with:\n" + "\n".join(f"    {line}" for line in tail)
+        return f"{where}: {first['message'] or 'no message'}"
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _prepare_resume(self) -> None:
@@ -595,8 +633,31 @@ class Engine:
         fut.add_done_callback(check)
 
 
+NO_RESULT = "finished without reporting a final result"
+
+
+def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:
+    """The percent of Polyaxon's ``{kind: failure_early_stopping, percent: N}`` rule, if there is one."""
+    for rule in rules or ():
+        if rule.get("kind") == "failure_early_stopping":
+            return float(rule["percent"])
+    return None
+
+
+def _tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` non-empty lines of a text file (read from its end), or [] if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line.rstrip()[:300] for line in text.splitlines() if line.strip()][-n:]
+
+
 def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, StoreError):
+    if isinstance(exc, (StoreError, ValueError)) and str(exc):  # messages written for the user
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
 

@@ -1,5 +1,8 @@
 """Polyaxon-style metric thresholds: end the experiment once any trial reaches a goal.
 
+(Polyaxon's other rule, ``{"kind": "failure_early_stopping", "percent": N}``, is the engine's
+failure check, not a threshold.)
+
 A rule is ``{"metric": name, "value": number, "optimization": "maximize" | "minimize"}``.  It is
 checked against every intermediate and final result: a dict result is looked up by ``metric``
 (``"default"`` names the tuned number); a plain-number result is the value of every metric.
@@ -14,6 +17,8 @@ __all__ = ["threshold_reached"]
 def threshold_reached(rules: Iterable[Mapping[str, Any]] | None, result: Any) -> str | None:
     """The reason text if ``result`` meets one of ``rules``, else None."""
     for rule in rules or ():
+        if rule.get("kind") == "failure_early_stopping":  # about failed trials, not results
+            continue
         metric = rule["metric"]
         if isinstance(result, Mapping):
             value = result.get(metric)

@@ -136,34 +136,32 @@ class Experiment:
         return self._wait_and_stop()
 
     def _wait_and_stop(self) -> bool:
+        from hpo.progress import Progress
+
+        assert self._runner is not None and self._reader is not None
+        progress = Progress(self._reader, self.config.max_trial_number, _maximize(self), str(self.id))
         previous = _sigterm_as_interrupt()
         try:
-            self._follow_progress()
+            while not self._runner.engine_done.wait(0.25):
+                progress.update()
         except KeyboardInterrupt:
             print("\nhpo: stopping...", file=sys.stderr)
         finally:
-            status = self.stop()
+            status = self.stop(quiet=True)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            progress.close(status, self._reader.experiment()["message"])
         return status != "ERROR"
 
-    def _follow_progress(self) -> None:
-        from hpo.progress import ProgressBar
-
-        assert self._runner is not None and self._reader is not None
-        with ProgressBar(self._reader, self.config.max_trial_number, _maximize(self)) as bar:
-            while not self._runner.engine_done.wait(0.25):
-                bar.update()
-            bar.update()
-
-    def stop(self) -> str | None:
+    def stop(self, quiet: bool = False) -> str | None:
         """Stop the experiment: running trials are ended, the dashboard closes.  Returns the status it
         ended with (the engine's word, even where the store could not record it: a full disk)."""
         if self._runner is not None:
             self._runner.stop()
             engine, self._runner = self._runner.engine, None
             status = engine.status if engine is not None else self.get_status()
-            print(f"hpo: experiment {self.id} {status}", file=sys.stderr)
+            if not quiet:
+                print(f"hpo: experiment {self.id} {status}", file=sys.stderr)
             return status
         elif self._client is not None:
             self._client.post("/experiment/stop")

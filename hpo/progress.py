@@ -1,45 +1,146 @@
-"""The progress bar shown by ``run()`` and ``hpo create --foreground`` (tqdm)."""
+"""Progress of a running experiment, shown where the user is looking.
+
+* in a terminal: a tqdm bar (finished / max trials, then done, failed, running, best);
+* in Jupyter: tqdm's notebook widget (when ipywidgets is installed);
+* anywhere else (CI logs, ``nohup``, ``| tee``): one summary line every ``LINE_INTERVAL`` seconds
+  while something changes, at least every ``QUIET_INTERVAL`` seconds, with an ETA.
+
+At the end one line sums the experiment up (status, counts, best trial).
+"""
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import Any
-
-from tqdm import tqdm
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 from hpo.storage import ExperimentStore
 
-__all__ = ["ProgressBar", "progress_text"]
+__all__ = ["Progress", "Snapshot", "snapshot"]
+
+LINE_INTERVAL = 10.0
+QUIET_INTERVAL = 60.0
 
 
-def progress_text(store: ExperimentStore, maximize: bool) -> tuple[int, str]:
-    """(finished trial count, 'done 3 | failed 1 | running 2 | best 0.93 (#4)')."""
+@dataclass(frozen=True)
+class Snapshot:
+    """Trial counts and the best finished trial, read from the store."""
+
+    finished: int
+    succeeded: int
+    failed: int
+    running: int
+    without_result: int
+    best_value: float | None
+    best_trial: str | None  # "s5sKN (#6)"
+
+    def text(self, total: int | None = None) -> str:
+        parts = [f"{self.finished}/{total}" if total else f"{self.finished} finished",
+                 f"{self.succeeded} succeeded", f"{self.failed} failed", f"{self.running} running"]
+        if self.without_result:
+            parts.append(f"{self.without_result} without result")
+        if self.best_trial is not None:
+            parts.append(f"best {self.best_value:.6g} (trial {self.best_trial})")
+        return ", ".join(parts)
+
+
+def snapshot(store: ExperimentStore, maximize: bool) -> Snapshot:
     counts = store.status_counts()
     finished = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
-    best = store.best_trial(maximize)
-    best_text = f"{best['final_value']:.6g} (#{best['seq']})" if best else "-"
-    text = (f"done {counts['SUCCEEDED']} | failed {counts['FAILED']} | running {counts['RUNNING']} | "
-            f"best {best_text}")
-    return finished, text
+    best = store.best_trial(maximize, finished_only=True)
+    return Snapshot(finished, counts["SUCCEEDED"] + counts["EARLY_STOPPED"], counts["FAILED"], counts["RUNNING"],
+                    store.count_without_result(), best["final_value"] if best else None,
+                    f"{best['id']} (#{best['seq']})" if best else None)
 
 
-class ProgressBar:
-    """A tqdm bar over finished trials with done/failed/running and the best value so far."""
+def _in_notebook() -> bool:
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
-    def __init__(self, store: ExperimentStore, total: int | None, maximize: bool) -> None:
-        self.store, self.maximize = store, maximize
+
+class Progress:
+    """Follows an experiment's store; call :meth:`update` periodically and :meth:`close` at the end.
+
+    Args:
+        store: the experiment's store (read-only).
+        total: ``max_trial_number``, if any.
+        maximize: the optimisation direction (for "best").
+        label: the experiment's id.
+        stream: where to write (stderr).
+    """
+
+    def __init__(self, store: ExperimentStore, total: int | None, maximize: bool, label: str,
+                 stream: TextIO | None = None) -> None:
+        self.store, self.total, self.maximize, self.label = store, total, maximize, label
+        self.stream = stream or sys.stderr
         self.started = time.monotonic()
-        self.bar = tqdm(total=total, unit="trial", file=sys.stderr, dynamic_ncols=True, leave=True,
-                        disable=None, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+        self._last_line, self._last_text = 0.0, ""
+        self._bar: Any = None
+        if _in_notebook() and _has_widgets():
+            from tqdm.notebook import tqdm
+            self._bar = tqdm(total=total, unit="trial", desc=label)
+        elif _is_terminal(self.stream):
+            from tqdm import tqdm
+            sized = _columns(self.stream) > 0  # a terminal that reports no size (some ptys) gets 100 columns
+            self._bar = tqdm(total=total, unit="trial", file=self.stream, dynamic_ncols=sized, leave=True,
+                             ncols=None if sized else 100, nrows=None if sized else 24, desc=label,
+                             bar_format="{desc}: {n_fmt}/{total_fmt} {bar} [{elapsed}]{postfix}")  # postfix: ", ..."
 
     def update(self) -> None:
-        finished, text = progress_text(self.store, self.maximize)
-        self.bar.n = finished
-        self.bar.set_postfix_str(text, refresh=False)
-        self.bar.refresh()
+        snap = snapshot(self.store, self.maximize)
+        if self._bar is not None:
+            self._bar.n = snap.finished
+            parts = snap.text().split(", ")[1:]  # the bar shows the count itself
+            self._bar.postfix = ", ".join(parts)
+            self._bar.refresh()
+            return
+        now, text = time.monotonic(), snap.text(self.total)
+        due = now - self._last_line >= (LINE_INTERVAL if text != self._last_text else QUIET_INTERVAL)
+        if due:
+            print(f"hpo: {self.label}: {text}, elapsed {_clock(now - self.started)}{self._eta(snap)}",
+                  file=self.stream, flush=True)
+            self._last_line, self._last_text = now, text
 
-    def __enter__(self) -> "ProgressBar":
-        return self
+    def _eta(self, snap: Snapshot) -> str:
+        if not self.total or not snap.finished or snap.finished >= self.total:
+            return ""
+        elapsed = time.monotonic() - self.started
+        return f", ETA {_clock(elapsed / snap.finished * (self.total - snap.finished))}"
 
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.close()
+    def close(self, status: str | None, message: str | None = None) -> None:
+        """Close the bar and print the one-line summary of how the experiment ended."""
+        if self._bar is not None:
+            self.update()
+            self._bar.close()
+        snap = snapshot(self.store, self.maximize)
+        print(f"hpo: experiment {self.label} {status}: {snap.text(self.total)}", file=self.stream, flush=True)
+        if message:
+            print(f"hpo: {message}", file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def _has_widgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True

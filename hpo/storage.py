@@ -457,16 +457,22 @@ class ExperimentStore:
         rows = self._query(sql + " ORDER BY kind, step", args)
         return [{"kind": k, "step": s, "value": v, "data": json.loads(d), "ts": t} for k, s, v, d, t in rows]
 
+    def count_without_result(self) -> int:
+        """SUCCEEDED trials with no usable final result (none reported, or not a finite number)."""
+        return self._query("SELECT COUNT(*) FROM trials WHERE status='SUCCEEDED' AND final_value IS NULL")[0][0]
+
     def status_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(TRIAL_STATES, 0)
         # a trial that was interrupted and re-run counts once: as its re-run
         counts.update(dict(self._query("SELECT status, COUNT(*) FROM trials WHERE interrupted != 2 GROUP BY status")))
         return counts
 
-    def best_trial(self, maximize: bool) -> TrialRecord | None:
+    def best_trial(self, maximize: bool, finished_only: bool = False) -> TrialRecord | None:
+        """The trial with the best final value (``finished_only``: among trials that have ended)."""
         order = "DESC" if maximize else "ASC"
+        ended = f"AND status IN ({', '.join(repr(s) for s in FINISHED_STATES)}) " if finished_only else ""
         rows = self._query(f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE final_value IS NOT NULL "
-                           f"AND interrupted=0 ORDER BY final_value {order}, seq LIMIT 1")
+                           f"AND interrupted=0 {ended}ORDER BY final_value {order}, seq LIMIT 1")
         return TrialRecord.from_row(rows[0]) if rows else None
 
     def export_data(self) -> list[dict[str, Any]]:

@@ -226,7 +226,7 @@ def test_command_templating(make_experiment):
 
 def test_command_template_with_unknown_parameter_fails_the_trials(make_experiment):
     exp = make_experiment("print('never runs')", command=f"{PY} trial.py --lr={{{{ lr }}}}", max_trial_number=2)
-    assert exp.run(port=0) is True
+    assert exp.run(port=0) is False
     trials = exp.list_trial_jobs()
     assert [t["status"] for t in trials] == ["FAILED", "FAILED"]
     assert "search space has no parameter 'lr'" in trials[0]["message"]
@@ -297,20 +297,56 @@ def test_failed_trials_get_a_useful_message(make_experiment):
     assert exp.get_job_statistics()["FAILED"] == 4
 
 
-def test_all_trials_failing_ends_done_with_a_message(make_experiment, capfd):
-    exp = make_experiment("import sys; sys.exit('config file missing')", trial_concurrency=2, max_trial_number=3)
-    assert exp.run(port=0) is True
-    assert exp.get_status() == "DONE"
+def test_all_trials_failing_ends_as_error_with_the_cause(make_experiment, capfd):
+    exp = make_experiment("import sys; print('loading data'); sys.exit('config file missing')",
+                          trial_concurrency=2, max_trial_number=3)
+    assert exp.run(port=0) is False
+    assert exp.get_status() == "ERROR"
     message = exp.get_experiment_profile()["message"]
-    assert message.startswith("all 3 trials failed")
-    assert "stderr.log" in message
+    first = exp.list_trial_jobs()[0]
+    assert message.startswith(f"all 3 trials failed; the first failure, trial {first['id']} (#1), ended with:")
+    assert message.endswith("\n    config file missing")
     assert [t["message"] for t in exp.list_trial_jobs()] == ["config file missing"] * 3
-    assert "all 3 trials failed" in capfd.readouterr().err
+
+
+def test_a_broken_command_stops_the_experiment_early(make_experiment):
+    exp = make_experiment(None, command=f"{PY} trian.py", trial_concurrency=2, max_trial_number=300)
+    ok, _ = run_guarded(exp, 60)
+    assert ok is False and exp.get_status() == "ERROR"
+    message = exp.get_experiment_profile()["message"]
+    assert message.startswith("the first 5 trials all failed; the first failure, trial ")
+    assert "can't open file" in message and "trian.py" in message
+    assert len(exp.list_trial_jobs()) <= 5 + 2  # not 300: at most the ones already running when it stopped
+
+
+@pytest.mark.parametrize("rule", [{"max_failed_trials": 3},
+                                  {"early_stopping": [{"kind": "failure_early_stopping", "percent": 30}]}])
+def test_failure_limits(make_experiment, rule):
+    trial = "import hpo, sys; p = hpo.get_next_parameter(); sys.exit(1) if hpo.get_sequence_id() % 2 else " \
+            "hpo.report_final_result(1)"
+    exp = make_experiment(trial, trial_concurrency=1, max_trial_number=10, **rule)
+    ok, _ = run_guarded(exp, 60)
+    assert ok is False and exp.get_status() == "ERROR"
+    counts = exp.get_job_statistics()
+    assert counts["FAILED"] == 3 and counts["SUCCEEDED"] == 2  # stopped at the third failure (3 >= 30% of 10)
+
+
+def test_a_trial_without_a_final_result_is_marked(make_experiment):
+    trial = "import hpo, math; s = hpo.get_sequence_id(); hpo.report_final_result(float('nan')) if s == 2 else " \
+            "hpo.report_final_result(1) if s == 3 else None"
+    exp = make_experiment(trial, trial_concurrency=1, max_trial_number=3)
+    assert exp.run(port=0) is True
+    t = by_seq(exp)
+    assert [t[s]["status"] for s in (1, 2, 3)] == ["SUCCEEDED"] * 3
+    assert t[1]["message"] == "finished without reporting a final result"
+    assert t[2]["message"] == "its final result is not a finite number"
+    assert t[3]["message"] is None
+    assert exp.get_experiment_profile()["message"] == "2 trials succeeded without a final result"
 
 
 def test_max_trial_duration(make_experiment):
     exp = make_experiment("import time; time.sleep(30)", max_trial_number=1, max_trial_duration="1s")
-    assert exp.run(port=0) is True
+    assert exp.run(port=0) is False  # its only trial failed
     (t,) = exp.list_trial_jobs()
     assert t["status"] == "FAILED"
     assert "max_trial_duration" in t["message"]

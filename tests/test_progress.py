@@ -1,0 +1,117 @@
+"""Progress is visible wherever run() is watched: a terminal, a log file or pipe, a notebook."""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PY, ROOT, write_script
+import hpo.progress
+
+TRIAL = """
+import time, hpo
+p = hpo.get_next_parameter()
+time.sleep(0.4)
+hpo.report_final_result(p["x"])
+"""
+
+
+def test_periodic_summaries_when_stderr_is_not_a_terminal(make_experiment, capfd, monkeypatch):
+    monkeypatch.setattr(hpo.progress, "LINE_INTERVAL", 0.3)
+    exp = make_experiment(TRIAL, trial_concurrency=2, max_trial_number=8)
+    assert exp.run(port=0) is True
+    err = capfd.readouterr().err
+    periodic = [ln for ln in err.splitlines() if ln.startswith(f"hpo: {exp.id}: ")]
+    assert len(periodic) >= 3, err
+    assert re.fullmatch(rf"hpo: {exp.id}: \d/8, \d succeeded, 0 failed, \d running(, best \S+ \(trial \w{{5}} "
+                        r"\(#\d\)\))?, elapsed \d+s(, ETA \d+s)?", periodic[-1]), periodic[-1]
+    assert "best" not in periodic[0] or not periodic[0].startswith(f"hpo: {exp.id}: 0/")
+    best = exp.best_trial()
+    summary = err.strip().splitlines()[-1]
+    assert summary == (f"hpo: experiment {exp.id} DONE: 8/8, 8 succeeded, 0 failed, 0 running, "
+                       f"best {best['final_value']:.6g} (trial {best['id']} (#{best['seq']}))")
+
+
+def test_the_summary_of_a_failed_experiment_shows_the_cause(make_experiment, capfd):
+    exp = make_experiment("import sys; sys.exit('no such dataset: mnist.npz')", max_trial_number=3)
+    assert exp.run(port=0) is False
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-3].startswith(f"hpo: experiment {exp.id} ERROR: 3/3, 0 succeeded, 3 failed")
+    assert err[-2].startswith("hpo: all 3 trials failed; the first failure, trial ")
+    assert err[-1] == "    no such dataset: mnist.npz"
+
+
+def test_a_terminal_gets_a_tidy_bar(tmp_path):
+    code = tmp_path / "code"
+    write_script(code, "trial.py", TRIAL)
+    script = write_script(tmp_path, "run.py", f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from hpo import Experiment
+        exp = Experiment("random", "local")
+        exp.config.search_space = {{"x": {{"_type": "uniform", "_value": [0, 1]}}}}
+        exp.config.trial_command = {f"{PY} trial.py"!r}
+        exp.config.trial_code_directory = {str(code)!r}
+        exp.config.trial_concurrency = 2
+        exp.config.max_trial_number = 4
+        exp.run(port=0)
+    """)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env=dict(os.environ, HPO_HOME=str(tmp_path / "home"), COLUMNS="160"))
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(master)
+    text = out.decode("utf-8", "replace")
+    frames = [f.strip() for f in re.split(r"[\r\n]", text) if "/4" in f]
+    assert frames, text
+    assert all(", ," not in f and " ," not in f for f in frames), frames
+    assert not [f for f in frames if re.search(r": 0/4 .*best", f)], "a best value while nothing has finished"
+    assert any(re.search(r": 4/4 .*4 succeeded, 0 failed, 0 running, best \S+ \(trial \w{5} \(#\d\)\)", f)
+               for f in frames), frames
+
+
+@pytest.mark.skipif(not os.environ.get("CI") and subprocess.run([sys.executable, "-c", "import nbclient, ipykernel, "
+                    "ipywidgets"], capture_output=True).returncode != 0, reason="nbclient/ipykernel not installed")
+def test_a_notebook_gets_a_widget(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = tmp_path / "code"
+    write_script(code, "trial.py", TRIAL)
+    cell = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from hpo import Experiment
+exp = Experiment("random", "local")
+exp.config.search_space = {{"x": {{"_type": "uniform", "_value": [0, 1]}}}}
+exp.config.trial_command = {f"{PY} trial.py"!r}
+exp.config.trial_code_directory = {str(code)!r}
+exp.config.max_trial_number = 3
+exp.run(port=0)
+"""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    os.environ.setdefault("HPO_HOME", str(tmp_path / "home"))
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert any("DONE: 3/3, 3 succeeded" in o.get("text", "") for o in outputs), outputs
