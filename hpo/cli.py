@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser"]
 
 END_STATES = ("DONE", "STOPPED", "ERROR")
 _ROOT = str(Path(__file__).resolve().parent.parent)
-_READY_TIMEOUT, _STOP_TIMEOUT, _GRID_ROWS = 120.0, 60.0, 50
+_READY_TIMEOUT, _STOP_TIMEOUT, _GRID_ROWS, _VIEW_PORT = 120.0, 60.0, 50, 8080
 
 
 class CliError(Exception):
@@ -239,27 +239,57 @@ def cmd_create(args: argparse.Namespace) -> int:
     return _foreground(args, launch)
 
 
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The limits given as --max-trials / --duration / --concurrency, by config name."""
+    return {k: v for k, v in (("max_trial_number", args.max_trials), ("max_experiment_duration", args.duration),
+                              ("trial_concurrency", args.concurrency)) if v is not None}
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from hpo.experiment import Experiment
+    limits = _limits(args)
     if not args.foreground:
         directory, store = _open(args.id)
         info = store.experiment()
         if _engine_alive(directory, info):
             raise CliError(f"experiment {args.id} is still running (pid {info['pid']}); stop it first")
-        return _spawn("resume", ["resume", args.id], args.port)
-    return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait))
+        from hpo.config import ExperimentConfig
+        ExperimentConfig.from_dict(info["config"]).check_update(**limits)  # a bad value fails here, in one line
+        flags = [a for flag, key in (("--max-trials", "max_trial_number"), ("--duration", "max_experiment_duration"),
+                                     ("--concurrency", "trial_concurrency")) if key in limits
+                 for a in (flag, str(limits[key]))]
+        return _spawn("resume", ["resume", args.id, *flags], args.port)
+    return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait, **limits))
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from hpo.experiment import Experiment
-    Experiment.view(args.id, port=args.port)
-    return 0
+    from hpo.experiment import Experiment, ExperimentError
+    if args.port is not None:
+        Experiment.view(args.id, port=args.port)
+        return 0
+    for port in range(_VIEW_PORT, _VIEW_PORT + 20):  # the default port may be taken: the next free one
+        try:
+            _bind_check(port)
+        except ExperimentError:
+            continue
+        if port != _VIEW_PORT:
+            print(f"hpo: port {_VIEW_PORT} is in use; serving on port {port}", file=sys.stderr)
+        Experiment.view(args.id, port=port)
+        return 0
+    raise CliError(f"ports {_VIEW_PORT}-{_VIEW_PORT + 19} are all in use; choose one with --port")
+
+
+def _bind_check(port: int) -> None:
+    from hpo.experiment import _bind
+    _bind("127.0.0.1", port).close()
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    if bool(args.id) == bool(args.all):
-        raise CliError("give one experiment id or --all")
+    if args.id and args.all:
+        raise CliError("give one experiment id or --all, not both")
     ids = [args.id] if args.id else [str(e["id"]) for e in all_experiments() if _row(e)[1]]
+    if not args.id and not args.all and len(ids) > 1:
+        raise CliError(f"{len(ids)} experiments are running ({', '.join(ids)}); give one id, or --all")
     if not ids:
         print("no running experiment")
     for experiment_id in ids:
@@ -444,6 +474,12 @@ def cmd_update(args: argparse.Namespace) -> int:
                                  ("max_experiment_duration", args.duration)) if v is not None}
     if not changes:
         raise CliError("nothing to update; give --concurrency, --max-trials and/or --duration")
+    directory, store = _open(args.id)
+    if (status := store.experiment()["status"]) in END_STATES:
+        flags = " ".join(f"--{k} {v}" for k, v in (("max-trials", args.max_trials), ("duration", args.duration),
+                                                    ("concurrency", args.concurrency)) if v is not None)
+        raise CliError(f"experiment {args.id} has ended ({status}); to continue it with new limits: "
+                       f"`hpo resume {args.id} {flags}`")
     _client(args.id, "be updated")[0].patch("/experiment", changes)
     print(f"experiment {args.id}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
     return 0
@@ -510,6 +546,7 @@ def _print_space(config: Any) -> None:
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpo", description="Hyperparameter optimisation experiments (nnictl-like).")
+    parser.add_argument("--version", action="version", version=f"hpo {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], text: str, *ids: str) -> Any:
@@ -530,10 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON config; repeat to merge (later files win)")
     detachable(p)
     p.add_argument("--debug", action="store_true", help="debug logging")
-    detachable(command("resume", cmd_resume, "Continue a stopped or crashed experiment (detached by default).", "id"))
+    p = command("resume", cmd_resume, "Continue a stopped, crashed or finished experiment (detached by default); "
+                "--max-trials / --duration extend a finished one.", "id")
+    detachable(p)
+    p.add_argument("--max-trials", type=int, metavar="N", help="new max trial number (e.g. to extend a finished search)")
+    p.add_argument("--duration", metavar="D", help="new max experiment duration, e.g. 90, 30m, 2h")
+    p.add_argument("--concurrency", type=int, metavar="N", help="new trial concurrency")
     p = command("view", cmd_view, "Serve a stored experiment's dashboard read-only until Ctrl-C.", "id")
-    p.add_argument("--port", type=int, default=8080)
-    p = command("stop", cmd_stop, "Stop a running experiment, or every one with --all.")
+    p.add_argument("--port", type=int, help=f"dashboard port (default {_VIEW_PORT}, or the next free one)")
+    p = command("stop", cmd_stop, "Stop a running experiment (the only one, if no id is given), or every one "
+                "with --all.")
     p.add_argument("id", nargs="?")
     p.add_argument("--all", action="store_true", help="stop every running experiment")
     p = command("list", cmd_list, "List running experiments (--all: every one).")
@@ -558,6 +601,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", required=True, metavar="FILE", help="repeat to merge")
     p.add_argument("-m", "--matrix", action="store_true", help="show the search space size and grid")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("hpo")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -50,6 +50,7 @@ class Experiment:
 
     def __init__(self, tuner: Tuner | str | None = None, training_service: str | None = None,
                  config: ExperimentConfig | None = None) -> None:
+        self._stored_config: str | None = None  # a handle on another engine's experiment follows its config
         if isinstance(tuner, str) and training_service is None and tuner.lower() in ("local", "remote"):
             tuner, training_service = None, tuner
         self.config = config if config is not None else ExperimentConfig()
@@ -71,11 +72,42 @@ class Experiment:
         self._client: Any = None
         self._reader: ExperimentStore | None = None
 
+    def __repr__(self) -> str:
+        if self.id is None:
+            t = self.config.tuner
+            return f"<Experiment (not started) tuner={t.name or t.class_name}, {self.config.training_service.platform}>"
+        from hpo.progress import snapshot
+        try:
+            info = self._store().experiment()
+            text = snapshot(self._store(), _maximize(self)).text(self.config.max_trial_number)
+        except Exception as exc:  # noqa: BLE001 - a repr must not raise
+            return f"<Experiment {self.id}: unreadable ({exc})>"
+        where = f" at http://localhost:{self.port}" if self._runner is not None and self.port else ""
+        return f"<Experiment {self.id} {info['status']}: {text}{where}>"
+
+    @property
+    def config(self) -> ExperimentConfig:
+        """The experiment's config; on a handle from :meth:`connect`, the stored one, as last updated."""
+        if self._stored_config is not None and self._reader is not None:
+            stored = self._reader.experiment()["config"]
+            key = repr(sorted(stored.items()))
+            if key != self._stored_config:
+                self._config, self._stored_config = ExperimentConfig.from_dict(stored), key
+        return self._config
+
+    @config.setter
+    def config(self, value: ExperimentConfig) -> None:
+        self._config = value
+
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, port: int = 8080, debug: bool = False, host: str = "127.0.0.1") -> None:
         """Start the experiment in the background and serve its dashboard on ``host:port``."""
         if self._runner is not None:
             raise ExperimentError(f"experiment {self.id} is already started")
+        if self.id is not None:
+            raise ExperimentError(f"this Experiment object already ran experiment {self.id}; create a new "
+                                  f"Experiment for another run, or continue this one with "
+                                  f"Experiment.resume({self.id!r})")
         self.config.validate_for_start()
         tuner = self._make_tuner()
         assessor = self._make_assessor()
@@ -282,21 +314,31 @@ class Experiment:
     @classmethod
     def _open(cls, experiment_id: str, directory: Path) -> "Experiment":
         reader = ExperimentStore(directory, readonly=True)
-        exp = cls(config=ExperimentConfig.from_dict(reader.experiment()["config"]))
+        stored = reader.experiment()["config"]
+        exp = cls(config=ExperimentConfig.from_dict(stored))
         exp.id, exp.directory, exp._reader = experiment_id, directory, reader
+        exp._stored_config = repr(sorted(stored.items()))
         return exp
 
     @classmethod
     def resume(cls, experiment_id: str, port: int = 8080, wait_completion: bool = True, debug: bool = False,
-               host: str = "127.0.0.1") -> "Experiment":
-        """Continue a stopped or crashed experiment: finished trials are kept and replayed into the tuner,
-        interrupted ones re-run, sequence numbers continue."""
+               host: str = "127.0.0.1", *, max_trial_number: int | None = None,
+               max_experiment_duration: str | int | float | None = None,
+               trial_concurrency: int | None = None) -> "Experiment":
+        """Continue a stopped, crashed or finished experiment: finished trials are kept and replayed into
+        the tuner, interrupted ones re-run, sequence numbers continue.  ``max_trial_number``,
+        ``max_experiment_duration`` and ``trial_concurrency`` change its limits first, which is how a
+        finished search is extended (``Experiment.resume(id, max_trial_number=600)``)."""
         directory = lookup(experiment_id)
         with ExperimentStore(directory, readonly=True) as probe:
             info = probe.experiment()
         if engine_running(directory, info.get("pid")):
             raise _still_running(experiment_id, info)
         exp = cls(config=ExperimentConfig.from_dict(info["config"]))
+        changes = {k: v for k, v in (("max_trial_number", max_trial_number), ("trial_concurrency", trial_concurrency),
+                                     ("max_experiment_duration", max_experiment_duration)) if v is not None}
+        for key, value in changes.items():
+            setattr(exp.config, key, value)  # validated: a ConfigError changes nothing
         if (directory / FUNCTION_FILE).exists() and not exp.config.trial_command:
             exp.config.trial_function = _load_function(directory / FUNCTION_FILE)
         exp.config.validate_for_start()

@@ -1,4 +1,4 @@
-"""Tuners: the base class, the registry, and the built-in algorithms."""
+"""Tuners and assessors: the base classes, the registry, and the built-in algorithms."""
 from tuners.base import NoMoreTrials, Tuner, TryLater
 from tuners.registry import create_tuner, register_tuner, tuner_class
 from tuners.random_tuner import RandomTuner
@@ -7,7 +7,11 @@ from tuners.logspace import LogspaceTuner
 from tuners.hyperopt_tuner import AnnealTuner, HyperoptTuner  # hyperopt itself is imported on first use
 from tuners.optuna_tuner import OptunaTuner  # optuna itself is imported on first use
 from tuners.tpe import TpeTuner
+from tuners.assessor import Assessor, AssessResult
+from tuners.medianstop import MedianstopAssessor
+from tuners.asha import AshaAssessor
 
 __all__ = ["Tuner", "NoMoreTrials", "TryLater", "RandomTuner", "GridTuner", "TpeTuner",
            "LogspaceTuner", "HyperoptTuner", "AnnealTuner", "OptunaTuner",
-           "create_tuner", "register_tuner", "tuner_class"]
+           "create_tuner", "register_tuner", "tuner_class", "Assessor", "AssessResult", "MedianstopAssessor",
+           "AshaAssessor"]
