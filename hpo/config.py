@@ -349,7 +349,7 @@ class ExperimentConfig(_Base):
     max_experiment_duration: _Duration = None
     max_trial_number: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     max_trial_duration: _Duration = None
-    max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0")
+    max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0: re-runs of a trial that failed")
     max_failed_trials: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     experiment_working_directory: Path | None = Field(None, description="a directory path or null")
     log_level: Annotated[Literal["trace", "debug", "info", "warning", "error", "fatal"],

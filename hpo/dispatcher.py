@@ -517,9 +517,25 @@ class Engine:
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
         self._wait_for_result = False
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": status})
-        if status == "FAILED" and self._error is None:
+        if status == "FAILED" and self._error is None and not self._retry_if_allowed(trial):
             self._check_failures()
         self._poke()
+
+    def _retry_if_allowed(self, trial: _Active) -> bool:
+        """``max_trial_retries``: a trial whose own run failed runs again with the same parameters (the new
+        trial records ``rerun_of``; the failed attempt is then replaced, not counted)."""
+        allowed = self.config.max_trial_retries
+        if allowed <= 0:
+            return False
+        attempts, seq = 0, trial.seq
+        while (rec := self.store.trial(seq)) is not None and rec["rerun_of"] is not None:
+            attempts, seq = attempts + 1, rec["rerun_of"]
+        if attempts < allowed:
+            log.info("trial %s (#%d) failed; retrying it (retry %d of %d)", trial.trial_id, trial.seq,
+                     attempts + 1, allowed)
+            self._rerun.append((trial.seq, trial.parameters))
+            return True
+        return False
 
     def _check_failures(self) -> None:
         """End the experiment (ERROR) when trials fail too often: ``max_failed_trials`` failures, a

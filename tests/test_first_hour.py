@@ -147,3 +147,24 @@ def test_hpo_view_moves_to_a_free_port_and_says_which(make_experiment, tmp_path)
 def test_version():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("hpo ")
+
+
+def test_max_trial_retries_reruns_a_failing_trial(make_experiment, tmp_path):
+    flaky = f"""
+import os, sys, hpo
+p = hpo.get_next_parameter()
+marker = os.path.join({str(tmp_path)!r}, "tried-" + str(p["x"]))
+if not os.path.exists(marker):   # every trial fails its first attempt
+    open(marker, "w").close()
+    sys.exit("flaky: first attempt")
+hpo.report_final_result(p["x"])
+"""
+    exp = make_experiment(flaky, max_trial_number=3, max_trial_retries=1)
+    assert exp.run(port=0) is True
+    trials = exp.list_trial_jobs()
+    attempts = [t for t in trials if t["rerun_of"] is None]
+    retries = [t for t in trials if t["rerun_of"] is not None]
+    assert [t["status"] for t in attempts] == ["FAILED"] * 3 and all(t["interrupted"] == 2 for t in attempts)
+    assert sorted(t["rerun_of"] for t in retries) == [t["seq"] for t in attempts]
+    assert [t["status"] for t in retries] == ["SUCCEEDED"] * 3
+    assert exp.get_job_statistics()["FAILED"] == 0 and len(exp.export_data()) == 3
