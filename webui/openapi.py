@@ -202,7 +202,8 @@ _READS: dict[str, Any] = {
                                                                   "default": 1000}},
                        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 100000}}],
-        "responses": {"200": _json(_ref("Logs")), "400": _err("bad arguments"), "404": _err("no such trial")}}},
+        "responses": {"200": _json(_ref("Logs")), "400": _err("bad arguments"), "404": _err("no such trial"),
+                      "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
     "/export": {"get": {
         "summary": "Trials with a final result, as NNI's export_data()", "operationId": "exportData",
         "responses": {"200": _json({"type": "array", "items": {"type": "object"}})}}},
@@ -282,7 +283,8 @@ _STREAMS: dict[str, Any] = {
                        {"name": "line", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 1000000000, "default": 0}}],
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}}}}, "404": _err("no such trial"), "503": _err("too many open streams")}}},
+            "schema": {"type": "string"}}}}, "404": _err("no such trial"), "503": _err("too many open streams"),
+            "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
 }
 
 

@@ -16,22 +16,27 @@ Security:
   (``Origin`` equal to the server's own) from loopback (or, on a public server, with the cookie);
 * pages are served with a strict Content-Security-Policy (scripts from this server only), and the
   page renders every name, parameter and log line as text;
-* log requests resolve the trial by id in the store and refuse any path outside the experiment folder.
+* a log is served only if it is a regular file with one link in the trial's own folder, opened without
+  following links (a trial may turn its log into a link to the token or to any other file);
+* a log's tail is read from its end.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import socket
+import stat
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -152,17 +157,8 @@ class _Api:
         out["metrics"] = metrics
         started, ended = rec["started_at"], rec["ended_at"]
         out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
-        logs = {}
-        for stream in ("stdout", "stderr"):
-            path = self.log_path(rec["id"], stream)
-            logs[stream] = path.stat().st_size if path is not None and path.exists() else None
-        out["log_sizes"] = logs
+        out["log_sizes"] = {stream: _log_size(self.directory, rec["id"], stream) for stream in ("stdout", "stderr")}
         return out
-
-    def log_path(self, trial_id: str, stream: str) -> Path | None:
-        base = self.directory.resolve()
-        path = (base / "trials" / trial_id / f"{stream}.log").resolve()
-        return path if base in path.parents else None
 
 
 class _Client:
@@ -341,7 +337,7 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
         return web.json_response(data, dumps=_dumps)
 
-    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str, Path]:
+    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str]:
         api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
         stream = request.query.get("stream", "stdout")
@@ -350,31 +346,34 @@ class Dashboard:
         rec = await api.read(api.store.trial, trial_id)
         if rec is None:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
-        path = api.log_path(rec["id"], stream)
-        if path is None:
-            raise web.HTTPForbidden(text="path outside the experiment folder")
-        return api, rec["id"], stream, path
+        return api, rec["id"], stream
 
     async def logs(self, request: web.Request) -> web.Response:
-        api, trial_id, stream, path = await self._log_target(request)
+        api, trial_id, stream = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
         limit = _int_arg(request.query, "limit", 1000, 1, 100000)
         tail = _int_arg(request.query, "tail", 0, 0, 100000) if "tail" in request.query else None
-        start, lines, total = await api.read(_read_lines, path, line, limit, tail)
+        try:
+            start, lines, total = await api.read(_read_log, api.directory, trial_id, stream, line, limit, tail)
+        except _UnsafeLog as exc:
+            raise web.HTTPForbidden(text=str(exc))
         return web.json_response({"trial_id": trial_id, "stream": stream, "line": start, "lines": lines,
                                   "next_line": start + len(lines), "total_lines": total})
 
     async def logs_stream(self, request: web.Request) -> web.StreamResponse:
         """Follow a trial's log as server-sent events: ``lines`` events ``{line, lines}``, then ``end``."""
-        api, trial_id, stream, path = await self._log_target(request)
+        api, trial_id, stream = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
+        try:
+            offset = await api.read(_log_line_offset, api.directory, trial_id, stream, line)
+        except _UnsafeLog as exc:
+            raise web.HTTPForbidden(text=str(exc))
         client = self.hub.add(wants_events=False)
         response = await _sse_start(request)
         try:
-            offset = await api.read(_line_offset, path, line)
             pending, next_line, checked = b"", line, 0.0
             while not client.closing:
-                chunk = await api.read(_read_from, path, offset, 1 << 20)
+                chunk = await api.read(_read_log_chunk, api.directory, trial_id, stream, offset, 1 << 20)
                 offset += len(chunk)
                 finished = False
                 if not chunk and time.monotonic() - checked > 0.5:
@@ -383,11 +382,12 @@ class Dashboard:
                     finished = rec is None or rec["status"] not in ("WAITING", "RUNNING") or not api.live()
                 data = pending + chunk
                 *complete, pending = data.split(b"\n")
+                pending = pending[:_MAX_LINE_BYTES]  # a line that never ends is held only as far as it is shown
                 if finished and pending:
                     complete.append(pending)
                     pending = b""
                 if complete:
-                    texts = [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete]
+                    texts = [_line_text(raw) for raw in complete]
                     await response.write(_sse("lines", {"line": next_line, "lines": texts}))
                     next_line += len(texts)
                 if finished:
@@ -399,7 +399,7 @@ class Dashboard:
                         await asyncio.wait_for(client.wake.wait(), 0.25)
                     except asyncio.TimeoutError:
                         pass
-        except (ConnectionResetError, ConnectionError):
+        except (ConnectionResetError, ConnectionError, _UnsafeLog):
             pass
         finally:
             self.hub.remove(client)
@@ -638,55 +638,174 @@ def _int_arg(query: Any, name: str, default: int, low: int, high: int | None) ->
     return value
 
 
-_MAX_LINE = 65536
+_MAX_LINE = 65536              # characters of one log line served
+_MAX_LINE_BYTES = 4 * _MAX_LINE   # bytes read of one line (enough for _MAX_LINE characters)
+_MAX_PAGE = 16 << 20             # bytes of lines in one answer (``next_line`` says where to go on)
+_BLOCK = 1 << 20                 # bytes read at once when scanning a log
+
+
+class _UnsafeLog(Exception):
+    """The log is not a regular file written by the training service (a link, a FIFO, a folder...)."""
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + " …[line truncated]"
 
 
-def _read_lines(path: Path, start: int, limit: int, tail: int | None) -> tuple[int, list[str], int]:
-    """Lines ``[start, start+limit)`` of a log (or its last ``tail`` lines), and its line count."""
-    if not path.exists():
-        return (0 if tail is not None else start), [], 0
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    total = len(lines)
-    if tail is not None:
-        start = max(0, total - tail)
-        limit = tail
-    chosen = lines[start:start + limit]
-    return start, [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in chosen], total
+def _line_text(raw: bytes) -> str:
+    return _clip(raw.decode("utf-8", "replace").rstrip("\r"))
 
 
-def _line_offset(path: Path, line: int) -> int:
-    """Byte offset where line ``line`` starts (the end of the file if it has fewer lines)."""
-    if line == 0 or not path.exists():
-        return 0
-    seen, offset = 0, 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            count = chunk.count(b"\n")
-            if seen + count >= line:
-                idx = -1
-                for _ in range(line - seen):
-                    idx = chunk.index(b"\n", idx + 1)
-                return offset + idx + 1
-            seen += count
-            offset += len(chunk)
-    return offset
+@contextlib.contextmanager
+def _log_file(directory: Path, trial_id: str, stream: str) -> Iterator[int | None]:
+    """A read-only descriptor of a trial's log (None while there is none).
 
-
-def _read_from(path: Path, offset: int, size: int) -> bytes:
+    The trials folder, the trial's folder and the log are opened one below the other without following
+    links and without blocking (a FIFO), and the log must be a regular file with a single link: a trial can
+    replace its log by a link (symbolic or hard) to the experiment's token or to any file it can name.
+    Raises :class:`_UnsafeLog` otherwise."""
+    if not _ID_RE.match(trial_id):
+        raise _UnsafeLog(f"trial id {trial_id!r} cannot name a log")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fds: list[int] = []
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(size)
-    except FileNotFoundError:
-        return b""
+        try:
+            fds.append(os.open(Path(directory) / "trials", flags | os.O_DIRECTORY))
+            fds.append(os.open(trial_id, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+            fds.append(os.open(f"{stream}.log", flags, dir_fd=fds[-1]))
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:  # ELOOP: a link; ENOTDIR: a link or a file where a folder should be
+            raise _UnsafeLog(f"the {stream} log of trial {trial_id} is not a regular file in its folder "
+                             f"({exc.strerror}); it is not served") from None
+        info = os.fstat(fds[-1])
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise _UnsafeLog(f"the {stream} log of trial {trial_id} is not a regular file with a single link; "
+                             "it is not served")
+        yield fds[-1]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _log_size(directory: Path, trial_id: str, stream: str) -> int | None:
+    """The log's size in bytes (None if there is none, or it is not served)."""
+    try:
+        with _log_file(directory, trial_id, stream) as fd:
+            return None if fd is None else os.fstat(fd).st_size
+    except _UnsafeLog:
+        return None
+
+
+def _read_log(directory: Path, trial_id: str, stream: str, start: int, limit: int,
+              tail: int | None) -> tuple[int, list[str], int]:
+    """:func:`_read_lines` of a trial's log (nothing while there is none)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        if fd is None:
+            return (0 if tail is not None else start), [], 0
+        return _read_lines(fd, start, limit, tail)
+
+
+def _log_line_offset(directory: Path, trial_id: str, stream: str, line: int) -> int:
+    """Byte offset where line ``line`` of a trial's log starts (its end if it has fewer lines; 0 if none)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        return 0 if fd is None else _line_offset(fd, line)
+
+
+def _read_log_chunk(directory: Path, trial_id: str, stream: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of a trial's log from ``offset`` (none while there is no log)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        return b"" if fd is None else os.pread(fd, size, offset)
+
+
+def _read_lines(fd: int, start: int, limit: int, tail: int | None) -> tuple[int, list[str], int]:
+    """Lines ``[start, start+limit)`` of a log (or its last ``tail`` lines): the first one's number, the lines
+    (each clipped to ``_MAX_LINE`` characters), and the log's line count.
+
+    Memory is bounded by the answer, not by the log: newlines are counted block by block, a tail is found
+    by reading backwards from the end, each line is read only as far as it is shown, and an answer stops
+    after ``_MAX_PAGE`` bytes of lines (a tail keeps the last ones)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return (0 if tail is not None else start), [], 0
+    end = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size  # where the last line ends
+    total = _count_newlines(fd, 0, end) + 1
+    if tail is not None:
+        bounds = _last_line_bounds(fd, end, min(tail, total))
+    elif start >= total:
+        return start, [], total
+    else:
+        bounds = _line_bounds(fd, end, start, limit)
+    spans = list(zip(bounds, bounds[1:]))  # line i: bytes [begin, next begin - 1)
+    chosen, budget = [], _MAX_PAGE
+    for begin, after in (reversed(spans) if tail is not None else spans):
+        length = min(after - 1 - begin, _MAX_LINE_BYTES)
+        if chosen and length > budget:
+            break
+        budget -= length
+        chosen.append(_line_text(os.pread(fd, length, begin)))
+    if tail is not None:
+        chosen.reverse()
+        start = total - len(chosen)
+    return start, chosen, total
+
+
+def _count_newlines(fd: int, begin: int, end: int) -> int:
+    count = 0
+    while begin < end and (block := os.pread(fd, min(_BLOCK, end - begin), begin)):
+        count += block.count(b"\n")
+        begin += len(block)
+    return count
+
+
+def _last_line_bounds(fd: int, end: int, n: int) -> list[int]:
+    """Where each of the last ``n`` lines before ``end`` starts, and ``end + 1`` (read backwards)."""
+    starts: list[int] = []
+    high = end
+    while len(starts) < n and high > 0:
+        low = max(0, high - _BLOCK)
+        block = os.pread(fd, high - low, low)
+        i = len(block)
+        while len(starts) < n and (i := block.rfind(b"\n", 0, i)) >= 0:
+            starts.append(low + i + 1)
+        high = low
+    if len(starts) < n:
+        starts.append(0)
+    return starts[::-1] + [end + 1]
+
+
+def _line_bounds(fd: int, end: int, start: int, limit: int) -> list[int]:
+    """Where lines ``start`` to ``start + limit`` begin (``end + 1`` after the last line before ``end``)."""
+    bounds = [0] if start == 0 else []
+    seen, pos = 0, 0  # newlines before ``pos``
+    while pos < end and len(bounds) <= limit and (block := os.pread(fd, min(_BLOCK, end - pos), pos)):
+        count = block.count(b"\n")
+        if seen + count < start:
+            seen += count
+        else:
+            i = 0
+            while len(bounds) <= limit and (i := block.find(b"\n", i) + 1) > 0:
+                seen += 1
+                if seen >= start:
+                    bounds.append(pos + i)
+        pos += len(block)
+    return bounds if len(bounds) > limit else bounds + [end + 1]
+
+
+def _line_offset(fd: int, line: int) -> int:
+    """Byte offset where line ``line`` starts (the end of the file if it has fewer lines)."""
+    seen, offset = 0, 0
+    while line and (chunk := os.pread(fd, _BLOCK, offset)):
+        count = chunk.count(b"\n")
+        if seen + count >= line:
+            idx = -1
+            for _ in range(line - seen):
+                idx = chunk.index(b"\n", idx + 1)
+            return offset + idx + 1
+        seen += count
+        offset += len(chunk)
+    return offset
 
 
 def _dumps(obj: Any) -> str:

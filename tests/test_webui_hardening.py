@@ -1,0 +1,115 @@
+"""The dashboard server under hostile or broken trials (issue 13, items 10 and 15), against real
+experiments: huge logs, and logs replaced by links or FIFOs."""
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from browser_support import SseReader, get_json, request
+from conftest import ROOT, write_script
+from hpo import Experiment
+from webui import server
+
+QUICK = "import hpo\nprint('hello', flush=True)\nhpo.report_final_result(hpo.get_next_parameter()['x'])\n"
+
+
+def _token(exp: Experiment) -> str:
+    return (Path(exp.directory) / ".token").read_text().strip()
+
+
+# -- item 10: a huge log's tail ----------------------------------------------------------------------------
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_tail_of_a_huge_log_reads_from_the_end(make_experiment, tmp_path: Path) -> None:
+    exp = make_experiment(QUICK, max_trial_number=2, trial_concurrency=1)
+    exp.start(port=0)
+    assert exp.wait(30)
+    exp.stop()
+    big, small = [t["id"] for t in exp.list_trial_jobs()]
+    trial_dir = Path(exp.directory) / "trials" / big
+    with open(trial_dir / "stdout.log", "wb") as fh:  # 10 lines, 100 MB of zeros (sparse), 1000 lines
+        fh.write(b"".join(b"head %d\n" % i for i in range(10)))
+        fh.seek(100 << 20)
+        fh.write(b"".join(b"tail %d\n" % i for i in range(1000)))
+    with open(trial_dir / "stderr.log", "wb") as fh:  # one 100 MB line that never ends
+        fh.write(b"x" * 10)
+        fh.truncate(100 << 20)
+    view = write_script(tmp_path, "view.py", f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from hpo import Experiment
+        view = Experiment.view({exp.id!r}, port=0, non_blocking=True)
+        print(view.port, flush=True)
+        sys.stdin.read()
+        view.stop()
+    """)
+    proc = subprocess.Popen([sys.executable, str(view)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert select.select([proc.stdout], [], [], 60)[0], "the view did not start"
+        base = f"http://127.0.0.1:{int(proc.stdout.readline())}/api/v1/trials"  # type: ignore[union-attr]
+        assert get_json(f"{base}/{small}/logs?tail=50")["lines"] == ["hello"]  # warm up
+        before = _peak_rss(proc.pid)
+        for _ in range(12):
+            tail = get_json(f"{base}/{big}/logs?tail=50")
+            assert tail["lines"] == [f"tail {i}" for i in range(950, 1000)]
+            assert tail["line"] == 960 and tail["next_line"] == 1010 and tail["total_lines"] == 1010
+        for _ in range(3):
+            tail = get_json(f"{base}/{big}/logs?tail=50&stream=stderr")
+            assert tail["total_lines"] == 1 and tail["line"] == 0
+            assert tail["lines"] == ["x" * 10 + "\0" * (server._MAX_LINE - 10) + " …[line truncated]"]
+        page = get_json(f"{base}/{big}/logs?line=9&limit=3")
+        assert page["lines"][0] == "head 9" and page["lines"][2] == "tail 1" and page["next_line"] == 12
+        assert page["lines"][1].endswith(" …[line truncated]")
+        grown = _peak_rss(proc.pid) - before
+        assert grown < 50 << 20, f"the server's peak memory grew by {grown >> 20} MB"
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(30)
+
+
+# -- item 15: what is served, and to whom -----------------------------------------------------------------------
+
+def test_logs_are_served_only_from_regular_files_in_the_trials_folder(make_experiment, tmp_path: Path) -> None:
+    exp = make_experiment(QUICK, max_trial_number=4, trial_concurrency=2)
+    exp.start(port=0)
+    assert exp.wait(30)
+    base = f"http://127.0.0.1:{exp.port}/api/v1/trials"
+    token = _token(exp)
+    directory = Path(exp.directory)
+    linked, hardlinked, fifo, moved = [t["id"] for t in exp.list_trial_jobs()]
+    (directory / "trials" / linked / "stderr.log").unlink()
+    (directory / "trials" / linked / "stderr.log").symlink_to(Path("..") / ".." / ".token")
+    (directory / "trials" / hardlinked / "stderr.log").unlink()
+    os.link(directory / ".token", directory / "trials" / hardlinked / "stderr.log")
+    (directory / "trials" / fifo / "stderr.log").unlink()
+    os.mkfifo(directory / "trials" / fifo / "stderr.log")
+    elsewhere = tmp_path / "elsewhere"
+    (directory / "trials" / moved).rename(elsewhere)
+    (directory / "trials" / moved).symlink_to(elsewhere)
+    try:
+        for trial_id in (linked, hardlinked, fifo, moved):
+            for query in ("stream=stderr", "stream=stderr&tail=5"):
+                status, _, body = request(f"{base}/{trial_id}/logs?{query}", timeout=10)
+                assert status == 403 and token.encode() not in body and b"not served" in body, (trial_id, body)
+            assert get_json(f"{base}/{trial_id}")["log_sizes"]["stderr"] is None
+            sse = SseReader("127.0.0.1", exp.port, f"/api/v1/trials/{trial_id}/logs/stream?stream=stderr")
+            assert sse.status == 403
+            sse.close()
+        assert get_json(f"{base}/{linked}/logs")["lines"] == ["hello"]  # its own stdout still is
+    finally:
+        try:  # a reader stuck on the FIFO (as the old server's was) is let go
+            os.close(os.open(directory / "trials" / fifo / "stderr.log", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
