@@ -1,5 +1,5 @@
-"""The dashboard server under hostile or broken trials (issue 13, items 10 and 15), against real
-experiments: huge logs, and logs replaced by links or FIFOs."""
+"""The dashboard server under hostile or broken trials and clients (issue 13, items 10 and 15), against
+real experiments: huge logs, logs replaced by links or FIFOs, and tokens scoped to their experiment."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import SseReader, get_json, request
+from browser_support import SseReader, get_json, request, serve_app
 from conftest import ROOT, write_script
 from hpo import Experiment
 from webui import server
@@ -113,3 +113,31 @@ def test_logs_are_served_only_from_regular_files_in_the_trials_folder(make_exper
             os.close(os.open(directory / "trials" / fifo / "stderr.log", os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_tokens_are_scoped_to_their_experiment(make_experiment) -> None:
+    first = make_experiment(QUICK, max_trial_number=1, experiment_name="first")
+    first.run(port=0)
+    second = make_experiment(QUICK, max_trial_number=1, experiment_name="second")
+    second.run(port=0)
+    token, other_token = _token(first), _token(second)
+    mine = {"Authorization": f"Bearer {token}"}
+    with serve_app(Path(first.directory), token=token, public=True) as base:
+        rows = get_json(f"{base}/api/v1/experiments", headers=mine)
+        assert [r["id"] for r in rows] == [first.id]
+        other = f"{base}/api/v1/experiments/{second.id}"
+        for path in ("/experiment", "/trials", "/export", f"/trials/{second.list_trial_jobs()[0]['id']}/logs"):
+            status, _, body = request(other + path, headers=mine)
+            assert status == 401 and b"its own token" in body, (path, status)
+        assert request(f"{other}/trials", headers={"Authorization": "Bearer nope"})[0] == 401
+        assert request(f"{base}/api/v1/experiments/nosuch/trials", headers=mine)[0] == 401
+        assert get_json(f"{other}/experiment", headers={"Authorization": f"Bearer {other_token}"})["id"] == second.id
+        assert len(get_json(f"{other}/trials?token={other_token}")) == 1
+        cookie = f"{server._cookie_name(second.id)}={other_token}"
+        assert get_json(f"{other}/export", headers={"Cookie": cookie})[0]["trial_id"]
+        # the other experiment's token is no key to this one
+        assert request(f"{base}/api/v1/experiment", headers={"Authorization": f"Bearer {other_token}"})[0] == 401
+    # a loopback dashboard lists every experiment and opens the others read-only, by design
+    with serve_app(Path(first.directory), token=token) as base:
+        assert {r["id"] for r in get_json(f"{base}/api/v1/experiments")} == {first.id, second.id}
+        assert get_json(f"{base}/api/v1/experiments/{second.id}/experiment")["read_only"] is True

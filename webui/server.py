@@ -14,6 +14,9 @@ Security:
   SameSite=Strict cookie that such a URL sets);
 * actions (stop, kill, update, submit, re-run) need the token, or a same-origin browser request
   (``Origin`` equal to the server's own) from loopback (or, on a public server, with the cookie);
+* on a public server another experiment of the registry is served only with that experiment's own token
+  (the list shows this experiment only); a loopback server lists every experiment and opens the others
+  read-only, as it serves its own reads, to local users;
 * pages are served with a strict Content-Security-Policy (scripts from this server only), and the
   page renders every name, parameter and log line as text;
 * a log is served only if it is a regular file with one link in the trial's own folder, opened without
@@ -240,7 +243,7 @@ class Dashboard:
         self.public = public
         self.hub = _Hub(engine)
         self.others: OrderedDict[str, _Api] = OrderedDict()
-        self.cookie = f"hpo-token-{re.sub(r'[^A-Za-z0-9]', '', self.main.experiment_id)}"
+        self.cookie = _cookie_name(self.main.experiment_id)
         self._index: bytes | None = None
 
     def close(self) -> None:
@@ -251,15 +254,25 @@ class Dashboard:
         self.others.clear()
 
     # -- auth ---------------------------------------------------------------------------------------
-    def token_given(self, request: web.Request) -> bool:
+    def token_given(self, request: web.Request, token: str | None = None) -> bool:
+        """Whether the request carries ``token`` (this experiment's by default) as ``Authorization: Bearer``
+        or ``?token=``."""
         auth = request.headers.get("Authorization", "")
         given = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        given = given or request.query.get("token", "")
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        return _same_secret(given or request.query.get("token", ""), self.token if token is None else token)
 
-    def cookie_given(self, request: web.Request) -> bool:
-        given = request.cookies.get(self.cookie, "")
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+    def cookie_given(self, request: web.Request, experiment_id: str | None = None, token: str | None = None) -> bool:
+        """Whether the request carries the token cookie of this experiment (or of ``experiment_id``, whose
+        token is ``token``)."""
+        if experiment_id is None or token is None:
+            experiment_id, token = self.main.experiment_id, self.token
+        return _same_secret(request.cookies.get(_cookie_name(experiment_id), ""), token)
+
+    async def other_token_given(self, request: web.Request, experiment_id: str) -> bool:
+        """Whether the request carries another registered experiment's own token (header, query or cookie)."""
+        token = await _Api.read(_stored_token, experiment_id) if _ID_RE.match(experiment_id) else None
+        return token is not None and (self.token_given(request, token)
+                                      or self.cookie_given(request, experiment_id, token))
 
     async def api_for(self, request: web.Request) -> _Api:
         eid = request.match_info.get("experiment_id")
@@ -302,7 +315,8 @@ class Dashboard:
         return web.json_response(await api.read(api.experiment), dumps=_dumps)
 
     async def experiments(self, request: web.Request) -> web.Response:
-        return web.json_response(await _Api.read(_registry_rows, self.main.experiment_id), dumps=_dumps)
+        rows = await _Api.read(_registry_rows, self.main.experiment_id, only_current=self.public)
+        return web.json_response(rows, dumps=_dumps)
 
     async def trials(self, request: web.Request) -> web.Response:
         api = await self.api_for(request)
@@ -578,12 +592,14 @@ def _duration_seconds(value: Any) -> float | None:
         return None
 
 
-def _registry_rows(current: str) -> list[dict[str, Any]]:
-    """Every registered experiment with its status, trial counts and best value."""
+def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
+    """Every registered experiment (or only ``current``) with its status, trial counts and best value."""
     from hpo.registry import all_experiments
 
     out = []
     for entry in reversed(all_experiments()):
+        if only_current and entry["id"] != current:
+            continue
         row: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "directory": entry["directory"],
                                "created_at": entry["created_at"], "current": entry["id"] == current}
         try:
@@ -845,6 +861,27 @@ def _same_origin(request: web.Request) -> bool:
     return origin in (f"http://{request.host}", f"https://{request.host}")
 
 
+def _same_secret(given: str, secret: str) -> bool:
+    """Whether ``given`` (a header, query or cookie value) is ``secret``, in constant time."""
+    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+def _cookie_name(experiment_id: str) -> str:
+    return f"hpo-token-{re.sub(r'[^A-Za-z0-9]', '', experiment_id)}"
+
+
+def _stored_token(experiment_id: str) -> str | None:
+    """The token another registered experiment's server asks for (None if it has none)."""
+    from hpo.experiment import TOKEN_FILE
+    from hpo.registry import lookup
+
+    try:
+        token = (lookup(experiment_id) / TOKEN_FILE).read_text().strip()
+    except (LookupError, OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
 def create_app(directory: Path, token: str, engine: Any = None, public: bool = False) -> web.Application:
     """The aiohttp application for one experiment (``engine=None`` serves it read-only)."""
     dash = Dashboard(Path(directory), token, engine, public)
@@ -855,7 +892,12 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
             raise web.HTTPForbidden(text="this dashboard listens on loopback only; open it as "
                                          "http://localhost:PORT or http://127.0.0.1:PORT")
         mutating = request.method not in ("GET", "HEAD", "OPTIONS")
-        if dash.public or mutating:
+        other = request.match_info.get("experiment_id")
+        if dash.public and other is not None and other != dash.main.experiment_id:
+            if not await dash.other_token_given(request, other):
+                raise web.HTTPUnauthorized(text=f"experiment {other!r} is served here only with its own token "
+                                                "(Authorization: Bearer TOKEN, or ?token=TOKEN)")
+        elif dash.public or mutating:
             if not dash.token_given(request):
                 browser = _same_origin(request) and (dash.cookie_given(request) if dash.public
                                                      else _is_loopback(request.remote))
