@@ -1,17 +1,20 @@
-"""The dashboard server under hostile or broken trials and clients (issue 13, items 10 and 15), against
-real experiments: huge logs, logs replaced by links or FIFOs, and tokens scoped to their experiment."""
+"""The dashboard server under hostile or broken clients (issue 13, items 10, 14 and 15), against real
+experiments and raw sockets: huge logs, malformed requests, logs replaced by links, and tokens scoped to
+their experiment."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from browser_support import SseReader, get_json, request, serve_app
+from browser_support import CONTROLLED_SPACE, CONTROLLED_TRIAL, SseReader, get_json, request, serve_app
 from conftest import ROOT, write_script
 from hpo import Experiment
 from webui import server
@@ -21,6 +24,24 @@ QUICK = "import hpo\nprint('hello', flush=True)\nhpo.report_final_result(hpo.get
 
 def _token(exp: Experiment) -> str:
     return (Path(exp.directory) / ".token").read_text().strip()
+
+
+def _raw(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``data`` on a new connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def _body(answer: bytes) -> bytes:
+    return answer.split(b"\r\n\r\n", 1)[1]
 
 
 # -- item 10: a huge log's tail ----------------------------------------------------------------------------
@@ -77,6 +98,60 @@ def test_tail_of_a_huge_log_reads_from_the_end(make_experiment, tmp_path: Path) 
     finally:
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait(30)
+
+
+# -- item 14: malformed requests -----------------------------------------------------------------------------
+
+def test_bad_requests_get_a_one_line_4xx_and_a_bounded_log(make_experiment, caplog) -> None:
+    exp = make_experiment(CONTROLLED_TRIAL, search_space=CONTROLLED_SPACE, trial_concurrency=1, max_trial_number=1)
+    exp.start(port=0)
+    port, token = exp.port, _token(exp)
+    try:
+        host = b"Host: 127.0.0.1\r\nConnection: close\r\n"
+        stop = b"POST /api/v1/experiment/stop HTTP/1.1\r\n" + host + b"Content-Length: 0\r\n"
+        answer = _raw(port, stop + b"Authorization: Bearer \xff\xfe" + token.encode() + b"\r\n\r\n")
+        assert _status(answer) == 401 and _body(answer).count(b"\n") == 0
+
+        def patch(body: bytes) -> bytes:
+            return _raw(port, b"PATCH /api/v1/experiment HTTP/1.1\r\n" + host + b"Authorization: Bearer "
+                        + token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                        % len(body) + body)
+
+        for body, status in ((b"[" * 100000 + b"]" * 100000, 400),
+                             (b'{"search_space": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, 400),
+                             (b'{"search_space": "' + b"a" * (2 << 20) + b'"}', 413),
+                             (b"\xff\xfe{", 400)):
+            answer = patch(body)
+            assert _status(answer) == status and _body(answer).strip().count(b"\n") == 0, answer[:300]
+        live = get_json(f"http://127.0.0.1:{port}/api/v1/experiment")  # nothing changed, nothing broke
+        assert live["live"] and live["config"]["search_space"] == CONTROLLED_SPACE
+
+        with serve_app(Path(exp.directory), token=token, public=True) as public:
+            public_port = int(public.rsplit(":", 1)[1])
+            cookie = f"Cookie: {server._cookie_name(exp.id)}=\xff".encode("latin-1")
+            answer = _raw(public_port, b"GET /api/v1/experiment HTTP/1.1\r\n" + host + cookie + b"\r\n\r\n")
+            assert _status(answer) == 401
+            answer = _raw(public_port, b"GET /api/v1/experiment HTTP/1.1\r\n" + host + b"Authorization: Bearer "
+                          + token.encode() + b"\r\n\r\n")
+            assert _status(answer) == 200
+
+        # a flood of malformed requests, and of requests that meet a broken registry (an internal error)
+        for _ in range(40):
+            answer = _raw(port, b"GET /api/v1/experiment HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n")
+            assert _status(answer) == 400
+        (Path(os.environ["HPO_HOME"]) / "registry.db").write_bytes(b"not a database" * 100)
+        for _ in range(40):
+            status, headers, body = request(f"http://127.0.0.1:{port}/api/v1/experiments")
+            assert status == 500 and headers["Content-Type"].startswith("application/json")
+            assert json.loads(body)["error"].startswith("internal error: DatabaseError")
+        engine_log = (Path(exp.directory) / "engine.log").read_text()
+        webui_records = re.findall(r"^\S+ \S+ \w+ hpo\.webui: ", engine_log, re.M)
+        assert len(webui_records) <= 2 * server._LOG_BURST, engine_log[-3000:]  # a minute's window may turn
+        assert engine_log.count("Traceback") <= 2  # one per kind of error at most
+        assert not [r for r in caplog.records if not r.name.startswith("hpo")], "logged outside the engine's log"
+        assert len([r for r in caplog.records if r.exc_info]) <= 2
+    finally:
+        (Path(exp.config.trial_code_directory) / "release").write_text("")
 
 
 # -- item 15: what is served, and to whom -----------------------------------------------------------------------

@@ -292,12 +292,16 @@ def openapi_document(include_streams: bool = True) -> dict[str, Any]:
     """The document; ``include_streams=False`` leaves out the never-ending event streams (for fuzzing)."""
     paths: dict[str, Any] = {}
     common = {"401": _err("token needed"), "403": _err("not a loopback Host on a loopback-only server")}
+    body_errors = {"400": _err("not JSON, or nested too deeply"), "408": _err("the body did not arrive in time"),
+                   "413": _err("the body is too large")}
     for group in (_READS, _ACTIONS, _STREAMS if include_streams else {}):
         for path, ops in group.items():
             for method, op in ops.items():
                 op = copy.deepcopy(op)
                 op.setdefault("tags", ["experiment"])
                 op["responses"] = {**op["responses"], **common}
+                if "requestBody" in op:
+                    op["responses"] = {**body_errors, **op["responses"]}
                 paths.setdefault(f"/api/v1{path}", {})[method] = op
     for path, ops in _READS.items():  # the same reads for any experiment in the registry
         for method, op in ops.items():

@@ -21,7 +21,10 @@ Security:
   page renders every name, parameter and log line as text;
 * a log is served only if it is a regular file with one link in the trial's own folder, opened without
   following links (a trial may turn its log into a link to the token or to any other file);
-* a log's tail is read from its end.
+* resources are bounded: request bodies are limited in size, depth and time; a log's tail is read from
+  its end;
+* a bad request gets a 4xx with a one-line reason, an unexpected error a 500 with a one-line JSON reason,
+  and the log gets at most one traceback per kind of error and at most ``_LOG_BURST`` lines a minute.
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ import math
 import os
 import re
 import socket
+import sqlite3
 import stat
 import time
+import traceback
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -57,10 +62,60 @@ END_STATES = ("DONE", "STOPPED", "ERROR")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MAX_STREAMS = 64
 _KEEPALIVE = 15.0
+# Limits (module constants, so that tests can lower them).
+BODY_TIMEOUT = 30.0     # s for a request body to arrive
+MAX_BODY = 1 << 20      # bytes of a request body
+MAX_DEPTH = 32          # nesting levels of a JSON body
+_LOG_BURST = 20         # log records a minute at most
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
         "form-action 'self'")
 DASH_KEY = web.AppKey("dashboard", object)
+
+
+class _Throttle(logging.Filter):
+    """Keeps a flood of bad requests out of the engine's log: a traceback only the first time a kind of
+    error (its type and the line that raised it) is seen, one line after that, and at most ``_LOG_BURST``
+    records a minute (the next record that passes says how many were left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str, int]] = set()
+        self._window, self._count, self._dropped = 0.0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window >= 60.0:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > _LOG_BURST:
+            self._dropped += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if exc is not None:
+            frames = traceback.extract_tb(exc.__traceback__)
+            key = (type(exc).__name__, frames[-1].filename, frames[-1].lineno or 0) if frames else \
+                (type(exc).__name__, "", 0)
+            if key in self._seen or len(self._seen) >= 256:
+                text = f"{text}: {_one_line(exc)}"
+                record.exc_info, record.exc_text = None, None
+            else:
+                self._seen.add(key)
+        if self._dropped:
+            text = f"{text} ({self._dropped} more log records in the last minute left out)"
+            self._dropped = 0
+        record.msg, record.args = text, ()
+        return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """``'TypeName: first line of the message'``, at most 300 characters."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
+
+
+log.addFilter(_Throttle())
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -286,11 +341,11 @@ class Dashboard:
             try:
                 directory = lookup(eid)
                 api = await _Api.read(_Api, directory)
-            except (ExperimentNotFound, FileNotFoundError, LookupError, OSError) as exc:
+            except (ExperimentNotFound, LookupError, OSError, sqlite3.Error) as exc:
                 raise web.HTTPNotFound(text=f"no experiment with id {eid!r}" if isinstance(exc, ExperimentNotFound)
-                                       else f"experiment {eid!r} cannot be read: {exc}")
+                                       else f"experiment {eid!r} cannot be read: {_one_line(exc)}")
             self.others[eid] = api
-            while len(self.others) > 32:
+            while len(self.others) > 8:  # each holds two store connections (three descriptors each)
                 self.others.popitem(last=False)[1].close()
         self.others.move_to_end(eid)
         return api
@@ -557,13 +612,36 @@ class Dashboard:
 
 
 async def _json_body(request: web.Request, default: Any = None) -> Any:
-    raw = await request.read()
+    """The request's JSON body (``default`` if it is empty and a default is given): 413 past ``MAX_BODY``
+    bytes, 408 if it has not arrived within ``BODY_TIMEOUT`` s, 400 unless it is JSON nested at most
+    ``MAX_DEPTH`` levels deep."""
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {BODY_TIMEOUT:g} s")
     if not raw.strip() and default is not None:
         return default
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        too_deep = _depth(body) > MAX_DEPTH
+    except RecursionError:
+        too_deep = True
     except ValueError:
         raise web.HTTPBadRequest(text="expected a JSON body")
+    if too_deep:
+        raise web.HTTPBadRequest(text=f"the JSON body is nested too deeply (at most {MAX_DEPTH} levels)")
+    return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 async def _sse_start(request: web.Request) -> web.StreamResponse:
@@ -862,8 +940,8 @@ def _same_origin(request: web.Request) -> bool:
 
 
 def _same_secret(given: str, secret: str) -> bool:
-    """Whether ``given`` (a header, query or cookie value) is ``secret``, in constant time."""
-    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
+    """Whether ``given`` (a header, query or cookie value, possibly not UTF-8) is ``secret``, in constant time."""
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode())
 
 
 def _cookie_name(experiment_id: str) -> str:
@@ -885,6 +963,21 @@ def _stored_token(experiment_id: str) -> str | None:
 def create_app(directory: Path, token: str, engine: Any = None, public: bool = False) -> web.Application:
     """The aiohttp application for one experiment (``engine=None`` serves it read-only)."""
     dash = Dashboard(Path(directory), token, engine, public)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """An unexpected error: a 500 whose JSON says what in one line, and one line in the log."""
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            log.error("%s %s failed", request.method, request.path, exc_info=exc)
+            if request.writer.output_size:  # a stream already under way: all that can be done is to end it
+                raise ConnectionResetError("the stream ended on an internal error") from None
+            response = web.json_response({"error": f"internal error: {_one_line(exc)}"}, status=500)
+            _security_headers(response)
+            return response
 
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -917,7 +1010,7 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
             _security_headers(response)
         return response
 
-    app = web.Application(middlewares=[security], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[errors, security], client_max_size=MAX_BODY)
     app[DASH_KEY] = dash
     r = app.router
     r.add_get("/", dash.index)
@@ -961,7 +1054,7 @@ class ApiServer:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0, logger=log)
         await self.runner.setup()
         await web.SockSite(self.runner, self.sock).start()
 
