@@ -1,22 +1,26 @@
-"""The dashboard server under hostile or broken clients (issue 13, items 10, 14 and 15), against real
-experiments and raw sockets: huge logs, malformed requests, logs replaced by links, and tokens scoped to
-their experiment."""
+"""The dashboard server under hostile or broken clients (issue 13, items 9, 10, 14, 15), against real
+experiments and raw sockets: idle and slow connections, event-stream caps, huge logs, malformed requests,
+logs replaced by links, and tokens scoped to their experiment."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import resource
 import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from browser_support import CONTROLLED_SPACE, CONTROLLED_TRIAL, SseReader, get_json, request, serve_app
-from conftest import ROOT, write_script
+from conftest import PY, ROOT, wait_until, write_script
 from hpo import Experiment
+from hpo.storage import ExperimentStore
 from webui import server
 
 QUICK = "import hpo\nprint('hello', flush=True)\nhpo.report_final_result(hpo.get_next_parameter()['x'])\n"
@@ -42,6 +46,171 @@ def _status(answer: bytes) -> int:
 
 def _body(answer: bytes) -> bytes:
     return answer.split(b"\r\n\r\n", 1)[1]
+
+
+def _trickle(port: int, data: bytes, pace: float, give_up: float) -> tuple[bool, bytes, float]:
+    """Send ``data`` one byte every ``pace`` s, as a slowloris client does, until the server closes the
+    connection or ``give_up`` s pass: (closed, what the server answered, seconds)."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        i = 0
+        while time.monotonic() - started < give_up:
+            if i < len(data):
+                try:
+                    sock.send(data[i:i + 1])
+                except OSError:  # reset by the server
+                    return True, answer, time.monotonic() - started
+                i += 1
+            if select.select([sock], [], [], pace)[0]:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    return True, answer, time.monotonic() - started
+                if not chunk:
+                    return True, answer, time.monotonic() - started
+                answer += chunk
+    return False, answer, time.monotonic() - started
+
+
+# -- item 9: connections ---------------------------------------------------------------------------------
+
+GATED_TRIAL = """
+import os, time
+import hpo
+p = hpo.get_next_parameter()
+gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go")
+deadline = time.time() + 120
+while not os.path.exists(gate) and time.time() < deadline:
+    time.sleep(0.05)
+hpo.report_final_result(p["x"])
+"""
+
+
+def test_idle_connections_starve_neither_the_dashboard_nor_the_trials(tmp_path: Path) -> None:
+    """An engine started with a low open-files limit meets cap + 100 idle connections: it keeps at most cap
+    of them, still answers the dashboard at once, and the trials it starts meanwhile succeed."""
+    cap, flood = 64, 164
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard open-files limit ({hard}) leaves no room to raise")
+    code = tmp_path / "code"
+    write_script(code, "trial.py", GATED_TRIAL)
+    launch = write_script(tmp_path, "launch.py", f"""
+        import resource, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        import webui.server
+        webui.server.MAX_CONNECTIONS = {cap}
+        webui.server.IDLE_TIMEOUT = 300.0  # the flood stays open (and counted) for the whole test
+        from hpo import Experiment
+        exp = Experiment("random", "local")
+        exp.config.search_space = {{"x": {{"_type": "uniform", "_value": [0, 1]}}}}
+        exp.config.trial_command = {f"{PY} trial.py"!r}
+        exp.config.trial_code_directory = {str(code)!r}
+        exp.config.trial_concurrency = 2
+        exp.config.max_trial_number = 6
+        exp.start(port=0)
+        print(exp.port, exp.directory, flush=True)
+        exp.wait()
+        exp.stop()
+    """)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft[0], min(hard, 4096)), hard))
+    proc = subprocess.Popen([sys.executable, str(launch)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    idle: list[socket.socket] = []
+    try:
+        assert select.select([proc.stdout], [], [], 60)[0], "the experiment did not start"
+        port_text, directory = proc.stdout.readline().split(maxsplit=1)  # type: ignore[union-attr]
+        port, directory = int(port_text), Path(directory.strip())
+        for _ in range(flood):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            idle.append(sock)
+        # queued behind the whole flood, so answered only once every idle connection has been dealt with
+        assert request(f"http://127.0.0.1:{port}/api/v1/experiment", timeout=30)[0] == 200
+        served = [c for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+                  if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port]
+        assert len(served) <= cap, f"{len(served)} connections held, more than the cap of {cap}"
+        (code / "go").write_text("")  # four more trials start while the idle connections are still open
+        with ExperimentStore(directory, readonly=True) as store:
+            def ended() -> dict[str, int] | None:
+                counts = store.status_counts()
+                return counts if sum(counts.values()) == 6 and not counts["WAITING"] + counts["RUNNING"] else None
+            counts = wait_until(ended, 90, interval=0.2, what="six ended trials")
+            assert counts["SUCCEEDED"] == 6, [t["message"] for t in store.trials()]
+        assert proc.wait(60) == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, soft)
+
+
+def test_silent_and_slow_clients_are_cut_off(make_experiment, monkeypatch) -> None:
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(server, "BODY_TIMEOUT", 1.0)
+    exp = make_experiment(CONTROLLED_TRIAL, search_space=CONTROLLED_SPACE, trial_concurrency=1, max_trial_number=1)
+    exp.start(port=0)
+    try:
+        # a connection that never sends a request
+        closed, answer, _ = _trickle(exp.port, b"", pace=0.1, give_up=20)
+        assert closed and answer == b""
+        # slowloris: the headers, one byte every 0.2 s (12 s in all), are cut off long before they end
+        head = b"GET /api/v1/experiment HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: yes\r\n\r\n"
+        closed, answer, took = _trickle(exp.port, head, pace=0.2, give_up=30)
+        assert closed and answer == b"" and took < len(head) * 0.2 / 2
+        # a body that trickles in gets a 408
+        body = json.dumps({"trial_concurrency": 1}).encode() + b" " * 40
+        slow = (b"PATCH /api/v1/experiment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + _token(exp).encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        with socket.create_connection(("127.0.0.1", exp.port), timeout=30) as sock:
+            sock.sendall(slow)
+            answer = b""
+            for i in range(len(body)):
+                if select.select([sock], [], [], 0.2)[0]:
+                    answer = sock.recv(65536)
+                    break
+                sock.send(body[i:i + 1])
+        assert _status(answer) == 408 and b"did not arrive within 1 s" in answer
+        # a client that authenticates is served as before
+        assert get_json(f"http://127.0.0.1:{exp.port}/api/v1/experiment")["id"] == exp.id
+    finally:
+        (Path(exp.config.trial_code_directory) / "release").write_text("")
+
+
+def test_event_streams_are_capped_per_kind_and_never_lock_out(make_experiment, monkeypatch) -> None:
+    """Streams without the token cannot crowd out those with it, and a new stream always gets in: past
+    the cap of its kind, the oldest stream of that kind is closed."""
+    monkeypatch.setattr(server, "MAX_STREAMS", 2)
+    exp = make_experiment(QUICK, max_trial_number=1)
+    exp.start(port=0)
+    assert exp.wait(30)
+    auth = {"Authorization": f"Bearer {_token(exp)}"}
+    streams: list[SseReader] = []
+
+    def stream(headers: dict[str, str] | None = None) -> SseReader:
+        sse = SseReader("127.0.0.1", exp.port, "/api/v1/events", headers=headers)
+        streams.append(sse)
+        assert sse.status == 200 and sse.next("hello")[0] == "hello"
+        return sse
+
+    try:
+        plain = [stream(), stream()]
+        tokened = [stream(auth), stream(auth)]
+        plain.append(stream())  # past the cap of streams without the token: the oldest of them closes
+        assert plain[0].next("__closed__")[0] == "__closed__"
+        tokened.append(stream(auth))  # and with the token: the oldest with the token closes
+        assert tokened[0].next("__closed__")[0] == "__closed__"
+        for sse in (plain[1], plain[2], tokened[1], tokened[2]):  # the others stay open
+            with pytest.raises(TimeoutError):
+                sse.next("__closed__", timeout=0.5)
+    finally:
+        for sse in streams:
+            sse.close()
 
 
 # -- item 10: a huge log's tail ----------------------------------------------------------------------------

@@ -272,10 +272,11 @@ _ACTIONS: dict[str, Any] = {
 _STREAMS: dict[str, Any] = {
     "/events": {"get": {
         "summary": "Server-sent events: `hello`, then `batch` {events: [[kind, data], ...]} with kinds trial, "
-                   "metric, status, config; `reset` when events were dropped. A read-only server sends only hello.",
+                   "metric, status, config; `reset` when events were dropped. A read-only server sends only hello. "
+                   "Streams with and without the token are capped apart; past a cap the oldest of its kind is closed.",
         "operationId": "events", "x-stream": True,
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}}}}, "503": _err("too many open streams")}}},
+            "schema": {"type": "string"}}}}}}},
     "/trials/{trial_id}/logs/stream": {"get": {
         "summary": "Follow a trial's log as server-sent events: `lines` {line, lines}, then `end` when it ended",
         "operationId": "streamTrialLogs", "x-stream": True,
@@ -283,7 +284,7 @@ _STREAMS: dict[str, Any] = {
                        {"name": "line", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 1000000000, "default": 0}}],
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}}}}, "404": _err("no such trial"), "503": _err("too many open streams"),
+            "schema": {"type": "string"}}}}, "404": _err("no such trial"),
             "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
 }
 

@@ -21,8 +21,11 @@ Security:
   page renders every name, parameter and log line as text;
 * a log is served only if it is a regular file with one link in the trial's own folder, opened without
   following links (a trial may turn its log into a link to the token or to any other file);
-* resources are bounded: request bodies are limited in size, depth and time; a log's tail is read from
-  its end;
+* resources are bounded: at most ``MAX_CONNECTIONS`` connections (a quarter of the descriptor limit,
+  which the server raises to its hard limit so that trials keep headroom); a connection that has not made an
+  authenticated request within ``IDLE_TIMEOUT`` s is closed, and past the cap the oldest such one makes room;
+  request bodies are limited in size, depth and time; event streams are capped per kind (with and without
+  the token) and the oldest of a kind makes room; a log's tail is read from its end;
 * a bad request gets a 4xx with a one-line reason, an unexpected error a 500 with a one-line JSON reason,
   and the log gets at most one traceback per kind of error and at most ``_LOG_BURST`` lines a minute.
 """
@@ -37,6 +40,7 @@ import logging
 import math
 import os
 import re
+import resource
 import socket
 import sqlite3
 import stat
@@ -60,12 +64,14 @@ STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 END_STATES = ("DONE", "STOPPED", "ERROR")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MAX_STREAMS = 64
 _KEEPALIVE = 15.0
 # Limits (module constants, so that tests can lower them).
+MAX_CONNECTIONS = 256   # open connections at most (and at most a quarter of the open-files limit)
+IDLE_TIMEOUT = 15.0     # s a connection may go without an authenticated request, or idle between requests
 BODY_TIMEOUT = 30.0     # s for a request body to arrive
 MAX_BODY = 1 << 20      # bytes of a request body
 MAX_DEPTH = 32          # nesting levels of a JSON body
+MAX_STREAMS = 64        # open event streams of each kind (with the token, without it)
 _LOG_BURST = 20         # log records a minute at most
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -222,8 +228,9 @@ class _Api:
 class _Client:
     """One server-sent-event stream's mailbox."""
 
-    def __init__(self, wants_events: bool) -> None:
+    def __init__(self, wants_events: bool, tokened: bool) -> None:
         self.wants_events = wants_events
+        self.tokened = tokened
         self.items: list[tuple[str, Any]] = []
         self.overflow = False
         self.closing = False
@@ -247,21 +254,27 @@ class _Hub:
     """Fans the engine's events out to every open stream; closes them all at shutdown."""
 
     def __init__(self, engine: Any) -> None:
-        self.clients: set[_Client] = set()
+        self.clients: dict[_Client, None] = {}  # oldest first
         self.closing = False
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, wants_events: bool) -> _Client:
-        if len(self.clients) >= _MAX_STREAMS:
-            raise web.HTTPServiceUnavailable(text=f"too many open streams (at most {_MAX_STREAMS}); close some tabs")
+    def add(self, wants_events: bool, tokened: bool) -> _Client:
+        """A new stream's mailbox.  Streams that carry the token and streams that do not are counted apart
+        (``MAX_STREAMS`` each), and past the cap the oldest stream of the same kind is closed: clients
+        without the token never crowd out those with it, and no client is ever locked out."""
+        same = [c for c in self.clients if c.tokened == tokened]
+        for oldest in same[:max(0, len(same) - MAX_STREAMS + 1)]:
+            self.remove(oldest)
+            oldest.closing = True
+            oldest.wake.set()
         self._loop = asyncio.get_running_loop()
-        client = _Client(wants_events)
-        self.clients.add(client)
+        client = _Client(wants_events, tokened)
+        self.clients[client] = None
         return client
 
     def remove(self, client: _Client) -> None:
-        self.clients.discard(client)
+        self.clients.pop(client, None)
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         try:
@@ -297,6 +310,7 @@ class Dashboard:
         self.token = token
         self.public = public
         self.hub = _Hub(engine)
+        self.connections = _Connections()
         self.others: OrderedDict[str, _Api] = OrderedDict()
         self.cookie = _cookie_name(self.main.experiment_id)
         self._index: bytes | None = None
@@ -322,6 +336,10 @@ class Dashboard:
         if experiment_id is None or token is None:
             experiment_id, token = self.main.experiment_id, self.token
         return _same_secret(request.cookies.get(_cookie_name(experiment_id), ""), token)
+
+    def credentials_given(self, request: web.Request) -> bool:
+        """Whether the request carries this experiment's token (header, query or cookie)."""
+        return self.token_given(request) or self.cookie_given(request)
 
     async def other_token_given(self, request: web.Request, experiment_id: str) -> bool:
         """Whether the request carries another registered experiment's own token (header, query or cookie)."""
@@ -437,7 +455,7 @@ class Dashboard:
             offset = await api.read(_log_line_offset, api.directory, trial_id, stream, line)
         except _UnsafeLog as exc:
             raise web.HTTPForbidden(text=str(exc))
-        client = self.hub.add(wants_events=False)
+        client = self.hub.add(wants_events=False, tokened=self.credentials_given(request))
         response = await _sse_start(request)
         try:
             pending, next_line, checked = b"", line, 0.0
@@ -507,7 +525,7 @@ class Dashboard:
         gathered over 100 ms (kinds: trial, metric, status, config), ``reset`` when a slow reader
         missed some (reload everything), and a comment every 15 s to keep the connection open."""
         api = self.main
-        client = self.hub.add(wants_events=api.live())
+        client = self.hub.add(wants_events=api.live(), tokened=self.credentials_given(request))
         response = await _sse_start(request)
         try:
             await response.write(_sse("hello", {"experiment_id": api.experiment_id, "read_only": api.engine is None,
@@ -647,6 +665,7 @@ def _depth(value: Any) -> int:
 async def _sse_start(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+    response.force_close()  # a stream's end (closed for a newer one, or at shutdown) ends its connection
     _security_headers(response)
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
@@ -1001,6 +1020,7 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
                         text="this needs the experiment's token: open the URL printed with ?token=..., "
                              "or send Authorization: Bearer TOKEN" if dash.public else
                              "this action needs the experiment's token (Authorization: Bearer TOKEN)")
+        dash.connections.trust(request.transport)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -1046,17 +1066,138 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
     return app
 
 
+class _Connections:
+    """A server's open connections, oldest first.
+
+    A connection becomes *trusted* with its first authenticated request (on loopback: any request from a
+    loopback name, as reads need no token there).  One still untrusted ``IDLE_TIMEOUT`` s after it was
+    accepted is closed, and when a new one would pass the cap the oldest untrusted one is closed to make
+    room; the newcomer is refused only when every open connection is trusted.  So idle, slow or
+    unauthenticated clients never hold the engine's descriptors for long, nor lock the dashboard out."""
+
+    def __init__(self) -> None:
+        self._open: dict[asyncio.BaseTransport, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self._trusted: set[asyncio.BaseTransport] = set()
+
+    def add(self, transport: asyncio.BaseTransport, sock: socket.socket) -> None:
+        timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, transport)
+        self._open[transport] = (sock, timer)
+
+    def trust(self, transport: asyncio.BaseTransport | None) -> None:
+        entry = self._open.get(transport) if transport is not None else None
+        if entry is not None and transport not in self._trusted:
+            self._trusted.add(transport)
+            entry[1].cancel()
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._open and transport not in self._trusted:
+            transport.abort()
+
+    def _forget(self, transport: asyncio.BaseTransport) -> None:
+        self._open.pop(transport)[1].cancel()
+        self._trusted.discard(transport)
+
+    def make_room(self, cap: int) -> bool:
+        """Whether one more connection may be opened (closing the oldest untrusted one if need be)."""
+        for transport in [t for t, (sock, _) in self._open.items() if sock.fileno() == -1]:
+            self._forget(transport)  # closed since
+        if len(self._open) < cap:
+            return True
+        oldest = next((t for t in self._open if t not in self._trusted), None)
+        if oldest is None:
+            return False
+        oldest.abort()
+        self._forget(oldest)
+        return True
+
+
+class _CappedSite(web.BaseSite):
+    """Serves a runner on a bound socket through an accept loop of its own, so that every connection is
+    counted against ``cap`` before it is served (see :class:`_Connections`)."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, connections: _Connections, cap: int) -> None:
+        super().__init__(runner)
+        self._sock, self._connections, self._cap = sock, connections, cap
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sock.close()
+        await super().stop()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of descriptors (EMFILE, ENFILE) or memory: wait until some are freed
+                log.warning("cannot accept a dashboard connection: %s", exc.strerror or exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not self._connections.make_room(self._cap):
+                _refuse(conn)
+                continue
+            try:
+                transport, _ = await loop.connect_accepted_socket(server, conn)
+            except OSError:
+                conn.close()
+                continue
+            self._connections.add(transport, conn)
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Answer 503 on a just-accepted connection and close it (its send buffer is empty: the send fits)."""
+    body = b"too many open connections to this dashboard; try again shortly\n"
+    with contextlib.suppress(OSError):
+        conn.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+
+
+def _raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (65536 at most), so that trials
+    keep headroom next to the dashboard's connections; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return 65536 if soft == resource.RLIM_INFINITY else soft
+
+
 class ApiServer:
-    """Serves :func:`create_app` on an already-bound socket (so 'port in use' is found up front)."""
+    """Serves :func:`create_app` on an already-bound socket (so 'port in use' is found up front), with at
+    most ``MAX_CONNECTIONS`` connections (a quarter of the open-files limit if that is less)."""
 
     def __init__(self, app: web.Application, sock: socket.socket) -> None:
         self.app, self.sock = app, sock
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0, logger=log)
+        cap = min(MAX_CONNECTIONS, max(16, _raise_fd_limit() // 4))
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=IDLE_TIMEOUT,
+                                    logger=log)
         await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
+        dash = self.app[DASH_KEY]
+        assert isinstance(dash, Dashboard)
+        await _CappedSite(self.runner, self.sock, dash.connections, cap).start()
 
     async def close(self) -> None:
         if self.runner is not None:
