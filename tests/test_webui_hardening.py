@@ -3,6 +3,7 @@ experiments and raw sockets: idle and slow connections, event-stream caps, huge 
 logs replaced by links, and tokens scoped to their experiment."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -148,6 +149,38 @@ def test_idle_connections_starve_neither_the_dashboard_nor_the_trials(tmp_path: 
             proc.kill()
             proc.wait()
         resource.setrlimit(resource.RLIMIT_NOFILE, soft)
+
+
+def test_a_full_house_of_served_clients_refuses_newcomers(make_experiment, monkeypatch) -> None:
+    """Connections that made a request are never closed to make room: past the cap a newcomer is told 503
+    (and gets in once one of them goes)."""
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 16)
+    exp = make_experiment(QUICK, max_trial_number=1)
+    exp.start(port=0)
+    assert exp.wait(30)
+    served = []
+    try:
+        for _ in range(16):
+            conn = http.client.HTTPConnection("127.0.0.1", exp.port, timeout=30)
+            conn.request("GET", "/api/v1/experiment")
+            assert conn.getresponse().read() and conn.sock is not None  # kept alive
+            served.append(conn)
+        answer = _raw(exp.port, b"")
+        assert _status(answer) == 503 and b"too many open connections" in answer
+        conn = served.pop()
+        conn.request("GET", "/api/v1/trials")
+        assert json.loads(conn.getresponse().read())[0]["status"] == "SUCCEEDED"  # the first ones are still served
+        conn.close()
+
+        def admitted() -> bool:
+            try:
+                return request(f"http://127.0.0.1:{exp.port}/api/v1/experiment")[0] == 200
+            except OSError:  # refused while the server had not yet seen the close
+                return False
+        wait_until(admitted, 10, what="a free place")
+    finally:
+        for conn in served:
+            conn.close()
 
 
 def test_silent_and_slow_clients_are_cut_off(make_experiment, monkeypatch) -> None:
