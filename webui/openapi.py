@@ -202,7 +202,8 @@ _READS: dict[str, Any] = {
                                                                   "default": 1000}},
                        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 100000}}],
-        "responses": {"200": _json(_ref("Logs")), "400": _err("bad arguments"), "404": _err("no such trial")}}},
+        "responses": {"200": _json(_ref("Logs")), "400": _err("bad arguments"), "404": _err("no such trial"),
+                      "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
     "/export": {"get": {
         "summary": "Trials with a final result, as NNI's export_data()", "operationId": "exportData",
         "responses": {"200": _json({"type": "array", "items": {"type": "object"}})}}},
@@ -271,10 +272,11 @@ _ACTIONS: dict[str, Any] = {
 _STREAMS: dict[str, Any] = {
     "/events": {"get": {
         "summary": "Server-sent events: `hello`, then `batch` {events: [[kind, data], ...]} with kinds trial, "
-                   "metric, status, config; `reset` when events were dropped. A read-only server sends only hello.",
+                   "metric, status, config; `reset` when events were dropped. A read-only server sends only hello. "
+                   "Streams with and without the token are capped apart; past a cap the oldest of its kind is closed.",
         "operationId": "events", "x-stream": True,
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}}}}, "503": _err("too many open streams")}}},
+            "schema": {"type": "string"}}}}}}},
     "/trials/{trial_id}/logs/stream": {"get": {
         "summary": "Follow a trial's log as server-sent events: `lines` {line, lines}, then `end` when it ended",
         "operationId": "streamTrialLogs", "x-stream": True,
@@ -282,7 +284,8 @@ _STREAMS: dict[str, Any] = {
                        {"name": "line", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 1000000000, "default": 0}}],
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {
-            "schema": {"type": "string"}}}}, "404": _err("no such trial"), "503": _err("too many open streams")}}},
+            "schema": {"type": "string"}}}}, "404": _err("no such trial"),
+            "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
 }
 
 
@@ -290,12 +293,16 @@ def openapi_document(include_streams: bool = True) -> dict[str, Any]:
     """The document; ``include_streams=False`` leaves out the never-ending event streams (for fuzzing)."""
     paths: dict[str, Any] = {}
     common = {"401": _err("token needed"), "403": _err("not a loopback Host on a loopback-only server")}
+    body_errors = {"400": _err("not JSON, or nested too deeply"), "408": _err("the body did not arrive in time"),
+                   "413": _err("the body is too large")}
     for group in (_READS, _ACTIONS, _STREAMS if include_streams else {}):
         for path, ops in group.items():
             for method, op in ops.items():
                 op = copy.deepcopy(op)
                 op.setdefault("tags", ["experiment"])
                 op["responses"] = {**op["responses"], **common}
+                if "requestBody" in op:
+                    op["responses"] = {**body_errors, **op["responses"]}
                 paths.setdefault(f"/api/v1{path}", {})[method] = op
     for path, ops in _READS.items():  # the same reads for any experiment in the registry
         for method, op in ops.items():

@@ -14,24 +14,41 @@ Security:
   SameSite=Strict cookie that such a URL sets);
 * actions (stop, kill, update, submit, re-run) need the token, or a same-origin browser request
   (``Origin`` equal to the server's own) from loopback (or, on a public server, with the cookie);
+* on a public server another experiment of the registry is served only with that experiment's own token
+  (the list shows this experiment only); a loopback server lists every experiment and opens the others
+  read-only, as it serves its own reads, to local users;
 * pages are served with a strict Content-Security-Policy (scripts from this server only), and the
   page renders every name, parameter and log line as text;
-* log requests resolve the trial by id in the store and refuse any path outside the experiment folder.
+* a log is served only if it is a regular file with one link in the trial's own folder, opened without
+  following links (a trial may turn its log into a link to the token or to any other file);
+* resources are bounded: at most ``MAX_CONNECTIONS`` connections (a quarter of the descriptor limit,
+  which the server raises to its hard limit so that trials keep headroom); a connection that has not made an
+  authenticated request within ``IDLE_TIMEOUT`` s is closed, and past the cap the oldest such one makes room;
+  request bodies are limited in size, depth and time; event streams are capped per kind (with and without
+  the token) and the oldest of a kind makes room; a log's tail is read from its end;
+* a bad request gets a 4xx with a one-line reason, an unexpected error a 500 with a one-line JSON reason,
+  and the log gets at most one traceback per kind of error and at most ``_LOG_BURST`` lines a minute.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import os
 import re
+import resource
 import socket
+import sqlite3
+import stat
 import time
+import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -47,12 +64,64 @@ STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 END_STATES = ("DONE", "STOPPED", "ERROR")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MAX_STREAMS = 64
 _KEEPALIVE = 15.0
+# Limits (module constants, so that tests can lower them).
+MAX_CONNECTIONS = 256   # open connections at most (and at most a quarter of the open-files limit)
+IDLE_TIMEOUT = 15.0     # s a connection may go without an authenticated request, or idle between requests
+BODY_TIMEOUT = 30.0     # s for a request body to arrive
+MAX_BODY = 1 << 20      # bytes of a request body
+MAX_DEPTH = 32          # nesting levels of a JSON body
+MAX_STREAMS = 64        # open event streams of each kind (with the token, without it)
+_LOG_BURST = 20         # log records a minute at most
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
         "form-action 'self'")
 DASH_KEY = web.AppKey("dashboard", object)
+
+
+class _Throttle(logging.Filter):
+    """Keeps a flood of bad requests out of the engine's log: a traceback only the first time a kind of
+    error (its type and the line that raised it) is seen, one line after that, and at most ``_LOG_BURST``
+    records a minute (the next record that passes says how many were left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str, int]] = set()
+        self._window, self._count, self._dropped = 0.0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._window >= 60.0:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > _LOG_BURST:
+            self._dropped += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if exc is not None:
+            frames = traceback.extract_tb(exc.__traceback__)
+            key = (type(exc).__name__, frames[-1].filename, frames[-1].lineno or 0) if frames else \
+                (type(exc).__name__, "", 0)
+            if key in self._seen or len(self._seen) >= 256:
+                text = f"{text}: {_one_line(exc)}"
+                record.exc_info, record.exc_text = None, None
+            else:
+                self._seen.add(key)
+        if self._dropped:
+            text = f"{text} ({self._dropped} more log records in the last minute left out)"
+            self._dropped = 0
+        record.msg, record.args = text, ()
+        return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """``'TypeName: first line of the message'``, at most 300 characters."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
+
+
+log.addFilter(_Throttle())
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -152,24 +221,16 @@ class _Api:
         out["metrics"] = metrics
         started, ended = rec["started_at"], rec["ended_at"]
         out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
-        logs = {}
-        for stream in ("stdout", "stderr"):
-            path = self.log_path(rec["id"], stream)
-            logs[stream] = path.stat().st_size if path is not None and path.exists() else None
-        out["log_sizes"] = logs
+        out["log_sizes"] = {stream: _log_size(self.directory, rec["id"], stream) for stream in ("stdout", "stderr")}
         return out
-
-    def log_path(self, trial_id: str, stream: str) -> Path | None:
-        base = self.directory.resolve()
-        path = (base / "trials" / trial_id / f"{stream}.log").resolve()
-        return path if base in path.parents else None
 
 
 class _Client:
     """One server-sent-event stream's mailbox."""
 
-    def __init__(self, wants_events: bool) -> None:
+    def __init__(self, wants_events: bool, tokened: bool) -> None:
         self.wants_events = wants_events
+        self.tokened = tokened
         self.items: list[tuple[str, Any]] = []
         self.overflow = False
         self.closing = False
@@ -193,21 +254,27 @@ class _Hub:
     """Fans the engine's events out to every open stream; closes them all at shutdown."""
 
     def __init__(self, engine: Any) -> None:
-        self.clients: set[_Client] = set()
+        self.clients: dict[_Client, None] = {}  # oldest first
         self.closing = False
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, wants_events: bool) -> _Client:
-        if len(self.clients) >= _MAX_STREAMS:
-            raise web.HTTPServiceUnavailable(text=f"too many open streams (at most {_MAX_STREAMS}); close some tabs")
+    def add(self, wants_events: bool, tokened: bool) -> _Client:
+        """A new stream's mailbox.  Streams that carry the token and streams that do not are counted apart
+        (``MAX_STREAMS`` each), and past the cap the oldest stream of the same kind is closed: clients
+        without the token never crowd out those with it, and no client is ever locked out."""
+        same = [c for c in self.clients if c.tokened == tokened]
+        for oldest in same[:max(0, len(same) - MAX_STREAMS + 1)]:
+            self.remove(oldest)
+            oldest.closing = True
+            oldest.wake.set()
         self._loop = asyncio.get_running_loop()
-        client = _Client(wants_events)
-        self.clients.add(client)
+        client = _Client(wants_events, tokened)
+        self.clients[client] = None
         return client
 
     def remove(self, client: _Client) -> None:
-        self.clients.discard(client)
+        self.clients.pop(client, None)
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         try:
@@ -243,8 +310,9 @@ class Dashboard:
         self.token = token
         self.public = public
         self.hub = _Hub(engine)
+        self.connections = _Connections()
         self.others: OrderedDict[str, _Api] = OrderedDict()
-        self.cookie = f"hpo-token-{re.sub(r'[^A-Za-z0-9]', '', self.main.experiment_id)}"
+        self.cookie = _cookie_name(self.main.experiment_id)
         self._index: bytes | None = None
 
     def close(self) -> None:
@@ -255,15 +323,29 @@ class Dashboard:
         self.others.clear()
 
     # -- auth ---------------------------------------------------------------------------------------
-    def token_given(self, request: web.Request) -> bool:
+    def token_given(self, request: web.Request, token: str | None = None) -> bool:
+        """Whether the request carries ``token`` (this experiment's by default) as ``Authorization: Bearer``
+        or ``?token=``."""
         auth = request.headers.get("Authorization", "")
         given = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        given = given or request.query.get("token", "")
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+        return _same_secret(given or request.query.get("token", ""), self.token if token is None else token)
 
-    def cookie_given(self, request: web.Request) -> bool:
-        given = request.cookies.get(self.cookie, "")
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+    def cookie_given(self, request: web.Request, experiment_id: str | None = None, token: str | None = None) -> bool:
+        """Whether the request carries the token cookie of this experiment (or of ``experiment_id``, whose
+        token is ``token``)."""
+        if experiment_id is None or token is None:
+            experiment_id, token = self.main.experiment_id, self.token
+        return _same_secret(request.cookies.get(_cookie_name(experiment_id), ""), token)
+
+    def credentials_given(self, request: web.Request) -> bool:
+        """Whether the request carries this experiment's token (header, query or cookie)."""
+        return self.token_given(request) or self.cookie_given(request)
+
+    async def other_token_given(self, request: web.Request, experiment_id: str) -> bool:
+        """Whether the request carries another registered experiment's own token (header, query or cookie)."""
+        token = await _Api.read(_stored_token, experiment_id) if _ID_RE.match(experiment_id) else None
+        return token is not None and (self.token_given(request, token)
+                                      or self.cookie_given(request, experiment_id, token))
 
     async def api_for(self, request: web.Request) -> _Api:
         eid = request.match_info.get("experiment_id")
@@ -277,11 +359,11 @@ class Dashboard:
             try:
                 directory = lookup(eid)
                 api = await _Api.read(_Api, directory)
-            except (ExperimentNotFound, FileNotFoundError, LookupError, OSError) as exc:
+            except (ExperimentNotFound, LookupError, OSError, sqlite3.Error) as exc:
                 raise web.HTTPNotFound(text=f"no experiment with id {eid!r}" if isinstance(exc, ExperimentNotFound)
-                                       else f"experiment {eid!r} cannot be read: {exc}")
+                                       else f"experiment {eid!r} cannot be read: {_one_line(exc)}")
             self.others[eid] = api
-            while len(self.others) > 32:
+            while len(self.others) > 8:  # each holds two store connections (three descriptors each)
                 self.others.popitem(last=False)[1].close()
         self.others.move_to_end(eid)
         return api
@@ -306,7 +388,8 @@ class Dashboard:
         return web.json_response(await api.read(api.experiment), dumps=_dumps)
 
     async def experiments(self, request: web.Request) -> web.Response:
-        return web.json_response(await _Api.read(_registry_rows, self.main.experiment_id), dumps=_dumps)
+        rows = await _Api.read(_registry_rows, self.main.experiment_id, only_current=self.public)
+        return web.json_response(rows, dumps=_dumps)
 
     async def trials(self, request: web.Request) -> web.Response:
         api = await self.api_for(request)
@@ -341,7 +424,7 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
         return web.json_response(data, dumps=_dumps)
 
-    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str, Path]:
+    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str]:
         api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
         stream = request.query.get("stream", "stdout")
@@ -350,31 +433,34 @@ class Dashboard:
         rec = await api.read(api.store.trial, trial_id)
         if rec is None:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
-        path = api.log_path(rec["id"], stream)
-        if path is None:
-            raise web.HTTPForbidden(text="path outside the experiment folder")
-        return api, rec["id"], stream, path
+        return api, rec["id"], stream
 
     async def logs(self, request: web.Request) -> web.Response:
-        api, trial_id, stream, path = await self._log_target(request)
+        api, trial_id, stream = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
         limit = _int_arg(request.query, "limit", 1000, 1, 100000)
         tail = _int_arg(request.query, "tail", 0, 0, 100000) if "tail" in request.query else None
-        start, lines, total = await api.read(_read_lines, path, line, limit, tail)
+        try:
+            start, lines, total = await api.read(_read_log, api.directory, trial_id, stream, line, limit, tail)
+        except _UnsafeLog as exc:
+            raise web.HTTPForbidden(text=str(exc))
         return web.json_response({"trial_id": trial_id, "stream": stream, "line": start, "lines": lines,
                                   "next_line": start + len(lines), "total_lines": total})
 
     async def logs_stream(self, request: web.Request) -> web.StreamResponse:
         """Follow a trial's log as server-sent events: ``lines`` events ``{line, lines}``, then ``end``."""
-        api, trial_id, stream, path = await self._log_target(request)
+        api, trial_id, stream = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
-        client = self.hub.add(wants_events=False)
+        try:
+            offset = await api.read(_log_line_offset, api.directory, trial_id, stream, line)
+        except _UnsafeLog as exc:
+            raise web.HTTPForbidden(text=str(exc))
+        client = self.hub.add(wants_events=False, tokened=self.credentials_given(request))
         response = await _sse_start(request)
         try:
-            offset = await api.read(_line_offset, path, line)
             pending, next_line, checked = b"", line, 0.0
             while not client.closing:
-                chunk = await api.read(_read_from, path, offset, 1 << 20)
+                chunk = await api.read(_read_log_chunk, api.directory, trial_id, stream, offset, 1 << 20)
                 offset += len(chunk)
                 finished = False
                 if not chunk and time.monotonic() - checked > 0.5:
@@ -383,11 +469,12 @@ class Dashboard:
                     finished = rec is None or rec["status"] not in ("WAITING", "RUNNING") or not api.live()
                 data = pending + chunk
                 *complete, pending = data.split(b"\n")
+                pending = pending[:_MAX_LINE_BYTES]  # a line that never ends is held only as far as it is shown
                 if finished and pending:
                     complete.append(pending)
                     pending = b""
                 if complete:
-                    texts = [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete]
+                    texts = [_line_text(raw) for raw in complete]
                     await response.write(_sse("lines", {"line": next_line, "lines": texts}))
                     next_line += len(texts)
                 if finished:
@@ -399,7 +486,7 @@ class Dashboard:
                         await asyncio.wait_for(client.wake.wait(), 0.25)
                     except asyncio.TimeoutError:
                         pass
-        except (ConnectionResetError, ConnectionError):
+        except (ConnectionResetError, ConnectionError, _UnsafeLog):
             pass
         finally:
             self.hub.remove(client)
@@ -438,7 +525,7 @@ class Dashboard:
         gathered over 100 ms (kinds: trial, metric, status, config), ``reset`` when a slow reader
         missed some (reload everything), and a comment every 15 s to keep the connection open."""
         api = self.main
-        client = self.hub.add(wants_events=api.live())
+        client = self.hub.add(wants_events=api.live(), tokened=self.credentials_given(request))
         response = await _sse_start(request)
         try:
             await response.write(_sse("hello", {"experiment_id": api.experiment_id, "read_only": api.engine is None,
@@ -543,18 +630,42 @@ class Dashboard:
 
 
 async def _json_body(request: web.Request, default: Any = None) -> Any:
-    raw = await request.read()
+    """The request's JSON body (``default`` if it is empty and a default is given): 413 past ``MAX_BODY``
+    bytes, 408 if it has not arrived within ``BODY_TIMEOUT`` s, 400 unless it is JSON nested at most
+    ``MAX_DEPTH`` levels deep."""
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {BODY_TIMEOUT:g} s")
     if not raw.strip() and default is not None:
         return default
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        too_deep = _depth(body) > MAX_DEPTH
+    except RecursionError:
+        too_deep = True
     except ValueError:
         raise web.HTTPBadRequest(text="expected a JSON body")
+    if too_deep:
+        raise web.HTTPBadRequest(text=f"the JSON body is nested too deeply (at most {MAX_DEPTH} levels)")
+    return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 async def _sse_start(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+    response.force_close()  # a stream's end (closed for a newer one, or at shutdown) ends its connection
     _security_headers(response)
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
@@ -578,12 +689,14 @@ def _duration_seconds(value: Any) -> float | None:
         return None
 
 
-def _registry_rows(current: str) -> list[dict[str, Any]]:
-    """Every registered experiment with its status, trial counts and best value."""
+def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
+    """Every registered experiment (or only ``current``) with its status, trial counts and best value."""
     from hpo.registry import all_experiments
 
     out = []
     for entry in reversed(all_experiments()):
+        if only_current and entry["id"] != current:
+            continue
         row: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "directory": entry["directory"],
                                "created_at": entry["created_at"], "current": entry["id"] == current}
         try:
@@ -638,55 +751,174 @@ def _int_arg(query: Any, name: str, default: int, low: int, high: int | None) ->
     return value
 
 
-_MAX_LINE = 65536
+_MAX_LINE = 65536              # characters of one log line served
+_MAX_LINE_BYTES = 4 * _MAX_LINE   # bytes read of one line (enough for _MAX_LINE characters)
+_MAX_PAGE = 16 << 20             # bytes of lines in one answer (``next_line`` says where to go on)
+_BLOCK = 1 << 20                 # bytes read at once when scanning a log
+
+
+class _UnsafeLog(Exception):
+    """The log is not a regular file written by the training service (a link, a FIFO, a folder...)."""
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + " …[line truncated]"
 
 
-def _read_lines(path: Path, start: int, limit: int, tail: int | None) -> tuple[int, list[str], int]:
-    """Lines ``[start, start+limit)`` of a log (or its last ``tail`` lines), and its line count."""
-    if not path.exists():
-        return (0 if tail is not None else start), [], 0
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    total = len(lines)
-    if tail is not None:
-        start = max(0, total - tail)
-        limit = tail
-    chosen = lines[start:start + limit]
-    return start, [_clip(raw.decode("utf-8", "replace").rstrip("\r")) for raw in chosen], total
+def _line_text(raw: bytes) -> str:
+    return _clip(raw.decode("utf-8", "replace").rstrip("\r"))
 
 
-def _line_offset(path: Path, line: int) -> int:
-    """Byte offset where line ``line`` starts (the end of the file if it has fewer lines)."""
-    if line == 0 or not path.exists():
-        return 0
-    seen, offset = 0, 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            count = chunk.count(b"\n")
-            if seen + count >= line:
-                idx = -1
-                for _ in range(line - seen):
-                    idx = chunk.index(b"\n", idx + 1)
-                return offset + idx + 1
-            seen += count
-            offset += len(chunk)
-    return offset
+@contextlib.contextmanager
+def _log_file(directory: Path, trial_id: str, stream: str) -> Iterator[int | None]:
+    """A read-only descriptor of a trial's log (None while there is none).
 
-
-def _read_from(path: Path, offset: int, size: int) -> bytes:
+    The trials folder, the trial's folder and the log are opened one below the other without following
+    links and without blocking (a FIFO), and the log must be a regular file with a single link: a trial can
+    replace its log by a link (symbolic or hard) to the experiment's token or to any file it can name.
+    Raises :class:`_UnsafeLog` otherwise."""
+    if not _ID_RE.match(trial_id):
+        raise _UnsafeLog(f"trial id {trial_id!r} cannot name a log")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fds: list[int] = []
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(size)
-    except FileNotFoundError:
-        return b""
+        try:
+            fds.append(os.open(Path(directory) / "trials", flags | os.O_DIRECTORY))
+            fds.append(os.open(trial_id, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+            fds.append(os.open(f"{stream}.log", flags, dir_fd=fds[-1]))
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:  # ELOOP: a link; ENOTDIR: a link or a file where a folder should be
+            raise _UnsafeLog(f"the {stream} log of trial {trial_id} is not a regular file in its folder "
+                             f"({exc.strerror}); it is not served") from None
+        info = os.fstat(fds[-1])
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise _UnsafeLog(f"the {stream} log of trial {trial_id} is not a regular file with a single link; "
+                             "it is not served")
+        yield fds[-1]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _log_size(directory: Path, trial_id: str, stream: str) -> int | None:
+    """The log's size in bytes (None if there is none, or it is not served)."""
+    try:
+        with _log_file(directory, trial_id, stream) as fd:
+            return None if fd is None else os.fstat(fd).st_size
+    except _UnsafeLog:
+        return None
+
+
+def _read_log(directory: Path, trial_id: str, stream: str, start: int, limit: int,
+              tail: int | None) -> tuple[int, list[str], int]:
+    """:func:`_read_lines` of a trial's log (nothing while there is none)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        if fd is None:
+            return (0 if tail is not None else start), [], 0
+        return _read_lines(fd, start, limit, tail)
+
+
+def _log_line_offset(directory: Path, trial_id: str, stream: str, line: int) -> int:
+    """Byte offset where line ``line`` of a trial's log starts (its end if it has fewer lines; 0 if none)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        return 0 if fd is None else _line_offset(fd, line)
+
+
+def _read_log_chunk(directory: Path, trial_id: str, stream: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of a trial's log from ``offset`` (none while there is no log)."""
+    with _log_file(directory, trial_id, stream) as fd:
+        return b"" if fd is None else os.pread(fd, size, offset)
+
+
+def _read_lines(fd: int, start: int, limit: int, tail: int | None) -> tuple[int, list[str], int]:
+    """Lines ``[start, start+limit)`` of a log (or its last ``tail`` lines): the first one's number, the lines
+    (each clipped to ``_MAX_LINE`` characters), and the log's line count.
+
+    Memory is bounded by the answer, not by the log: newlines are counted block by block, a tail is found
+    by reading backwards from the end, each line is read only as far as it is shown, and an answer stops
+    after ``_MAX_PAGE`` bytes of lines (a tail keeps the last ones)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return (0 if tail is not None else start), [], 0
+    end = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size  # where the last line ends
+    total = _count_newlines(fd, 0, end) + 1
+    if tail is not None:
+        bounds = _last_line_bounds(fd, end, min(tail, total))
+    elif start >= total:
+        return start, [], total
+    else:
+        bounds = _line_bounds(fd, end, start, limit)
+    spans = list(zip(bounds, bounds[1:]))  # line i: bytes [begin, next begin - 1)
+    chosen, budget = [], _MAX_PAGE
+    for begin, after in (reversed(spans) if tail is not None else spans):
+        length = min(after - 1 - begin, _MAX_LINE_BYTES)
+        if chosen and length > budget:
+            break
+        budget -= length
+        chosen.append(_line_text(os.pread(fd, length, begin)))
+    if tail is not None:
+        chosen.reverse()
+        start = total - len(chosen)
+    return start, chosen, total
+
+
+def _count_newlines(fd: int, begin: int, end: int) -> int:
+    count = 0
+    while begin < end and (block := os.pread(fd, min(_BLOCK, end - begin), begin)):
+        count += block.count(b"\n")
+        begin += len(block)
+    return count
+
+
+def _last_line_bounds(fd: int, end: int, n: int) -> list[int]:
+    """Where each of the last ``n`` lines before ``end`` starts, and ``end + 1`` (read backwards)."""
+    starts: list[int] = []
+    high = end
+    while len(starts) < n and high > 0:
+        low = max(0, high - _BLOCK)
+        block = os.pread(fd, high - low, low)
+        i = len(block)
+        while len(starts) < n and (i := block.rfind(b"\n", 0, i)) >= 0:
+            starts.append(low + i + 1)
+        high = low
+    if len(starts) < n:
+        starts.append(0)
+    return starts[::-1] + [end + 1]
+
+
+def _line_bounds(fd: int, end: int, start: int, limit: int) -> list[int]:
+    """Where lines ``start`` to ``start + limit`` begin (``end + 1`` after the last line before ``end``)."""
+    bounds = [0] if start == 0 else []
+    seen, pos = 0, 0  # newlines before ``pos``
+    while pos < end and len(bounds) <= limit and (block := os.pread(fd, min(_BLOCK, end - pos), pos)):
+        count = block.count(b"\n")
+        if seen + count < start:
+            seen += count
+        else:
+            i = 0
+            while len(bounds) <= limit and (i := block.find(b"\n", i) + 1) > 0:
+                seen += 1
+                if seen >= start:
+                    bounds.append(pos + i)
+        pos += len(block)
+    return bounds if len(bounds) > limit else bounds + [end + 1]
+
+
+def _line_offset(fd: int, line: int) -> int:
+    """Byte offset where line ``line`` starts (the end of the file if it has fewer lines)."""
+    seen, offset = 0, 0
+    while line and (chunk := os.pread(fd, _BLOCK, offset)):
+        count = chunk.count(b"\n")
+        if seen + count >= line:
+            idx = -1
+            for _ in range(line - seen):
+                idx = chunk.index(b"\n", idx + 1)
+            return offset + idx + 1
+        seen += count
+        offset += len(chunk)
+    return offset
 
 
 def _dumps(obj: Any) -> str:
@@ -726,9 +958,45 @@ def _same_origin(request: web.Request) -> bool:
     return origin in (f"http://{request.host}", f"https://{request.host}")
 
 
+def _same_secret(given: str, secret: str) -> bool:
+    """Whether ``given`` (a header, query or cookie value, possibly not UTF-8) is ``secret``, in constant time."""
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode())
+
+
+def _cookie_name(experiment_id: str) -> str:
+    return f"hpo-token-{re.sub(r'[^A-Za-z0-9]', '', experiment_id)}"
+
+
+def _stored_token(experiment_id: str) -> str | None:
+    """The token another registered experiment's server asks for (None if it has none)."""
+    from hpo.experiment import TOKEN_FILE
+    from hpo.registry import lookup
+
+    try:
+        token = (lookup(experiment_id) / TOKEN_FILE).read_text().strip()
+    except (LookupError, OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
 def create_app(directory: Path, token: str, engine: Any = None, public: bool = False) -> web.Application:
     """The aiohttp application for one experiment (``engine=None`` serves it read-only)."""
     dash = Dashboard(Path(directory), token, engine, public)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """An unexpected error: a 500 whose JSON says what in one line, and one line in the log."""
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            log.error("%s %s failed", request.method, request.path, exc_info=exc)
+            if request.writer.output_size:  # a stream already under way: all that can be done is to end it
+                raise ConnectionResetError("the stream ended on an internal error") from None
+            response = web.json_response({"error": f"internal error: {_one_line(exc)}"}, status=500)
+            _security_headers(response)
+            return response
 
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -736,7 +1004,12 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
             raise web.HTTPForbidden(text="this dashboard listens on loopback only; open it as "
                                          "http://localhost:PORT or http://127.0.0.1:PORT")
         mutating = request.method not in ("GET", "HEAD", "OPTIONS")
-        if dash.public or mutating:
+        other = request.match_info.get("experiment_id")
+        if dash.public and other is not None and other != dash.main.experiment_id:
+            if not await dash.other_token_given(request, other):
+                raise web.HTTPUnauthorized(text=f"experiment {other!r} is served here only with its own token "
+                                                "(Authorization: Bearer TOKEN, or ?token=TOKEN)")
+        elif dash.public or mutating:
             if not dash.token_given(request):
                 browser = _same_origin(request) and (dash.cookie_given(request) if dash.public
                                                      else _is_loopback(request.remote))
@@ -747,6 +1020,7 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
                         text="this needs the experiment's token: open the URL printed with ?token=..., "
                              "or send Authorization: Bearer TOKEN" if dash.public else
                              "this action needs the experiment's token (Authorization: Bearer TOKEN)")
+        dash.connections.trust(request.transport)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -756,7 +1030,7 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
             _security_headers(response)
         return response
 
-    app = web.Application(middlewares=[security], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[errors, security], client_max_size=MAX_BODY)
     app[DASH_KEY] = dash
     r = app.router
     r.add_get("/", dash.index)
@@ -792,17 +1066,138 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
     return app
 
 
+class _Connections:
+    """A server's open connections, oldest first.
+
+    A connection becomes *trusted* with its first authenticated request (on loopback: any request from a
+    loopback name, as reads need no token there).  One still untrusted ``IDLE_TIMEOUT`` s after it was
+    accepted is closed, and when a new one would pass the cap the oldest untrusted one is closed to make
+    room; the newcomer is refused only when every open connection is trusted.  So idle, slow or
+    unauthenticated clients never hold the engine's descriptors for long, nor lock the dashboard out."""
+
+    def __init__(self) -> None:
+        self._open: dict[asyncio.BaseTransport, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self._trusted: set[asyncio.BaseTransport] = set()
+
+    def add(self, transport: asyncio.BaseTransport, sock: socket.socket) -> None:
+        timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, transport)
+        self._open[transport] = (sock, timer)
+
+    def trust(self, transport: asyncio.BaseTransport | None) -> None:
+        entry = self._open.get(transport) if transport is not None else None
+        if entry is not None and transport not in self._trusted:
+            self._trusted.add(transport)
+            entry[1].cancel()
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._open and transport not in self._trusted:
+            transport.abort()
+
+    def _forget(self, transport: asyncio.BaseTransport) -> None:
+        self._open.pop(transport)[1].cancel()
+        self._trusted.discard(transport)
+
+    def make_room(self, cap: int) -> bool:
+        """Whether one more connection may be opened (closing the oldest untrusted one if need be)."""
+        for transport in [t for t, (sock, _) in self._open.items() if sock.fileno() == -1]:
+            self._forget(transport)  # closed since
+        if len(self._open) < cap:
+            return True
+        oldest = next((t for t in self._open if t not in self._trusted), None)
+        if oldest is None:
+            return False
+        oldest.abort()
+        self._forget(oldest)
+        return True
+
+
+class _CappedSite(web.BaseSite):
+    """Serves a runner on a bound socket through an accept loop of its own, so that every connection is
+    counted against ``cap`` before it is served (see :class:`_Connections`)."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, connections: _Connections, cap: int) -> None:
+        super().__init__(runner)
+        self._sock, self._connections, self._cap = sock, connections, cap
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sock.close()
+        await super().stop()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of descriptors (EMFILE, ENFILE) or memory: wait until some are freed
+                log.warning("cannot accept a dashboard connection: %s", exc.strerror or exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not self._connections.make_room(self._cap):
+                _refuse(conn)
+                continue
+            try:
+                transport, _ = await loop.connect_accepted_socket(server, conn)
+            except OSError:
+                conn.close()
+                continue
+            self._connections.add(transport, conn)
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Answer 503 on a just-accepted connection and close it (its send buffer is empty: the send fits)."""
+    body = b"too many open connections to this dashboard; try again shortly\n"
+    with contextlib.suppress(OSError):
+        conn.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+
+
+def _raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (65536 at most), so that trials
+    keep headroom next to the dashboard's connections; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return 65536 if soft == resource.RLIM_INFINITY else soft
+
+
 class ApiServer:
-    """Serves :func:`create_app` on an already-bound socket (so 'port in use' is found up front)."""
+    """Serves :func:`create_app` on an already-bound socket (so 'port in use' is found up front), with at
+    most ``MAX_CONNECTIONS`` connections (a quarter of the open-files limit if that is less)."""
 
     def __init__(self, app: web.Application, sock: socket.socket) -> None:
         self.app, self.sock = app, sock
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        cap = min(MAX_CONNECTIONS, max(16, _raise_fd_limit() // 4))
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=IDLE_TIMEOUT,
+                                    logger=log)
         await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
+        dash = self.app[DASH_KEY]
+        assert isinstance(dash, Dashboard)
+        await _CappedSite(self.runner, self.sock, dash.connections, cap).start()
 
     async def close(self) -> None:
         if self.runner is not None:
