@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["hpo_home", "register", "lookup", "all_experiments", "pid_alive", "ExperimentNotFound"]
+__all__ = ["hpo_home", "register", "lookup", "all_experiments", "ExperimentNotFound"]
 
 
 class ExperimentNotFound(LookupError):
@@ -30,19 +30,6 @@ def _connect(create: bool = True) -> sqlite3.Connection | None:
     conn.execute("CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, name TEXT, directory TEXT NOT NULL, "
                  "created_at REAL NOT NULL)")
     return conn
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists (an experiment's engine, as recorded in its store)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def register(experiment_id: str, name: str | None, directory: Path) -> None:

@@ -158,7 +158,8 @@ def test_foreground_create_then_read_commands(cli: Cli) -> None:
     cli("logs", experiment_id)  # the engine log exists
 
     assert "has no trial '99'" in cli.error("logs", experiment_id, "99")
-    assert "is not running" in cli.error("update", experiment_id, "--concurrency", "2")
+    assert f"has ended (DONE); to continue it with new limits: `hpo resume {experiment_id} --concurrency 2`" in \
+        cli.error("update", experiment_id, "--concurrency", "2")
     assert "is not running" in cli.error("kill", experiment_id, "1")
     assert "already DONE" in cli("stop", experiment_id).stdout
 

@@ -52,8 +52,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from hpo.registry import pid_alive
-from hpo.storage import TRIAL_STATES, ExperimentStore
+from hpo.storage import TRIAL_STATES, ExperimentStore, engine_running
 from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
@@ -175,7 +174,8 @@ class _Api:
         counts = self.store.status_counts()
         now = time.time()
         status = self.engine.status if self.engine is not None else exp["status"]
-        running_elsewhere = self.engine is None and status not in END_STATES and pid_alive(exp.get("pid"))
+        running_elsewhere = (self.engine is None and status not in END_STATES
+                             and engine_running(self.directory, exp.get("pid")))
         if self.engine is None and status not in END_STATES and not running_elsewhere:
             status = "CRASHED" if exp.get("started_at") else status
         elapsed = float(exp.get("run_seconds") or 0.0)
@@ -710,7 +710,7 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
             out.append(row)
             continue
         status = info["status"]
-        running = status not in END_STATES and pid_alive(info.get("pid"))
+        running = status not in END_STATES and engine_running(str(entry["directory"]), info.get("pid"))
         if status not in END_STATES and not running:
             status = "CRASHED"
         config = info["config"]
