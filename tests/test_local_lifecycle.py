@@ -185,6 +185,30 @@ def test_no_process_of_the_trial_survives(tmp_path, mark, how, status):
     assert [p.cmdline() for p in marked(mark)] == []
 
 
+def test_a_supervisor_that_does_not_exit_is_killed_with_the_whole_tree(tmp_path, mark):
+    """The engine's backstop: a stopped supervisor (it cannot act on SIGTERM) and its tree are SIGKILLed."""
+    spawning_code(tmp_path / "code")
+    ready = tmp_path / "trials" / "t" / "ready"
+
+    async def main() -> Recorder:
+        rec, svc = Recorder(), create_training_service("local", kill_grace=1.0)
+        await svc.start(rec)
+        spec = _spec(tmp_path, "t", "")
+        spec.command = f"{PY} trial.py {mark} die"
+        await svc.launch(spec)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline and "t" not in rec.ended_status, "the trial did not spawn its processes"
+            await asyncio.sleep(0.02)
+        os.kill(rec.pids["t"], signal.SIGSTOP)
+        await asyncio.wait_for(svc.kill("t"), 60)
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.ended_status["t"] == "USER_CANCELED"
+    assert [p.cmdline() for p in marked(mark)] == []
+
+
 def test_trials_end_themselves_when_the_engine_is_killed(launcher, mark, tmp_path):
     """kill -9 of the engine: its trials' processes, of every kind, are gone within kill_grace + a few seconds."""
     spawning_code(tmp_path / "code", "spawn.py")

@@ -285,7 +285,8 @@ class LocalTrainingService(TrainingService):
         if kind == "final" and not run.final_seen:  # the engine keeps the first final result
             run.final_seen = True
             if scalar(value) is None:
-                run.final_note = f"the final result {value!r} is not a finite number: recorded, not used for tuning"
+                number = value["default"] if isinstance(value, dict) else value
+                run.final_note = f"the final result {number!r} is not a finite number: recorded, not used for tuning"
         self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     @staticmethod
