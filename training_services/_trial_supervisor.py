@@ -1,7 +1,7 @@
 """Per-trial supervisor of the local training service: runs one trial command and ends its whole process tree.
 
 The engine starts ``python -I -S _trial_supervisor.py GRACE LIFELINE_FD COMMAND``.  Stdlib only, importing
-nothing from hpo, so that it starts in milliseconds.  Contract:
+nothing from hpo and as little as it can: it starts about as fast as a bare interpreter.  Contract:
 
 * runs ``/bin/sh -c COMMAND`` in its own process group, with this process's environment, stdin, stdout,
   stderr and other inheritable descriptors (the report pipe) unchanged;

@@ -40,7 +40,7 @@ MAX_LINE = 1 << 20  # longest report line (channel or printed) the engine reads;
 
 
 class _LineReader(asyncio.Protocol):
-    """Splits a pipe into lines in linear time, holding at most ``limit`` bytes of the current line.
+    """Splits a pipe into lines in linear time, holding at most ``limit`` + 1 bytes of the current line.
 
     ``on_data(chunk)`` sees every byte.  ``on_line(line)`` gets each line starting with ``prefix`` (the
     last one may lack its newline); a line longer than ``limit`` is dropped and ``on_long_line(first bytes)``
