@@ -212,7 +212,8 @@ def test_a_supervisor_that_does_not_exit_is_killed_with_the_whole_tree(tmp_path,
 def test_trials_end_themselves_when_the_engine_is_killed(launcher, mark, tmp_path):
     """kill -9 of the engine: its trials' processes, of every kind, are gone within kill_grace + a few seconds."""
     spawning_code(tmp_path / "code", "spawn.py")
-    trial = f"import runpy, sys\nsys.argv = ['spawn.py', {mark!r}, 'stay']\nrunpy.run_path('spawn.py', run_name='__main__')\n"
+    trial = (f"import runpy, sys\nsys.argv = ['spawn.py', {mark!r}, 'stay']\n"
+             "runpy.run_path('spawn.py', run_name='__main__')\n")
     proc, exp_id, directory = launcher(trial, concurrency=1, max_trials=1)
     wait_until(lambda: list(directory.glob("trials/*/ready")), 60, what="the trial to spawn its processes")
     os.kill(proc.pid, signal.SIGKILL)
@@ -345,20 +346,24 @@ def test_bad_reports_fail_the_trial_or_say_why_and_lose_nothing(make_experiment)
     assert "Traceback" not in log and "ERROR" not in log
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("value, error", [(10**400, "too large to be a float"),
-                                          ({"default": 1, "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
-                                           "nested more than 32 levels")], ids=["huge_int", "deep_in_dict"])
+                                          ({"default": 1, "x": _nested(32)}, "nested more than 32 levels")],
+                         ids=["huge_int", "deep_in_dict"])
 def test_report_final_result_refuses_what_the_engine_could_not_read(value, error):
     with pytest.raises(ValueError, match=error):
         hpo.report_final_result(value)
 
 
 def test_a_deeply_nested_result_is_a_clear_error_in_the_trial():
-    deep: list[Any] = []
-    for _ in range(100_000):
-        deep = [deep]
     with pytest.raises(ValueError, match=r"expected a number or a dict .* \(list\)"):
-        hpo.report_final_result(deep)
+        hpo.report_final_result(_nested(100_000))
 
 
 def test_an_over_long_report_line_fails_the_trial_and_later_reports_count(tmp_path):
