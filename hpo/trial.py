@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
 __all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_result", "report_final_result",
@@ -31,6 +32,8 @@ __all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_r
 
 STDOUT_FINAL = "HPO_FINAL_RESULT="
 STDOUT_INTERMEDIATE = "HPO_INTERMEDIATE_RESULT="
+MAX_DEPTH = 32  # nesting levels a result may have (a dict result's values may be lists and dicts)
+_FLOAT_MAX = int(sys.float_info.max)
 _params: dict[str, Any] | None = None
 _params_loaded = False
 _final_reported = False
@@ -78,7 +81,8 @@ def get_current_parameter(tag: str | None = None) -> Any:
 
 
 def validate_metric(metric: Any, what: str = "metric") -> Any:
-    """Return ``metric`` if it is a number or a dict with a numeric ``"default"``; else raise ValueError."""
+    """Return ``metric`` if it is a number (an integer one within float range) or a dict with such a
+    ``"default"``, nested at most ``MAX_DEPTH`` levels deep; else raise ValueError."""
     def is_number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -88,15 +92,35 @@ def validate_metric(metric: Any, what: str = "metric") -> Any:
         except Exception:
             pass
     if is_number(metric):
+        if isinstance(metric, int) and abs(metric) > _FLOAT_MAX:
+            raise ValueError(f"{what}: a {metric.bit_length()}-bit integer is too large to be a float")
         return metric
     if isinstance(metric, dict):
         if "default" not in metric:
             raise ValueError(f"{what}: a dict result needs a 'default' key holding the number to tune on; "
                              f"got keys {sorted(map(str, metric))}")
         default = validate_metric(metric["default"], f"{what}['default']")
+        if _depth(metric) > MAX_DEPTH:
+            raise ValueError(f"{what}: nested more than {MAX_DEPTH} levels deep")
         return {**metric, "default": default}
+    try:
+        shown = repr(metric)
+    except RecursionError:
+        shown = "..."
+    shown = shown if len(shown) <= 100 else shown[:100] + "..."
     raise ValueError(f"{what}: expected a number or a dict with a numeric 'default' key, "
-                     f"got {metric!r} ({type(metric).__name__})")
+                     f"got {shown} ({type(metric).__name__})")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists, tuples and dicts nest in ``value`` (0 for a scalar); iterative, so never a RecursionError."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (list, tuple, dict)):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def scalar(metric: Any) -> float | None:
@@ -148,8 +172,10 @@ def parse_channel_report(line: bytes) -> tuple[str, Any]:
         if kind not in ("intermediate", "final"):
             raise ValueError(f"unknown report type {kind!r}")
         return kind, validate_metric(msg["value"], f"{kind} result")
+    except RecursionError:
+        raise ValueError("bad report from trial: JSON nested too deeply") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"bad report from trial: {exc}") from None
+        raise ValueError(f"bad report from trial: {str(exc)[:200]}") from None
 
 
 def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
@@ -167,6 +193,11 @@ def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
-                raise ValueError(f"{prefix[:-1]}: expected a number or a JSON object, got {text!r}") from None
+                shown = text if len(text) <= 100 else text[:100] + "..."
+                raise ValueError(f"{prefix[:-1]}: expected a number or a JSON object, got {shown!r}") from None
+            except ValueError as exc:  # an integer of over 4300 digits
+                raise ValueError(f"{prefix[:-1]}: {str(exc)[:200]}") from None
+            except RecursionError:
+                raise ValueError(f"{prefix[:-1]}: JSON nested too deeply") from None
             return kind, validate_metric(value, prefix[:-1])
     return None

@@ -1,54 +1,112 @@
-"""Local training service: each trial is a subprocess in its own session and process group.
+"""Local training service: each trial runs under its own supervisor process (``_trial_supervisor.py``).
 
 Per trial, in ``trial_dir``: ``parameters.json``, ``stdout.log`` (read through the engine, so
 printed ``HPO_FINAL_RESULT=`` lines count as reports and the dashboard can follow it live) and
 ``stderr.log``.  Reports arrive on an inherited pipe (``HPO_REPORT_FD``); the trial never needs
-the engine's port.  Killing a trial sends SIGTERM to its whole group (and any descendant that
-left it), then SIGKILL after ``kill_grace`` seconds.
+the engine's port.
+
+The supervisor (a subreaper: no descendant of the trial can leave it) gives the whole tree SIGTERM
+and ``kill_grace`` seconds, then SIGKILL, when it is killed, when the trial exits (leftovers get at
+most 1 s) and when the engine dies (the lifeline pipe it watches closes).  The engine SIGKILLs a
+supervisor that outlives the grace by ``BACKSTOP`` s, and after every trial kills what still carries
+the trial's environment marker (``HPO_TRIAL_ID``, ``HPO_SEQUENCE_ID``).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 
 import hpo
-from hpo.trial import parse_channel_report, parse_stdout_report
+from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report, scalar
 from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 
-__all__ = ["LocalTrainingService", "kill_process_tree"]
+__all__ = ["LocalTrainingService"]
 
+log = logging.getLogger("hpo.local")
 _HPO_ROOT = str(Path(hpo.__file__).resolve().parent.parent)
+_SUPERVISOR = str(Path(__file__).resolve().parent / "_trial_supervisor.py")
+BACKSTOP = 3.0      # seconds past kill_grace before the engine SIGKILLs a supervisor that is still there
+MAX_LINE = 1 << 20  # longest report line (channel or printed) the engine reads; other output is only logged
 
 
 class _LineReader(asyncio.Protocol):
-    """Reads a pipe, calls ``on_line`` per complete line and ``on_data`` per chunk."""
+    """Splits a pipe into lines in linear time, holding at most ``limit`` + 1 bytes of the current line.
 
-    def __init__(self, on_line: Callable[[bytes], None], on_data: Callable[[bytes], None] | None = None) -> None:
-        self.on_line, self.on_data = on_line, on_data
-        self.buffer = b""
+    ``on_data(chunk)`` sees every byte.  ``on_line(line)`` gets each line starting with ``prefix`` (the
+    last one may lack its newline); a line longer than ``limit`` is dropped and ``on_long_line(first bytes)``
+    called instead.  An exception from a callback is logged and never stops the reader.
+    """
+
+    def __init__(self, on_line: Callable[[bytes], None], on_long_line: Callable[[bytes], None],
+                 on_data: Callable[[bytes], None] | None = None, prefix: bytes = b"", limit: int = MAX_LINE) -> None:
+        self.on_line, self.on_long_line, self.on_data = on_line, on_long_line, on_data
+        self.prefix, self.limit = prefix, limit
+        self.line = bytearray()
+        self.head: bytes | None = None  # first bytes of a line over the limit
+        self.skip = False                # the current line is not wanted (other prefix, or too long)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         if self.on_data is not None:
-            self.on_data(data)
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            self.on_line(line)
+            self._call(self.on_data, data)
+        first = data.find(b"\n")
+        if first < 0:
+            self._take(memoryview(data))
+            return
+        self._take(memoryview(data)[:first])
+        self._end_line()
+        last, start = data.rfind(b"\n"), first + 1
+        while start <= last:  # the complete lines after the first; unwanted ones are skipped by find()
+            if not data.startswith(self.prefix, start):
+                start = data.find(b"\n" + self.prefix, start, last) + 1
+                if start == 0:
+                    break
+            end = data.find(b"\n", start)
+            if end - start > self.limit:
+                self._call(self.on_long_line, data[start:start + 100])
+            else:
+                self._call(self.on_line, data[start:end])
+            start = end + 1
+        self._take(memoryview(data)[last + 1:])
+
+    def _take(self, piece: memoryview) -> None:
+        if self.skip or not piece:
+            return
+        self.line += piece[:self.limit + 1 - len(self.line)]
+        if self.line[:len(self.prefix)] != self.prefix[:len(self.line)]:
+            self.skip = True
+        elif len(self.line) > self.limit:
+            self.skip, self.head = True, bytes(self.line[:100])
+        if self.skip:
+            self.line = bytearray()
+
+    def _end_line(self) -> None:
+        if self.head is not None:
+            self._call(self.on_long_line, self.head)
+        elif not self.skip:
+            self._call(self.on_line, bytes(self.line))
+        self.line, self.head, self.skip = bytearray(), None, False
+
+    @staticmethod
+    def _call(callback: Callable[[bytes], None], data: bytes) -> None:
+        try:
+            callback(data)
+        except Exception:  # raising out of the protocol would close the pipe and lose the rest of the output
+            log.exception("handling a trial's output failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.buffer:
-            self.on_line(self.buffer)
-            self.buffer = b""
+        if self.line or self.head is not None:
+            self._end_line()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -56,14 +114,17 @@ class _LineReader(asyncio.Protocol):
 @dataclass
 class _Run:
     spec: TrialSpec
-    proc: asyncio.subprocess.Process
-    pgid: int
+    proc: asyncio.subprocess.Process  # the trial's supervisor (its pid is also its process group)
     gpus: list[int]
-    readers: list[_LineReader]
+    lifeline: int                     # write end of the pipe the supervisor watches; closed once it exited
     stdout_file: Any
+    readers: list[_LineReader] = field(default_factory=list)
     kill_status: str | None = None
     kill_reason: str | None = None
     report_error: str | None = None
+    final_seen: bool = False
+    final_note: str | None = None     # the final result is not a finite number
+    log_error: str | None = None      # why stdout.log stopped being written
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -74,7 +135,7 @@ class LocalTrainingService(TrainingService):
         use_active_gpu: allow GPUs that other programs are using.
         max_trial_number_per_gpu: trials sharing one GPU.
         gpu_indices: restrict to these GPU indices.
-        kill_grace: seconds between SIGTERM and SIGKILL.
+        kill_grace: seconds a killed trial (all its processes) gets between SIGTERM and SIGKILL.
     """
 
     platform = "local"
@@ -137,7 +198,15 @@ class LocalTrainingService(TrainingService):
                     self.allocator.refresh(await detect_gpus(frozenset(self._own_pids())))
 
     def _own_pids(self) -> set[int]:
-        return {r.proc.pid for r in self._runs.values()}
+        """Every process of every running trial (supervisors and what runs below them)."""
+        pids = set()
+        for run in self._runs.values():
+            pids.add(run.proc.pid)
+            try:
+                pids.update(p.pid for p in psutil.Process(run.proc.pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        return pids
 
     async def launch(self, spec: TrialSpec) -> None:
         assert self._events is not None, "start() must be called first"
@@ -147,6 +216,7 @@ class LocalTrainingService(TrainingService):
         params_file.write_text(json.dumps(spec.parameters))
         report_r, report_w = os.pipe()
         out_r, out_w = os.pipe()
+        life_r, life_w = os.pipe()  # not inheritable: only the supervisor gets the read end (pass_fds)
         env = dict(os.environ)
         env.update(spec.env)
         env.update({
@@ -157,26 +227,32 @@ class LocalTrainingService(TrainingService):
             "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
         })
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        stdout_file = None
         try:
+            stdout_file = open(spec.trial_dir / "stdout.log", "wb", buffering=0)
             with open(spec.trial_dir / "stderr.log", "wb") as stderr_file:
                 proc = await asyncio.create_subprocess_exec(
-                    "/bin/sh", "-c", spec.command, cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out_w, stderr=stderr_file, pass_fds=(report_w,), start_new_session=True)
+                    sys.executable, "-I", "-S", _SUPERVISOR, repr(float(self.kill_grace)), str(life_r), spec.command,
+                    cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=stderr_file,
+                    pass_fds=(report_w, life_r), start_new_session=True)
         except BaseException:
-            for fd in (report_r, out_r):
+            for fd in (report_r, out_r, life_w):
                 os.close(fd)
+            if stdout_file is not None:
+                stdout_file.close()
             self.allocator.release(gpus)
             raise
         finally:
-            os.close(report_w)
-            os.close(out_w)
-        stdout_file = open(spec.trial_dir / "stdout.log", "wb", buffering=0)
-        run = _Run(spec, proc, proc.pid, gpus, [], stdout_file)
+            for fd in (report_w, out_w, life_r):
+                os.close(fd)
+        run = _Run(spec, proc, gpus, life_w, stdout_file)
         self._runs[spec.trial_id] = run
         self._events.started(spec.trial_id, proc.pid, proc.pid, "localhost", gpus)
         loop = asyncio.get_running_loop()
-        readers = [_LineReader(lambda line: self._on_report(run, line)),
-                   _LineReader(lambda line: self._on_stdout_line(run, line), stdout_file.write)]
+        readers = [_LineReader(lambda line: self._on_report(run, line), lambda head: self._on_long_line(run, head)),
+                   _LineReader(lambda line: self._on_stdout_line(run, line),
+                               lambda head: self._on_long_line(run, head, printed=True),
+                               lambda data: self._log_stdout(run, data), prefix=b"HPO_")]
         await loop.connect_read_pipe(lambda: readers[0], os.fdopen(report_r, "rb", buffering=0))
         await loop.connect_read_pipe(lambda: readers[1], os.fdopen(out_r, "rb", buffering=0))
         run.readers = readers
@@ -186,18 +262,52 @@ class LocalTrainingService(TrainingService):
         try:
             kind, value = parse_channel_report(line)
         except ValueError as exc:
-            run.report_error = str(exc)
+            self._report_error(run, str(exc))
             return
-        self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
+        self._metric(run, kind, value)
 
     def _on_stdout_line(self, run: _Run, line: bytes) -> None:
         try:
             parsed = parse_stdout_report(line)
         except ValueError as exc:
-            run.report_error = str(exc)
+            self._report_error(run, str(exc))
             return
         if parsed is not None:
-            self._events.metric(run.spec.trial_id, parsed[0], parsed[1])  # type: ignore[union-attr]
+            self._metric(run, *parsed)
+
+    def _on_long_line(self, run: _Run, head: bytes, printed: bool = False) -> None:
+        if printed and not head.startswith((STDOUT_FINAL.encode(), STDOUT_INTERMEDIATE.encode())):
+            return
+        start = head[:40].decode("utf-8", "replace")
+        self._report_error(run, f"bad report from trial: a line longer than {MAX_LINE} bytes ({start!r}...)")
+
+    def _metric(self, run: _Run, kind: str, value: Any) -> None:
+        if kind == "final" and not run.final_seen:  # the engine keeps the first final result
+            run.final_seen = True
+            if scalar(value) is None:
+                number = value["default"] if isinstance(value, dict) else value
+                run.final_note = f"the final result {number!r} is not a finite number: recorded, not used for tuning"
+        self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _report_error(run: _Run, message: str) -> None:
+        """The first bad report fails the trial with its message."""
+        if run.report_error is None:
+            log.warning("trial %s: %s", run.spec.trial_id, message)
+            run.report_error = message
+
+    @staticmethod
+    def _log_stdout(run: _Run, data: bytes) -> None:
+        """Append to stdout.log; on an error (disk full) stop writing it and remember why."""
+        if run.log_error is not None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[run.stdout_file.write(view):]
+        except OSError as exc:
+            run.log_error = f"stdout.log is incomplete: {exc.strerror or exc}"
+            log.warning("trial %s: %s", run.spec.trial_id, run.log_error)
 
     async def _follow(self, run: _Run) -> None:
         spec = run.spec
@@ -208,10 +318,11 @@ class LocalTrainingService(TrainingService):
                 run.kill_status = run.kill_status or "FAILED"
                 run.kill_reason = run.kill_reason or f"exceeded max_trial_duration ({spec.max_duration:g} s)"
                 await self._terminate(run)
-            # the main process is gone: end whatever it left in its group, then drain the pipes
-            await self._terminate(run, grace=0.5)
+            # the supervisor ended every process below it; a last resort for any that escaped it
+            await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
             await asyncio.wait([r.closed for r in run.readers], timeout=2.0)
         finally:
+            os.close(run.lifeline)
             run.stdout_file.close()
             self._runs.pop(spec.trial_id, None)
             if run.gpus:
@@ -223,17 +334,24 @@ class LocalTrainingService(TrainingService):
         if run.kill_status is not None:
             status, message = run.kill_status, run.kill_reason
         elif code == 0 and run.report_error is None:
-            status, message = "SUCCEEDED", None
+            status, message = "SUCCEEDED", run.final_note
         else:
             status = "FAILED"
             message = run.report_error or _failure_message(spec.trial_dir / "stderr.log", code)
-        self._events.ended(spec.trial_id, status, code, message)  # type: ignore[union-attr]
+        self._events.ended(spec.trial_id, status, code, message or run.log_error)  # type: ignore[union-attr]
         run.done.set()
 
-    async def _terminate(self, run: _Run, grace: float | None = None) -> None:
-        """SIGTERM the trial's group and descendants, SIGKILL what is left after ``grace``."""
-        grace = self.kill_grace if grace is None else grace
-        await kill_process_tree(run.proc.pid, run.pgid, grace, lambda: run.proc.returncode is not None)
+    async def _terminate(self, run: _Run) -> None:
+        """SIGTERM the supervisor (it gives the trial ``kill_grace``); SIGKILL it and its tree ``BACKSTOP`` s later."""
+        if run.proc.returncode is not None:
+            return
+        _signal_group(run.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(run.proc.wait(), self.kill_grace + BACKSTOP)
+        except asyncio.TimeoutError:
+            log.warning("trial %s: its supervisor did not exit; killing its processes", run.spec.trial_id)
+            _kill_tree(run.proc.pid)
+            await run.proc.wait()
 
     async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
         run = self._runs.get(trial_id)
@@ -254,95 +372,74 @@ class LocalTrainingService(TrainingService):
             if not pgid:
                 continue
             try:
-                proc = psutil.Process(pgid)
-                if started and proc.create_time() > started + 5:  # pid reused by an unrelated process
+                if started and psutil.Process(pgid).create_time() > started + 5:  # pid reused by an unrelated process
                     continue
-                os.killpg(pgid, signal.SIGKILL)
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                pass
-        # A trial the dead engine had started but not yet recorded (no pgid), and descendants that left
-        # its group, are found by the environment every trial process inherits.
+            except psutil.Error:
+                continue
+            _kill_tree(pgid)
+        # A trial the dead engine had started but not yet recorded (no pgid), and processes that left the
+        # supervisor's tree, are found by the environment every trial process inherits.
         _kill_by_environment({(str(rec["id"]), str(rec["seq"])) for rec in records if rec.get("id")})
 
 
 def _kill_by_environment(trials: set[tuple[str, str]]) -> None:
     """SIGKILL every process whose (HPO_TRIAL_ID, HPO_SEQUENCE_ID) is one of ``trials``."""
+    markers = [(f"\0HPO_TRIAL_ID={t}\0".encode(), f"\0HPO_SEQUENCE_ID={s}\0".encode()) for t, s in trials]
     me = os.getpid()
     for _ in range(3):  # again, in case a process forked while we looked
         killed = 0
-        for proc in psutil.process_iter():
-            try:
-                if proc.pid == me:
-                    continue
-                env = proc.environ()
-                if (env.get("HPO_TRIAL_ID"), env.get("HPO_SEQUENCE_ID")) in trials:
-                    proc.kill()
+        for pid, env in _environments():
+            if pid != me and any(t in env and s in env for t, s in markers):
+                try:
+                    os.kill(pid, signal.SIGKILL)
                     killed += 1
-            except psutil.Error:
-                continue
+                except (ProcessLookupError, PermissionError):
+                    pass
         if not killed:
             return
 
 
-async def kill_process_tree(pid: int, pgid: int, grace: float, exited: Callable[[], bool]) -> None:
-    """SIGTERM process group ``pgid`` and every descendant of ``pid``; SIGKILL survivors after ``grace``."""
-    if exited() and not _group_exists(pgid):  # fast path: a trial that ended cleanly
+def _environments() -> Iterator[tuple[int, bytes]]:
+    """``(pid, environment)`` of every process we may read, the environment as ``\\0KEY=value\\0...``.
+
+    Read from /proc where there is one (several times faster than psutil's parsed dicts)."""
+    try:
+        names = os.listdir("/proc")
+    except FileNotFoundError:
+        for proc in psutil.process_iter():
+            try:
+                yield proc.pid, b"\0" + b"".join(f"{k}={v}\0".encode() for k, v in proc.environ().items())
+            except psutil.Error:
+                continue
         return
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    yield int(name), b"\0" + fh.read()
+            except OSError:
+                continue
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid``, its process group and every descendant."""
     try:
         tree = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         tree = []
-    _signal_all(pgid, tree, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if exited() and not _group_alive(pgid) and not any(_alive(p) for p in tree):
-            return
-        await asyncio.sleep(0.02)
-    _signal_all(pgid, tree, signal.SIGKILL)
-    for _ in range(100):
-        if exited() and not _group_alive(pgid):
-            return
-        await asyncio.sleep(0.02)
-
-
-def _signal_all(pgid: int, tree: list[psutil.Process], sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    _signal_group(pid, signal.SIGKILL)
     for proc in tree:
         try:
-            proc.send_signal(sig)
+            proc.kill()
         except psutil.Error:
             pass
 
 
-def _alive(proc: psutil.Process) -> bool:
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    if not _group_exists(pgid):
-        return False
-    # signal 0 also succeeds for zombies waiting to be reaped; look closer
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    return False
+        pass
 
 
 def _failure_message(stderr_path: Path, code: int | None) -> str:
