@@ -80,6 +80,7 @@ class _Active:
     steps: int = 0
     final_seen: bool = False
     final_value: float | None = None
+    final_note: str | None = None  # why a reported final result is not used for tuning
     history: list[float] = field(default_factory=list)  # scalar intermediate values, for assessors
 
 
@@ -450,6 +451,9 @@ class Engine:
             if not self._guarded(self.store.add_metric, trial.seq, "final", 0, number, value):
                 return
             trial.final_seen, trial.final_value = True, number
+            if number is None:
+                raw = value["default"] if isinstance(value, dict) else value
+                trial.final_note = f"the final result {raw!r} is not a finite number: recorded, not used for tuning"
             if number is not None:
                 self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, number)
         else:
@@ -502,7 +506,7 @@ class Engine:
             status, interrupted = "SUCCEEDED", False
             message = f"ended after its final result ({message})" if message else None
         elif status == "SUCCEEDED" and message is None and trial.final_value is None:
-            message = NO_RESULT if not trial.final_seen else "its final result is not a finite number"
+            message = trial.final_note or NO_RESULT
         if status == "EARLY_STOPPED" and not trial.final_seen and trial.history:
             # the tuner learns from where the trial was stopped (and so does a resumed tuner)
             last = trial.history[-1]

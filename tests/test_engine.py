@@ -339,7 +339,7 @@ def test_a_trial_without_a_final_result_is_marked(make_experiment):
     t = by_seq(exp)
     assert [t[s]["status"] for s in (1, 2, 3)] == ["SUCCEEDED"] * 3
     assert t[1]["message"] == "finished without reporting a final result"
-    assert t[2]["message"] == "its final result is not a finite number"
+    assert t[2]["message"] == "the final result nan is not a finite number: recorded, not used for tuning"
     assert t[3]["message"] is None
     assert exp.get_experiment_profile()["message"] == "2 trials succeeded without a final result"
 

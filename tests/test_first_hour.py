@@ -168,3 +168,12 @@ hpo.report_final_result(p["x"])
     assert sorted(t["rerun_of"] for t in retries) == [t["seq"] for t in attempts]
     assert [t["status"] for t in retries] == ["SUCCEEDED"] * 3
     assert exp.get_job_statistics()["FAILED"] == 0 and len(exp.export_data()) == 3
+
+
+def test_trials_find_the_interpreter_hpo_runs_in_first_on_their_path(make_experiment):
+    exp = make_experiment("import sys, hpo; hpo.report_final_result(1); print('RUNS', sys.executable)",
+                          command="python3 trial.py", max_trial_number=1)
+    assert exp.run(port=0) is True
+    out = (exp.directory / "trials" / exp.list_trial_jobs()[0]["id"] / "stdout.log").read_text()
+    used = out.split("RUNS ", 1)[1].strip()
+    assert os.path.dirname(used) == os.path.dirname(sys.executable), (used, sys.executable)

@@ -94,12 +94,15 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def gate(directory: Path) -> str:
-    """Trial code that blocks trials numbered above 3 until ``directory/go`` exists."""
+def gate(directory: Path, stubborn: bool = False) -> str:
+    """Trial code that blocks trials numbered above 3 until ``directory/go`` exists (``stubborn``: ignoring
+    SIGTERM meanwhile, so that they outlive their supervisor's grace)."""
     return f"""
-import os, time, hpo
+import os, signal, time, hpo
 p = hpo.get_next_parameter()
 if int(os.environ["HPO_SEQUENCE_ID"]) > 3:
+    if {stubborn!r}:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while not os.path.exists({str(directory / "go")!r}):
         time.sleep(0.02)
 hpo.report_final_result(p["x"])
@@ -329,12 +332,13 @@ def test_resume_right_after_a_crash_does_not_see_a_dead_engine_as_running(spawn,
 
 
 def test_hpo_stop_ends_what_a_crashed_engine_left(spawn, tmp_path):
-    s = spawn(gate(tmp_path), trial_concurrency=2, max_trial_number=6,
+    s = spawn(gate(tmp_path, stubborn=True), trial_concurrency=2, max_trial_number=6,
               training_service={"platform": "local", "kill_grace": 60})
     with s.store() as store:
         wait_until(lambda: store.status_counts()["RUNNING"] == 2, 30, what="two blocked trials")
         blocked = [t for t in store.trials(status="RUNNING")]
     s.crash()
+    assert len(processes_of(s.id)) >= 2, "the stubborn trials outlive their engine for the 60 s grace"
     finished = cli("kill", s.id, "1")
     assert finished.returncode == 1
     assert finished.stderr.strip() == f"hpo: error: trial {store_trial_id(s, 1)} of experiment {s.id} is not running"

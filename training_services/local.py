@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import psutil
 
 import hpo
-from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report, scalar
+from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 
@@ -34,6 +34,7 @@ __all__ = ["LocalTrainingService"]
 
 log = logging.getLogger("hpo.local")
 _HPO_ROOT = str(Path(hpo.__file__).resolve().parent.parent)
+_INTERPRETER_DIR = os.path.dirname(sys.executable)
 _SUPERVISOR = str(Path(__file__).resolve().parent / "_trial_supervisor.py")
 BACKSTOP = 3.0      # seconds past kill_grace before the engine SIGKILLs a supervisor that is still there
 MAX_LINE = 1 << 20  # longest report line (channel or printed) the engine reads; other output is only logged
@@ -122,8 +123,6 @@ class _Run:
     kill_status: str | None = None
     kill_reason: str | None = None
     report_error: str | None = None
-    final_seen: bool = False
-    final_note: str | None = None     # the final result is not a finite number
     log_error: str | None = None      # why stdout.log stopped being written
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -211,12 +210,20 @@ class LocalTrainingService(TrainingService):
     async def launch(self, spec: TrialSpec) -> None:
         assert self._events is not None, "start() must be called first"
         gpus = await self._acquire_gpus(spec.gpu_number)
-        spec.trial_dir.mkdir(parents=True, exist_ok=True)
-        params_file = spec.trial_dir / "parameters.json"
-        params_file.write_text(json.dumps(spec.parameters))
-        report_r, report_w = os.pipe()
-        out_r, out_w = os.pipe()
-        life_r, life_w = os.pipe()  # not inheritable: only the supervisor gets the read end (pass_fds)
+        fds: list[int] = []
+        try:  # everything the trial needs is acquired before it starts: a failure (EMFILE) leaves nothing behind
+            spec.trial_dir.mkdir(parents=True, exist_ok=True)
+            params_file = spec.trial_dir / "parameters.json"
+            params_file.write_text(json.dumps(spec.parameters))
+            for _ in range(3):
+                fds.extend(os.pipe())
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            self.allocator.release(gpus)
+            raise
+        # not inheritable: the supervisor gets only the read end of the lifeline (pass_fds)
+        report_r, report_w, out_r, out_w, life_r, life_w = fds
         env = dict(os.environ)
         env.update(spec.env)
         env.update({
@@ -225,6 +232,8 @@ class LocalTrainingService(TrainingService):
             "HPO_PARAMETERS_FILE": str(params_file), "HPO_REPORT_FD": str(report_w),
             "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), _HPO_ROOT) if p),
             "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
+            # `python3 train.py` finds the interpreter hpo runs in (its venv) before the system's
+            "PATH": os.pathsep.join(p for p in (_INTERPRETER_DIR, env.get("PATH", os.defpath)) if p),
         })
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         stdout_file = None
@@ -282,11 +291,6 @@ class LocalTrainingService(TrainingService):
         self._report_error(run, f"bad report from trial: a line longer than {MAX_LINE} bytes ({start!r}...)")
 
     def _metric(self, run: _Run, kind: str, value: Any) -> None:
-        if kind == "final" and not run.final_seen:  # the engine keeps the first final result
-            run.final_seen = True
-            if scalar(value) is None:
-                number = value["default"] if isinstance(value, dict) else value
-                run.final_note = f"the final result {number!r} is not a finite number: recorded, not used for tuning"
         self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     @staticmethod
@@ -334,7 +338,7 @@ class LocalTrainingService(TrainingService):
         if run.kill_status is not None:
             status, message = run.kill_status, run.kill_reason
         elif code == 0 and run.report_error is None:
-            status, message = "SUCCEEDED", run.final_note
+            status, message = "SUCCEEDED", None
         else:
             status = "FAILED"
             message = run.report_error or _failure_message(spec.trial_dir / "stderr.log", code)
