@@ -85,8 +85,9 @@ def nested_choice(depth: int) -> dict:
 @pytest.mark.parametrize("config", [
     BASE + f"tuner: random\nsearchSpace: {{x: {{_type: choice, _value: {bomb()}}}}}\n",
     f"trialCommand: {bomb()}\ntrialCodeDirectory: .\ntuner: random\nsearchSpace: {ONE}\n",
-    BASE + f"tuner: {{name: random, classArgs: {{seed: {bomb()}}}}}\nsearchSpace: {ONE}\n",
-], ids=["search_space", "trial_command", "class_args"])
+    BASE + f"tuner: random\nsearchSpace: {ONE}\n"
+           f"earlyStopping: [{{metric: m, value: 1, optimization: maximize, policy: {bomb()}}}]\n",
+], ids=["search_space", "trial_command", "early_stopping"])
 def test_alias_bomb_is_refused_in_any_field(tmp_path, config):
     path = write(tmp_path / "bomb.yml", config)
     for command in (["check", "-f", path], ["create", "--config", path]):
