@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import math
 import reprlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "SearchSpaceError", "GridTooLargeError", "SearchSpace", "Dimension", "Categorical", "NestedOption",
-    "IntRange", "Numeric", "parse_search_space", "MAX_GRID_VALUES", "MAX_NESTING", "MAX_PARAMETERS",
+    "IntRange", "Numeric", "parse_search_space", "is_finite_number", "MAX_GRID_VALUES", "MAX_NESTING",
+    "MAX_PARAMETERS",
 ]
 
 NNI_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform",
@@ -46,7 +48,7 @@ MAX_NESTING = 32  # levels of nested choices
 MAX_PARAMETERS = 100_000  # parameters in all, nested ones included
 MAX_INT = 2 ** 53  # randint bounds: integers that floats represent exactly
 _SIGMAS = 10  # a normal value lies within mu +- 10 sigma (a chance of 1e-23 to fall outside)
-_MAX_LOG = math.log(2.0 ** 1023)  # exp(x) of a larger x overflows
+_MAX_LOG = math.log(sys.float_info.max)  # exp(x) of a larger x overflows
 _repr = reprlib.Repr()  # bounded reprs of user values, whatever their size or depth
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
 _show = _repr.repr
