@@ -1,10 +1,12 @@
 """``hpo``: the command line (nnictl-like).  ``hpo <command> --help`` describes each command.
 
-Experiments run detached by default: ``hpo create`` validates everything, starts a background
-process (its own session, output in ``$HPO_HOME/logs/``) and waits until that process reports
-``ready <id> <port>`` or ``error <message>`` on an inherited pipe.  Reads (list, trials, logs,
+Experiments run detached by default: ``hpo create`` validates everything (what ``hpo check`` checks),
+starts a background process (its own session, output in ``$HPO_HOME/logs/``) and waits until that
+process reports ``ready <id> <port>`` (once its training service has started: SSH connections are
+made) or ``error <message>`` on an inherited pipe.  Reads (list, trials, logs,
 export) go to the experiment's store; actions (stop, update, kill) go to the running engine's
 JSON API.  Every user mistake prints one line ``hpo: error: ...`` and exits 1 (2: bad usage).
+Stored text (names, messages) is printed with control characters escaped (``\x1b``), never raw.
 """
 from __future__ import annotations
 
@@ -87,8 +89,15 @@ def _trial(store: ExperimentStore, experiment_id: str, key: str) -> dict[str, An
     return rec
 
 
+def _printable(text: str) -> str:
+    """``text`` with each non-printable character (terminal escapes, newlines, bidi controls) as a Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[("-" if c is None else _printable(str(c))) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     for row in [headers, *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -112,9 +121,12 @@ def _value(v: Any) -> str:
 
 
 def _load_config(paths: list[str]) -> Any:
-    """Load, merge and validate config files; also check that the tuner exists and accepts the space."""
+    """Load, merge and validate config files with every check `create` makes before it creates anything:
+    the config (its files, folders, limits), the tuner and assessor (the tuner accepts the space), the
+    trial command's ``{{ name }}`` placeholders, and the training service's precheck (GPUs)."""
     from hpo.config import ConfigError, load_config_files
-    from hpo.experiment import Experiment
+    from hpo.dispatcher import render_command
+    from hpo.experiment import Experiment, _make_service
     config = load_config_files(paths).validate_for_start()
     experiment = Experiment(config=config)
     tuner = experiment._make_tuner()
@@ -123,6 +135,12 @@ def _load_config(paths: list[str]) -> Any:
         tuner.update_search_space(config.search_space)
     except ValueError as exc:
         raise ConfigError(f"config.tuner ({config.tuner.name or config.tuner.class_name}): {exc}") from None
+    if config.trial_command is not None:
+        try:
+            render_command(config.trial_command, dict.fromkeys(config.search_space, ""))
+        except KeyError as exc:
+            raise ConfigError(f"config.trial_command: {exc.args[0]}") from None
+    _make_service(config)
     return config
 
 
@@ -205,13 +223,27 @@ def _graceful_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _until_running(exp: Any) -> None:
+    """Wait until the engine of ``exp`` (started in this process) has started its training service; raise
+    ExperimentError with the engine's reason if it failed instead (an unknown host, a wrong password...)."""
+    from hpo.experiment import ExperimentError
+    engine = exp._runner.engine
+    while engine.status == "INITIALIZED" and not exp.wait(0.1):
+        pass
+    if engine.status == "ERROR":
+        exp.stop()
+        raise ExperimentError(engine.message or "the experiment failed as it started")
+
+
 def _foreground(args: argparse.Namespace, launch: Callable[[bool], Any]) -> int:
     """Run an experiment in this process: ``launch(wait)`` starts it (and with ``wait``, runs it to its end
-    with a progress bar).  In a detached child, report readiness, then wait for the end or a signal."""
+    with a progress bar).  In a detached child, report readiness once it runs (or the reason it failed),
+    then wait for the end or a signal."""
     with _graceful_signals():
         with _reporter(args.ready_fd) as report:
             exp = launch(report is None)
             if report is not None:
+                _until_running(exp)
                 report(f"ready {exp.id} {exp.port}")
         if report is not None:
             try:
@@ -370,9 +402,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     rows = [[t["seq"], t["id"], t["status"], None if t["final_value"] is None else _value(t["final_value"]),
-             _value(t["parameters"]), _duration(t["started_at"], t["ended_at"])]
+             _value(t["parameters"]), _duration(t["started_at"], t["ended_at"]), t["message"]]
             for t in _open(args.id)[1].trials(status=args.status)]
-    _table(["SEQ", "ID", "STATUS", "VALUE", "PARAMETERS", "DURATION"], rows)
+    _table(["SEQ", "ID", "STATUS", "VALUE", "PARAMETERS", "DURATION", "MESSAGE"], rows)
     return 0
 
 
@@ -501,7 +533,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     def pruned(d: Any) -> Any:  # leave out unset (null) fields
         return {k: pruned(v) for k, v in d.items() if v is not None} if isinstance(d, dict) else d
     config = _load_config(args.file)
-    print("Config valid\n\n" + yaml.safe_dump(pruned(config.to_dict()), sort_keys=False).rstrip())
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: a 10,000-parameter space in well under 1 s
+    print("Config valid\n\n" + yaml.dump(pruned(config.to_dict()), Dumper=dumper, sort_keys=False).rstrip())
     if args.matrix:
         _print_space(config)
     return 0
@@ -511,19 +544,23 @@ def _print_space(config: Any) -> None:
     """Polyaxon's ``check -m``: the matrix a grid search would run (first rows), or the dimensions."""
     import itertools
     import math
-    from hpo.search_space import parse_search_space
+    from hpo.search_space import GridTooLargeError, parse_search_space
     space = parse_search_space(config.search_space)
     args = dict(config.tuner.class_args or {})
     tuner = (config.tuner.name or config.tuner.class_name or "").lower()
     if "logspace" in tuner:
         from tuners.logspace import discretise
         space = discretise(space, int(args.get("n", 5)))
-    if not space.is_discrete:
-        print("\nThe search space is continuous: it cannot be enumerated as a grid.  Dimensions:")
+    try:
+        size = space.grid_size() if space.is_discrete else None
+        why = "is continuous"
+    except GridTooLargeError as exc:
+        size, why = None, f"is too large ({exc})"
+    if size is None:
+        print(f"\nThe search space {_printable(why)}: it cannot be enumerated as a grid.  Dimensions:")
         for dim in space:
-            print(f"  {dim.name}: {dim.describe()}")
+            print(f"  {_printable(dim.name)}: {_printable(dim.describe())}")
         return
-    size = space.grid_size()
     runs = size
     n_experiments = args.get("n_experiments")
     if isinstance(n_experiments, float) and n_experiments <= 1:
@@ -636,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not isinstance(exc, _user_errors()) or os.environ.get("HPO_DEBUG"):
             raise
-        print(f"hpo: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        print(f"hpo: error: {_printable(' '.join(str(exc).split())) or type(exc).__name__}", file=sys.stderr)
         return 1
 
 

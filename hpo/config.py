@@ -5,7 +5,9 @@
   integer >= 1``): on construction, on assignment (the old value is kept) and on file load (the
   message then starts with the file).  Unknown keys and attributes get a "did you mean".
 * Keys load as snake_case or NNI's camelCase.  Single fields are checked at once; cross-field rules
-  are checked by :meth:`ExperimentConfig.validate_for_start`.
+  (and the files and folders named) are checked by :meth:`ExperimentConfig.validate_for_start`.
+* Files load in bounded time and memory: only regular files of at most 16 MiB (a FIFO or a device is
+  refused unread), YAML nested at most 128 levels, aliases adding at most 100,000 values in all.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import functools
 import math
 import os
 import re
+import reprlib
+import stat
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, get_args
 
@@ -21,7 +26,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_serializer, model_validator)
 from pydantic.alias_generators import to_camel
 
-from hpo.search_space import SearchSpace, SearchSpaceError, parse_search_space
+from hpo.registry import hpo_home
+from hpo.search_space import SearchSpace, SearchSpaceError, is_finite_number, parse_search_space
 
 __all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "RemoteConfig", "RemoteMachineConfig",
            "TrainingServiceConfig", "ExperimentConfig", "load_config_files", "parse_duration"]
@@ -47,8 +53,12 @@ def _to_snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
+_repr = reprlib.Repr()  # bounded, whatever the value's size or depth
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 80, 80
+
+
 def _show(value: Any) -> str:
-    text = repr(str(value)) if isinstance(value, Path) else repr(value)
+    text = repr(str(value)) if isinstance(value, Path) else _repr.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -152,7 +162,7 @@ def _duration_seconds(value: Any) -> float | None:
     if value is None:
         return None
     seconds = math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_finite_number(value):
         seconds = float(value)
     elif isinstance(value, str) and (m := re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", value.strip().lower())):
         seconds = float(m[1]) * _UNITS[m[2]]
@@ -228,7 +238,7 @@ def _stopping_rules(v: Any) -> Any:
         value = rule.get("value")
         if not isinstance(rule.get("metric"), str) or not rule["metric"]:
             raise _Problem(f"{got['metric']}, expected a metric name (a non-empty string)", f"[{i}].metric")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise _Problem(f"{got['value']}, expected a finite number", f"[{i}].value")
         if rule.get("optimization") not in ("maximize", "minimize"):
             raise _Problem(f"{got['optimization']}, expected 'maximize' or 'minimize'", f"[{i}].optimization")
@@ -380,7 +390,8 @@ class ExperimentConfig(_Base):
         return _duration_seconds(self.max_trial_duration)
 
     def validate_for_start(self) -> ExperimentConfig:
-        """Cross-field checks before a start; raises ConfigError, returns self.  Also canonicalises:
+        """Cross-field checks before a start, and that the experiment folders can be created (the working
+        directory and HPO_HOME, where the registry is); raises ConfigError, returns self.  Also canonicalises:
         makes paths absolute (against the cwd) and loads ``search_space_file`` into ``search_space``,
         then sets ``search_space_file`` to None (so a later ``search_space`` update is no conflict)."""
         w = self._location()
@@ -395,6 +406,8 @@ class ExperimentConfig(_Base):
         self.trial_code_directory = _existing_dir(self.trial_code_directory, f"{w}.trial_code_directory")
         if self.experiment_working_directory is not None:
             self.experiment_working_directory = _absolute(self.experiment_working_directory)
+            _writable_dir(self.experiment_working_directory, f"{w}.experiment_working_directory")
+        _writable_dir(_absolute(hpo_home()), "the experiments folder (HPO_HOME, default ~/hpo-experiments)")
         if self.search_space_file is not None:
             path = self.search_space_file = _absolute(self.search_space_file)
             try:
@@ -462,37 +475,120 @@ def _existing_dir(path: Path, where: str) -> Path:
     return path
 
 
+MAX_FILE_BYTES = 16 << 20  # config and search-space files larger than this are refused unread
+MAX_YAML_DEPTH = 128  # nesting levels (a 32-deep nested choice needs about 100)
+MAX_ALIAS_NODES = 100_000  # values that YAML aliases may add in all (a "billion laughs" adds billions)
+
+
+def _writable_dir(path: Path, where: str) -> None:
+    """Raise ConfigError unless ``path`` is a folder, or can be made one, where this process can create folders.
+
+    Tried by creating (and removing) an empty folder in ``path`` or its closest existing ancestor."""
+    try:
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            what = "is not a folder" if probe == path else f"cannot be created: {str(probe)!r} is not a folder"
+            raise ConfigError(f"{where}: {str(path)!r} {what}")
+        tempfile.TemporaryDirectory(dir=probe, prefix=".hpo-check-").cleanup()
+    except OSError as e:
+        raise ConfigError(f"{where}: {str(path)!r} is not usable: cannot create folders in it "
+                          f"({e.strerror or e})") from None
+
+
 @functools.lru_cache(maxsize=None)
 def _yaml_loader() -> Any:
-    """A yaml.SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+    """libyaml's SafeLoader (PyYAML's when libyaml is missing), rejecting duplicate keys (PyYAML keeps the last)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            keys = [k for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.value != "<<"]
-            for i, k in enumerate(keys):
-                if any(k.value == earlier.value for earlier in keys[:i]):
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k.value!r}", k.start_mark)
+            seen: set[str] = set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    if k.value in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k.value!r}", k.start_mark)
+                    seen.add(k.value)
             return super().construct_mapping(node, deep=deep)
     return Loader
 
 
-def _read_yaml(path: Path) -> Any:
-    """The parsed YAML/JSON of ``path``; ConfigError messages start with the file."""
+def _check_yaml_shape(text: str) -> None:
+    """Raise yaml.YAMLError (with a mark) if ``text`` nests deeper than MAX_YAML_DEPTH, has a recursive alias,
+    or has aliases adding more than MAX_ALIAS_NODES values; one streaming pass over the parser's events."""
     import yaml
 
+    def fail(problem: str, event: Any) -> None:
+        raise yaml.MarkedYAMLError(problem=problem, problem_mark=event.start_mark)
+    sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
+    stack: list[list[Any]] = [[None, 0]]  # open collections: [anchor, values so far]
+    added = 0
+    for event in yaml.parse(text, Loader=_yaml_loader()):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_YAML_DEPTH:
+                fail(f"nested more than {MAX_YAML_DEPTH} levels deep", event)
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            if any(event.anchor == frame[0] for frame in stack):
+                fail(f"alias *{event.anchor} refers to a value that contains it", event)
+            anchor, size = None, sizes.get(event.anchor, 1)  # an undefined alias is reported by the loader
+            added += size
+            if added > MAX_ALIAS_NODES:
+                fail(f"aliases expand to more than {MAX_ALIAS_NODES} values; write the values out", event)
+        else:  # stream and document events
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        stack[-1][1] += size
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of regular file ``path`` of at most MAX_FILE_BYTES; never blocks on a FIFO or device."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read file ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read file ({e.strerror})") from None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+                "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket"
+            raise ConfigError(f"{path}: is {kind}; expected a regular file")
+        with open(fd, "rb", closefd=False) as fh:
+            data = fh.read(min(info.st_size, MAX_FILE_BYTES) + 1)  # + 1: it may have grown since fstat
+    finally:
+        os.close(fd)
+    if max(info.st_size, len(data)) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: is {max(info.st_size, len(data)) / 2 ** 20:.1f} MiB; expected a file of at most "
+                          f"{MAX_FILE_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read file (not UTF-8: {e.reason} at byte {e.start})") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML/JSON of ``path``, in bounded time and memory; ConfigError messages start with the file."""
+    import yaml
+
+    text = _read_text(path)
+    try:
+        _check_yaml_shape(text)
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: invalid YAML/JSON{at}: {getattr(e, 'problem', None) or e}") from None
+    except ValueError as e:  # a scalar Python cannot convert, such as an int of more than 4300 digits
+        raise ConfigError(f"{path}: invalid YAML/JSON: {e}") from None
 
 
 _OPAQUE = ("search_space", "class_args", "early_stopping")  # user data: their keys are never renamed

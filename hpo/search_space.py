@@ -17,25 +17,49 @@ Supported forms (``name: spec``):
 
 Quantised types return ``round(x / q) * q`` clipped to ``[low, high]``; when ``low``,
 ``high`` and ``q`` are all integers the value is returned as an ``int``.
+
+Limits, so that any space is checked in bounded time and memory: every number is finite and so is
+every value a tuner can compute from it (``high - low``, ``x / q``, ``exp(x)`` of the log types within
+``mu +- 10 sigma``); ``randint`` bounds lie within +-2**53 (exact as floats); nested choices are at most
+:data:`MAX_NESTING` deep and a space has at most :data:`MAX_PARAMETERS` parameters in all; a matrix form,
+and the grid of one dimension, has at most :data:`MAX_GRID_VALUES` values (a grid of many dimensions
+is never materialised, so its size is not limited).
 """
 from __future__ import annotations
 
 import math
+import reprlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 __all__ = [
-    "SearchSpaceError", "SearchSpace", "Dimension", "Categorical", "NestedOption",
-    "IntRange", "Numeric", "parse_search_space",
+    "SearchSpaceError", "GridTooLargeError", "SearchSpace", "Dimension", "Categorical", "NestedOption",
+    "IntRange", "Numeric", "parse_search_space", "is_finite_number", "MAX_GRID_VALUES", "MAX_NESTING",
+    "MAX_PARAMETERS",
 ]
 
 NNI_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform",
              "normal", "qnormal", "lognormal", "qlognormal")
 MATRIX_TYPES = ("values", "range", "linspace", "logspace", "geomspace")
+MAX_GRID_VALUES = 1_000_000  # values of one dimension's grid, and of a matrix form
+MAX_NESTING = 32  # levels of nested choices
+MAX_PARAMETERS = 100_000  # parameters in all, nested ones included
+MAX_INT = 2 ** 53  # randint bounds: integers that floats represent exactly
+_SIGMAS = 10  # a normal value lies within mu +- 10 sigma (a chance of 1e-23 to fall outside)
+_MAX_LOG = math.log(sys.float_info.max)  # exp(x) of a larger x overflows
+_repr = reprlib.Repr()  # bounded reprs of user values, whatever their size or depth
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
+_show = _repr.repr
 
 
 class SearchSpaceError(ValueError):
     """The search space is malformed; the message names the parameter and the problem."""
+
+
+class GridTooLargeError(SearchSpaceError):
+    """A dimension has more than :data:`MAX_GRID_VALUES` grid values: too many to enumerate."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,7 @@ class IntRange(Dimension):
         return True
 
     def grid_values(self) -> list[int]:
+        _check_grid_count(self, self.high - self.low)
         return list(range(self.low, self.high))
 
     def describe(self) -> str:
@@ -151,6 +176,7 @@ class Numeric(Dimension):
         assert self.q is not None
         first = math.ceil(self.low / self.q - 1e-9)
         last = math.floor(self.high / self.q + 1e-9)
+        _check_grid_count(self, last - first + 1)
         values = [self.quantise(k * self.q) for k in range(first, last + 1)]
         if not values or values[0] > self.low + 1e-12:
             values.insert(0, self.quantise(self.low))
@@ -208,14 +234,35 @@ class SearchSpace:
         return total
 
     def iter_grid(self) -> Iterator[dict[str, Any]]:
-        """Every point of the grid in lexicographic order (first dimension slowest)."""
-        yield from _iter_grid(list(self.dimensions), {})
+        """Every point of the grid in lexicographic order (first dimension slowest); lazy, like an odometer."""
+        names = self.names
+        iters = [_dim_grid_iter(d) for d in self.dimensions]
+        current = [next(it) for it in iters]
+        while True:
+            yield dict(zip(names, current))
+            i = len(iters) - 1
+            while i >= 0:  # advance the last dimension; one that runs out restarts and carries to the previous
+                value = next(iters[i], _END)
+                if value is not _END:
+                    current[i] = value
+                    break
+                iters[i] = _dim_grid_iter(self.dimensions[i])
+                current[i] = next(iters[i])
+                i -= 1
+            if i < 0:
+                return
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         """Whether ``params`` is a point of this space (used to validate suggestions)."""
         if set(params) != set(self.names):
             return False
         return all(_dim_contains(d, params[d.name]) for d in self.dimensions)
+
+
+def _check_grid_count(dim: Dimension, count: int) -> None:
+    if count > MAX_GRID_VALUES:
+        raise GridTooLargeError(f"parameter {dim.name!r} has {count} grid values ({dim.describe()}); "
+                                f"at most {MAX_GRID_VALUES} can be enumerated")
 
 
 def _dim_discrete(dim: Dimension) -> bool:
@@ -230,15 +277,7 @@ def _dim_grid_size(dim: Dimension) -> int:
     return len(dim.grid_values())
 
 
-def _iter_grid(dims: list[Dimension], prefix: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if not dims:
-        yield dict(prefix)
-        return
-    dim, rest = dims[0], dims[1:]
-    for value in _dim_grid_iter(dim):
-        prefix[dim.name] = value
-        yield from _iter_grid(rest, prefix)
-    prefix.pop(dim.name, None)
+_END = object()
 
 
 def _dim_grid_iter(dim: Dimension) -> Iterator[Any]:
@@ -287,6 +326,16 @@ def _dim_contains(dim: Dimension, value: Any) -> bool:
 # ----------------------------------------------------------------------------------------------
 # parsing
 
+def is_finite_number(v: Any) -> bool:
+    """Whether ``v`` is an int or float (not a bool) that is a finite float (huge ints are not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def parse_search_space(raw: Any, *, where: str = "search_space") -> SearchSpace:
     """Parse and validate a search space; raises :class:`SearchSpaceError` on any problem."""
     if isinstance(raw, SearchSpace):
@@ -295,103 +344,139 @@ def parse_search_space(raw: Any, *, where: str = "search_space") -> SearchSpace:
         raise SearchSpaceError(f"{where}: expected a mapping of parameter name to spec, got {type(raw).__name__}")
     if not raw:
         raise SearchSpaceError(f"{where}: is empty; expected at least one parameter")
-    dims = []
-    for name, spec in raw.items():
+    for name in raw:
         if not isinstance(name, str) or not name:
-            raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {name!r}")
-        dims.append(_parse_dimension(name, spec, f"{where}.{name}"))
-    return SearchSpace(tuple(dims), raw=dict(raw))
+            raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {_show(name)}")
+    return SearchSpace(_Parser(where).dimensions(raw, where, 0), raw=dict(raw))
 
 
-def _parse_dimension(name: str, spec: Any, where: str) -> Dimension:
-    if not isinstance(spec, Mapping):
-        raise SearchSpaceError(f"{where}: expected {{'_type': ..., '_value': ...}}, got {spec!r}")
-    if "_type" not in spec:
-        shorthand = [k for k in spec if k in MATRIX_TYPES]
-        if len(spec) == 1 and shorthand:
-            kind = shorthand[0]
-            return _parse_matrix(name, kind, spec[kind], where)
-        raise SearchSpaceError(
-            f"{where}: missing '_type'; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)} "
-            f"or a Polyaxon shorthand like {{'linspace': '0:1:5'}}, got keys {sorted(map(str, spec))}")
-    kind = spec["_type"]
-    if "_value" not in spec:
-        raise SearchSpaceError(f"{where}: missing '_value' for _type {kind!r}")
-    extra = set(spec) - {"_type", "_value"}
-    if extra:
-        raise SearchSpaceError(f"{where}: unexpected keys {sorted(map(str, extra))}; only '_type' and '_value' are allowed")
-    value = spec["_value"]
-    if kind == "choice":
-        return _parse_choice(name, value, where)
+class _Parser:
+    """One parse; counts the parameters (nested ones included) against MAX_PARAMETERS."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.count = 0
+
+    def dimensions(self, specs: Mapping[Any, Any], where: str, depth: int) -> tuple[Dimension, ...]:
+        """The dimensions of ``specs``; ``depth`` counts the nested choices around them."""
+        self.count += len(specs)
+        if self.count > MAX_PARAMETERS:
+            raise SearchSpaceError(f"{self.where}: has more than {MAX_PARAMETERS} parameters (nested ones included)")
+        return tuple(self.dimension(name, spec, f"{where}.{name}", depth) for name, spec in specs.items())
+
+    def dimension(self, name: str, spec: Any, where: str, depth: int) -> Dimension:
+        if not isinstance(spec, Mapping):
+            raise SearchSpaceError(f"{where}: expected {{'_type': ..., '_value': ...}}, got {_show(spec)}")
+        if "_type" not in spec:
+            shorthand = [k for k in spec if k in MATRIX_TYPES]
+            if len(spec) == 1 and shorthand:
+                kind = shorthand[0]
+                return _parse_matrix(name, kind, spec[kind], where)
+            raise SearchSpaceError(
+                f"{where}: missing '_type'; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)} "
+                f"or a Polyaxon shorthand like {{'linspace': '0:1:5'}}, got keys {_show(sorted(map(str, spec)))}")
+        kind = spec["_type"]
+        if "_value" not in spec:
+            raise SearchSpaceError(f"{where}: missing '_value' for _type {_show(kind)}")
+        extra = set(spec) - {"_type", "_value"}
+        if extra:
+            raise SearchSpaceError(f"{where}: unexpected keys {_show(sorted(map(str, extra)))}; "
+                                   "only '_type' and '_value' are allowed")
+        value = spec["_value"]
+        if kind == "choice":
+            return self.choice(name, value, where, depth)
+        if kind in MATRIX_TYPES:
+            return _parse_matrix(name, kind, value, where)
+        if kind in NNI_TYPES:
+            return _parse_numeric(name, kind, value, where)
+        raise SearchSpaceError(f"{where}: unknown _type {_show(kind)}; "
+                               f"expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)}")
+
+    def choice(self, name: str, value: Any, where: str, depth: int) -> Categorical:
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise SearchSpaceError(f"{where}: choice takes a list of options, got {_show(value)}")
+        if len(value) == 0:
+            raise SearchSpaceError(f"{where}: choice has no options; expected a non-empty list")
+        options: list[Any] = []
+        seen_names: set[str] = set()
+        for i, opt in enumerate(value):
+            if isinstance(opt, Mapping) and "_name" in opt:
+                opt_name = opt["_name"]
+                if not isinstance(opt_name, str):
+                    raise SearchSpaceError(f"{where}[{i}]: '_name' must be a string, got {_show(opt_name)}")
+                if opt_name in seen_names:
+                    raise SearchSpaceError(f"{where}[{i}]: duplicate nested option name {_show(opt_name)}")
+                seen_names.add(opt_name)
+                sub = {k: v for k, v in opt.items() if k != "_name" and isinstance(v, Mapping) and ("_type" in v or
+                       (len(v) == 1 and next(iter(v)) in MATRIX_TYPES))}
+                if sub and depth >= MAX_NESTING:
+                    raise SearchSpaceError(f"{where}[{opt_name}]: nested choices go more than {MAX_NESTING} "
+                                           "levels deep")
+                consts = tuple((k, v) for k, v in opt.items() if k != "_name" and k not in sub)
+                space = SearchSpace(self.dimensions(sub, f"{where}[{opt_name}]", depth + 1))
+                options.append(NestedOption(opt_name, space, consts))
+            else:
+                options.append(opt)
+        return Categorical(name, tuple(options), "choice")
+
+
+def _parse_numeric(name: str, kind: str, value: Any, where: str) -> Dimension:
+    """randint and the eight real-valued types, with the overflow checks of the module doc."""
     if kind == "randint":
         low, high = _numbers(value, 2, where, kind, "[low, high]")
         if low != int(low) or high != int(high):
-            raise SearchSpaceError(f"{where}: randint bounds must be integers, got {value!r}")
+            raise SearchSpaceError(f"{where}: randint bounds must be integers, got {_show(value)}")
         if low >= high:
-            raise SearchSpaceError(f"{where}: randint needs low < high (high is excluded), got {value!r}")
+            raise SearchSpaceError(f"{where}: randint needs low < high (high is excluded), got {_show(value)}")
+        if not -MAX_INT <= low < high <= MAX_INT:
+            raise SearchSpaceError(f"{where}: randint bounds must lie within -2**53 and 2**53, got {_show(value)}")
         return IntRange(name, int(low), int(high))
-    if kind in ("uniform", "quniform", "loguniform", "qloguniform"):
-        quant = kind.startswith("q")
-        log = "log" in kind
+    quant = kind.startswith("q")
+    log = "log" in kind
+    if kind.endswith("uniform"):
         nums = _numbers(value, 3 if quant else 2, where, kind, "[low, high, q]" if quant else "[low, high]")
-        low, high = nums[0], nums[1]
+        low, high = float(nums[0]), float(nums[1])
         if low >= high:
-            raise SearchSpaceError(f"{where}: {kind} needs low < high, got {value!r}")
+            raise SearchSpaceError(f"{where}: {kind} needs low < high, got {_show(value)}")
         if log and low <= 0:
-            raise SearchSpaceError(f"{where}: {kind} needs low > 0 (it is sampled in log space), got {value!r}")
-        q = nums[2] if quant else None
-        if q is not None and q <= 0:
-            raise SearchSpaceError(f"{where}: {kind} needs q > 0, got q={q!r}")
+            raise SearchSpaceError(f"{where}: {kind} needs low > 0 (it is sampled in log space), got {_show(value)}")
+        if not math.isfinite(high - low):
+            raise SearchSpaceError(f"{where}: {kind} needs high - low to be a finite float, got {_show(value)}")
+        q = _quantum(nums, where, kind, value, max(abs(low), abs(high), high - low)) if quant else None
         integer = q is not None and all(float(v).is_integer() for v in nums)
-        return Numeric(name, "uniform", low=float(low), high=float(high), log=log, q=q, integer=integer)
-    if kind in ("normal", "qnormal", "lognormal", "qlognormal"):
-        quant = kind.startswith("q")
-        nums = _numbers(value, 3 if quant else 2, where, kind, "[mu, sigma, q]" if quant else "[mu, sigma]")
-        if nums[1] <= 0:
-            raise SearchSpaceError(f"{where}: {kind} needs sigma > 0, got {value!r}")
-        q = nums[2] if quant else None
-        if q is not None and q <= 0:
-            raise SearchSpaceError(f"{where}: {kind} needs q > 0, got q={q!r}")
-        integer = q is not None and float(q).is_integer()
-        return Numeric(name, "normal", mu=float(nums[0]), sigma=float(nums[1]), log="log" in kind, q=q,
-                       integer=integer)
-    if kind in MATRIX_TYPES:
-        return _parse_matrix(name, kind, value, where)
-    raise SearchSpaceError(f"{where}: unknown _type {kind!r}; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)}")
+        return Numeric(name, "uniform", low=low, high=high, log=log, q=q, integer=integer)
+    nums = _numbers(value, 3 if quant else 2, where, kind, "[mu, sigma, q]" if quant else "[mu, sigma]")
+    mu, sigma = float(nums[0]), float(nums[1])
+    if sigma <= 0:
+        raise SearchSpaceError(f"{where}: {kind} needs sigma > 0, got {_show(value)}")
+    reach = abs(mu) + _SIGMAS * sigma  # the largest value (or log value) a tuner computes
+    if log and mu + _SIGMAS * sigma > _MAX_LOG:
+        raise SearchSpaceError(f"{where}: {kind} needs exp(mu + {_SIGMAS} sigma) to be a finite float "
+                               f"(mu + {_SIGMAS} sigma <= {_MAX_LOG:.2f}), got {_show(value)}")
+    if not math.isfinite(reach):
+        raise SearchSpaceError(f"{where}: {kind} needs mu +- {_SIGMAS} sigma to be finite floats, got {_show(value)}")
+    q = _quantum(nums, where, kind, value, math.exp(mu + _SIGMAS * sigma) if log else reach) if quant else None
+    integer = q is not None and float(q).is_integer()
+    return Numeric(name, "normal", mu=mu, sigma=sigma, log=log, q=q, integer=integer)
+
+
+def _quantum(nums: list[float], where: str, kind: str, value: Any, largest: float) -> float:
+    """The q of a quantised type: > 0, and not so small that ``largest / q`` overflows."""
+    q = nums[2]
+    if q <= 0:
+        raise SearchSpaceError(f"{where}: {kind} needs q > 0, got q={_show(q)}")
+    if not math.isfinite(largest / q):
+        raise SearchSpaceError(f"{where}: {kind} has q={_show(q)}, too small for its range: values / q overflow, "
+                               f"got {_show(value)}")
+    return q
 
 
 def _numbers(value: Any, arity: int, where: str, kind: str, shape: str) -> list[float]:
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != arity:
-        raise SearchSpaceError(f"{where}: {kind} takes {shape} ({arity} numbers), got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise SearchSpaceError(f"{where}: {kind} takes {shape} as finite numbers, got {value!r}")
+        raise SearchSpaceError(f"{where}: {kind} takes {shape} ({arity} numbers), got {_show(value)}")
+    if not all(map(is_finite_number, value)):
+        raise SearchSpaceError(f"{where}: {kind} takes {shape} as finite numbers, got {_show(value)}")
     return list(value)
-
-
-def _parse_choice(name: str, value: Any, where: str) -> Categorical:
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise SearchSpaceError(f"{where}: choice takes a list of options, got {value!r}")
-    if len(value) == 0:
-        raise SearchSpaceError(f"{where}: choice has no options; expected a non-empty list")
-    options: list[Any] = []
-    seen_names: set[str] = set()
-    for i, opt in enumerate(value):
-        if isinstance(opt, Mapping) and "_name" in opt:
-            opt_name = opt["_name"]
-            if not isinstance(opt_name, str):
-                raise SearchSpaceError(f"{where}[{i}]: '_name' must be a string, got {opt_name!r}")
-            if opt_name in seen_names:
-                raise SearchSpaceError(f"{where}[{i}]: duplicate nested option name {opt_name!r}")
-            seen_names.add(opt_name)
-            sub = {k: v for k, v in opt.items() if k != "_name" and isinstance(v, Mapping) and ("_type" in v or
-                   (len(v) == 1 and next(iter(v)) in MATRIX_TYPES))}
-            consts = tuple((k, v) for k, v in opt.items() if k != "_name" and k not in sub)
-            space = SearchSpace(tuple(_parse_dimension(k, v, f"{where}[{opt_name}].{k}") for k, v in sub.items()))
-            options.append(NestedOption(opt_name, space, consts))
-        else:
-            options.append(opt)
-    return Categorical(name, tuple(options), "choice")
 
 
 def _parse_matrix(name: str, kind: str, value: Any, where: str) -> Categorical:
@@ -399,22 +484,33 @@ def _parse_matrix(name: str, kind: str, value: Any, where: str) -> Categorical:
 
     if kind == "values":
         if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-            raise SearchSpaceError(f"{where}: values takes a non-empty list, got {value!r}")
+            raise SearchSpaceError(f"{where}: values takes a non-empty list, got {_show(value)}")
         return Categorical(name, tuple(value), kind)
     args = _matrix_args(value, where, kind)
+    too_many = f"{where}: {kind} {_show(value)} gives more than {MAX_GRID_VALUES} values"
     if kind == "range":
         start, stop, step = args
-        if step == 0 or (stop - start) / step <= 0:
-            raise SearchSpaceError(f"{where}: range start:stop:step gives no values, got {value!r}")
-        points = np.arange(start, stop, step)
+        count = (stop - start) / step if step else 0.0  # inf when the span overflows
+        if not count > 0:
+            raise SearchSpaceError(f"{where}: range start:stop:step gives no values, got {_show(value)}")
+        if count > MAX_GRID_VALUES:
+            raise SearchSpaceError(too_many)
+        with np.errstate(all="ignore"):
+            points = np.arange(start, stop, step)
     else:
         start, stop, num = args
         if num != int(num) or num < 1:
-            raise SearchSpaceError(f"{where}: {kind} num must be a positive integer, got {num!r}")
+            raise SearchSpaceError(f"{where}: {kind} num must be a positive integer, got {_show(num)}")
+        if num > MAX_GRID_VALUES:
+            raise SearchSpaceError(too_many)
         if kind == "geomspace" and (start == 0 or stop == 0 or (start < 0) != (stop < 0)):
-            raise SearchSpaceError(f"{where}: geomspace needs non-zero start and stop of the same sign, got {value!r}")
+            raise SearchSpaceError(f"{where}: geomspace needs non-zero start and stop of the same sign, "
+                                   f"got {_show(value)}")
         fn = {"linspace": np.linspace, "logspace": np.logspace, "geomspace": np.geomspace}[kind]
-        points = fn(start, stop, int(num))
+        with np.errstate(all="ignore"):
+            points = fn(start, stop, int(num))
+    if not np.isfinite(points).all():
+        raise SearchSpaceError(f"{where}: {kind} {_show(value)} gives values beyond the float range")
     all_int = kind == "range" and all(float(a).is_integer() for a in args)
     vals = tuple(int(p) if all_int else float(p) for p in points)
     return Categorical(name, vals, kind)
@@ -427,13 +523,14 @@ def _matrix_args(value: Any, where: str, kind: str) -> list[float]:
             nums = [float(p) for p in parts]
         except ValueError:
             raise SearchSpaceError(f"{where}: {kind} expects 'start:stop:{'step' if kind == 'range' else 'num'}', "
-                                   f"got {value!r}") from None
+                                   f"got {_show(value)}") from None
     elif isinstance(value, Mapping):
         keys = ["start", "stop", "step" if kind == "range" else "num"]
         try:
             nums = [value[k] for k in keys]
         except KeyError:
-            raise SearchSpaceError(f"{where}: {kind} mapping needs keys {keys}, got {sorted(value)}") from None
+            raise SearchSpaceError(f"{where}: {kind} mapping needs keys {keys}, "
+                                   f"got {_show(sorted(map(str, value)))}") from None
     else:
         nums = value
     return _numbers(nums, 3, where, kind, "start:stop:step" if kind == "range" else "start:stop:num")

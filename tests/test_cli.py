@@ -234,3 +234,83 @@ def test_detached_update_kill_stop_resume(cli: Cli) -> None:
     assert counts["USER_CANCELED"] == 1 and counts["SUCCEEDED"] == 3  # max_trial_number 4, the killed one counts
     assert counts["SYS_CANCELED"] + 4 == len(trials)  # the ones interrupted by a stop were re-run
     assert _trial_processes(cli.dir) == []
+
+
+# -- `hpo check` says valid only for what `hpo create` accepts (issue 13, item 12) ------------------------------
+@pytest.mark.parametrize("extra, needle", [
+    ("trainingService: {platform: local, gpuIndices: [999]}\n",
+     "config.training_service: training_service.gpu_indices: GPU(s) [999] not found; detected "),
+    ("trialGpuNumber: 64\n", "config.training_service: trial_gpu_number=64 but only "),
+    ("experimentWorkingDirectory: config.yml/runs\n", "config.experiment_working_directory: "),
+    ("", "config.trial_command: trial_command uses {{ lr }} but the search space has no parameter 'lr'"),
+    ("", "the experiments folder (HPO_HOME, default ~/hpo-experiments): "),
+], ids=["missing-gpu", "too-many-gpus", "working-directory", "template", "hpo-home"])
+def test_check_refuses_what_create_refuses(cli: Cli, extra: str, needle: str) -> None:
+    path = Path(cli.config())
+    text = path.read_text() + extra
+    if "{{" in needle:
+        text = text.replace("trial.py", "trial.py --lr={{ lr }}")
+    if "HPO_HOME" in needle:
+        cli.env["HPO_HOME"] = str(path / "home")  # under a file: cannot be created
+    path.write_text(text)
+    line = cli.error("check", "-f", str(path))
+    assert needle in line, line
+    assert cli.error("create", "--config", str(path), "--port", str(free_port())) == line
+    assert not (cli.dir / "home").exists()  # nothing created
+
+
+# -- stored text is escaped on the terminal (issue 13, item 15) ------------------------------------------------
+def test_list_and_trials_escape_stored_text(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpo.registry import register
+    from hpo.storage import ExperimentStore
+    monkeypatch.setenv("HPO_HOME", cli.env["HPO_HOME"])
+    name = "\x1b]0;title\x07\x1b[2Jred\u202e"
+    directory = cli.dir / "home" / "evil1234"
+    store = ExperimentStore(directory)
+    store.create_experiment("evil1234", name, {"max_trial_number": 3})
+    store.add_trial(1, "t1", {"x": "\x1b[31m"})
+    store.trial_ended(1, "FAILED", 1, "boom\x1b[1A\rover")
+    store.close()
+    register("evil1234", name, directory)
+    listed, trials = cli("list", "--all").stdout, cli("trials", "evil1234").stdout
+    for out in (listed, trials):
+        assert not any(c in out for c in "\x1b\x07\r\u202e"), repr(out)
+    assert "\\x1b]0;title\\x07\\x1b[2Jred\\u202e" in listed
+    assert trials.splitlines()[0].split()[-1] == "MESSAGE" and trials.rstrip().endswith("boom\\x1b[1A\\rover")
+
+
+# -- a detached `hpo create` waits until the experiment runs (issue 13, item 16) --------------------------------
+def test_detached_create_fails_with_the_reason_when_the_remote_machine_refuses(cli: Cli) -> None:
+    import shutil
+    import yaml
+    from sshd import SshServer, client_key, unavailable, world_dir
+    if unavailable():
+        pytest.skip(unavailable())
+    base = world_dir("hpo-test-cli-")
+    key = client_key(base, "key")
+    server = SshServer(base / "server", [key.with_suffix(".pub")], password_auth=True).start()
+    other = SshServer(base / "other", [key.with_suffix(".pub")])  # never started: only its host key is used
+    known_hosts = cli.dir / "known_hosts"
+    where = f"remote machine {server.user}@127.0.0.1:{server.port}: "
+    cases = [  # (known_hosts, login, the start of the reason)
+        ("", {"sshKeyFile": str(key)}, "unknown host key"),
+        (other.known_hosts_line().replace(f"]:{other.port} ", f"]:{server.port} "), {"sshKeyFile": str(key)},
+         "host key mismatch"),
+        (server.known_hosts_line(), {"password": "not-the-password"}, "authentication failed"),
+    ]
+    try:
+        for known, login, reason in cases:
+            known_hosts.write_text(known)
+            config = yaml.safe_load(Path(cli.config()).read_text())
+            config["trainingService"] = {
+                "platform": "remote", "knownHostsFile": str(known_hosts), "remoteDirectory": str(base / "remote"),
+                "machineList": [{"host": server.host, "port": server.port, "user": server.user, **login}]}
+            path = cli.dir / "remote.yml"
+            path.write_text(yaml.safe_dump(config))
+            line = cli.error("create", "--config", str(path), "--port", str(free_port()))
+            assert f"{where}{reason}" in line, line  # the engine's message: "ValueError: remote machine ..."
+        assert [row["STATUS"] for row in cli.table("list", "--all")] == ["ERROR"] * len(cases)
+        assert "no running experiment" in cli("list").stdout
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

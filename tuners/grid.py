@@ -11,9 +11,10 @@ When the grid (or the ``n_experiments`` budget) is used up, :meth:`generate_para
 raises :class:`NoMoreTrials` and the experiment ends once the running trials finish.
 
 The grid is never materialised: :class:`GridIndex` maps a point's index to the point, so a
-huge grid costs nothing until it is walked.  The same helpers (:class:`GridIndex`,
-:class:`UnseenPoints`, :func:`point_key`) let model-based tuners notice that a finite space is
-exhausted instead of repeating points.
+huge grid costs nothing until it is walked (only each dimension's values are listed, and a
+dimension with more than :data:`~hpo.search_space.MAX_GRID_VALUES` of them is refused).  The
+same helpers (:class:`GridIndex`, :class:`UnseenPoints`, :func:`point_key`) let model-based
+tuners notice that a finite space is exhausted instead of repeating points.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from hpo.search_space import (Categorical, Dimension, NestedOption, SearchSpace, SearchSpaceError,
-                              nested_value)
+from hpo.search_space import (Categorical, Dimension, GridTooLargeError, NestedOption, SearchSpace,
+                              SearchSpaceError, nested_value)
 from tuners.base import NoMoreTrials, Tuner
 from tuners.registry import register_tuner
 
@@ -120,17 +121,22 @@ class UnseenPoints:
     """Points of a finite space that a tuner has not yet suggested (or had imported).
 
     Model-based tuners use it to avoid repeats and to signal exhaustion: ``exhausted`` once
-    every grid point was seen; :meth:`pick` returns an unseen point (or None).
+    every grid point was seen; :meth:`pick` returns an unseen point (or None).  A space with a
+    dimension too large to enumerate is never exhausted, and :meth:`pick` finds nothing there.
     """
 
     _ENUMERATE_LIMIT = 1 << 16
 
     def __init__(self, space: SearchSpace) -> None:
-        self.grid = GridIndex(space)
+        self.space = space
+        try:
+            self.grid: GridIndex | None = GridIndex(space)
+        except GridTooLargeError:
+            self.grid = None
         self.seen: set[str] = set()
 
     def add(self, point: Mapping[str, Any]) -> None:
-        if self.grid.space.contains(point):
+        if self.space.contains(point):
             self.seen.add(point_key(point))
 
     def __contains__(self, point: Mapping[str, Any]) -> bool:
@@ -138,11 +144,11 @@ class UnseenPoints:
 
     @property
     def exhausted(self) -> bool:
-        return len(self.seen) >= self.grid.size
+        return self.grid is not None and len(self.seen) >= self.grid.size
 
     def pick(self, rng: np.random.Generator) -> dict[str, Any] | None:
         """A uniformly drawn unseen grid point, or None when none is left (or none was found)."""
-        if self.exhausted:
+        if self.grid is None or self.exhausted:
             return None
         if self.grid.size <= self._ENUMERATE_LIMIT:
             left = [i for i in range(self.grid.size) if point_key(self.grid.point_at(i)) not in self.seen]
