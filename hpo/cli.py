@@ -125,8 +125,7 @@ def _load_config(paths: list[str]) -> Any:
     the config (its files, folders, limits), the tuner and assessor (the tuner accepts the space), the
     trial command's ``{{ name }}`` placeholders, and the training service's precheck (GPUs)."""
     from hpo.config import ConfigError, load_config_files
-    from hpo.dispatcher import render_command
-    from hpo.experiment import Experiment, _make_service
+    from hpo.experiment import Experiment, _make_service, check_command_template
     config = load_config_files(paths).validate_for_start()
     experiment = Experiment(config=config)
     tuner = experiment._make_tuner()
@@ -135,11 +134,7 @@ def _load_config(paths: list[str]) -> Any:
         tuner.update_search_space(config.search_space)
     except ValueError as exc:
         raise ConfigError(f"config.tuner ({config.tuner.name or config.tuner.class_name}): {exc}") from None
-    if config.trial_command is not None:
-        try:
-            render_command(config.trial_command, dict.fromkeys(config.search_space, ""))
-        except KeyError as exc:
-            raise ConfigError(f"config.trial_command: {exc.args[0]}") from None
+    check_command_template(config)
     _make_service(config)
     return config
 
@@ -223,27 +218,14 @@ def _graceful_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _until_running(exp: Any) -> None:
-    """Wait until the engine of ``exp`` (started in this process) has started its training service; raise
-    ExperimentError with the engine's reason if it failed instead (an unknown host, a wrong password...)."""
-    from hpo.experiment import ExperimentError
-    engine = exp._runner.engine
-    while engine.status == "INITIALIZED" and not exp.wait(0.1):
-        pass
-    if engine.status == "ERROR":
-        exp.stop()
-        raise ExperimentError(engine.message or "the experiment failed as it started")
-
-
 def _foreground(args: argparse.Namespace, launch: Callable[[bool], Any]) -> int:
     """Run an experiment in this process: ``launch(wait)`` starts it (and with ``wait``, runs it to its end
     with a progress bar).  In a detached child, report readiness once it runs (or the reason it failed),
     then wait for the end or a signal."""
     with _graceful_signals():
         with _reporter(args.ready_fd) as report:
-            exp = launch(report is None)
+            exp = launch(report is None)  # returns once trials can run (raises if the experiment cannot start)
             if report is not None:
-                _until_running(exp)
                 report(f"ready {exp.id} {exp.port}")
         if report is not None:
             try:

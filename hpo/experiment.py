@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpo.config import ConfigError, ExperimentConfig
-from hpo.dispatcher import FUNCTION_FILE, Engine, new_id
+from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
 from hpo.registry import hpo_home, lookup, register
 from hpo.storage import ExperimentStore, StoreError, StoreLocked, engine_running
 from training_services.base import create_training_service
@@ -109,6 +109,7 @@ class Experiment:
                                   f"Experiment for another run, or continue this one with "
                                   f"Experiment.resume({self.id!r})")
         self.config.validate_for_start()
+        check_command_template(self.config)
         tuner = self._make_tuner()
         assessor = self._make_assessor()
         service = _make_service(self.config)
@@ -584,6 +585,15 @@ def _make_service(config: ExperimentConfig) -> Any:
         except ValueError as exc:
             raise ConfigError(f"config.training_service: {exc}") from None
     return service
+
+
+def check_command_template(config: ExperimentConfig) -> None:
+    """ConfigError if the trial command's ``{{ name }}`` placeholders name a parameter the space lacks."""
+    if config.trial_command is not None and config.search_space is not None:
+        try:
+            render_command(config.trial_command, dict.fromkeys(config.search_space, ""))
+        except KeyError as exc:
+            raise ConfigError(f"config.trial_command: {exc.args[0]}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:

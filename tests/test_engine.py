@@ -224,13 +224,12 @@ def test_command_templating(make_experiment):
     assert stdout.startswith("training...\nHPO_FINAL_RESULT=")
 
 
-def test_command_template_with_unknown_parameter_fails_the_trials(make_experiment):
+def test_command_template_with_unknown_parameter_is_refused_before_start(make_experiment):
     exp = make_experiment("print('never runs')", command=f"{PY} trial.py --lr={{{{ lr }}}}", max_trial_number=2)
-    assert exp.run(port=0) is False
-    trials = exp.list_trial_jobs()
-    assert [t["status"] for t in trials] == ["FAILED", "FAILED"]
-    assert "search space has no parameter 'lr'" in trials[0]["message"]
-    assert "all 2 trials failed" in exp.get_experiment_profile()["message"]
+    with pytest.raises(ConfigError, match=r"^config.trial_command: trial_command uses \{\{ lr \}\} but the search "
+                                          r"space has no parameter 'lr'$"):
+        exp.run(port=0)
+    assert exp.id is None  # nothing was created
 
 
 # -- function trials ------------------------------------------------------------------------------------------
