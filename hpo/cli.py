@@ -110,7 +110,10 @@ def _when(ts: float | None) -> str:
 def _duration(start: float | None, end: float | None) -> str:
     if not start:
         return "-"
-    s = int((end or time.time()) - start)
+    seconds = max(0.0, (end or time.time()) - start)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    s = int(seconds)
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
@@ -360,23 +363,26 @@ def _end_abandoned(experiment_id: str, directory: Path, trial_id: str | None = N
 def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
     """A `list` row for a registry entry, and whether its engine runs."""
     try:
-        store = ExperimentStore(str(entry["directory"]), readonly=True)
-        info, counts = store.experiment(), store.status_counts()
+        with ExperimentStore(str(entry["directory"]), readonly=True) as store:
+            info, counts = store.experiment(), store.status_counts()
+            args = (info["config"].get("tuner") or {}).get("class_args") or {}
+            best = store.best_trial(str(args.get("optimize_mode", "maximize")).lower() != "minimize")
     except Exception:  # a deleted or unreadable folder
-        return [entry["id"], entry["name"], "MISSING", None, _when(entry["created_at"]), None], False  # type: ignore
+        return [entry["id"], entry["name"], "MISSING", None, None, _when(entry["created_at"]), None], False  # type: ignore
     status = info["status"]
     running = _engine_alive(str(entry["directory"]), info)
     status = "CRASHED" if status not in END_STATES and not running else status  # `hpo resume` continues it
     done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
     total = info["config"].get("max_trial_number")
-    return [info["id"], info["name"], status, f"{done}/{total}" if total else done,
+    trials = f"{done}/{total}" if total and done <= total else f"{done}(max{total})" if total else done
+    return [info["id"], info["name"], status, trials, None if best is None else _value(best["final_value"]),
             _when(info["started_at"] or info["created_at"]), info["port"] if running else None], running
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [row for row, running in map(_row, all_experiments()) if running or args.all]
     if rows:
-        _table(["ID", "NAME", "STATUS", "TRIALS", "STARTED", "PORT"], rows)
+        _table(["ID", "NAME", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"], rows)
     else:
         print("no experiment" if args.all else "no running experiment (`hpo list --all` shows every one)")
     return 0

@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS experiment (
     ended_at REAL,
     run_seconds REAL NOT NULL DEFAULT 0,
     elapsed_seconds REAL,
+    resumed_at REAL,
     pid INTEGER,
     host TEXT,
     port INTEGER
@@ -232,8 +233,9 @@ class ExperimentStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(experiment)")}
-            if "elapsed_seconds" not in columns:  # a store written before this column existed
-                self._conn.execute("ALTER TABLE experiment ADD COLUMN elapsed_seconds REAL")
+            for column in ("elapsed_seconds", "resumed_at"):  # a store written before these columns existed
+                if column not in columns:
+                    self._conn.execute(f"ALTER TABLE experiment ADD COLUMN {column} REAL")
         except sqlite3.Error as exc:
             self.close()
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
@@ -311,6 +313,9 @@ class ExperimentStore:
                     (experiment_id, name, _dumps(config), "INITIALIZED", time.time()))
 
     def experiment(self) -> dict[str, Any]:
+        """The experiment row: id, name, config, status, message, created_at, started_at (first start),
+        resumed_at (start of the current run), ended_at, run_seconds (time used by earlier runs), pid,
+        host, port."""
         rows = self._query("SELECT id, name, config, status, message, created_at, started_at, ended_at, "
                            "run_seconds, pid, host, port FROM experiment LIMIT 1")
         if not rows:
@@ -318,8 +323,15 @@ class ExperimentStore:
         keys = ("id", "name", "config", "status", "message", "created_at", "started_at", "ended_at",
                 "run_seconds", "pid", "host", "port")
         exp = dict(zip(keys, rows[0]))
+        exp["resumed_at"] = self._column("resumed_at") or exp["started_at"]  # absent in stores written before it
         exp["config"] = json.loads(exp["config"])
         return exp
+
+    def _column(self, name: str) -> Any:
+        try:
+            return self._query(f"SELECT {name} FROM experiment LIMIT 1")[0][0]
+        except StoreError:
+            return None
 
     def set_status(self, status: str, message: str | None = None, run_seconds: float | None = None) -> None:
         """Record the experiment's status; ``run_seconds`` (with RUNNING and the end states) is the
@@ -328,12 +340,12 @@ class ExperimentStore:
         event = ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
                  (now, "status", None, _dumps({"status": status, "message": message})))
         if status == "RUNNING":
-            update = ("UPDATE experiment SET status=?, message=?, started_at=?, ended_at=NULL, "
-                      "run_seconds=COALESCE(?, run_seconds), elapsed_seconds=COALESCE(?, elapsed_seconds)",
-                      (status, message, now, run_seconds, run_seconds))
+            update = ("UPDATE experiment SET status=?, message=?, started_at=COALESCE(started_at, ?), resumed_at=?, "
+                      "ended_at=NULL, run_seconds=COALESCE(?, run_seconds), elapsed_seconds=COALESCE(?, elapsed_seconds)",
+                      (status, message, now, now, run_seconds, run_seconds))
         elif status in ("DONE", "STOPPED", "ERROR"):
             update = ("UPDATE experiment SET status=?, message=COALESCE(?, message), ended_at=?, "
-                      "run_seconds=COALESCE(?, run_seconds + (? - COALESCE(started_at, ?))), "
+                      "run_seconds=COALESCE(?, run_seconds + (? - COALESCE(resumed_at, started_at, ?))), "
                       "elapsed_seconds=NULL, pid=NULL, port=NULL", (status, message, now, run_seconds, now, now))
         else:
             update = ("UPDATE experiment SET status=?, message=COALESCE(?, message)", (status, message))

@@ -177,3 +177,18 @@ def test_trials_find_the_interpreter_hpo_runs_in_first_on_their_path(make_experi
     out = (exp.directory / "trials" / exp.list_trial_jobs()[0]["id"] / "stdout.log").read_text()
     used = out.split("RUNS ", 1)[1].strip()
     assert os.path.dirname(used) == os.path.dirname(sys.executable), (used, sys.executable)
+
+
+def test_hpo_list_shows_the_best_value_and_keeps_the_first_start_time(make_experiment):
+    exp = make_experiment(TRIAL, max_trial_number=2)
+    assert exp.run(port=0) is True
+    first = cli("list", "--all").stdout
+    time.sleep(1.1)  # a resume a second later must not move STARTED
+    Experiment.resume(exp.id, port=0, max_trial_number=3)
+    header, row = cli("list", "--all").stdout.strip().splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"]
+    best = exp.best_trial()
+    assert row.split()[:5] == [exp.id, "-", "DONE", "3/3", f"{best['final_value']:.6g}"]
+    assert row.split()[5:7] == first.strip().splitlines()[1].split()[5:7]  # date and time of the first start
+    durations = [line.split()[5] for line in cli("trials", exp.id).stdout.strip().splitlines()[1:]]
+    assert all(d.endswith("s") and "." in d for d in durations), durations  # sub-second trials: 0.08s, not 0s

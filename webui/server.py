@@ -180,7 +180,7 @@ class _Api:
             status = "CRASHED" if exp.get("started_at") else status
         elapsed = float(exp.get("run_seconds") or 0.0)
         if status not in END_STATES and status != "CRASHED" and exp.get("started_at") and exp.get("ended_at") is None:
-            elapsed += max(0.0, now - exp["started_at"])
+            elapsed += max(0.0, now - (exp.get("resumed_at") or exp["started_at"]))
         max_duration = _duration_seconds(config.get("max_experiment_duration"))
         tuner = config.get("tuner") or {}
         service = config.get("training_service") or {}
