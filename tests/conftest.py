@@ -5,6 +5,7 @@ and experiments are started on port 0 (a free port chosen by the OS).
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import shlex
@@ -99,6 +100,23 @@ def make_experiment(tmp_path: Path):
     factory.cleanup()
 
 
+def experiment_script(path: Path, code: Path, config: dict[str, Any], then: str) -> Path:
+    """Write ``path``: a Python script that configures ``Experiment("random", "local")`` to run
+    ``code/trial.py`` with ``config`` (config attribute -> value; a one-parameter space by default), then runs
+    the statements ``then`` (which use ``exp``)."""
+    config = {"search_space": {"x": {"_type": "uniform", "_value": [0, 1]}}, "trial_command": f"{PY} trial.py",
+              "trial_code_directory": str(code), **config}
+    head = f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from hpo import Experiment
+        exp = Experiment("random", "local")
+        for key, value in json.loads({json.dumps(config)!r}).items():
+            setattr(exp.config, key, value)
+    """
+    return write_script(path.parent, path.name, textwrap.dedent(head) + textwrap.dedent(then))
+
+
 class Launcher:
     """Runs an experiment in a separate Python process (``start()`` then wait), like a user's script."""
 
@@ -107,30 +125,22 @@ class Launcher:
         self.procs: list[subprocess.Popen[str]] = []
         self.directories: list[Path] = []
 
-    def __call__(self, trial_body: str, *, concurrency: int, max_trials: int,
-                 search_space: dict[str, Any] | None = None) -> tuple[subprocess.Popen[str], str, Path]:
+    def __call__(self, trial_body: str, **config: Any) -> tuple[subprocess.Popen[str], str, Path]:
+        """Start ``trial_body`` as ``code/trial.py`` with ``config`` (by default a seeded random search over
+        x and y); returns the process, the experiment id and its folder."""
         code = self.tmp_path / "code"
         write_script(code, "trial.py", trial_body)
-        space = search_space or {"x": {"_type": "uniform", "_value": [0, 1]},
-                                 "y": {"_type": "choice", "_value": [1, 2, 3]}}
-        launch = write_script(self.tmp_path, "launch.py", f"""
-            import sys, time
-            sys.path.insert(0, {str(ROOT)!r})
-            from hpo import Experiment
-            exp = Experiment("random", "local")
-            exp.config.tuner.class_args = {{"seed": 3}}
-            exp.config.search_space = {space!r}
-            exp.config.trial_command = {f"{PY} trial.py"!r}
-            exp.config.trial_code_directory = {str(code)!r}
-            exp.config.trial_concurrency = {concurrency}
-            exp.config.max_trial_number = {max_trials}
+        config.setdefault("search_space", {"x": {"_type": "uniform", "_value": [0, 1]},
+                                           "y": {"_type": "choice", "_value": [1, 2, 3]}})
+        config.setdefault("tuner", {"name": "random", "class_args": {"seed": 3}})
+        launch = experiment_script(self.tmp_path / f"launch{len(self.procs)}.py", code, config, """
             exp.start(port=0)
             print("ID", exp.id, exp.directory, flush=True)
             exp.wait()
             print("ENDED", exp.get_status(), flush=True)
             exp.stop()
         """)
-        err = self.tmp_path / "launch.err"
+        err = launch.with_suffix(".err")
         with open(err, "w") as err_file:
             proc = subprocess.Popen([sys.executable, str(launch)], stdout=subprocess.PIPE, stderr=err_file,
                                     text=True, cwd=self.tmp_path)

@@ -546,7 +546,7 @@ hpo.report_final_result(p["x"] * 1000 + p["y"])
 
 
 def test_crash_and_resume(launcher):
-    proc, exp_id, directory = launcher(CRASH_TRIAL, concurrency=2, max_trials=20)
+    proc, exp_id, directory = launcher(CRASH_TRIAL, trial_concurrency=2, max_trial_number=20)
     store = ExperimentStore(directory, readonly=True)
     try:
         wait_until(lambda: store.status_counts()["SUCCEEDED"] == 5 and store.status_counts()["RUNNING"] == 2, 60,
@@ -589,7 +589,7 @@ def test_crash_and_resume(launcher):
 
 
 def test_connect_to_a_running_experiment_then_a_finished_one(launcher):
-    proc, exp_id, directory = launcher("import time; time.sleep(30)", concurrency=2, max_trials=4)
+    proc, exp_id, directory = launcher("import time; time.sleep(30)", trial_concurrency=2, max_trial_number=4)
     exp = Experiment.connect(exp_id)
     assert exp.id == exp_id and exp.directory == directory
     wait_until(lambda: len(exp.list_trial_jobs(status="RUNNING")) == 2, 15, what="2 running trials")

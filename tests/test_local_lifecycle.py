@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -214,7 +213,7 @@ def test_trials_end_themselves_when_the_engine_is_killed(launcher, mark, tmp_pat
     spawning_code(tmp_path / "code", "spawn.py")
     trial = (f"import runpy, sys\nsys.argv = ['spawn.py', {mark!r}, 'stay']\n"
              "runpy.run_path('spawn.py', run_name='__main__')\n")
-    proc, exp_id, directory = launcher(trial, concurrency=1, max_trials=1)
+    proc, exp_id, directory = launcher(trial, trial_concurrency=1, max_trial_number=1)
     wait_until(lambda: list(directory.glob("trials/*/ready")), 60, what="the trial to spawn its processes")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -256,7 +255,6 @@ def test_a_killed_trial_gets_the_whole_grace_to_save_a_checkpoint(make_experimen
 
 # -- output and reports ---------------------------------------------------------------------------------------------
 HUGE_OUTPUT = """
-import sys
 out = sys.stdout.buffer
 out.write(b"a" * 20_000_000 + b"\\n")
 out.write(b"HPO_FINAL_RESULT=0.5\\n")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import PY, ROOT, write_script
+from conftest import experiment_script, write_script
 import hpo.progress
 
 TRIAL = """
@@ -50,18 +50,8 @@ def test_the_summary_of_a_failed_experiment_shows_the_cause(make_experiment, cap
 def test_a_terminal_gets_a_tidy_bar(tmp_path):
     code = tmp_path / "code"
     write_script(code, "trial.py", TRIAL)
-    script = write_script(tmp_path, "run.py", f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from hpo import Experiment
-        exp = Experiment("random", "local")
-        exp.config.search_space = {{"x": {{"_type": "uniform", "_value": [0, 1]}}}}
-        exp.config.trial_command = {f"{PY} trial.py"!r}
-        exp.config.trial_code_directory = {str(code)!r}
-        exp.config.trial_concurrency = 2
-        exp.config.max_trial_number = 4
-        exp.run(port=0)
-    """)
+    script = experiment_script(tmp_path / "run.py", code, {"trial_concurrency": 2, "max_trial_number": 4},
+                               "exp.run(port=0)\n")
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             env=dict(os.environ, HPO_HOME=str(tmp_path / "home"), COLUMNS="160"))
@@ -96,17 +86,7 @@ def test_a_notebook_gets_a_widget(tmp_path):
 
     code = tmp_path / "code"
     write_script(code, "trial.py", TRIAL)
-    cell = f"""
-import sys
-sys.path.insert(0, {str(ROOT)!r})
-from hpo import Experiment
-exp = Experiment("random", "local")
-exp.config.search_space = {{"x": {{"_type": "uniform", "_value": [0, 1]}}}}
-exp.config.trial_command = {f"{PY} trial.py"!r}
-exp.config.trial_code_directory = {str(code)!r}
-exp.config.max_trial_number = 3
-exp.run(port=0)
-"""
+    cell = experiment_script(tmp_path / "cell.py", code, {"max_trial_number": 3}, "exp.run(port=0)\n").read_text()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
     os.environ.setdefault("HPO_HOME", str(tmp_path / "home"))
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
