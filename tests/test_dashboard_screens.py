@@ -184,10 +184,10 @@ def test_metric_chart_legend_failed_trials_and_time_axis(six, viewer) -> None:
     legend.nth(4).wait_for()
     texts = [" ".join(t.split()) for t in legend.all_inner_texts()]
     assert texts == ["succeeded 7", "early stopped 1", "failed 1", "no result 1", "best so far"]
-    # the failed trial is on the chart (along the bottom) in the colour its legend entry shows
-    point = page.evaluate(POINT, ["best-so-far-chart", "FAILED-bottom"])
+    # the failed trial is on the chart (in the lane of trials without a value) in its legend entry's colour
+    point = page.evaluate(POINT, ["best-so-far-chart", "FAILED-lane"])
     assert point["data"][0] == 4 and point["xAxis"] == "value"
-    swatch = page.locator("[data-testid=metric-legend] [data-series=FAILED-bottom] .swatch")
+    swatch = page.locator("[data-testid=metric-legend] [data-series=FAILED-lane] .swatch")
     assert swatch.evaluate("(el) => getComputedStyle(el).color") == page.evaluate(
         "(c) => { const el = document.createElement('i'); el.style.color = c; document.body.append(el);"
         " const out = getComputedStyle(el).color; el.remove(); return out; }", point["color"])
@@ -199,11 +199,11 @@ def test_metric_chart_legend_failed_trials_and_time_axis(six, viewer) -> None:
     page.select_option("[data-testid=x-axis]", "time")
     wait_js(page, "echarts.getInstanceByDom(document.querySelector('[data-testid=best-so-far-chart]'))"
                   ".getOption().xAxis[0].type === 'time'")
-    point = page.evaluate(POINT, ["best-so-far-chart", "FAILED-bottom"])
+    point = page.evaluate(POINT, ["best-so-far-chart", "FAILED-lane"])
     assert point["data"][0] == pytest.approx(six.by_seq[4]["ended_at"] * 1000)
     # a legend entry hides its trials
-    page.click("[data-testid=metric-legend] [data-series=FAILED-bottom]")
-    assert page.locator("[data-testid=metric-legend] [data-series=FAILED-bottom]").get_attribute("aria-pressed") == "false"
+    page.click("[data-testid=metric-legend] [data-series=FAILED-lane]")
+    assert page.locator("[data-testid=metric-legend] [data-series=FAILED-lane]").get_attribute("aria-pressed") == "false"
     # the Charts page has the same legend
     page.click("[data-testid=nav-charts]")
     page.locator("[data-testid=chart-history] canvas").first.wait_for()

@@ -36,17 +36,18 @@ export function tip(lines) {
   return lines.filter(Boolean).map((l) => escapeHtml(l)).join('<br>');
 }
 
-// Trials without a final value that still belong on the metric chart, drawn as crosses along its bottom.
-const BOTTOM = { FAILED: 'failed', SUCCEEDED: 'no result' };
+// Trials without a final value that still belong on the metric chart: crosses in a lane under it.
+const LANE = { FAILED: 'failed', SUCCEEDED: 'no result' };
+const NO_VALUE = 'no value';
 const BEST = 'best so far';
 const BEST_COLOR = '#f08c00';
 
 /** The series of the metric chart: trials with a final value by status, trials that failed or finished without
- *  one along the bottom, and the best so far (over trial numbers or time); each with its colour and count. */
-export function historySeries(data, { maximize, logY = false, xTime = false }) {
+ *  one (for the lane), and the best so far (over trial numbers or time); each with its colour and points. */
+function historySeries(data, { maximize, logY = false, xTime = false }) {
   const groups = new Map();
-  const add = (key, label, color, bottom, item) => {
-    if (!groups.has(key)) groups.set(key, { key, label, color, bottom, points: [] });
+  const add = (key, label, color, lane, item) => {
+    if (!groups.has(key)) groups.set(key, { key, label, color, lane, points: [] });
     groups.get(key).points.push(item);
   };
   const valued = [];
@@ -54,11 +55,12 @@ export function historySeries(data, { maximize, logY = false, xTime = false }) {
     const st = data.status[i];
     const x = xTime ? 1000 * (data.end[i] || data.start[i] || data.created[i]) : data.seq[i];
     const item = { x, v: data.value[i], id: data.id[i], seq: data.seq[i], status: st, end: data.end[i] };
-    if (item.v !== null && item.v !== undefined && !(logY && item.v <= 0)) {
+    if (item.v !== null && item.v !== undefined) {
+      if (logY && item.v <= 0) continue;
       valued.push(item);
       add(st, st.toLowerCase().replace('_', ' '), STATUS_COLORS[st] || '#2f6fde', false, item);
-    } else if ((item.v === null || item.v === undefined) && BOTTOM[st] && data.end[i]) {
-      add(`${st}-bottom`, BOTTOM[st], st === 'FAILED' ? STATUS_COLORS.FAILED : '#718096', true, item);
+    } else if (LANE[st] && data.end[i]) {
+      add(`${st}-lane`, LANE[st], st === 'FAILED' ? STATUS_COLORS.FAILED : '#718096', true, item);
     }
   }
   valued.sort((a, b) => a.x - b.x);
@@ -68,45 +70,54 @@ export function historySeries(data, { maximize, logY = false, xTime = false }) {
     if (cur === null || (maximize ? p.v > cur : p.v < cur)) cur = p.v;
     best.push([p.x, cur]);
   }
-  const vals = valued.map((p) => p.v);
-  const lo = vals.length ? Math.min(...vals) : 0, hi = vals.length ? Math.max(...vals) : 1;
-  let floor;
-  if (logY) floor = hi > lo ? lo / (hi / lo) ** 0.08 : lo / 2;
-  else floor = lo - (hi > lo ? (hi - lo) * 0.08 : Math.abs(lo) * 0.1 || 1);
-  const order = [...Object.keys(STATUS_COLORS), 'FAILED-bottom', 'SUCCEEDED-bottom'];
+  const order = [...Object.keys(STATUS_COLORS), 'FAILED-lane', 'SUCCEEDED-lane'];
   const series = [...groups.values()].sort((a, b) => order.indexOf(a.key) - order.indexOf(b.key));
-  for (const g of series) if (g.bottom) for (const p of g.points) p.v = floor;
   series.push({ key: BEST, label: BEST, color: BEST_COLOR, line: true, points: best });
   return series;
 }
 
-/** The ECharts option for historySeries (series named by key; those in `hidden` left empty). */
-export function historyOption(series, { logY = false, xTime = false, hidden = new Set() } = {}) {
-  const many = series.reduce((n, g) => n + (g.line ? 0 : g.points.length), 0);
-  const valued = series.some((g) => !g.line && !g.bottom && g.points.length);
+/** The ECharts option for historySeries (series named by key; those in `hidden` left empty); trials without a
+ *  value go in a lane of their own under the plot, on the same x axis, never at a made-up metric value. */
+function historyOption(series, { logY = false, xTime = false, hidden = new Set() } = {}) {
+  const points = series.filter((g) => !g.line);
+  const many = points.reduce((n, g) => n + g.points.length, 0);
+  const valued = points.some((g) => !g.lane && g.points.length);
+  const lane = points.some((g) => g.lane && g.points.length);
+  const xs = points.flatMap((g) => g.points.map((p) => p.x));
+  const x = { ...AXIS, ...(xTime ? { type: 'time' } : { type: 'value', minInterval: 1 }),
+    min: xs.length ? Math.min(...xs) : undefined, max: xs.length ? Math.max(...xs) : undefined };
+  const name = { name: xTime ? 'time' : 'trial', nameLocation: 'middle', nameGap: 26 };
   return {
     animation: false,
-    grid: { ...baseGrid, right: 30, top: 30 },
+    // fixed bounds, so that the lane lines up with the plot whatever the labels' widths
+    grid: (lane ? [{ ...baseGrid, bottom: 66 }, { left: baseGrid.left, bottom: 40, height: 16 }] : [{ ...baseGrid }])
+      .map((g) => ({ ...g, right: 30, top: g.height ? undefined : 30, outerBoundsMode: 'none' })),
     tooltip: { trigger: 'item', formatter: (p) => {
       if (p.seriesName === BEST) return tip([`best so far: ${fmtNum(p.data[1])}`]);
       const d = p.data[2];
-      return tip([`trial #${d.seq} (${d.id})`, p.seriesName.endsWith('-bottom')
+      return tip([`trial #${d.seq} (${d.id})`, p.seriesName.endsWith('-lane')
         ? `${d.status.toLowerCase()}, no final result` : `value ${fmtNum(d.v)} · ${d.status.toLowerCase()}`,
       d.end ? `ended ${fmtClockShort(d.end)}` : '', 'click to open']);
     } },
-    xAxis: xTime
-      ? { type: 'time', name: 'time', nameLocation: 'middle', nameGap: 26, ...AXIS }
-      : { type: 'value', name: 'trial', nameLocation: 'middle', nameGap: 26, min: 'dataMin', max: 'dataMax', minInterval: 1, ...AXIS },
-    yAxis: { type: logY ? 'log' : 'value', name: valued ? 'metric' : 'metric (no final result yet)', scale: true, ...AXIS,
+    xAxis: lane ? [{ ...x, gridIndex: 0, axisLabel: { show: false } }, { ...x, ...name, gridIndex: 1, splitLine: { show: false } }]
+      : [{ ...x, ...name }],
+    yAxis: [{ type: logY ? 'log' : 'value', name: valued ? 'metric' : 'metric (no final result yet)', scale: true, ...AXIS,
+      nameTextStyle: { ...AXIS.nameTextStyle, align: 'left' },
       axisLabel: { show: valued, color: '#4a5568', formatter: (v) => fmtNum(v, 4) } },
-    dataZoom: [{ type: 'inside', xAxisIndex: 0 }, { type: 'inside', yAxisIndex: 0 }],
-    series: series.map((g) => (g.line
-      ? { id: g.key, name: g.key, type: 'line', step: 'end', data: hidden.has(g.key) ? [] : g.points, showSymbol: false,
-        lineStyle: { color: g.color, width: 2 }, itemStyle: { color: g.color }, z: 3 }
-      : { id: g.key, name: g.key, type: 'scatter', data: hidden.has(g.key) ? [] : g.points.map((p) => [p.x, p.v, p]),
-        symbol: g.bottom ? 'path://M2,0 L5,3 L8,0 L10,2 L7,5 L10,8 L8,10 L5,7 L2,10 L0,8 L3,5 L0,2 Z' : 'circle',
-        symbolSize: g.bottom ? 9 : many > 3000 ? 3 : 6, large: many > 2000, cursor: 'pointer',
-        itemStyle: { color: g.color, opacity: g.bottom ? 0.9 : 0.75 }, z: g.bottom ? 4 : 2 })),
+    lane ? { type: 'category', gridIndex: 1, data: [NO_VALUE], ...AXIS, axisTick: { show: false },
+      axisLabel: { color: '#4a5568', fontSize: 11 } } : null].filter(Boolean),
+    dataZoom: [{ type: 'inside', xAxisIndex: lane ? [0, 1] : 0 }, { type: 'inside', yAxisIndex: 0 }],
+    series: series.map((g) => {
+      const data = hidden.has(g.key) ? [] : g.points;
+      if (g.line) {
+        return { id: g.key, name: g.key, type: 'line', step: 'end', data, showSymbol: false,
+          lineStyle: { color: g.color, width: 2 }, itemStyle: { color: g.color }, z: 3 };
+      }
+      return { id: g.key, name: g.key, type: 'scatter', data: data.map((p) => [p.x, g.lane ? NO_VALUE : p.v, p]),
+        xAxisIndex: g.lane ? 1 : 0, yAxisIndex: g.lane ? 1 : 0, cursor: 'pointer',
+        symbol: g.lane ? 'path://M2,0 L5,3 L8,0 L10,2 L7,5 L10,8 L8,10 L5,7 L2,10 L0,8 L3,5 L0,2 Z' : 'circle',
+        symbolSize: g.lane ? 9 : many > 3000 ? 3 : 6, large: many > 2000, itemStyle: { color: g.color, opacity: g.lane ? 0.9 : 0.75 } };
+    }),
   };
 }
 
@@ -146,9 +157,9 @@ export class MetricChart {
     }
     this.chart.chart.setOption(historyOption(series, { logY, xTime, hidden: this.hidden }), true);
     fill(this.legend, series.map((g) => h('button.legend-item', { type: 'button', 'aria-pressed': String(!this.hidden.has(g.key)),
-      'data-series': g.key, title: g.bottom ? `${g.label}: no final result, drawn along the bottom (click to hide)` : 'click to hide or show',
+      'data-series': g.key, title: g.lane ? `${g.label}: no final result, in the lane under the chart (click to hide)` : 'click to hide or show',
       onclick: () => { if (this.hidden.has(g.key)) this.hidden.delete(g.key); else this.hidden.add(g.key); this.draw(); } },
-    h(`span.swatch${g.line ? '.line' : g.bottom ? '.cross' : ''}`, { style: { [g.bottom ? 'color' : 'background']: g.color } }),
+    h(`span.swatch${g.line ? '.line' : g.lane ? '.cross' : ''}`, { style: { [g.lane ? 'color' : 'background']: g.color } }),
     h('span', g.label), g.line ? null : h('b', String(g.points.length)))));
   }
 
@@ -281,7 +292,7 @@ export function parallelOption(data, { maximize, names, maxLines = 2000 } = {}) 
   };
 }
 
-export function importanceOption(imp) {
+function importanceOption(imp) {
   const items = [...imp.importances].reverse();
   return {
     animation: false,
