@@ -58,7 +58,15 @@ export async function mount(root, ctx, route) {
   const compareBox = h('div.compare', { hidden: true });
   const formBox = h('div.custom-form', { hidden: true });
   const tableHost = h('div.table-host');
-  const ro = ctx.readOnly;
+  // actions on trials: disabled once the experiment cannot change (it may end while the page is open)
+  const actionButtons = [
+    button('Kill selected', { icon: 'kill', kind: 'danger', testid: 'kill-selected', onclick: () => killSelected() }),
+    button('Re-run selected', { icon: 'rerun', onclick: () => rerun([...state.selected]) }),
+    button('Re-run all failed', { icon: 'rerun', testid: 'rerun-failed', onclick: () => rerun(null) }),
+    button('New trial', { icon: 'plus', onclick: () => showForm() }),
+  ];
+  const lockActions = () => { for (const b of actionButtons) b.disabled = ctx.readOnly; };
+  lockActions();
   const toolbar = h('div.toolbar',
     statusBox,
     h('form.filter-form', { onsubmit: (e) => { e.preventDefault(); apply(); } }, filterInput, searchInput,
@@ -69,10 +77,7 @@ export async function mount(root, ctx, route) {
     h('div.spacer'),
     h('div.menu-wrap', button('Columns', { icon: 'columns', onclick: () => { colMenu.hidden = !colMenu.hidden; }, testid: 'columns-button' }), colMenu),
     button('Compare', { icon: 'compare', testid: 'compare-button', title: 'compare the selected trials', onclick: () => compare() }),
-    button('Kill selected', { icon: 'kill', kind: 'danger', disabled: ro, testid: 'kill-selected', onclick: () => killSelected() }),
-    button('Re-run selected', { icon: 'rerun', disabled: ro, onclick: () => rerun([...state.selected]) }),
-    button('Re-run all failed', { icon: 'rerun', disabled: ro, testid: 'rerun-failed', onclick: () => rerun(null) }),
-    button('New trial', { icon: 'plus', disabled: ro, onclick: () => showForm() }),
+    ...actionButtons,
   );
   root.append(h('section.card.trials-card', toolbar, actions, compareBox, formBox, tableHost));
 
@@ -109,7 +114,7 @@ export async function mount(root, ctx, route) {
     if (key === 'exit_code') return { key, title: 'exit', ...fit, sort: 'exit_code', render: (r) => String(r.exit_code ?? '') };
     if (key === 'actions') {
       return { key, title: 'actions', ...fit, render: (r) => {
-        if (ro) return '';
+        if (ctx.readOnly) return '';
         if (r.status === 'RUNNING' || r.status === 'WAITING') {
           return button('Kill', { icon: 'kill', kind: 'small danger', testid: `kill-${r.id}`, onclick: () => kill(r.id) });
         }
@@ -285,6 +290,7 @@ export async function mount(root, ctx, route) {
   disposers.push(ctx.bus.on('reset', () => refresh()));
   let shownKeys = columns().map((c) => c.key).join();
   disposers.push(ctx.bus.on('exp', (e) => {
+    lockActions();
     const best = e.best_trial ? e.best_trial.id : null;
     const keys = allCols.filter((c) => isShown(c, e)).join();
     const moved = best !== bestId;
