@@ -95,7 +95,7 @@ export async function mount(root, ctx, route) {
     if (key === 'status') {
       // as wide as the longest status, so that a row changing status never clips it
       return { key, title: 'status', width: Math.max(...TRIAL_STATES.map((s) => measure(statusPill(s)))) + 17, sort: 'status',
-        render: (r) => statusPill(r.status) };
+        render: (r) => { const pill = statusPill(r.status); if (r.message) pill.title = r.message; return pill; } };
     }
     if (key === 'value') {
       return { key, title: 'value', ...fit, sort: 'value', defaultDesc: exp.maximize, tip: 'final result (the tuned metric)',
