@@ -111,6 +111,8 @@ class Browser:
         self._pw = sync_playwright().start()
         self._browser = self._pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         self.page = self._browser.new_page(viewport={"width": width, "height": height})
+        self.page.on("pageerror", lambda e: print("page error:", e, file=sys.stderr))
+        self.page.on("console", lambda m: print("console:", m.text, file=sys.stderr) if m.type == "error" else None)
 
     def ready(self, name: str) -> None:
         deadline = time.monotonic() + 30
@@ -168,8 +170,7 @@ def readme(args: argparse.Namespace, out: Path, code: Path) -> None:
             time.sleep(0.5)
         b = Browser(args.chromium, 1440, 900)
         page = b.page
-        page.goto(url + "#/trials")
-        b.ready("trials")
+        page.goto(url + "#/overview")
         b.overview("#/overview")
         page.screenshot(path=str(out / "overview.png"), full_page=True)
         page.evaluate("location.hash = '#/trials?sort=value'")
@@ -220,8 +221,7 @@ def first_hour(args: argparse.Namespace, out: Path, code: Path) -> None:
     try:
         b = Browser(args.chromium, 1280, 800)
         page = b.page
-        page.goto(f"http://localhost:{view.port}/#/trials")
-        b.ready("trials")
+        page.goto(f"http://localhost:{view.port}/#/overview")
         b.overview("#/overview")
         page.screenshot(path=str(out / f"{args.first_hour}-overview.png"))
         page.evaluate("location.hash = '#/trials'")
