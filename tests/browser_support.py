@@ -167,3 +167,42 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("HPO_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "hpo-test-artifacts")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def open_page(browser: Any, width: int = 1440, height: int = 900) -> Any:
+    """A page in a fresh browser context that records page errors, console errors and failed requests in
+    ``page.errors``, and accepts dialogs."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("requestfailed", lambda r: pg.errors.append(f"request failed: {r.url} {r.failure}")
+          if "ERR_ABORTED" not in (r.failure or "") else None)  # streams closed on leaving a page are aborted
+    pg.on("dialog", lambda d: d.accept())
+    pg.set_default_timeout(15000)
+    return pg
+
+
+def wait_js(pg: Any, expression: str, timeout: float = 10.0) -> None:
+    """Poll a JS expression (page.wait_for_function evaluates strings, which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while not pg.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        pg.wait_for_timeout(50)
+
+
+# Resolves once the trials table's columns have kept their widths for three frames (they widen to fit what
+# the rows show, once the rows have come).
+SETTLED = """() => new Promise((resolve) => {
+  let last = null, same = 0;
+  const look = () => {
+    const head = document.querySelector('.vt-head');
+    const now = head ? head.style.gridTemplateColumns : null;
+    same = now !== null && now === last ? same + 1 : 0;
+    last = now;
+    if (same >= 3) resolve(true); else requestAnimationFrame(look);
+  };
+  requestAnimationFrame(look);
+})"""

@@ -26,6 +26,8 @@ def _ref(name: str) -> dict[str, str]:
 _ANY: dict[str, Any] = {}
 _NUM_OR_NULL = {"type": "number", "nullable": True}
 _TS = {"type": "number", "nullable": True, "description": "Unix time, seconds"}
+_TUNER_LABEL = {"type": "string", "nullable": True,
+                "description": "one short name per tuner, however the config spells it (tpe, TPE, tuners.tpe.TpeTuner: TPE)"}
 
 _SCHEMAS: dict[str, Any] = {
     "Trial": {
@@ -79,9 +81,11 @@ _SCHEMAS: dict[str, Any] = {
             "trial_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "best_trial": {"allOf": [{"$ref": "#/components/schemas/Trial"}], "nullable": True},
             "read_only": {"type": "boolean"}, "live": {"type": "boolean"}, "maximize": {"type": "boolean"},
-            "tuner": {"type": "string", "nullable": True}, "training_service": {"type": "string", "nullable": True},
+            "tuner": {"type": "string", "nullable": True, "description": "the tuner as the config names it"},
+            "tuner_label": _TUNER_LABEL, "training_service": {"type": "string", "nullable": True},
             "progress": {"type": "object", "properties": {
                 "trials_done": {"type": "integer"}, "trials_counted": {"type": "integer"},
+                "trials_without_result": {"type": "integer", "description": "SUCCEEDED without a usable final result"},
                 "trials_total": {"type": "integer"}, "max_trial_number": {"type": "integer", "nullable": True},
                 "max_experiment_duration_seconds": _NUM_OR_NULL,
                 "trial_concurrency": {"type": "integer", "nullable": True}}},
@@ -93,10 +97,12 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["id", "status"],
         "properties": {
             "id": {"type": "string"}, "name": {"type": "string", "nullable": True}, "status": {"type": "string"},
+            "message": {"type": "string", "nullable": True,
+                        "description": "why it ended (for ERROR: the reason, then the first failure's stderr lines)"},
             "running": {"type": "boolean"}, "port": {"type": "integer", "nullable": True},
             "trials": {"type": "integer"}, "max_trial_number": {"type": "integer", "nullable": True},
             "best_value": _NUM_OR_NULL, "best_trial": {"type": "string", "nullable": True},
-            "tuner": {"type": "string", "nullable": True}, "current": {"type": "boolean"},
+            "tuner": {"type": "string", "nullable": True}, "tuner_label": _TUNER_LABEL, "current": {"type": "boolean"},
         },
     },
     "Logs": {

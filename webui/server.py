@@ -194,12 +194,13 @@ class _Api:
             "live": self.live(),
             "running_elsewhere": running_elsewhere,
             "maximize": maximize,
-            "tuner": tuner.get("name") or tuner.get("class_name"),
+            "tuner": tuner.get("name") or tuner.get("class_name"), "tuner_label": _tuner_label(tuner),
             "training_service": service.get("platform") if isinstance(service, dict) else service,
             "elapsed_seconds": elapsed,
             "remaining_seconds": None if max_duration is None else max(0.0, max_duration - elapsed),
             "progress": {
                 "trials_done": done, "trials_counted": counted, "trials_total": sum(counts.values()),
+                "trials_without_result": self.store.count_without_result(),
                 "max_trial_number": config.get("max_trial_number"),
                 "max_experiment_duration_seconds": max_duration,
                 "trial_concurrency": config.get("trial_concurrency"),
@@ -716,15 +717,37 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
         config = info["config"]
         tuner = config.get("tuner") or {}
         row.update({
-            "name": info["name"], "status": status, "running": running, "port": info["port"] if running else None,
+            "name": info["name"], "status": status, "message": info["message"], "running": running,
+            "port": info["port"] if running else None,
             "host": info["host"] if running else None, "started_at": info["started_at"], "ended_at": info["ended_at"],
             "trial_counts": counts, "trials": sum(counts.values()), "max_trial_number": config.get("max_trial_number"),
-            "tuner": tuner.get("name") or tuner.get("class_name"), "maximize": maximize,
+            "tuner": tuner.get("name") or tuner.get("class_name"), "tuner_label": _tuner_label(tuner), "maximize": maximize,
             "best_value": _finite(best["final_value"]) if best else None, "best_trial": best["id"] if best else None,
             "run_seconds": info["run_seconds"],
         })
         out.append(row)
     return out
+
+
+_TUNER_LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
+                 "anneal": "Anneal", "optuna": "Optuna"}
+
+
+def _tuner_label(tuner: dict[str, Any]) -> str | None:
+    """One short name per built-in tuner however the config names it ('tpe', 'TPE', 'tree_parzen' and the class
+    'tuners.tpe.TpeTuner' are all 'TPE'); another tuner by its name, or a class by its own name."""
+    from tuners.registry import _BUILTIN_MODULES  # read only: the built-ins' modules and aliases
+
+    def norm(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+
+    name, class_name = tuner.get("name"), tuner.get("class_name")
+    module, _, cls = (class_name or "").rpartition(".")
+    for key, (builtin_module, aliases) in _BUILTIN_MODULES.items():
+        names = (key, f"{key}tuner", *aliases)
+        if (name and norm(name) in names) or (class_name and module == builtin_module and norm(cls) in names):
+            return _TUNER_LABELS.get(key, key)
+    return name or cls or None
 
 
 def _trial_json(rec: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 // Chart helpers on the vendored Apache ECharts (webui/static/vendor/echarts, loaded on first use).
-import { escapeHtml, fmtNum, STATUS_COLORS } from './util.js';
+import { h, fill, escapeHtml, fmtNum, STATUS_COLORS } from './util.js';
 
 let loading = null;
 
@@ -36,36 +36,166 @@ export function tip(lines) {
   return lines.filter(Boolean).map((l) => escapeHtml(l)).join('<br>');
 }
 
-/** Final value per trial (scatter, coloured by status) with the best-so-far line. */
-export function historyOption(data, { maximize, logY = false, onlyFinished = true } = {}) {
-  const pts = [];
+// Trials without a final value that still belong on the metric chart: crosses in a lane under it.
+const LANE = { FAILED: 'failed', SUCCEEDED: 'no result' };
+const NO_VALUE = 'no value';
+const BEST = 'best so far';
+const BEST_COLOR = '#f08c00';
+
+/** The series of the metric chart: trials with a final value by status, trials that failed or finished without
+ *  one (for the lane), and the best so far (over trial numbers or time); each with its colour and points. */
+function historySeries(data, { maximize, logY = false, xTime = false }) {
+  const groups = new Map();
+  const add = (key, label, color, lane, item) => {
+    if (!groups.has(key)) groups.set(key, { key, label, color, lane, points: [] });
+    groups.get(key).points.push(item);
+  };
+  const valued = [];
+  for (let i = 0; i < data.count; i++) {
+    const st = data.status[i];
+    const x = xTime ? 1000 * (data.end[i] || data.start[i] || data.created[i]) : data.seq[i];
+    const item = { x, v: data.value[i], id: data.id[i], seq: data.seq[i], status: st, end: data.end[i] };
+    if (item.v !== null && item.v !== undefined) {
+      if (logY && item.v <= 0) continue;
+      valued.push(item);
+      add(st, st.toLowerCase().replace('_', ' '), STATUS_COLORS[st] || '#2f6fde', false, item);
+    } else if (LANE[st] && data.end[i]) {
+      add(`${st}-lane`, LANE[st], st === 'FAILED' ? STATUS_COLORS.FAILED : '#718096', true, item);
+    }
+  }
+  valued.sort((a, b) => a.x - b.x);
   const best = [];
   let cur = null;
-  for (let i = 0; i < data.count; i++) {
-    const v = data.value[i];
-    if (v === null || v === undefined || (logY && v <= 0)) continue;
-    pts.push([data.seq[i], v, data.id[i], data.status[i]]);
-    if (cur === null || (maximize ? v > cur : v < cur)) cur = v;
-    best.push([data.seq[i], cur]);
+  for (const p of valued) {
+    if (cur === null || (maximize ? p.v > cur : p.v < cur)) cur = p.v;
+    best.push([p.x, cur]);
   }
+  const order = [...Object.keys(STATUS_COLORS), 'FAILED-lane', 'SUCCEEDED-lane'];
+  const series = [...groups.values()].sort((a, b) => order.indexOf(a.key) - order.indexOf(b.key));
+  series.push({ key: BEST, label: BEST, color: BEST_COLOR, line: true, points: best });
+  return series;
+}
+
+/** The ECharts option for historySeries (series named by key; those in `hidden` left empty); trials without a
+ *  value go in a lane of their own under the plot, on the same x axis, never at a made-up metric value. */
+function historyOption(series, { logY = false, xTime = false, hidden = new Set() } = {}) {
+  const points = series.filter((g) => !g.line);
+  const many = points.reduce((n, g) => n + g.points.length, 0);
+  const valued = points.some((g) => !g.lane && g.points.length);
+  const lane = points.some((g) => g.lane && g.points.length);
+  const xs = points.flatMap((g) => g.points.map((p) => p.x));
+  const x = { ...AXIS, ...(xTime ? { type: 'time' } : { type: 'value', minInterval: 1 }),
+    min: xs.length ? Math.min(...xs) : undefined, max: xs.length ? Math.max(...xs) : undefined };
+  const name = { name: xTime ? 'time' : 'trial', nameLocation: 'middle', nameGap: 26 };
   return {
     animation: false,
-    grid: { ...baseGrid, right: 30 },
-    legend: { top: 0, right: 0, textStyle: { color: '#4a5568' }, data: ['trial', 'best so far'] },
-    tooltip: { trigger: 'item', formatter: (p) => p.seriesName === 'trial'
-      ? tip([`trial #${p.data[0]} (${p.data[2]})`, `value ${fmtNum(p.data[1])}`, p.data[3]])
-      : tip([`best so far after #${p.data[0]}`, fmtNum(p.data[1])]) },
-    xAxis: { type: 'value', name: 'trial', nameLocation: 'middle', nameGap: 26, min: 'dataMin', max: 'dataMax', minInterval: 1, ...AXIS },
-    yAxis: { type: logY ? 'log' : 'value', name: 'metric', scale: true, ...AXIS,
-      axisLabel: { color: '#4a5568', formatter: (v) => fmtNum(v, 4) } },
-    dataZoom: [{ type: 'inside', xAxisIndex: 0 }, { type: 'inside', yAxisIndex: 0 }],
-    series: [
-      { name: 'trial', type: 'scatter', data: pts, symbolSize: pts.length > 3000 ? 3 : 6, large: pts.length > 2000,
-        itemStyle: { color: (p) => STATUS_COLORS[p.data[3]] || '#2f6fde', opacity: 0.75 } },
-      { name: 'best so far', type: 'line', step: 'end', data: best, showSymbol: false,
-        lineStyle: { color: '#f08c00', width: 2 }, itemStyle: { color: '#f08c00' }, z: 3 },
-    ],
+    // fixed bounds, so that the lane lines up with the plot whatever the labels' widths
+    grid: (lane ? [{ ...baseGrid, bottom: 66 }, { left: baseGrid.left, bottom: 40, height: 16 }] : [{ ...baseGrid }])
+      .map((g) => ({ ...g, right: 30, top: g.height ? undefined : 30, outerBoundsMode: 'none' })),
+    tooltip: { trigger: 'item', formatter: (p) => {
+      if (p.seriesName === BEST) return tip([`best so far: ${fmtNum(p.data[1])}`]);
+      const d = p.data[2];
+      return tip([`trial #${d.seq} (${d.id})`, p.seriesName.endsWith('-lane')
+        ? `${d.status.toLowerCase()}, no final result` : `value ${fmtNum(d.v)} · ${d.status.toLowerCase()}`,
+      d.end ? `ended ${fmtClockShort(d.end)}` : '', 'click to open']);
+    } },
+    xAxis: lane ? [{ ...x, gridIndex: 0, axisLabel: { show: false } }, { ...x, ...name, gridIndex: 1, splitLine: { show: false } }]
+      : [{ ...x, ...name }],
+    yAxis: [{ type: logY ? 'log' : 'value', name: valued ? 'metric' : 'metric (no final result yet)', scale: true, ...AXIS,
+      nameTextStyle: { ...AXIS.nameTextStyle, align: 'left' },
+      axisLabel: { show: valued, color: '#4a5568', formatter: (v) => fmtNum(v, 4) } },
+    lane ? { type: 'category', gridIndex: 1, data: [NO_VALUE], ...AXIS, axisTick: { show: false },
+      axisLabel: { color: '#4a5568', fontSize: 11 } } : null].filter(Boolean),
+    dataZoom: [{ type: 'inside', xAxisIndex: lane ? [0, 1] : 0 }, { type: 'inside', yAxisIndex: 0 }],
+    series: series.map((g) => {
+      const data = hidden.has(g.key) ? [] : g.points;
+      if (g.line) {
+        return { id: g.key, name: g.key, type: 'line', step: 'end', data, showSymbol: false,
+          lineStyle: { color: g.color, width: 2 }, itemStyle: { color: g.color }, z: 3 };
+      }
+      return { id: g.key, name: g.key, type: 'scatter', data: data.map((p) => [p.x, g.lane ? NO_VALUE : p.v, p]),
+        xAxisIndex: g.lane ? 1 : 0, yAxisIndex: g.lane ? 1 : 0, cursor: 'pointer',
+        symbol: g.lane ? 'path://M2,0 L5,3 L8,0 L10,2 L7,5 L10,8 L8,10 L5,7 L2,10 L0,8 L3,5 L0,2 Z' : 'circle',
+        symbolSize: g.lane ? 9 : many > 3000 ? 3 : 6, large: many > 2000, itemStyle: { color: g.color, opacity: g.lane ? 0.9 : 0.75 } };
+    }),
   };
+}
+
+function fmtClockShort(ts) {
+  return new Date(ts * 1000).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+}
+
+/** The metric per trial and the best so far, with a legend that says what each colour is (click: hide or
+ *  show it), the x axis by trial number or by time, a log scale, and a click on a trial opening it. */
+export class MetricChart {
+  constructor(ctx, testid) {
+    this.ctx = ctx;
+    this.hidden = new Set();
+    this.el = h('div.chart.chart-md', { 'data-testid': testid });
+    this.legend = h('div.legend', { 'data-testid': 'metric-legend', role: 'group', 'aria-label': 'legend' });
+    this.logY = h('input', { type: 'checkbox', onchange: () => this.draw() });
+    this.xAxis = h('select', { 'aria-label': 'x axis', 'data-testid': 'x-axis', onchange: () => this.draw() },
+      h('option', { value: 'trial' }, 'by trial number'), h('option', { value: 'time' }, 'by time'));
+    this.chart = null;
+  }
+
+  /** The controls for the card's head. */
+  controls() { return [h('label.toggle', 'x axis ', this.xAxis), h('label.toggle', this.logY, ' log scale')]; }
+
+  async update(data) { this.data = data; await this.draw(); }
+
+  async draw() {
+    if (!this.data) return;
+    const xTime = this.xAxis.value === 'time', logY = this.logY.checked;
+    const series = historySeries(this.data, { maximize: this.ctx.exp.maximize, logY, xTime });
+    if (!this.chart) {
+      this.chart = await makeChart(this.el);
+      this.chart.chart.on('click', (p) => {
+        const d = p.data && p.data[2];
+        if (d && d.id) location.hash = this.ctx.link('trial', d.id);
+      });
+    }
+    this.chart.chart.setOption(historyOption(series, { logY, xTime, hidden: this.hidden }), true);
+    fill(this.legend, series.map((g) => h('button.legend-item', { type: 'button', 'aria-pressed': String(!this.hidden.has(g.key)),
+      'data-series': g.key, title: g.lane ? `${g.label}: no final result, in the lane under the chart (click to hide)` : 'click to hide or show',
+      onclick: () => { if (this.hidden.has(g.key)) this.hidden.delete(g.key); else this.hidden.add(g.key); this.draw(); } },
+    h(`span.swatch${g.line ? '.line' : g.lane ? '.cross' : ''}`, { style: { [g.lane ? 'color' : 'background']: g.color } }),
+    h('span', g.label), g.line ? null : h('b', String(g.points.length)))));
+  }
+
+  dispose() { if (this.chart) this.chart.dispose(); }
+}
+
+/** Parameter importance: the parameters' names with empty bars while it is computed (as tall as the chart that
+ *  replaces them), then the chart; a line of text when there is nothing to show yet. */
+export class ImportanceCard {
+  constructor(ctx, names, { limit = Infinity } = {}) {
+    this.ctx = ctx;
+    this.limit = limit;
+    this.note = h('p.note', 'computing…');
+    this.skeleton = h('div.imp-skeleton', { 'aria-hidden': 'true' }, names.slice(0, limit).map((n) =>
+      h('div.imp-row', h('span.imp-name', n), h('span.imp-bar'))));
+    this.el = h('div.chart', { 'data-testid': 'importance-chart', hidden: true });
+    this.card = h('section.card', { 'data-testid': 'importance-card' }, h('h2.card-title', 'Parameter importance'), this.note, this.skeleton, this.el);
+    this.chart = null;
+  }
+
+  async load() {
+    const imp = await this.ctx.get('/importance');
+    const items = imp.importances.slice(0, this.limit);
+    const more = imp.importances.length - items.length;
+    this.note.textContent = items.length ? `${imp.method} · ${imp.n} trials${more > 0 ? ` · the top ${items.length} of ${imp.importances.length} (all on Charts)` : ''}`
+      : (imp.note || 'nothing to show yet');
+    this.skeleton.hidden = true;
+    this.el.hidden = !items.length;
+    if (!items.length) return;
+    this.el.style.height = `${28 * items.length + 40}px`;
+    if (!this.chart) this.chart = await makeChart(this.el);
+    this.chart.chart.resize();
+    this.chart.chart.setOption(importanceOption({ ...imp, importances: items }), true);
+  }
+
+  dispose() { if (this.chart) this.chart.dispose(); }
 }
 
 /** Intermediate curves of some trials, with optional median / quartile band over all trials. */
@@ -162,7 +292,7 @@ export function parallelOption(data, { maximize, names, maxLines = 2000 } = {}) 
   };
 }
 
-export function importanceOption(imp) {
+function importanceOption(imp) {
   const items = [...imp.importances].reverse();
   return {
     animation: false,

@@ -7,7 +7,9 @@ const BLOCK = 200;
 export class VirtualTable {
   /**
    * @param {Element} root
-   * @param {object} o  columns: [{key, title, width, sort, render(row, el)}], fetch(offset, limit, signal) ->
+   * @param {object} o  columns: [{key, title, width (px), fit (widen to the content shown, up to maxWidth),
+   *   flex (take the room left), sort, render(row, el) -> text, element or an array of them}],
+   *   fetch(offset, limit, signal) ->
    *   Promise<{rows, total}>, rowKey(row), onRowClick(row, event), rowHeight
    */
   constructor(root, o) {
@@ -21,6 +23,7 @@ export class VirtualTable {
     this.rowEls = [];
     this.byKey = new Map();      // row key -> row (loaded rows only)
     this.sort = o.sort || null;
+    this.fitted = new Map();     // column key -> the width its content needed (fit columns only grow)
     this.el = h('div.vt', { role: 'table', 'data-testid': 'trial-table' });
     this.scroller = h('div.vt-scroll');
     this.head = h('div.vt-head', { role: 'row' });
@@ -46,8 +49,9 @@ export class VirtualTable {
 
   setColumns(columns) {
     this.columns = columns;
-    this.template = columns.map((c) => (typeof c.width === 'number' ? `${c.width}px` : c.width || '120px')).join(' ');
-    const width = columns.reduce((s, c) => s + (typeof c.width === 'number' ? c.width : 120), 0);
+    for (const c of columns) if (c.fit) c.width = Math.max(c.width, this.fitted.get(c.key) || 0);
+    this.template = columns.map((c) => (c.flex ? `minmax(${c.width}px, 1fr)` : `${c.width}px`)).join(' ');
+    const width = columns.reduce((s, c) => s + c.width, 0);
     this.minWidth = width;
     clear(this.head);
     this.head.style.gridTemplateColumns = this.template;
@@ -181,6 +185,7 @@ export class VirtualTable {
     this.rowsEl.style.transform = `translateY(${first * rh}px)`;
     const force = this._force;
     this._force = false;
+    let drawn = false;
     for (let j = 0; j < count; j++) {
       const i = first + j;
       const el = this.rowEls[j];
@@ -201,11 +206,37 @@ export class VirtualTable {
       if (this.o.rowClass) el.className = 'vt-row ' + this.o.rowClass(row);
       for (const c of this.columns) {
         const td = h('div.vt-td', { role: 'cell', 'data-col': c.key });
-        const out = c.render(row, td);
-        if (out !== undefined && out !== null) td.append(out instanceof Node ? out : document.createTextNode(String(out)));
+        for (const out of [].concat(c.render(row, td))) {
+          if (out !== undefined && out !== null && out !== '') td.append(out instanceof Node ? out : h('span', String(out)));
+        }
         el.append(td);
       }
+      drawn = true;
     }
+    if (drawn || force) this.fit();
     if (this.o.onRender) this.o.onRender();
   }
+
+  /** Widen the fit columns whose header or rows on screen need more room (never narrower: no jitter). */
+  fit() {
+    let grew = false;
+    this.columns.forEach((c, i) => {
+      if (!c.fit) return;
+      let need = 0;
+      for (const row of [this.head, ...this.rowEls]) {
+        const cell = row.children[i];
+        if (cell && !row.classList.contains('loading')) need = Math.max(need, contentWidth(cell));
+      }
+      need = Math.min(need, c.maxWidth || 400);
+      if (need > c.width) { this.fitted.set(c.key, need); grew = true; }
+    });
+    if (grew) this.setColumns(this.columns);
+  }
+}
+
+/** The width a cell's content needs: its children side by side (4 px apart) and 8 px of padding each side. */
+function contentWidth(cell) {
+  let w = 16 + 4 * Math.max(0, cell.children.length - 1);
+  for (const child of cell.children) w += Math.max(child.scrollWidth, child.offsetWidth);
+  return w + 1;
 }

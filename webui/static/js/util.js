@@ -116,6 +116,45 @@ export function fmtTime(ts) {
     hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+/** A compact time for a table cell: the clock today, the day and minute this year, else the date. */
+export function fmtClock(ts, now = new Date()) {
+  if (!ts) return '';
+  const d = new Date(ts * 1000);
+  if (d.toDateString() === now.toDateString()) {
+    return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  }
+  if (d.getFullYear() === now.getFullYear()) {
+    return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hour12: false });
+  }
+  return d.toLocaleDateString(undefined, { year: 'numeric', month: 'short', day: 'numeric' });
+}
+
+/** "12 / 20" trials against the maximum; past a maximum that was lowered (or trials re-run or added by
+ *  hand), the count and the maximum apart: "19, over the max of 5". */
+export function trialsOfMax(done, max) {
+  if (!max) return { text: `${done}`, over: false };
+  if (done <= max) return { text: `${done} / ${max}`, over: false };
+  return { text: `${done}, over the max of ${max}`, over: true,
+    title: `${done} trials ran; the maximum is now ${max} (it was lowered after they started, or trials were re-run or added by hand)` };
+}
+
+/** The experiment's failure reason in red: the first line prominent, the rest (often the first failed
+ *  trial's stderr, indented) as preformatted text. */
+export function errorReason(message, testid = 'error-reason') {
+  const [first, ...rest] = String(message).split('\n');
+  return h('div.error-reason', { role: 'alert', 'data-testid': testid },
+    h('strong.error-first', first), rest.length ? h('pre.error-rest', rest.join('\n')) : null);
+}
+
+/** The rendered width of an element built for measuring (not shown; removed at once). */
+export function measure(el) {
+  const box = h('div', { style: { position: 'absolute', visibility: 'hidden', left: '-10000px', top: '0', whiteSpace: 'nowrap' } }, el);
+  document.body.append(box);
+  const w = el.getBoundingClientRect().width;
+  box.remove();
+  return Math.ceil(w);
+}
+
 export function fmtAgo(ts, now = Date.now() / 1000) {
   if (!ts) return '';
   const d = now - ts;

@@ -1,45 +1,50 @@
-// Overview: status, progress against the limits, time, best trial, best-so-far curve, top trials,
-// importance, and the controls (concurrency / max trials / max duration, stop).
-import { h, clear, fill, card, kv, button, fmtNum, fmtDuration, fmtTime, fmtValue, statusPill, throttle, toast,
-  api, TRIAL_STATES, STATUS_COLORS } from '../util.js';
-import { makeChart, historyOption, importanceOption } from '../charts.js';
+// Overview: why it failed (in red), status, progress against the limits, time, best trial, the controls
+// while it runs; the metric per trial beside parameter importance; the top trials with every parameter.
+import { h, clear, fill, card, kv, button, fmtNum, fmtDuration, fmtTime, fmtClock, fmtValue, statusPill, throttle, toast,
+  api, errorReason, trialsOfMax, TRIAL_STATES, STATUS_COLORS } from '../util.js';
+import { MetricChart, ImportanceCard } from '../charts.js';
 
 export async function mount(root, ctx) {
   const disposers = [];
+  const reason = h('div');
   const info = h('div.ov-info');
   const progress = h('div.ov-progress');
   const best = h('div.ov-best');
   const controls = h('div.ov-controls');
-  const chartEl = h('div.chart.chart-md', { 'data-testid': 'best-so-far-chart' });
-  const impEl = h('div.chart.chart-sm');
-  const impNote = h('p.note', 'computing…');
+  const controlsCard = card('Controls', controls);
+  const metric = new MetricChart(ctx, 'best-so-far-chart');
+  const importance = new ImportanceCard(ctx, ctx.exp.parameter_names || [], { limit: 10 });
   const top = h('div.ov-top');
-  const logY = h('input', { type: 'checkbox', onchange: () => drawChart() });
+  disposers.push(() => metric.dispose(), () => importance.dispose());
   root.append(
+    reason,
     h('div.grid.ov-grid',
       card('Experiment', info),
       card('Progress', progress),
       card('Best trial', best),
-      card('Controls', controls)),
+      controlsCard),
     h('div.grid.ov-grid2',
-      h('section.card', h('div.card-head', h('h2.card-title', 'Metric per trial and best so far'),
-        h('label.toggle', logY, ' log scale')), chartEl),
-      h('section.card', h('h2.card-title', 'Top trials'), top)),
-    h('section.card', h('h2.card-title', 'Parameter importance'), impNote, impEl),
+      h('section.card', h('div.card-head', h('h2.card-title', 'Metric per trial and best so far'), ...metric.controls()),
+        metric.legend, metric.el),
+      importance.card),
+    h('section.card', h('h2.card-title', 'Top trials'), top),
   );
 
-  let chart = null, impChart = null, chartData = null;
   const editing = new Set();
 
   function renderInfo(exp) {
+    const failed = exp.status === 'ERROR' && exp.message;
+    fill(reason, failed ? errorReason(exp.message) : null);
+    reason.hidden = !failed;
+    const when = (ts) => h('span', { title: fmtTime(ts) }, fmtClock(ts));
     fill(info, kv([
       ['Name', exp.name || '—'],
       ['ID', h('code', exp.id)],
-      ['Status', h('span', statusPill(exp.status), exp.message ? h('span.msg', ' ' + exp.message) : null)],
-      ['Tuner', exp.tuner || '—'],
-      ['Training service', exp.training_service || '—'],
-      ['Started', fmtTime(exp.started_at || exp.created_at)],
-      exp.ended_at ? ['Ended', fmtTime(exp.ended_at)] : null,
+      ['Status', h('span', statusPill(exp.status), exp.message && !failed ? h('span.msg', ' ' + exp.message) : null)],
+      ['Tuner', h('span', { title: exp.tuner || '' }, exp.tuner_label || '—')],
+      ['Service', exp.training_service || '—'],
+      ['Started', when(exp.started_at || exp.created_at)],
+      exp.ended_at ? ['Ended', when(exp.ended_at)] : null,
       ['Folder', h('code.path', exp.directory)],
     ]));
   }
@@ -57,8 +62,11 @@ export async function mount(root, ctx) {
     const c = exp.trial_counts;
     const maxT = p.max_trial_number;
     const maxD = p.max_experiment_duration_seconds;
-    fill(progress, 
-      bar(p.trials_done, maxT, maxT ? `${p.trials_done} of ${maxT} trials finished` : `${p.trials_done} trials finished (no limit)`, 'progress-trials'),
+    const count = trialsOfMax(p.trials_done, maxT);
+    let label = `${p.trials_done} trials finished (no limit)`;
+    if (maxT) label = count.over ? `${count.text}: trials finished` : `${p.trials_done} of ${maxT} trials finished`;
+    fill(progress,
+      bar(p.trials_done, maxT, h('span', { title: count.title }, label), 'progress-trials'),
       bar(exp.elapsed_seconds, maxD, maxD ? `${fmtDuration(exp.elapsed_seconds)} of ${fmtDuration(maxD)}` +
         (exp.live ? ` · ${fmtDuration(exp.remaining_seconds)} left` : ' (ended)')
         : `${fmtDuration(exp.elapsed_seconds)} elapsed (no time limit)`, 'progress-time'),
@@ -83,12 +91,13 @@ export async function mount(root, ctx) {
   function field(label, key, value, type, hint) {
     const input = h('input', { type, name: key, value: value ?? '', placeholder: hint, 'data-testid': `edit-${key}`,
       onfocus: () => editing.add(key), onblur: () => editing.delete(key), min: type === 'number' ? 1 : undefined,
-      disabled: ctx.readOnly, 'aria-label': label });
+      'aria-label': label });
     return h('label.field', h('span', label), input);
   }
 
   function renderControls(exp, force = false) {
-    if (!force && editing.size) return;  // do not overwrite what the user is typing
+    controlsCard.hidden = ctx.readOnly;  // the limits of an experiment that cannot change are under Progress
+    if (ctx.readOnly || (!force && editing.size)) return;  // do not overwrite what the user is typing
     const cfg = exp.config;
     const form = h('form.controls', { onsubmit: async (e) => {
       e.preventDefault();
@@ -109,43 +118,29 @@ export async function mount(root, ctx) {
     field('Concurrency', 'trial_concurrency', cfg.trial_concurrency, 'number'),
     field('Max trials', 'max_trial_number', cfg.max_trial_number, 'number', 'no limit'),
     field('Max duration', 'max_experiment_duration', cfg.max_experiment_duration, 'text', 'e.g. 2h, 30m; empty: none'),
-    h('div.row', h('button.btn.primary', { type: 'submit', disabled: ctx.readOnly, 'data-testid': 'save-config' }, 'Save'),
-      button('Stop experiment', { icon: 'stop', kind: 'danger', disabled: ctx.readOnly, testid: 'stop-experiment', onclick: async () => {
+    h('div.row', h('button.btn.primary', { type: 'submit', 'data-testid': 'save-config' }, 'Save'),
+      button('Stop experiment', { icon: 'stop', kind: 'danger', testid: 'stop-experiment', onclick: async () => {
         if (!confirm('Stop the experiment? Running trials are cancelled (and re-run on resume).')) return;
         try { await api(ctx.base + '/experiment/stop', { method: 'POST' }); toast('Stopping…'); ctx.refreshExp(); } catch (err) { toast(err.message, 'error'); }
       } })));
     fill(controls, form);
-    if (ctx.readOnly) controls.append(h('p.note', 'Read-only: the experiment is not running here.'));
   }
 
   async function loadTop(exp) {
     const rows = await ctx.get(`/trials?sort=value&order=${exp.maximize ? 'desc' : 'asc'}&limit=10&filter=${encodeURIComponent('value!=null')}`);
-    const names = (exp.parameter_names || []).slice(0, 3);
-    fill(top, h('table.simple', { 'data-testid': 'top-trials' },
-      h('thead', h('tr', h('th', '#'), h('th', 'value'), ...names.map((n) => h('th', n)), h('th', 'duration'))),
-      h('tbody', rows.map((r) => h('tr',
+    const names = exp.parameter_names || [];
+    fill(top, h('div.scroll-x', h('table.simple.top-trials', { 'data-testid': 'top-trials' },
+      h('thead', h('tr', h('th', '#'), h('th.num', 'value'), ...names.map((n) => h('th', { title: n }, n)), h('th', 'status'), h('th.num', 'duration'))),
+      h('tbody', rows.map((r, i) => h(`tr${i === 0 ? '.best' : ''}`, { 'data-id': r.id },
         h('td', h('a', { href: ctx.link('trial', r.id) }, `#${r.sequence_id}`)),
-        h('td.num', { title: String(r.value) }, fmtNum(r.value)),
-        ...names.map((n) => h('td', { title: JSON.stringify(r.parameters[n]) }, fmtValue(r.parameters[n]))),
-        h('td.num', fmtDuration(r.duration)))))));
+        h('td.num', { title: String(r.value) }, i === 0 ? h('span.best-mark', { title: 'the best trial', 'data-testid': 'best-marker' }, '★ ') : null, fmtNum(r.value)),
+        ...names.map((n) => h('td', { title: JSON.stringify(r.parameters[n]) ?? '' }, fmtValue(r.parameters[n]))),
+        h('td', statusPill(r.status)),
+        h('td.num', fmtDuration(r.duration))))))));
     if (!rows.length) top.append(h('p.note', 'No final result yet.'));
   }
 
-  async function drawChart() {
-    chartData = await ctx.get('/chart-data');
-    if (!chart) { const c = await makeChart(chartEl); chart = c.chart; disposers.push(() => c.dispose()); }
-    chart.setOption(historyOption(chartData, { maximize: ctx.exp.maximize, logY: logY.checked }), true);
-  }
-
-  async function drawImportance() {
-    const imp = await ctx.get('/importance');
-    impNote.textContent = imp.importances.length ? `${imp.method} · ${imp.n} trials` : (imp.note || '');
-    if (!imp.importances.length) { impEl.style.display = 'none'; return; }
-    impEl.style.display = '';
-    impEl.style.height = `${Math.max(120, 28 * imp.importances.length + 40)}px`;
-    if (!impChart) { const c = await makeChart(impEl); impChart = c.chart; disposers.push(() => c.dispose()); }
-    impChart.setOption(importanceOption(imp), true);
-  }
+  async function drawChart() { await metric.update(await ctx.get('/chart-data')); }
 
   function renderAll(exp) {
     renderInfo(exp); renderProgress(exp); renderBest(exp); renderControls(exp);
@@ -155,13 +150,13 @@ export async function mount(root, ctx) {
   disposers.push(ctx.bus.on('exp', renderAll));
   disposers.push(ctx.bus.on('tick', (exp) => renderProgress(exp)));
   const slow = throttle(() => { drawChart().catch(() => {}); loadTop(ctx.exp).catch(() => {}); }, 1500);
-  const slower = throttle(() => drawImportance().catch(() => {}), 10000);
+  const slower = throttle(() => importance.load().catch(() => {}), 10000);
   disposers.push(ctx.bus.on('events', (events) => {
     if (events.some(([k, d]) => (k === 'metric' && d.kind === 'final') || k === 'trial')) { slow(); slower(); }
   }));
   disposers.push(ctx.bus.on('reset', () => { slow(); slower(); }));
   disposers.push(() => { slow.cancel(); slower.cancel(); });
-  drawImportance().catch((e) => console.error(e));  // may take a moment (a forest is fitted); not waited for
+  importance.load().catch((e) => console.error(e));  // not waited for: the page is ready without it
   await Promise.all([loadTop(ctx.exp), drawChart()].map((p) => p.catch((e) => console.error(e))));
   window.__hpo.ready.overview = performance.now();
   return { destroy() { for (const d of disposers) d(); } };

@@ -22,9 +22,13 @@ export async function mount(root, ctx, route) {
   const resultBox = h('div');
   const reported = h('div.reported');
   const chartEl = h('div.chart.chart-md', { 'data-testid': 'trial-curve' });
+  const noCurve = h('p.note', { 'data-testid': 'no-curve' }, 'No intermediate result reported.');
   const logBox = h('pre.log', { 'data-testid': 'log', tabindex: '0', 'aria-label': 'log' });
+  const logEmpty = h('p.log-empty', { 'data-testid': 'log-empty', hidden: true });
   const logInfo = h('span.note', '');
-  let stream = 'stdout';
+  // a failed trial opens on its stderr (where the error is), unless it wrote nothing there
+  const sizes = trial.log_sizes || {};
+  let stream = trial.status === 'FAILED' && sizes.stderr ? 'stderr' : 'stdout';
   const tabs = h('div.tabs', { role: 'tablist' }, ['stdout', 'stderr'].map((s) => h('button.tab', { type: 'button', role: 'tab',
     'aria-selected': String(s === stream), 'data-stream': s, onclick: () => { stream = s; for (const t of tabs.children) t.setAttribute('aria-selected', String(t.dataset.stream === s)); openLog(); } }, s)));
   const follow = h('input', { type: 'checkbox', checked: true });
@@ -33,8 +37,8 @@ export async function mount(root, ctx, route) {
     h('div.grid.trial-grid',
       card('Parameters', paramsBox),
       card('Result', resultBox),
-      h('section.card.span2', h('h2.card-title', 'Intermediate results'), chartEl, reported)),
-    h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, logInfo, h('label.toggle', follow, ' follow')), logBox),
+      h('section.card.span2', h('h2.card-title', 'Intermediate results'), noCurve, chartEl, reported)),
+    h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, logInfo, h('label.toggle', follow, ' follow')), logEmpty, logBox),
   );
 
   function render() {
@@ -67,16 +71,19 @@ export async function mount(root, ctx, route) {
       ['Ended', fmtTime(t.ended_at)],
       ['Duration', fmtDuration(t.duration)],
       ['Exit code', t.exit_code ?? '—'],
-      ['Message', t.message || '—'],
+      ['Message', t.message ? h(`span${t.status === 'FAILED' ? '.failed' : ''}`, t.message) : '—'],
       t.rerun_of ? ['Re-run of', `#${t.rerun_of}`] : null,
       t.gpus && t.gpus.length ? ['GPUs', t.gpus.join(', ')] : null,
     ]));
     const inter = t.metrics.filter((m) => m.kind === 'intermediate');
-    fill(reported, h('details', h('summary', `${t.metrics.length} reported values (with times)`),
+    fill(reported, t.metrics.length > 0 && h('details', h('summary', `${t.metrics.length} reported values (with times)`),
       h('table.simple', h('thead', h('tr', h('th', 'kind'), h('th', 'step'), h('th', 'value'), h('th', 'reported'), h('th', 'data'))),
         h('tbody', t.metrics.map((m) => h('tr', h('td', m.kind), h('td.num', m.kind === 'final' ? '' : m.step), h('td.num', { title: String(m.value) }, fmtNum(m.value)),
           h('td', fmtTime(m.ts)), h('td', typeof m.data === 'object' ? JSON.stringify(m.data) : String(m.data))))))));
-    drawCurve(inter);
+    // no curve to draw: a line that says so, not an empty chart pushing the log below the fold
+    chartEl.hidden = !inter.length;
+    noCurve.hidden = inter.length > 0;
+    if (inter.length) drawCurve(inter);
   }
 
   let chart = null;
@@ -94,7 +101,13 @@ export async function mount(root, ctx, route) {
   // -- logs ---------------------------------------------------------------------------------------
   let es = null;
   let lines = 0;
+  function showEmpty(empty) {
+    logEmpty.textContent = `No output on ${stream}.`;
+    logEmpty.hidden = !empty;
+    logBox.hidden = empty;
+  }
   function appendLines(texts) {
+    if (texts.length) showEmpty(false);
     const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 30;
     const frag = document.createDocumentFragment();
     for (const t of texts) frag.append(h('span.line', t), '\n');  // text nodes: never parsed as HTML
@@ -114,6 +127,7 @@ export async function mount(root, ctx, route) {
     } catch (err) { logInfo.textContent = err.message; return; }
     if (s !== stream) return;
     logInfo.textContent = res.total_lines > res.lines.length ? `last ${res.lines.length} of ${res.total_lines} lines` : `${res.total_lines} lines`;
+    showEmpty(!res.lines.length);
     appendLines(res.lines);
     logBox.scrollTop = logBox.scrollHeight;
     const live = !ctx.readOnly && ['RUNNING', 'WAITING'].includes(trial.status) && !ctx.other;

@@ -1,11 +1,16 @@
 // Trials: a virtualised table of every trial (server-side sort, filter and paging), live status and
 // metric updates, column chooser, kill / re-run / compare of selected trials, and a custom trial form.
-import { h, clear, fill, button, fmtNum, fmtDuration, fmtValue, fmtTime, statusPill, throttle, toast, api,
-  TRIAL_STATES, STATUS_COLORS, icon } from '../util.js';
+import { h, fill, button, fmtNum, fmtDuration, fmtValue, fmtTime, fmtClock, measure, statusPill, throttle, toast, api,
+  TRIAL_STATES, STATUS_COLORS } from '../util.js';
 import { VirtualTable } from '../table.js';
 import { makeChart, curvesOption } from '../charts.js';
 
-const BASE_COLUMNS = ['select', 'seq', 'id', 'status', 'value', 'duration', 'latest', 'started', 'actions'];
+// Parameters come right after the result; the columns after them are narrow (compact times), the
+// message column is shown once a trial has one, and the actions column only while some trial has an action.
+const HEAD_COLUMNS = ['select', 'seq', 'id', 'status', 'value'];
+const TAIL_COLUMNS = ['message', 'duration', 'latest', 'started', 'actions', 'ended', 'exit_code'];
+const HIDDEN_BY_DEFAULT = new Set(['ended', 'exit_code']);
+const ACTION_STATES = ['RUNNING', 'WAITING', 'FAILED', 'USER_CANCELED', 'SYS_CANCELED'];
 
 export async function mount(root, ctx, route) {
   const exp = ctx.exp;
@@ -19,10 +24,22 @@ export async function mount(root, ctx, route) {
   };
   const paramNames = exp.parameter_names || [];
   const metricKeys = (exp.metric_keys || []).filter((k) => k !== 'default');
-  const storedCols = (() => { try { return JSON.parse(localStorage.getItem('hpo-columns') || 'null'); } catch (e) { return null; } })();
-  const allCols = [...BASE_COLUMNS, ...paramNames.map((n) => `param.${n}`), ...metricKeys.map((k) => `metric.${k}`), 'ended', 'message', 'exit_code'];
-  let shown = new Set(storedCols ? storedCols.filter((c) => allCols.includes(c)) : [...BASE_COLUMNS, ...paramNames.map((n) => `param.${n}`)]);
-  for (const c of ['select', 'seq', 'id', 'status']) shown.add(c);
+  const allCols = [...HEAD_COLUMNS, ...paramNames.map((n) => `param.${n}`), ...metricKeys.map((k) => `metric.${k}`), ...TAIL_COLUMNS];
+  // the user's own choices ({column: shown}); every other column follows the experiment
+  const chosen = (() => {
+    try {
+      const v = JSON.parse(localStorage.getItem('hpo-columns') || 'null');
+      return v && !Array.isArray(v) && typeof v === 'object' ? v : {};
+    } catch (e) { return {}; }
+  })();
+  function byDefault(c, e) {
+    const counts = e.trial_counts || {};
+    if (c === 'message') return counts.FAILED > 0 || e.progress.trials_without_result > 0;
+    if (c === 'actions') return !ctx.readOnly && ACTION_STATES.some((s) => counts[s] > 0);
+    return !HIDDEN_BY_DEFAULT.has(c);
+  }
+  const isShown = (c, e = ctx.exp) => ['select', 'seq', 'id', 'status'].includes(c) || (c in chosen ? chosen[c] : byDefault(c, e));
+  let bestId = exp.best_trial ? exp.best_trial.id : null;
 
   const disposers = [];
   const countLabel = h('span.count-label', { 'data-testid': 'trial-count' }, '…');
@@ -41,7 +58,15 @@ export async function mount(root, ctx, route) {
   const compareBox = h('div.compare', { hidden: true });
   const formBox = h('div.custom-form', { hidden: true });
   const tableHost = h('div.table-host');
-  const ro = ctx.readOnly;
+  // actions on trials: disabled once the experiment cannot change (it may end while the page is open)
+  const actionButtons = [
+    button('Kill selected', { icon: 'kill', kind: 'danger', testid: 'kill-selected', onclick: () => killSelected() }),
+    button('Re-run selected', { icon: 'rerun', onclick: () => rerun([...state.selected]) }),
+    button('Re-run all failed', { icon: 'rerun', testid: 'rerun-failed', onclick: () => rerun(null) }),
+    button('New trial', { icon: 'plus', onclick: () => showForm() }),
+  ];
+  const lockActions = () => { for (const b of actionButtons) b.disabled = ctx.readOnly; };
+  lockActions();
   const toolbar = h('div.toolbar',
     statusBox,
     h('form.filter-form', { onsubmit: (e) => { e.preventDefault(); apply(); } }, filterInput, searchInput,
@@ -52,10 +77,7 @@ export async function mount(root, ctx, route) {
     h('div.spacer'),
     h('div.menu-wrap', button('Columns', { icon: 'columns', onclick: () => { colMenu.hidden = !colMenu.hidden; }, testid: 'columns-button' }), colMenu),
     button('Compare', { icon: 'compare', testid: 'compare-button', title: 'compare the selected trials', onclick: () => compare() }),
-    button('Kill selected', { icon: 'kill', kind: 'danger', disabled: ro, testid: 'kill-selected', onclick: () => killSelected() }),
-    button('Re-run selected', { icon: 'rerun', disabled: ro, onclick: () => rerun([...state.selected]) }),
-    button('Re-run all failed', { icon: 'rerun', disabled: ro, testid: 'rerun-failed', onclick: () => rerun(null) }),
-    button('New trial', { icon: 'plus', disabled: ro, onclick: () => showForm() }),
+    ...actionButtons,
   );
   root.append(h('section.card.trials-card', toolbar, actions, compareBox, formBox, tableHost));
 
@@ -67,21 +89,32 @@ export async function mount(root, ctx, route) {
         render: (r) => h('input', { type: 'checkbox', 'aria-label': `select trial ${r.id}`, checked: state.selected.has(r.id), 'data-select': r.id,
           onchange: (e) => { if (e.target.checked) state.selected.add(r.id); else state.selected.delete(r.id); updateSel(); } }) };
     }
-    if (key === 'seq') return { key, title: '#', width: 64, sort: 'seq', render: (r) => String(r.sequence_id) };
-    if (key === 'id') return { key, title: 'id', width: 90, sort: 'id', render: (r) => h('a', { href: ctx.link('trial', r.id), title: 'open the trial' }, r.id) };
-    if (key === 'status') return { key, title: 'status', width: 140, sort: 'status', render: (r) => statusPill(r.status) };
-    if (key === 'value') return { key, title: 'value', width: 100, sort: 'value', defaultDesc: exp.maximize, tip: 'final result (the tuned metric)',
-      render: (r) => h('span.num', { title: r.value === null ? '' : String(r.value) }, fmtNum(r.value)) };
-    if (key === 'duration') return { key, title: 'duration', width: 90, sort: 'duration', render: (r) => h('span.num', fmtDuration(r.duration)) };
-    if (key === 'latest') return { key, title: 'latest / steps', width: 120, tip: 'latest intermediate result and number of results',
+    const fit = { width: 40, fit: true };
+    if (key === 'seq') return { key, title: '#', ...fit, sort: 'seq', render: (r) => String(r.sequence_id) };
+    if (key === 'id') return { key, title: 'id', ...fit, sort: 'id', render: (r) => h('a', { href: ctx.link('trial', r.id), title: 'open the trial' }, r.id) };
+    if (key === 'status') {
+      // as wide as the longest status, so that a row changing status never clips it
+      return { key, title: 'status', width: Math.max(...TRIAL_STATES.map((s) => measure(statusPill(s)))) + 17, sort: 'status',
+        render: (r) => { const pill = statusPill(r.status); if (r.message) pill.title = r.message; return pill; } };
+    }
+    if (key === 'value') {
+      return { key, title: 'value', ...fit, sort: 'value', defaultDesc: exp.maximize, tip: 'final result (the tuned metric)',
+        render: (r) => [r.id === bestId ? h('span.best-mark', { title: 'the best trial', 'data-testid': 'best-marker' }, '★') : null,
+          h('span.num', { title: r.value === null ? '' : String(r.value) }, fmtNum(r.value))] };
+    }
+    if (key === 'duration') return { key, title: 'duration', ...fit, sort: 'duration', render: (r) => h('span.num', fmtDuration(r.duration)) };
+    if (key === 'latest') return { key, title: 'latest / steps', ...fit, tip: 'latest intermediate result and number of results',
       render: (r) => (r.steps ? h('span.num', { title: String(r.latest) }, `${fmtNum(r.latest)} · ${r.steps}`) : '') };
-    if (key === 'started') return { key, title: 'started', width: 160, sort: 'started_at', render: (r) => fmtTime(r.started_at) };
-    if (key === 'ended') return { key, title: 'ended', width: 160, sort: 'ended_at', render: (r) => fmtTime(r.ended_at) };
-    if (key === 'message') return { key, title: 'message', width: 220, sort: 'message', render: (r) => h('span', { title: r.message || '' }, r.message || '') };
-    if (key === 'exit_code') return { key, title: 'exit', width: 60, sort: 'exit_code', render: (r) => (r.exit_code ?? '') };
+    if (key === 'started') return { key, title: 'started', ...fit, sort: 'started_at', render: (r) => h('span', { title: fmtTime(r.started_at) }, fmtClock(r.started_at)) };
+    if (key === 'ended') return { key, title: 'ended', ...fit, sort: 'ended_at', render: (r) => h('span', { title: fmtTime(r.ended_at) }, fmtClock(r.ended_at)) };
+    if (key === 'message') {
+      return { key, title: 'message', width: 220, flex: true, sort: 'message',
+        render: (r) => h(`span${r.status === 'FAILED' ? '.failed' : ''}`, { title: r.message || '' }, (r.message || '').split('\n')[0]) };
+    }
+    if (key === 'exit_code') return { key, title: 'exit', ...fit, sort: 'exit_code', render: (r) => String(r.exit_code ?? '') };
     if (key === 'actions') {
-      return { key, title: 'actions', width: 150, render: (r) => {
-        if (ro) return '';
+      return { key, title: 'actions', ...fit, render: (r) => {
+        if (ctx.readOnly) return '';
         if (r.status === 'RUNNING' || r.status === 'WAITING') {
           return button('Kill', { icon: 'kill', kind: 'small danger', testid: `kill-${r.id}`, onclick: () => kill(r.id) });
         }
@@ -93,27 +126,27 @@ export async function mount(root, ctx, route) {
     }
     if (key.startsWith('param.')) {
       const name = key.slice(6);
-      return { key, title: name, width: 110, sort: key, tip: `parameter ${name}`, render: (r) => {
+      return { key, title: name, ...fit, maxWidth: 240, sort: key, tip: `parameter ${name}`, render: (r) => {
         const v = (r.parameters || {})[name];
         return h('span', { title: JSON.stringify(v) ?? '', class: typeof v === 'number' ? 'num' : '' }, fmtValue(v));
       } };
     }
     if (key.startsWith('metric.')) {
       const name = key.slice(7);
-      return { key, title: name, width: 100, sort: key, tip: `final result key ${name}`, render: (r) => {
+      return { key, title: name, ...fit, maxWidth: 200, sort: key, tip: `final result key ${name}`, render: (r) => {
         const v = r.final && typeof r.final === 'object' ? r.final[name] : undefined;
         return h('span.num', { title: String(v ?? '') }, fmtValue(v));
       } };
     }
     return { key, title: key, width: 100, render: () => '' };
   }
-  const columns = () => allCols.filter((c) => shown.has(c)).map(colDef);
+  const columns = () => allCols.filter((c) => isShown(c)).map(colDef);
 
   function renderColMenu() {
     fill(colMenu, h('div.menu-title', 'Columns'), allCols.filter((c) => c !== 'select').map((c) => h('label.menu-item',
-      h('input', { type: 'checkbox', checked: shown.has(c), disabled: ['seq', 'id', 'status'].includes(c), 'data-col': c, onchange: (e) => {
-        if (e.target.checked) shown.add(c); else shown.delete(c);
-        try { localStorage.setItem('hpo-columns', JSON.stringify([...shown])); } catch (err) { /* private mode */ }
+      h('input', { type: 'checkbox', checked: isShown(c), disabled: ['seq', 'id', 'status'].includes(c), 'data-col': c, onchange: (e) => {
+        chosen[c] = e.target.checked;
+        try { localStorage.setItem('hpo-columns', JSON.stringify(chosen)); } catch (err) { /* private mode */ }
         table.setColumns(columns());
       } }), ' ', c.replace(/^param\./, 'param: ').replace(/^metric\./, 'metric: '))));
   }
@@ -133,7 +166,7 @@ export async function mount(root, ctx, route) {
   }
   const table = new VirtualTable(tableHost, {
     columns: columns(), sort: state.sort, fetch: fetchRows, rowKey: (r) => r.id,
-    rowClass: (r) => (state.selected.has(r.id) ? 'selected' : ''),
+    rowClass: (r) => [state.selected.has(r.id) ? 'selected' : '', r.id === bestId ? 'best' : ''].join(' '),
     onSort: (s) => { state.sort = s; table.sort = s; table.setColumns(columns()); apply(); },
     onTotal: (n) => { countLabel.textContent = `${n.toLocaleString()} ${n === 1 ? 'trial' : 'trials'}${state.status.size || state.filters.length || state.q ? ' match' : ''}`; },
     onLoad: () => { if (!window.__hpo.ready.trials) { window.__hpo.ready.trials = performance.now(); performance.mark('hpo-trials-interactive'); } },
@@ -255,6 +288,15 @@ export async function mount(root, ctx, route) {
     if (structural) refresh();
   }));
   disposers.push(ctx.bus.on('reset', () => refresh()));
+  let shownKeys = columns().map((c) => c.key).join();
+  disposers.push(ctx.bus.on('exp', (e) => {
+    lockActions();
+    const best = e.best_trial ? e.best_trial.id : null;
+    const keys = allCols.filter((c) => isShown(c, e)).join();
+    const moved = best !== bestId;
+    bestId = best;
+    if (keys !== shownKeys) { shownKeys = keys; table.setColumns(columns()); renderColMenu(); } else if (moved) table.schedule(true);
+  }));
   const onDoc = (e) => { if (!colMenu.hidden && !e.target.closest('.menu-wrap')) colMenu.hidden = true; };
   document.addEventListener('click', onDoc);
   disposers.push(() => document.removeEventListener('click', onDoc));
