@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-__all__ = ["register_tuner", "tuner_class", "create_tuner", "load_class", "known_tuner_names", "TunerNotFound"]
+__all__ = ["register_tuner", "tuner_class", "create_tuner", "load_class", "known_tuner_names", "TunerNotFound", "tuner_label"]
 
 T = TypeVar("T")
 _REGISTRY: dict[str, str | type] = {}
@@ -28,6 +28,22 @@ _BUILTIN_MODULES = {
     "optuna": ("tuners.optuna_tuner", ("optuna", "optunatuner")),
     "tpe": ("tuners.tpe", ("tpe", "tpetuner", "treeparzen")),
 }
+
+
+_LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
+           "anneal": "Anneal", "optuna": "Optuna"}
+
+
+def tuner_label(name: str | None = None, class_name: str | None = None) -> str | None:
+    """One short display name per built-in tuner however a config names it ('tpe', 'TPE', 'tree_parzen' and
+    the class 'tuners.tpe.TpeTuner' are all 'TPE'); another tuner keeps its name, or its class's own name.
+    Imports nothing."""
+    module, _, cls = (class_name or "").rpartition(".")
+    for key, (builtin_module, aliases) in _BUILTIN_MODULES.items():
+        names = (key, f"{key}tuner", *aliases)
+        if (name and _norm(name) in names) or (class_name and module == builtin_module and _norm(cls) in names):
+            return _LABELS.get(key, key)
+    return name or cls or None
 
 
 class TunerNotFound(ValueError):

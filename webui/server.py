@@ -729,25 +729,9 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
     return out
 
 
-_TUNER_LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
-                 "anneal": "Anneal", "optuna": "Optuna"}
-
-
 def _tuner_label(tuner: dict[str, Any]) -> str | None:
-    """One short name per built-in tuner however the config names it ('tpe', 'TPE', 'tree_parzen' and the class
-    'tuners.tpe.TpeTuner' are all 'TPE'); another tuner by its name, or a class by its own name."""
-    from tuners.registry import _BUILTIN_MODULES  # read only: the built-ins' modules and aliases
-
-    def norm(text: str) -> str:
-        return "".join(ch for ch in text.lower() if ch.isalnum())
-
-    name, class_name = tuner.get("name"), tuner.get("class_name")
-    module, _, cls = (class_name or "").rpartition(".")
-    for key, (builtin_module, aliases) in _BUILTIN_MODULES.items():
-        names = (key, f"{key}tuner", *aliases)
-        if (name and norm(name) in names) or (class_name and module == builtin_module and norm(cls) in names):
-            return _TUNER_LABELS.get(key, key)
-    return name or cls or None
+    from tuners.registry import tuner_label  # imports no tuner
+    return tuner_label(tuner.get("name"), tuner.get("class_name"))
 
 
 def _trial_json(rec: dict[str, Any]) -> dict[str, Any]:
