@@ -255,6 +255,7 @@ def test_a_killed_trial_gets_the_whole_grace_to_save_a_checkpoint(make_experimen
 
 # -- output and reports ---------------------------------------------------------------------------------------------
 HUGE_OUTPUT = """
+import sys
 out = sys.stdout.buffer
 out.write(b"a" * 20_000_000 + b"\\n")
 out.write(b"HPO_FINAL_RESULT=0.5\\n")
@@ -296,7 +297,7 @@ def test_huge_output_lines_are_logged_and_never_stall_the_engine(tmp_path):
     finally:
         done.set()
         sampler.join()
-    assert rec.ended_status["big"] == "SUCCEEDED"
+    assert rec.ended_status["big"] == "SUCCEEDED", rec.messages["big"]
     assert [d for k, d in rec.of("big") if k == "metric"] == [("final", 0.5)]
     assert (tmp_path / "trials" / "big" / "stdout.log").stat().st_size == 20_000_001 + 21 + 100_000_000
     assert peak[0] - baseline < 64 * 2**20
