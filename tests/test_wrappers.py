@@ -371,7 +371,7 @@ ENGINE_SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}, "k": {"_type": "ran
 def test_concurrent_experiment_by_name(make_experiment, name, args):
     import threading
     exp = make_experiment(ENGINE_TRIAL, tuner=name, search_space=ENGINE_SPACE, trial_concurrency=3,
-                          max_trial_number=9)
+                          max_trial_number=9, max_failed_trials=100)  # half the space fails, maybe the first 5
     exp.config.tuner.class_args = args
     done = threading.Event()
     thread = threading.Thread(target=lambda: (exp.run(port=0), done.set()), daemon=True)
