@@ -563,13 +563,17 @@ class _Host:
     async def _upload_code(self, tarball: Path, version: str, experiment_id: str) -> str:
         exp_dir = f"{self.root}/{experiment_id}"
         dest = f"{exp_dir}/code-{version}"
-        remote_tar = f"{dest}.tar.gz"
+        remote_tar = f"{dest}.{secrets.token_hex(4)}.tar.gz"  # machines may share the folder (one home on NFS)
         if self.conn is None:
             raise ConnectionError(f"not connected to {self.label}")
         async with self.conn.start_sftp_client() as sftp:
             await sftp.makedirs(f"{exp_dir}/trials", exist_ok=True)
             await sftp.put(str(tarball), remote_tar)
-        reply = await self.request({"op": "unpack", "tar": remote_tar, "dest": dest})
+            try:
+                reply = await self.request({"op": "unpack", "tar": remote_tar, "dest": dest})
+            finally:
+                with contextlib.suppress(Exception):  # best effort: a lost connection leaves it behind
+                    await sftp.remove(remote_tar)
         if not reply.get("ok"):
             raise _HostError(f"cannot unpack the trial code on {self.label}: {reply.get('error')}")
         return dest
