@@ -668,6 +668,33 @@ def test_host_that_keeps_failing_is_taken_out_of_rotation(tmp_path, keys, server
         kill_groups(orphans)  # its trial ran on a machine we could no longer reach
 
 
+def test_take_out_comes_after_the_full_reconnect_timeout(tmp_path, keys, servers, capsys):
+    a = servers()
+
+    async def main() -> tuple[Recorder, float, int]:
+        rec = Recorder()
+        rec.config = SimpleNamespace(max_trial_restarts=0)
+        svc = service(tmp_path, [host_a(a, keys)], a, reconnect_timeout=4.0)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "t", "import time\ntime.sleep(300)\n"))
+        t0 = time.monotonic()
+        a.kill()  # and never back
+        await until(lambda: svc.hosts[0].state == "out", 20, "the take-out")
+        waited = time.monotonic() - t0
+        await rec.wait_ended("t")
+        await svc.stop()
+        return rec, waited, rec.pids["t"]
+
+    rec, waited, orphan = asyncio.run(main())
+    try:
+        assert 4.0 <= waited < 10, waited
+        assert f"remote machine {a.user}@127.0.0.1:{a.port} taken out of rotation: unreachable for 4 s after " \
+            in capsys.readouterr().err
+        assert rec.ended_status["t"] == "FAILED" and rec.messages["t"].startswith("lost: machine 127.0.0.1:")
+    finally:
+        kill_groups([orphan])
+
+
 def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, servers):
     a = servers()
     script = "import subprocess, time, hpo\nsubprocess.Popen(['sleep', '300'])\nhpo.report_intermediate_result(1)\n" \

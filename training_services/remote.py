@@ -21,7 +21,8 @@ Faults: a machine that cannot be reached or authenticated at :meth:`RemoteTraini
 an error naming it and the cause.  A connection that drops later is re-established with backoff;
 each of its trials is then followed again from the byte offsets already received, or, if its
 processes vanished meanwhile, failed with the reason (or re-run when ``max_trial_retries`` allows).
-A machine still unreachable after ``reconnect_timeout`` is taken out of rotation with a warning.
+A machine still unreachable ``reconnect_timeout`` seconds after the drop (not earlier) is taken out
+of rotation with a warning.
 Host keys are checked against ``known_hosts_file`` (default ``~/.ssh/known_hosts``); with
 ``accept_new_host_keys`` a machine never seen before is trusted and recorded there (like OpenSSH's
 ``StrictHostKeyChecking=accept-new``); a key that differs from a recorded one is always refused.
@@ -484,10 +485,11 @@ class _Host:
         self.reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
+        """Reconnect with backoff; take the machine out once ``reconnect_timeout`` s have passed, not before."""
         delay, deadline = BACKOFF_FIRST, time.monotonic() + self.svc.reconnect_timeout
         attempts = 0
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             attempts += 1
             try:
                 await self.connect()
@@ -498,7 +500,7 @@ class _Host:
                 reason = _describe(exc)
             if self.state == "closed":
                 return
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() >= deadline:
                 self.take_out(f"unreachable for {self.svc.reconnect_timeout:g} s after {attempts} attempts; "
                               f"last error: {reason}")
                 return
