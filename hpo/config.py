@@ -360,6 +360,8 @@ class ExperimentConfig(_Base):
     max_trial_number: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     max_trial_duration: _Duration = None
     max_trial_retries: int = Field(0, ge=0, strict=True, description="an integer >= 0: re-runs of a trial that failed")
+    max_trial_restarts: int = Field(3, ge=0, strict=True, description="an integer >= 0: restarts of a trial whose "
+                                                                      "machine was lost (not the trial's own failure)")
     max_failed_trials: int | None = Field(None, ge=1, strict=True, description="an integer >= 1, or null")
     experiment_working_directory: Path | None = Field(None, description="a directory path or null")
     log_level: Annotated[Literal["trace", "debug", "info", "warning", "error", "fatal"],

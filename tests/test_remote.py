@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import PY
+from conftest import PY, wait_until
 from sshd import (SECOND_USER, SshServer, client_key, create_user, free_port, remove_user, set_password, unavailable,
                   world_dir)
 from test_training_service_contract import Recorder
@@ -177,6 +177,11 @@ class HostRecorder(Recorder):
     def started(self, trial_id, pid, pgid, host, gpus) -> None:
         super().started(trial_id, pid, pgid, host, gpus)
         self.hosts.setdefault(trial_id, []).append(host)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` (a trial's) still runs here."""
+    return any(alive(p) for p in psutil.process_iter() if _pgid(p) == pgid)
 
 
 def alive(proc: psutil.Process) -> bool:
@@ -593,45 +598,160 @@ def test_connection_drop_mid_trial_is_reconciled(tmp_path, keys, servers):
     assert_none_left(str(tmp_path / "remote"))
 
 
-def test_trial_gone_during_a_drop_fails_or_reruns(tmp_path, keys, servers):
+def test_trial_gone_during_a_drop_is_restarted_within_max_trial_restarts(tmp_path, keys, servers):
+    """A trial whose processes vanish while its machine is unreachable was lost to the platform: it is
+    restarted while ``max_trial_restarts`` allows (not ``max_trial_retries``, the trial's own failures)."""
     a = servers()
-    marker = tmp_path / "ran-once"
+    runs = tmp_path / "runs"
     script = f"""
-    import os, time, hpo
-    if os.path.exists({str(marker)!r}):
+    import time, hpo
+    with open({str(runs)!r}, "a") as fh:
+        fh.write("run\\n")
+    if len(open({str(runs)!r}).readlines()) > int(open({str(runs)!r} + ".losses").read()):
         hpo.report_final_result(1.5)
     else:
-        open({str(marker)!r}, "w").close()
         time.sleep(300)
     """
 
-    async def run(retries: int, trial_id: str) -> Recorder:
+    async def run(restarts: int, trial_id: str, losses: int) -> Recorder:
         rec = Recorder()
-        rec.config = SimpleNamespace(max_trial_retries=retries)  # what the engine exposes
+        rec.config = SimpleNamespace(max_trial_restarts=restarts, max_trial_retries=5)  # what the engine exposes
         svc = service(tmp_path, [host_a(a, keys)], a)
         await svc.start(rec)
-        marker.unlink(missing_ok=True)
+        runs.unlink(missing_ok=True)
+        runs.with_suffix(".losses").write_text(str(losses))
         await svc.launch(spec(tmp_path, trial_id, script))
-        await until(lambda: marker.exists(), 20, "the trial to start")
-        a.kill()
-        await until(lambda: svc.hosts[0].state == "reconnecting", 10, "the drop to be noticed")
-        info = json.loads(Path(svc._runs[trial_id].remote_dir, "pid.json").read_text())
-        os.kill(info["waiter"], signal.SIGKILL)  # everything of the trial vanishes while disconnected
-        kill_groups([info["pgid"]])
-        await asyncio.sleep(0.3)
-        a.start()
+        for loss in range(1, losses + 1):
+            await until(lambda: runs.exists() and len(runs.read_text().splitlines()) == loss, 20, f"run {loss}")
+            await until(lambda: svc._trials[trial_id].current.started_sent, 20, "its start")
+            a.kill()
+            await until(lambda: svc.hosts[0].state == "reconnecting", 10, "the drop to be noticed")
+            info = json.loads(Path(svc._trials[trial_id].current.remote_dir, "pid.json").read_text())
+            os.kill(info["waiter"], signal.SIGKILL)  # everything of the trial vanishes while disconnected
+            kill_groups([info["pgid"]])
+            await asyncio.sleep(0.3)
+            a.start()
         await rec.wait_ended(trial_id)
         await svc.stop()
         return rec
 
-    rec = asyncio.run(run(0, "lost"))
+    rec = asyncio.run(run(0, "lost", losses=1))
     assert rec.ended_status["lost"] == "FAILED"
     assert rec.messages["lost"].startswith("lost: its processes on 127.0.0.1:") and "without an exit status" in \
         rec.messages["lost"], rec.messages
-    rec = asyncio.run(run(1, "rerun"))
-    assert [k for k, _ in rec.of("rerun")] == ["started", "started", "metric", "ended"]
-    assert rec.ended_status["rerun"] == "SUCCEEDED"
-    assert "re-running it (retry 1 of 1)" in (tmp_path / "trials" / "rerun" / "stderr.log").read_text()
+    rec = asyncio.run(run(1, "restarted", losses=1))
+    assert [k for k, _ in rec.of("restarted")] == ["started", "started", "metric", "ended"]
+    assert rec.ended_status["restarted"] == "SUCCEEDED"
+    assert "restarting it on 127.0.0.1:" in (tmp_path / "trials" / "restarted" / "stderr.log").read_text()
+    assert "(restart 1 of 1)" in (tmp_path / "trials" / "restarted" / "stderr.log").read_text()
+    rec = asyncio.run(run(1, "exhausted", losses=2))
+    assert [k for k, _ in rec.of("exhausted")] == ["started", "started", "ended"]
+    assert rec.ended_status["exhausted"] == "FAILED"
+    assert rec.messages["exhausted"].startswith("lost 2 times (max_trial_restarts 1): its processes on"), rec.messages
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_trial_stranded_on_a_dead_host_restarts_elsewhere_at_once(tmp_path, keys, servers, make_experiment):
+    """Three hosts; one dies mid-trial and stays down: its trial is restarted on another host after
+    ``restart_after`` (5 s), not after ``reconnect_timeout`` (60 s), and succeeds there with its results
+    reported once; when the host returns, the first copy (still running there) is killed."""
+    hosts = [servers() for _ in range(3)]
+    hold, keep = tmp_path / "hold", tmp_path / "keep"
+    hold.write_text("")
+    keep.mkdir()
+    script = f"""
+    import os, time, hpo
+    hpo.get_next_parameter()
+    copy = os.path.basename(os.environ["HPO_TRIAL_DIR"])  # <trial id>, then <trial id>.1 for a restart
+    hpo.report_intermediate_result(1)
+    while os.path.exists({str(hold)!r}) or os.path.exists(os.path.join({str(keep)!r}, copy)):
+        time.sleep(0.05)
+    time.sleep(1)
+    hpo.report_intermediate_result(2)
+    hpo.report_final_result(3)
+    """
+    exp = make_experiment(script, trial_concurrency=3, max_trial_number=3, training_service={
+        "platform": "remote", "machine_list": [host_a(s, keys) for s in hosts], "reconnect_timeout": "60s",
+        "known_hosts_file": str(known_hosts(tmp_path, *hosts)), "remote_directory": str(tmp_path / "remote"),
+        "kill_grace": 1.0})
+    label = {s: f"127.0.0.1:{s.port}" for s in hosts}
+    exp.start(port=0)
+
+    def all_running() -> list[dict[str, Any]] | None:
+        rows = exp.list_trial_jobs()
+        ready = len(rows) == 3 and all(r["status"] == "RUNNING" and exp.get_trial_job(r["id"])["intermediate"]
+                                       for r in rows)
+        return rows if ready else None
+
+    rows = {r["host"]: r for r in wait_until(all_running, 60, what="three trials running")}
+    assert set(rows) == set(label.values())  # the least loaded host first: one trial each
+    stranded, kept = rows[label[hosts[2]]], rows[label[hosts[0]]]
+    (keep / stranded["id"]).write_text("")  # its first copy runs until killed
+    (keep / kept["id"]).write_text("")      # keeps the experiment running until the end of the test
+    first_copy = stranded["pid"]
+    t0 = time.monotonic()
+    hosts[2].kill()  # and kept down
+    hold.unlink()
+    moved = wait_until(lambda: exp.get_trial_job(stranded["id"])["host"] != label[hosts[2]], 40,
+                       what="the stranded trial to be restarted elsewhere")
+    waited = time.monotonic() - t0
+    assert moved and 5 <= waited < 30, waited  # restart_after is 5 s; reconnect_timeout 60 s
+    wait_until(lambda: exp.get_trial_job(stranded["id"])["status"] != "RUNNING", 30, what="the restarted copy")
+    assert exp.get_trial_job(stranded["id"])["status"] == "SUCCEEDED" and not hosts[2].accepts()
+    assert group_alive(first_copy)  # on the unreachable host
+
+    hosts[2].start()
+    wait_until(lambda: not group_alive(first_copy), 40, what="the first copy to be killed once its host returned")
+    (keep / kept["id"]).unlink()
+    assert exp.wait(60)
+    assert exp.get_status() == "DONE", exp.get_experiment_profile()["message"]
+    trials = [exp.get_trial_job(r["id"]) for r in exp.list_trial_jobs()]
+    assert [(t["status"], t["intermediate"], t["final"]) for t in trials] == [("SUCCEEDED", [1, 2], 3)] * 3
+    note = (exp.directory / "trials" / stranded["id"] / "stderr.log").read_text()
+    assert f"machine {label[hosts[2]]} unreachable for 5 s; restarting it on 127.0.0.1:" in note, note
+    exp.stop()
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_original_that_finished_while_unreachable_is_kept(tmp_path, keys, servers):
+    """First result wins: the first copy finished while its host was down, the restarted copy had not
+    reported a final result yet: the first copy's results are the trial's, the restarted copy is killed."""
+    a, b = servers(), servers()
+    go = tmp_path / "go"
+    script = f"""
+    import os, time, hpo
+    copy = os.path.basename(os.environ["HPO_TRIAL_DIR"])
+    hpo.report_intermediate_result(1)
+    while not os.path.exists({str(go)!r} + copy):
+        time.sleep(0.02)
+    hpo.report_intermediate_result(2)
+    hpo.report_final_result(10 if copy == "t" else 20)
+    """
+
+    async def main() -> tuple[HostRecorder, int]:
+        rec = HostRecorder()
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b, restart_after=0.5)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "t", script))
+        await until(lambda: len(rec.of("t")) >= 2, 20, "the first report")
+        first = svc._trials["t"].current
+        a.kill()
+        await until(lambda: len(rec.of("t")) >= 3, 20, "the restart on the other host")
+        second = svc._trials["t"].current
+        await until(lambda: Path(second.remote_dir, "reports.jsonl").read_text(), 20, "the restart's first report")
+        Path(f"{go}t").write_text("")  # the first copy ends while its host is unreachable
+        await until(lambda: Path(first.remote_dir, "exit.json").exists(), 20, "the first copy's end")
+        a.start()
+        await rec.wait_ended("t")
+        await svc.stop()
+        return rec, rec.pids["t"]
+
+    rec, second_pid = asyncio.run(main())
+    assert rec.hosts["t"] == [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    assert rec.of("t")[1:] == [("metric", ("intermediate", 1)), ("started", []), ("metric", ("intermediate", 2)),
+                               ("metric", ("final", 10)), ("ended", "SUCCEEDED")]
+    assert not group_alive(second_pid)
+    assert "is kept; the restarted copy on" in (tmp_path / "trials" / "t" / "stderr.log").read_text()
     assert_none_left(str(tmp_path / "remote"))
 
 
@@ -642,6 +762,7 @@ def test_host_that_keeps_failing_is_taken_out_of_rotation(tmp_path, keys, server
 
     async def main() -> tuple[HostRecorder, list[int]]:
         rec = HostRecorder()
+        rec.config = SimpleNamespace(max_trial_restarts=0)  # its trial fails with the machine
         svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b, reconnect_timeout=1.0)
         await svc.start(rec)
         await svc.launch(spec(tmp_path, "on_a", sleeper, seq=1))
@@ -666,6 +787,33 @@ def test_host_that_keeps_failing_is_taken_out_of_rotation(tmp_path, keys, server
         assert "taken out of rotation" in capsys.readouterr().err
     finally:
         kill_groups(orphans)  # its trial ran on a machine we could no longer reach
+
+
+def test_take_out_comes_after_the_full_reconnect_timeout(tmp_path, keys, servers, capsys):
+    a = servers()
+
+    async def main() -> tuple[Recorder, float, int]:
+        rec = Recorder()
+        rec.config = SimpleNamespace(max_trial_restarts=0)
+        svc = service(tmp_path, [host_a(a, keys)], a, reconnect_timeout=4.0)
+        await svc.start(rec)
+        await svc.launch(spec(tmp_path, "t", "import time\ntime.sleep(300)\n"))
+        t0 = time.monotonic()
+        a.kill()  # and never back
+        await until(lambda: svc.hosts[0].state == "out", 20, "the take-out")
+        waited = time.monotonic() - t0
+        await rec.wait_ended("t")
+        await svc.stop()
+        return rec, waited, rec.pids["t"]
+
+    rec, waited, orphan = asyncio.run(main())
+    try:
+        assert 4.0 <= waited < 10, waited
+        assert f"remote machine {a.user}@127.0.0.1:{a.port} taken out of rotation: unreachable for 4 s after " \
+            in capsys.readouterr().err
+        assert rec.ended_status["t"] == "FAILED" and rec.messages["t"].startswith("lost: machine 127.0.0.1:")
+    finally:
+        kill_groups([orphan])
 
 
 def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, servers):

@@ -13,7 +13,8 @@ Each trial runs detached from the SSH session so that a dropped connection does 
   ``exit.json`` last.
 * The agent follows each trial's three files from byte offsets and sends new bytes, then the exit
   status once ``exit.json`` exists and everything before it was sent.  After a reconnect a new agent
-  is told to ``follow`` the same trials from the offsets the engine already has.
+  is told to ``follow`` the same trials from the offsets the engine already has (its reply says
+  whether each still runs, and the exit code of one that ended meanwhile).
 * ``kill`` sends SIGTERM to the trial's group and every descendant, SIGKILL after ``grace``.
 
 When stdin closes (the engine or the connection went away) the agent exits; trials keep running.
@@ -353,7 +354,8 @@ class Agent:
             self.send(ev="reply", req=msg["req"], state="lost", pid=t.pid, pgid=t.pgid)
             return
         self.trials[tid] = t
-        self.send(ev="reply", req=msg["req"], state=state, pid=t.pid, pgid=t.pgid)
+        code = (read_json(os.path.join(tdir, "exit.json")) or {}).get("code") if done else None
+        self.send(ev="reply", req=msg["req"], state=state, pid=t.pid, pgid=t.pgid, code=code)
 
     def do_kill(self, msg):
         t = self.trials.get(msg["id"])

@@ -19,9 +19,22 @@ everything:
 
 Faults: a machine that cannot be reached or authenticated at :meth:`RemoteTrainingService.start` is
 an error naming it and the cause.  A connection that drops later is re-established with backoff;
-each of its trials is then followed again from the byte offsets already received, or, if its
-processes vanished meanwhile, failed with the reason (or re-run when ``max_trial_retries`` allows).
-A machine still unreachable after ``reconnect_timeout`` is taken out of rotation with a warning.
+each of its trials is then followed again from the byte offsets already received.  A machine still
+unreachable ``reconnect_timeout`` seconds after the drop (not earlier) is taken out of rotation with
+a warning.
+
+Restarts: a trial lost to the platform (its machine unreachable, taken out, or its processes gone
+without an exit status) is not the trial's failure: it is restarted, at most ``max_trial_restarts``
+times (the experiment config's; default 3), as a new copy in its own remote folder
+``<trial_id>.<n>``, with a note in its ``stderr.log``; a trial lost once more fails ("lost N times").
+``restart_after`` seconds (default 5) after a machine dropped, each of its trials is restarted on
+another machine as soon as one has room; with no other usable machine it waits for its own.  The
+copy on the unreachable machine is *replaced*: only the trial's current copy reports, and a copy
+reports intermediate result n only if no earlier copy did (a restart redoes steps already
+reported).  When the machine comes back, a replaced copy is killed there, unless it finished
+meanwhile with exit status 0 and the trial has no final result yet: its result came first, so it
+becomes the current copy again (its remaining reports and its end are the trial's) and the restarted
+copy is killed.  ``max_trial_retries`` (the engine's) re-runs trials that failed on their own.
 Host keys are checked against ``known_hosts_file`` (default ``~/.ssh/known_hosts``); with
 ``accept_new_host_keys`` a machine never seen before is trusted and recorded there (like OpenSSH's
 ``StrictHostKeyChecking=accept-new``); a key that differs from a recorded one is always refused.
@@ -200,25 +213,42 @@ def pack_code(code_dir: Path, out: Path) -> tuple[int, int]:
 
 # -- per-trial state -----------------------------------------------------------------------------------------
 @dataclass
-class _Run:
+class _Trial:
+    """One trial as the engine sees it: its local log files, and the copy whose reports count."""
+
     spec: TrialSpec
-    host: "_Host"
-    gpus: list[int]
-    remote_dir: str
     stdout_file: Any
     stderr_file: Any
     started: asyncio.Future[None]
+    current: "_Run | None" = None
+    restart: asyncio.Task[None] | None = None  # waiting for a machine with room to restart on
+    restarts: int = 0
+    steps: int = 0                              # intermediate results reported to the engine
+    final_sent: bool = False
+    launch_error: str | None = None
+    kill_status: str | None = None
+    kill_reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Run:
+    """One copy of a trial on one machine; ``key`` names it to the agent and is its remote folder's name
+    (the trial id, then ``<trial id>.<n>`` for restart n)."""
+
+    trial: _Trial
+    host: "_Host"
+    gpus: list[int]
+    key: str
+    remote_dir: str
+    code_remote: str = ""
     off: list[int] = field(default_factory=lambda: [0, 0, 0])
     partial: list[bytes] = field(default_factory=lambda: [b"", b""])
     pid: int | None = None
     started_sent: bool = False
-    launch_error: str | None = None
-    kill_status: str | None = None
-    kill_reason: str | None = None
     report_error: str | None = None
-    attempt: int = 0
-    code_remote: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    steps: int = 0                              # intermediate results this copy reported
+    held: list[dict[str, Any]] | None = None   # a replaced copy's events while its follow reply is decided on
 
 
 class _HostError(Exception):
@@ -234,10 +264,11 @@ class _Host:
         self.agent: Any = None
         self.reader: asyncio.Task[None] | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
+        self.strand_timer: asyncio.TimerHandle | None = None
         self.generation = 0
         self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.next_req = 0
-        self.runs: dict[str, _Run] = {}
+        self.runs: dict[str, _Run] = {}       # by key: every copy here whose end was not seen yet
         self.assigned = 0
         self.allocator = GpuAllocator([], machine.max_trial_number_per_gpu, machine.use_active_gpu)
         self.code: dict[tuple[str, str], asyncio.Future[str]] = {}
@@ -460,6 +491,12 @@ class _Host:
         run = self.runs.get(msg.get("id", ""))
         if run is None:
             return
+        if run is not run.trial.current:  # a copy replaced by another: only its end matters
+            if run.held is not None:
+                run.held.append(msg)
+            elif ev == "exit":
+                self.svc._detach(run)
+            return
         if ev == "data":
             self.svc._on_data(run, int(msg["s"]), int(msg["off"]), msg["d"].encode("latin-1"))
         elif ev == "started":
@@ -481,13 +518,16 @@ class _Host:
         self.state = "reconnecting"
         log.warning("remote machine %s: connection lost (%s); reconnecting", self.m.address, reason)
         self.svc._notify()
-        self.reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(reason))
+        loop = asyncio.get_running_loop()
+        self.strand_timer = loop.call_later(self.svc.restart_after, self.svc._strand, self)
+        self.reconnect_task = loop.create_task(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
+        """Reconnect with backoff; take the machine out once ``reconnect_timeout`` s have passed, not before."""
         delay, deadline = BACKOFF_FIRST, time.monotonic() + self.svc.reconnect_timeout
         attempts = 0
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             attempts += 1
             try:
                 await self.connect()
@@ -498,11 +538,17 @@ class _Host:
                 reason = _describe(exc)
             if self.state == "closed":
                 return
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() >= deadline:
                 self.take_out(f"unreachable for {self.svc.reconnect_timeout:g} s after {attempts} attempts; "
                               f"last error: {reason}")
                 return
             delay = min(delay * 2, BACKOFF_MAX)
+        if self.strand_timer is not None:
+            self.strand_timer.cancel()
+            self.strand_timer = None
+        for run in self.runs.values():  # back in time: no need to restart its trials elsewhere
+            if run is run.trial.current:
+                self.svc._cancel_restart(run.trial)
         log.warning("remote machine %s: reconnected after %d attempt(s); reconciling %d trial(s)",
                     self.m.address, attempts, len(self.runs))
         self.svc._notify()
@@ -510,15 +556,23 @@ class _Host:
             await self.follow(run)
 
     async def follow(self, run: _Run) -> None:
-        """After a reconnect: pick a trial up again from the offsets received so far."""
+        """After a reconnect: pick a copy up again from the offsets received so far."""
+        if run is not run.trial.current:
+            run.held = []  # its events may arrive before this coroutine sees the reply
         try:
-            reply = await self.request({"op": "follow", "id": run.spec.trial_id, "dir": run.remote_dir,
-                                        "off": run.off})
+            reply = await self.request({"op": "follow", "id": run.key, "dir": run.remote_dir, "off": run.off})
         except (ConnectionError, _HostError):
+            run.held = None
             return  # lost again: the next reconnect reconciles it
-        if self.runs.get(run.spec.trial_id) is not run:
-            return  # moved elsewhere meanwhile
+        if self.runs.get(run.key) is not run:
+            return  # ended meanwhile
         state = reply.get("state")
+        if run is not run.trial.current:
+            self.svc._on_replaced_back(run, state, reply.get("code"))
+            held, run.held = run.held or [], None
+            for msg in held:  # to the trial if that copy was kept, else only its end
+                self._dispatch(msg)
+            return
         if state == "absent":  # the launch never reached the machine
             if run.started_sent:
                 self.svc._on_lost(run, "its trial folder has no process record")
@@ -531,11 +585,11 @@ class _Host:
             return
         if not run.started_sent and reply.get("pid"):
             self.svc._on_started(run, reply["pid"])
-        if run.kill_status is not None:
+        if run.trial.kill_status is not None:
             self.svc._send_kill(run)
 
     def take_out(self, reason: str) -> None:
-        """Stop using this machine: its trials are lost (re-run elsewhere if retries allow)."""
+        """Stop using this machine: its trials are lost (restarted elsewhere if restarts remain)."""
         self.state = "out"
         self.out_reason = reason
         message = f"remote machine {self.m.address} taken out of rotation: {reason}"
@@ -563,13 +617,17 @@ class _Host:
     async def _upload_code(self, tarball: Path, version: str, experiment_id: str) -> str:
         exp_dir = f"{self.root}/{experiment_id}"
         dest = f"{exp_dir}/code-{version}"
-        remote_tar = f"{dest}.tar.gz"
+        remote_tar = f"{dest}.{secrets.token_hex(4)}.tar.gz"  # machines may share the folder (one home on NFS)
         if self.conn is None:
             raise ConnectionError(f"not connected to {self.label}")
         async with self.conn.start_sftp_client() as sftp:
             await sftp.makedirs(f"{exp_dir}/trials", exist_ok=True)
             await sftp.put(str(tarball), remote_tar)
-        reply = await self.request({"op": "unpack", "tar": remote_tar, "dest": dest})
+            try:
+                reply = await self.request({"op": "unpack", "tar": remote_tar, "dest": dest})
+            finally:
+                with contextlib.suppress(Exception):  # best effort: a lost connection leaves it behind
+                    await sftp.remove(remote_tar)
         if not reply.get("ok"):
             raise _HostError(f"cannot unpack the trial code on {self.label}: {reply.get('error')}")
         return dest
@@ -588,6 +646,8 @@ class RemoteTrainingService(TrainingService):
             time; a key that differs from a recorded one is refused regardless.
         remote_directory: where experiments live on each machine (``~`` is that user's home).
         reconnect_timeout: seconds to keep reconnecting a dropped machine before taking it out of rotation.
+        restart_after: seconds after a machine dropped before its trials are restarted on other machines
+            (``max_trial_restarts`` of the experiment's config, default 3, bounds the restarts of a trial).
         kill_grace: seconds between SIGTERM and SIGKILL.
         connect_timeout: seconds for one connection attempt.
     """
@@ -596,8 +656,9 @@ class RemoteTrainingService(TrainingService):
 
     def __init__(self, machine_list: list[Any] | None = None, known_hosts_file: str | Path | None = None,
                  accept_new_host_keys: bool = False, remote_directory: str = "~/hpo-remote",
-                 reconnect_timeout: float | str | None = 120.0, kill_grace: float = 5.0,
-                 connect_timeout: float = 15.0, keepalive_interval: float = 5.0, **_ignored: Any) -> None:
+                 reconnect_timeout: float | str | None = 120.0, restart_after: float | str | None = 5.0,
+                 kill_grace: float = 5.0, connect_timeout: float = 15.0, keepalive_interval: float = 5.0,
+                 **_ignored: Any) -> None:
         from hpo.config import parse_duration
 
         machines = [RemoteMachine.from_any(m) for m in machine_list or []]
@@ -609,12 +670,14 @@ class RemoteTrainingService(TrainingService):
         self.accept_new_host_keys = bool(accept_new_host_keys)
         self.remote_directory = str(remote_directory or "~/hpo-remote")
         self.reconnect_timeout = parse_duration(reconnect_timeout) or 120.0
+        self.restart_after = parse_duration(restart_after) or 0.0
         self.kill_grace = kill_grace
         self.connect_timeout = connect_timeout
         self.keepalive_interval = keepalive_interval
         self.hosts = [_Host(self, m, i) for i, m in enumerate(machines)]
         self._events: TrialEvents | None = None
-        self._runs: dict[str, _Run] = {}
+        self._trials: dict[str, _Trial] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, tuple[str, str | None] | None] = {}
         self._change: asyncio.Event | None = None
         self._closing = False
@@ -677,23 +740,35 @@ class RemoteTrainingService(TrainingService):
         for trial_id in list(self._waiting):
             self._waiting[trial_id] = (status, reason)
         self._notify()
-        runs = list(self._runs.values())
-        kills = [asyncio.ensure_future(self.kill(r.spec.trial_id, status, reason)) for r in runs]
-        if kills:
-            limit = self.kill_grace + 10 + (self.reconnect_timeout if any(h.state == "reconnecting"
-                                                                          for h in self.hosts) else 0)
-            await asyncio.wait(kills, timeout=limit)
-        for run in list(self._runs.values()):  # a machine we could not reach again: give up on it
-            log.warning("trial %s on %s: could not confirm its end (machine unreachable)",
-                        run.spec.trial_id, run.host.label)
-            self._finish(run, run.kill_status or status, None,
-                         f"{run.kill_reason or reason or 'stopped'} (machine {run.host.label} unreachable: "
+        kills = [asyncio.ensure_future(self.kill(trial_id, status, reason)) for trial_id in list(self._trials)]
+        kills.append(asyncio.ensure_future(self._replaced_copies_ended()))
+        limit = self.kill_grace + 10 + (self.reconnect_timeout if any(h.state == "reconnecting"
+                                                                      for h in self.hosts) else 0)
+        await asyncio.wait(kills, timeout=limit)
+        for pending in kills:
+            pending.cancel()
+        for trial in list(self._trials.values()):  # a machine we could not reach again: give up on it
+            assert trial.current is not None  # kill() ends a trial without a copy at once
+            where = trial.current.host.label
+            log.warning("trial %s on %s: could not confirm its end (machine unreachable)", trial.spec.trial_id, where)
+            self._finish(trial, trial.kill_status or status, None,
+                         f"{trial.kill_reason or reason or 'stopped'} (machine {where} unreachable: "
                          "its processes may still run)")
+        for host in self.hosts:
+            for run in host.runs.values():
+                log.warning("trial %s: its copy %s on %s could not be ended (machine unreachable)",
+                            run.trial.spec.trial_id, run.key, host.label)
         await asyncio.gather(*(h.close() for h in self.hosts))
         self._stopped.set()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    async def _replaced_copies_ended(self) -> None:
+        """Until the replaced copies on reachable machines (being killed) have ended."""
+        while any(run is not run.trial.current for h in self.hosts if h.state == "up" for run in h.runs.values()):
+            assert self._change is not None
+            await self._change.wait()
 
     def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
         """Remembered here, done in :meth:`start` once connected: a dead engine's trials are killed on
@@ -714,31 +789,30 @@ class RemoteTrainingService(TrainingService):
     # launching ------------------------------------------------------------------------------------------------
     async def launch(self, spec: TrialSpec) -> None:
         assert self._events is not None, "start() must be called first"
-        run: _Run | None = None
+        trial: _Trial | None = None
         for attempt in range(5):
             picked = await self._acquire(spec)
             if picked is None:
-                if run is not None:
-                    self._release(run)
+                if trial is not None:
+                    self._release(trial)
                 return
             host, gpus = picked
-            if run is None:
+            if trial is None:
                 spec.trial_dir.mkdir(parents=True, exist_ok=True)
                 (spec.trial_dir / "parameters.json").write_text(json.dumps(spec.parameters))
-                run = _Run(spec, host, gpus, "", open(spec.trial_dir / "stdout.log", "ab", buffering=0),
-                           open(spec.trial_dir / "stderr.log", "ab", buffering=0),
-                           asyncio.get_running_loop().create_future())
-                self._runs[spec.trial_id] = run
-            run.host, run.gpus = host, gpus
-            run.remote_dir = f"{host.root}/{spec.experiment_id}/trials/{spec.trial_id}"
-            host.runs[spec.trial_id] = run
+                trial = _Trial(spec, open(spec.trial_dir / "stdout.log", "ab", buffering=0),
+                               open(spec.trial_dir / "stderr.log", "ab", buffering=0),
+                               asyncio.get_running_loop().create_future())
+                self._trials[spec.trial_id] = trial
+            run = self._new_run(trial, host, gpus)
             try:
                 run.code_remote = await host.ensure_code(spec.code_dir, spec.experiment_id)
             except ConnectionError:  # the machine dropped meanwhile: pick one again
                 self._detach(run)
+                trial.current = None
                 continue
             except BaseException as exc:
-                self._release(run)
+                self._release(trial)
                 if isinstance(exc, _HostError):
                     host.failures += 1
                     if host.failures >= 3 and host.state == "up":
@@ -749,32 +823,45 @@ class RemoteTrainingService(TrainingService):
             self._send_launch(run)
             break
         else:
-            assert run is not None
-            self._release(run)
+            assert trial is not None
+            self._release(trial)
             raise RuntimeError("the remote machines kept dropping the connection")
-        await run.started
-        if run.launch_error is not None:
-            raise RuntimeError(run.launch_error)
+        await trial.started
+        if trial.launch_error is not None:
+            raise RuntimeError(trial.launch_error)
 
-    async def _acquire(self, spec: TrialSpec) -> tuple[_Host, list[int]] | None:
-        """A machine (and GPUs) for the trial: the least-loaded one with room; waits while none has."""
+    async def _acquire(self, spec: TrialSpec, restarting: _Trial | None = None) -> tuple[_Host, list[int]] | None:
+        """A machine (and GPUs) for the trial: the least-loaded one with room; waits while none has.
+
+        None if the trial was killed meanwhile (reported ended) or the service stops.  ``restarting``: a
+        restart of that trial, which never goes to the machine of its current copy, and is None (nothing
+        reported) once no other machine is usable: the trial then waits for its own."""
         assert self._change is not None
         trial_id = spec.trial_id
-        self._waiting[trial_id] = None
+        if restarting is None:
+            self._waiting[trial_id] = None
         try:
             while True:
                 change = self._change
-                killed = self._waiting.get(trial_id)
-                if killed is not None or self._closing:
-                    status, reason = killed or ("SYS_CANCELED", "experiment stopped")
-                    self._events.ended(trial_id, status, None, reason)  # type: ignore[union-attr]
-                    return None
-                usable = [h for h in self.hosts if h.state in ("up", "reconnecting")]
+                if restarting is not None:
+                    if self._closing:
+                        return None
+                else:
+                    killed = self._waiting.get(trial_id)
+                    if killed is not None or self._closing:
+                        status, reason = killed or ("SYS_CANCELED", "experiment stopped")
+                        self._events.ended(trial_id, status, None, reason)  # type: ignore[union-attr]
+                        return None
+                stranded = restarting.current if restarting is not None else None
+                avoid = stranded.host if stranded is not None else None
+                usable = [h for h in self.hosts if h.state in ("up", "reconnecting") and h is not avoid]
                 if not usable:
+                    if avoid is not None:
+                        return None
                     why = "; ".join(f"{h.m.address}: {h.out_reason or h.state}" for h in self.hosts)
                     raise RuntimeError(f"no remote machine is usable ({why})")
-                for host in sorted((h for h in self.hosts if h.state == "up"), key=lambda h: (h.assigned, h.index)):
-                    if host.m.max_trials is not None and host.assigned >= host.m.max_trials:
+                for host in sorted(usable, key=lambda h: (h.assigned, h.index)):
+                    if host.state != "up" or (host.m.max_trials is not None and host.assigned >= host.m.max_trials):
                         continue
                     gpus = host.allocator.acquire(spec.gpu_number)
                     if gpus is not None:
@@ -786,10 +873,20 @@ class RemoteTrainingService(TrainingService):
                     if spec.gpu_number > 0:
                         await asyncio.gather(*(h.refresh_gpus() for h in self.hosts))
         finally:
-            self._waiting.pop(trial_id, None)
+            if restarting is None:
+                self._waiting.pop(trial_id, None)
+
+    def _new_run(self, trial: _Trial, host: _Host, gpus: list[int]) -> _Run:
+        """A new copy of ``trial`` on ``host`` (slot already taken), from now on the one whose reports count."""
+        spec = trial.spec
+        key = spec.trial_id if trial.restarts == 0 else f"{spec.trial_id}.{trial.restarts}"
+        run = _Run(trial, host, gpus, key, f"{host.root}/{spec.experiment_id}/trials/{key}")
+        host.runs[key] = run
+        trial.current = run
+        return run
 
     def _send_launch(self, run: _Run) -> None:
-        spec, host = run.spec, run.host
+        spec, host = run.trial.spec, run.host
         env = dict(spec.env)
         env.update({
             "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
@@ -801,36 +898,37 @@ class RemoteTrainingService(TrainingService):
         if host.state != "up":
             return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
         with contextlib.suppress(ConnectionError):  # likewise
-            host.send({"op": "launch", "id": spec.trial_id, "dir": run.remote_dir,
+            host.send({"op": "launch", "id": run.key, "dir": run.remote_dir,
                        "cwd": run.code_remote,
                        "cmd": spec.command, "env": env, "params": json.dumps(spec.parameters),
                        "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace})
-        if run.kill_status is not None:
+        if run.trial.kill_status is not None:
             self._send_kill(run)
 
-    # events from the agents -------------------------------------------------------------------------------------
+    # events from the agents (the current copy's) ----------------------------------------------------------------
     def _on_started(self, run: _Run, pid: int | None) -> None:
+        trial = run.trial
         run.pid = pid
         run.started_sent = True
-        self._events.started(run.spec.trial_id, pid, pid, run.host.label, run.gpus)  # type: ignore[union-attr]
-        if not run.started.done():
-            run.started.set_result(None)
+        self._events.started(trial.spec.trial_id, pid, pid, run.host.label, run.gpus)  # type: ignore[union-attr]
+        if not trial.started.done():
+            trial.started.set_result(None)
 
     def _on_data(self, run: _Run, stream: int, offset: int, data: bytes) -> None:
         have = run.off[stream]
         if offset < have:  # already received before a reconnect
             data = data[have - offset:]
         elif offset > have:
-            log.warning("trial %s: %d bytes of %s missing", run.spec.trial_id, offset - have,
+            log.warning("trial %s: %d bytes of %s missing", run.key, offset - have,
                         ("reports", "stdout", "stderr")[stream])
         if not data:
             return
         run.off[stream] = max(have, offset) + len(data)
         if stream == 2:
-            run.stderr_file.write(data)
+            run.trial.stderr_file.write(data)
             return
         if stream == 1:
-            run.stdout_file.write(data)
+            run.trial.stdout_file.write(data)
         lines = (run.partial[stream] + data).split(b"\n")
         run.partial[stream] = lines.pop()
         for line in lines:
@@ -854,9 +952,18 @@ class RemoteTrainingService(TrainingService):
             if parsed is None:
                 return
             kind, value = parsed
-        self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
+        trial = run.trial
+        if kind == "intermediate":
+            run.steps += 1
+            if run.steps <= trial.steps:  # a restarted copy redoing a step that an earlier copy reported
+                return
+            trial.steps = run.steps
+        else:
+            trial.final_sent = True
+        self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     def _on_exit(self, run: _Run, msg: dict[str, Any]) -> None:
+        trial = run.trial
         for stream in (0, 1):
             if run.partial[stream]:
                 line, run.partial[stream] = run.partial[stream], b""
@@ -864,61 +971,132 @@ class RemoteTrainingService(TrainingService):
         code = msg.get("code")
         if msg.get("lost"):
             self._on_lost(run, f"its processes on {run.host.label} ended without an exit status")
-        elif run.kill_status is not None:
-            self._finish(run, run.kill_status, code, run.kill_reason)
+        elif trial.kill_status is not None:
+            self._finish(trial, trial.kill_status, code, trial.kill_reason)
         elif msg.get("error"):
-            if not run.started_sent and not run.started.done():
-                run.launch_error = f"on {run.host.label}: {msg['error']}"
-                self._release(run)
+            if not run.started_sent and not trial.started.done():
+                trial.launch_error = f"on {run.host.label}: {msg['error']}"
+                self._release(trial)
             else:
-                self._finish(run, "FAILED", code, f"on {run.host.label}: {msg['error']}")
+                self._finish(trial, "FAILED", code, f"on {run.host.label}: {msg['error']}")
         elif msg.get("timeout"):
-            self._finish(run, "FAILED", code, f"exceeded max_trial_duration ({run.spec.max_duration:g} s)")
+            self._finish(trial, "FAILED", code, f"exceeded max_trial_duration ({trial.spec.max_duration:g} s)")
         elif msg.get("unknown"):
-            self._finish(run, "FAILED", None, f"exit status unknown: its monitor on {run.host.label} ended "
-                                              "while the connection was down")
+            self._finish(trial, "FAILED", None, f"exit status unknown: its monitor on {run.host.label} ended "
+                                                "while the connection was down")
         elif code == 0 and run.report_error is None:
-            self._finish(run, "SUCCEEDED", 0, None)
+            self._finish(trial, "SUCCEEDED", 0, None)
         else:
-            self._finish(run, "FAILED", code,
-                         run.report_error or _failure_message(run.spec.trial_dir / "stderr.log", code))
+            self._finish(trial, "FAILED", code,
+                         run.report_error or _failure_message(trial.spec.trial_dir / "stderr.log", code))
 
+    # restarts (trials lost to the platform) ---------------------------------------------------------------------
     def _on_lost(self, run: _Run, reason: str) -> None:
-        """The trial's processes vanished: re-run it if retries allow, else fail it with ``reason``."""
-        retries = self._max_retries()
-        if run.kill_status is not None or self._closing:
-            self._finish(run, run.kill_status or "SYS_CANCELED", None, run.kill_reason or reason)
-        elif run.attempt < retries:
-            run.attempt += 1
-            log.warning("trial %s lost (%s); re-running it (retry %d of %d)", run.spec.trial_id, reason,
-                        run.attempt, retries)
-            run.stderr_file.write(f"\n[hpo] trial lost ({reason}); re-running it (retry {run.attempt} "
-                                  f"of {retries})\n".encode())
-            self._detach(run)
-            task = asyncio.get_running_loop().create_task(self._rerun(run))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
-                                   self._finish(run, "FAILED", None, f"lost ({reason}); re-run failed: "
-                                                                     f"{_describe(t.exception())}"))
-        else:
-            self._finish(run, "FAILED", None, f"lost: {reason}")
-
-    async def _rerun(self, run: _Run) -> None:
-        self._runs[run.spec.trial_id] = run
-        picked = await self._acquire(run.spec)
-        if picked is None:
-            self._release(run)  # _acquire reported it ended
+        """A copy's processes vanished, or its machine was taken out: if it was the trial's current copy,
+        restart the trial while ``max_trial_restarts`` allows, else fail it with ``reason``."""
+        trial = run.trial
+        self._detach(run)
+        if run is not trial.current:
             return
+        trial.current = None
+        limit = self._max_restarts()
+        if trial.kill_status is not None or self._closing:
+            self._finish(trial, trial.kill_status or "SYS_CANCELED", None, trial.kill_reason or reason)
+        elif trial.restart is not None:
+            pass  # already waiting for a machine to restart on
+        elif trial.restarts < limit:
+            self._restart(trial, f"lost ({reason})")
+        elif trial.restarts:
+            self._finish(trial, "FAILED", None,
+                         f"lost {trial.restarts + 1} times (max_trial_restarts {limit}): {reason}")
+        else:
+            self._finish(trial, "FAILED", None, f"lost: {reason}")
+
+    def _strand(self, host: _Host) -> None:
+        """``restart_after`` s after ``host`` dropped: restart its trials on other machines (restarts allowing);
+        their copies there stay until it returns."""
+        host.strand_timer = None
+        if host.state != "reconnecting" or self._closing:
+            return
+        limit = self._max_restarts()
+        for run in list(host.runs.values()):
+            trial = run.trial
+            if run is not trial.current or trial.kill_status is not None or trial.restart is not None:
+                continue
+            if trial.restarts >= limit:
+                log.warning("trial %s: machine %s unreachable; no restart left (max_trial_restarts %d): waiting "
+                            "for the machine", trial.spec.trial_id, host.label, limit)
+                continue
+            self._restart(trial, f"machine {host.label} unreachable for {self.restart_after:g} s")
+
+    def _restart(self, trial: _Trial, reason: str) -> None:
+        """Start another copy of ``trial`` once a machine has room (the trial fails if that goes wrong)."""
+        task = asyncio.get_running_loop().create_task(self._restart_when_room(trial, reason))
+        trial.restart = task
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._finish(trial, "FAILED", None, f"{reason}; restart failed: {_describe(t.exception())}")
+
+        task.add_done_callback(done)
+
+    async def _restart_when_room(self, trial: _Trial, reason: str) -> None:
+        try:
+            picked = await self._acquire(trial.spec, restarting=trial)
+        finally:
+            if trial.restart is asyncio.current_task():
+                trial.restart = None  # from here on, not cancelled
+        if picked is None:
+            return  # stopping, or no other machine: the trial waits for its own
         host, gpus = picked
-        run.host, run.gpus = host, gpus
-        run.remote_dir = f"{host.root}/{run.spec.experiment_id}/trials/{run.spec.trial_id}.{run.attempt}"
-        run.off, run.partial, run.started_sent, run.report_error = [0, 0, 0], [b"", b""], False, None
-        host.runs[run.spec.trial_id] = run
-        run.code_remote = await host.ensure_code(run.spec.code_dir, run.spec.experiment_id)
+        trial.restarts += 1
+        note = f"{reason}; restarting it on {host.label} (restart {trial.restarts} of {self._max_restarts()})"
+        log.warning("trial %s: %s", trial.spec.trial_id, note)
+        trial.stderr_file.write(f"\n[hpo] {note}\n".encode())
+        run = self._new_run(trial, host, gpus)  # a copy on an unreachable machine is now replaced
+        try:
+            run.code_remote = await host.ensure_code(trial.spec.code_dir, trial.spec.experiment_id)
+        except Exception as exc:  # noqa: BLE001 - that machine failed too: lost again
+            self._on_lost(run, f"could not start on {host.label}: {_describe(exc)}")
+            return
+        if run is not trial.current:  # ended, or its first copy was kept, meanwhile
+            self._detach(run)
+            return
         self._send_launch(run)
 
-    def _max_retries(self) -> int:
+    def _on_replaced_back(self, run: _Run, state: str | None, code: int | None) -> None:
+        """The machine of a replaced copy is back: keep that copy if it finished (exit status 0) while the
+        trial, still running, has no final result yet (it came first); else end it."""
+        trial = run.trial
+        if state == "exited" and code == 0 and not trial.done.is_set() and not trial.final_sent \
+                and trial.kill_status is None:
+            replaced = trial.current
+            trial.current = run
+            self._cancel_restart(trial)
+            note = f"its copy on {run.host.label} finished while the machine was unreachable: its result is kept"
+            if replaced is not None:
+                note += f"; the restarted copy on {replaced.host.label} is ended"
+            log.warning("trial %s: %s", trial.spec.trial_id, note)
+            trial.stderr_file.write(f"\n[hpo] {note}\n".encode())
+            if replaced is not None and replaced.host.state == "up":
+                self._send_kill(replaced)  # its end detaches it; one on an unreachable machine waits for it
+        elif state == "running":
+            self._send_kill(run)  # its end detaches it
+        elif state != "exited":
+            self._detach(run)  # nothing of it runs there
+
+    def _cancel_restart(self, trial: _Trial) -> None:
+        if trial.restart is not None:
+            trial.restart.cancel()
+            trial.restart = None
+
+    def _max_restarts(self) -> int:
+        from hpo.config import ExperimentConfig
+
         config = getattr(self._events, "config", None)
-        return int(getattr(config, "max_trial_retries", 0) or 0)
+        return int(getattr(config, "max_trial_restarts", ExperimentConfig.model_fields["max_trial_restarts"].default))
 
     # killing ------------------------------------------------------------------------------------------------------
     async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
@@ -928,43 +1106,51 @@ class RemoteTrainingService(TrainingService):
             while trial_id in self._waiting:
                 await asyncio.sleep(0.01)
             return
-        run = self._runs.get(trial_id)
-        if run is None:
+        trial = self._trials.get(trial_id)
+        if trial is None:
             return
-        if run.kill_status is None:
-            run.kill_status, run.kill_reason = status, reason
-        if run.host.state == "up" and run.host.runs.get(trial_id) is run:
+        if trial.kill_status is None:
+            trial.kill_status, trial.kill_reason = status, reason
+        self._cancel_restart(trial)
+        run = trial.current
+        if run is None:  # lost, and waiting for a machine to restart on
+            self._finish(trial, trial.kill_status or status, None, trial.kill_reason)
+        elif run.host.state == "up" and run.host.runs.get(run.key) is run:
             self._send_kill(run)
-        await run.done.wait()
+        await trial.done.wait()
 
     def _send_kill(self, run: _Run) -> None:
         with contextlib.suppress(ConnectionError):  # sent again once reconnected
-            run.host.send({"op": "kill", "id": run.spec.trial_id, "grace": self.kill_grace})
+            run.host.send({"op": "kill", "id": run.key, "grace": self.kill_grace})
 
     # bookkeeping --------------------------------------------------------------------------------------------------
     def _detach(self, run: _Run) -> None:
+        """The copy no longer holds a slot on its machine."""
         host = run.host
-        if host.runs.get(run.spec.trial_id) is run:
-            del host.runs[run.spec.trial_id]
+        if host.runs.get(run.key) is run:
+            del host.runs[run.key]
             host.assigned -= 1
             host.allocator.release(run.gpus)
         self._notify()
 
-    def _release(self, run: _Run) -> None:
-        self._detach(run)
-        if self._runs.get(run.spec.trial_id) is run:
-            del self._runs[run.spec.trial_id]
-        run.stdout_file.close()
-        run.stderr_file.close()
-        if not run.started.done():
-            run.started.set_result(None)
-        run.done.set()
+    def _release(self, trial: _Trial) -> None:
+        if trial.current is not None:
+            self._detach(trial.current)
+            trial.current = None
+        self._cancel_restart(trial)
+        if self._trials.get(trial.spec.trial_id) is trial:
+            del self._trials[trial.spec.trial_id]
+        trial.stdout_file.close()
+        trial.stderr_file.close()
+        if not trial.started.done():
+            trial.started.set_result(None)
+        trial.done.set()
 
-    def _finish(self, run: _Run, status: str, code: int | None, message: str | None) -> None:
-        if run.done.is_set():
+    def _finish(self, trial: _Trial, status: str, code: int | None, message: str | None) -> None:
+        if trial.done.is_set():
             return
-        self._release(run)
-        self._events.ended(run.spec.trial_id, status, code, message)  # type: ignore[union-attr]
+        self._release(trial)
+        self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
 
     def _notify(self) -> None:
         if self._change is not None:
