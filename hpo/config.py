@@ -331,6 +331,7 @@ class RemoteConfig(_Base):
     accept_new_host_keys: bool = Field(False, strict=True, description="true or false")
     remote_directory: str = Field("~/hpo-remote", min_length=1, description="a folder path on the machines")
     reconnect_timeout: _Duration = "2m"
+    restart_after: _Duration = "5s"  # a dropped machine's trials are restarted elsewhere after this long
     kill_grace: float = Field(5.0, ge=0, le=3600, description=_KILL_GRACE_EXPECT)
 
     @model_validator(mode="after")

@@ -207,6 +207,8 @@ def test_config_yaml_python_and_secrets(tmp_path):
           platform: remote
           acceptNewHostKeys: true
           reconnectTimeout: 30s
+          restartAfter: 8s
+          killGrace: 12
           machineList:
             - {{host: gpu1, port: 2222, user: me, sshKeyFile: ~/.ssh/id_ed25519, sshPassphrase: {PASSPHRASE},
                pythonPath: /opt/py/bin, gpuIndices: '0,1', useActiveGpu: true, maxTrialNumberPerGpu: 2,
@@ -229,7 +231,7 @@ def test_config_yaml_python_and_secrets(tmp_path):
     assert svc.machines[1].password == PASSWORD and svc.machines[0].ssh_passphrase == PASSPHRASE
     assert svc.machines[0].ssh_key_file == os.path.expanduser("~/.ssh/id_ed25519")
     assert PASSWORD not in repr(svc) and PASSWORD not in repr(svc.machines)
-    assert svc.reconnect_timeout == 30.0
+    assert svc.reconnect_timeout == 30.0 and svc.restart_after == 8.0 and svc.kill_grace == 12.0
 
     # Python: Experiment(tuner, 'remote') then machine_list assignment, validated with full paths
     exp = Experiment("random", "remote")
