@@ -188,3 +188,15 @@ def launcher(tmp_path: Path):
     launch = Launcher(tmp_path)
     yield launch
     launch.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Debian Chromium per test module, driven by Playwright (the browser tests' pages)."""
+    from browser_support import CHROMIUM_ARGS, chromium_path
+
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

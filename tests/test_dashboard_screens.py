@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import CHROMIUM_ARGS, CONTROLLED_TRIAL, SETTLED, chromium_path, open_page, serve_app, wait_js
+from browser_support import CONTROLLED_TRIAL, SETTLED, chromium_path, open_page, serve_app, wait_js
 from conftest import PY, ROOT, wait_until, write_script
 from hpo import Experiment
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no Chromium: apt-get install chromium")
 
@@ -77,14 +76,6 @@ POINT = """([testid, series]) => {
   const r = el.getBoundingClientRect();
   return { x: r.left + x, y: r.top + y, data: [d[0], d[1]], xAxis: chart.getOption().xAxis[0].type, color: s.itemStyle.color };
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from browser_support import (CHROMIUM_ARGS, CONTROLLED_TRIAL, artifacts_dir, chromium_path, open_page, request, serve_app,
+from browser_support import (CONTROLLED_TRIAL, artifacts_dir, chromium_path, open_page, request, serve_app,
                              wait_js)
 from conftest import wait_until
 from hpo import Experiment
 from hpo.storage import ExperimentStore
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 CHROMIUM = chromium_path()
 # CI installs Chromium (.ci/run): there a missing browser is a failure, not a skip
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no Chromium: apt-get install chromium")
@@ -27,14 +26,6 @@ SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}, "mode": {"_type": "choice"
          "tag": {"_type": "choice", "_value": [XSS_CHOICE]}}
 TRIAL = CONTROLLED_TRIAL.replace('print("started", p, flush=True)',
                                  'print("started <script>window.__xss=3</script>", p, flush=True)')
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
