@@ -277,6 +277,9 @@ class Engine:
     async def _main(self) -> None:
         assert self._wake is not None
         while True:
+            # cleared before the checks, not after: a poke while they run (a stop requested while the tuner
+            # was asked for parameters) keeps the event set, and the wait below returns at once
+            self._wake.clear()
             if self._error is not None:
                 return
             if self._stopping:
@@ -294,14 +297,13 @@ class Engine:
                 self._finish("max_experiment_duration reached")
                 return
             await self._fill_slots()
-            if self._error is not None:
+            if self._error is not None or self._stopping:  # changed while the tuner was asked: see above
                 continue
             if not self.active and self._launching == 0 and not self._can_submit():
                 self._finish(None)
                 return
             if not self._can_submit() and self.status == "RUNNING":
                 self._set_status("NO_MORE_TRIAL")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=remaining)
             except asyncio.TimeoutError:

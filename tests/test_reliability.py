@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -459,3 +460,33 @@ def test_a_resume_that_cannot_start_keeps_the_status(make_experiment, tmp_path):
         info = store.experiment()
     assert (info["status"], info["message"]) == ("DONE", None)
     assert not engine_running(store_dir)
+
+
+# -- a stop is never lost ------------------------------------------------------------------------------------------
+class _BlockingTuner:
+    """A random tuner whose second suggestion waits until the test lets it go."""
+
+    def __new__(cls, entered: threading.Event, release: threading.Event) -> Any:
+        from tuners import RandomTuner
+
+        class Blocking(RandomTuner):
+            def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
+                if parameter_id >= 2:
+                    entered.set()
+                    release.wait(30)
+                return super().generate_parameters(parameter_id, **kwargs)
+        return Blocking(seed=0)
+
+
+def test_a_stop_requested_while_the_tuner_thinks_is_not_lost(make_experiment):
+    entered, release = threading.Event(), threading.Event()
+    exp = make_experiment("import hpo; hpo.report_final_result(1)", tuner=_BlockingTuner(entered, release),
+                          max_trial_number=5)
+    exp.start(port=0)
+    assert entered.wait(30), "the engine asks for a second trial"
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (exp.stop(), stopped.set()), daemon=True).start()
+    wait_until(lambda: exp.get_status() == "STOPPING", 10, what="the stop request")
+    release.set()  # the tuner answers after the stop was requested
+    assert stopped.wait(15), "the engine missed the stop it was asked for while waiting on the tuner"
+    assert exp.get_status() == "STOPPED"
