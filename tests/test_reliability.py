@@ -53,8 +53,15 @@ def spawn(launcher):
 
     yield start
     for s in made:
-        for p in processes_of(s.id):
+        kill_all(processes_of(s.id))
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
             p.kill()
+        except psutil.Error:  # it ended meanwhile
+            pass
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -429,8 +436,7 @@ def test_a_reached_goal_is_remembered_across_a_crash(spawn):
         wait_until(lambda: store.events_of_kind("goal_reached"), 30, what="the goal")
         assert store.experiment()["status"] == "RUNNING"
     s.crash()  # ...when the engine dies
-    for p in processes_of(s.id):
-        p.kill()
+    kill_all(processes_of(s.id))
     resumed = Experiment.resume(s.id, port=0, wait_completion=True)
     info = resumed.get_experiment_profile()
     assert info["status"] == "DONE" and "trial" in (info["message"] or ""), info
