@@ -139,8 +139,5 @@ def _columns(stream: TextIO) -> int:
 
 
 def _has_widgets() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("ipywidgets") is not None
