@@ -323,7 +323,10 @@ class LocalTrainingService(TrainingService):
                 run.kill_reason = run.kill_reason or f"exceeded max_trial_duration ({spec.max_duration:g} s)"
                 await self._terminate(run)
             # the supervisor ended every process below it; a last resort for any that escaped it
-            await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
+            try:
+                await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
+            except OSError as exc:  # e.g. no descriptor left to read /proc: the trial still ends
+                log.warning("trial %s: could not sweep for leftover processes: %s", spec.trial_id, exc)
             await asyncio.wait([r.closed for r in run.readers], timeout=2.0)
         finally:
             os.close(run.lifeline)
