@@ -76,6 +76,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self._last_line, self._last_text = 0.0, ""
+        self._finished_at_start: int | None = None
         self._bar: Any = None
         if _in_notebook() and _has_widgets():
             from tqdm.notebook import tqdm
@@ -103,10 +104,14 @@ class Progress:
             self._last_line, self._last_text = now, text
 
     def _eta(self, snap: Snapshot) -> str:
-        if not self.total or not snap.finished or snap.finished >= self.total:
+        """From the pace since this display started (a resumed experiment's earlier trials do not count)."""
+        if self._finished_at_start is None:
+            self._finished_at_start = snap.finished
+        done_here = snap.finished - self._finished_at_start
+        if not self.total or done_here <= 0 or snap.finished >= self.total:
             return ""
         elapsed = time.monotonic() - self.started
-        return f", ETA {_clock(elapsed / snap.finished * (self.total - snap.finished))}"
+        return f", ETA {_clock(elapsed / done_here * (self.total - snap.finished))}"
 
     def close(self, status: str | None, message: str | None = None) -> None:
         """Close the bar and print the one-line summary of how the experiment ended."""
