@@ -13,12 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hpo.storage import ACTIVE_STATES, ExperimentStore
+from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore
 
 __all__ = ["end_abandoned"]
 
 log = logging.getLogger("hpo")
-_END_STATES = ("DONE", "STOPPED", "ERROR")
 
 
 class _IgnoreEvents:
@@ -42,23 +41,23 @@ def end_abandoned(directory: Path, trial_id: str | None = None) -> tuple[str, in
     from hpo.config import ExperimentConfig
     from training_services.base import create_training_service
 
-    with ExperimentStore(directory) as store:
+    with ExperimentStore(directory) as store:  # recorded first, then acted on
         info = store.experiment()
-        if info["status"] in _END_STATES and trial_id is None:
-            return info["status"], 0
-        records = [r for r in store.trials(status=ACTIVE_STATES) if trial_id is None or r["id"] == trial_id]
+        if trial_id is None:
+            if info["status"] in EXPERIMENT_END_STATES:
+                return info["status"], 0
+            records = store.end_leftovers("interrupted: its engine had died")
+            store.set_status("STOPPED", "stopped after its engine died", store.elapsed_seconds())
+        else:
+            records = [r for r in store.trials(status=ACTIVE_STATES) if r["id"] == trial_id]
+            for rec in records:
+                store.trial_ended(rec["seq"], "USER_CANCELED", None, "killed by user (its engine had died)")
         if records:
             ts = ExperimentConfig.from_dict(info["config"]).training_service
             service = create_training_service(ts.platform, **ts.model_dump(exclude={"platform"}))
             service.leftover_cleanup(records)
             asyncio.run(_start_and_stop(service))
-        if trial_id is None:
-            store.end_leftovers("interrupted: its engine had died")
-            store.set_status("STOPPED", "stopped after its engine died", store.elapsed_seconds())
-            return "STOPPED", len(records)
-        for rec in records:
-            store.trial_ended(rec["seq"], "USER_CANCELED", None, "killed by user (its engine had died)")
-        return info["status"], len(records)
+        return store.experiment()["status"], len(records)
 
 
 async def _start_and_stop(service: Any) -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hpo.registry import all_experiments, hpo_home, lookup
-from hpo.storage import ACTIVE_STATES, TRIAL_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
+from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, StoreError, \
+    StoreLocked, engine_running
 
 __all__ = ["main", "build_parser"]
 
-END_STATES = ("DONE", "STOPPED", "ERROR")
 _ROOT = str(Path(__file__).resolve().parent.parent)
 _READY_TIMEOUT, _STOP_TIMEOUT, _GRID_ROWS, _VIEW_PORT = 120.0, 60.0, 50, 8080
 
@@ -42,20 +42,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _alive(pid: int | None, since: float | None = None) -> bool:
-    """Whether process ``pid`` runs (and, with ``since``, already ran then: not a reused pid)."""
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (and is not a zombie)."""
     import psutil
     try:
-        proc = psutil.Process(pid) if pid else None
-        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE and (
-            since is None or proc.create_time() <= since + 1)
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
 
 def _engine_alive(directory: str | Path, info: dict[str, Any]) -> bool:
     """Whether the experiment's engine runs (it holds the experiment's writer lock)."""
-    return info["status"] not in END_STATES and engine_running(directory, info.get("pid"))
+    return info["status"] not in EXPERIMENT_END_STATES and engine_running(directory, info.get("pid"))
 
 
 def _open(experiment_id: str) -> tuple[Path, ExperimentStore]:
@@ -72,7 +70,7 @@ def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
     directory, store = _open(experiment_id)
     info = store.experiment()
     if not info.get("port") or not _engine_alive(directory, info):
-        state = info["status"] if info["status"] in END_STATES else "its engine is not running"
+        state = info["status"] if info["status"] in EXPERIMENT_END_STATES else "its engine is not running"
         raise CliError(f"experiment {experiment_id} is not running ({state}); only a running experiment can "
                        f"{action} (`hpo resume {experiment_id}` continues it)")
     try:
@@ -256,10 +254,26 @@ def cmd_create(args: argparse.Namespace) -> int:
     return _foreground(args, launch)
 
 
+# the limits `hpo update` and `hpo resume` change: (option, its argparse name, the config field)
+_LIMITS = (("--concurrency", "concurrency", "trial_concurrency"), ("--max-trials", "max_trials", "max_trial_number"),
+           ("--duration", "duration", "max_experiment_duration"))
+
+
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    """The limits given as --max-trials / --duration / --concurrency, by config name."""
-    return {k: v for k, v in (("max_trial_number", args.max_trials), ("max_experiment_duration", args.duration),
-                              ("trial_concurrency", args.concurrency)) if v is not None}
+    """The limits given on the command line, by config field."""
+    return {field: getattr(args, name) for _, name, field in _LIMITS if getattr(args, name) is not None}
+
+
+def _limit_options(args: argparse.Namespace) -> list[str]:
+    """The limits given on the command line, as options again (``["--max-trials", "600"]``)."""
+    return [a for option, name, _ in _LIMITS if getattr(args, name) is not None
+            for a in (option, str(getattr(args, name)))]
+
+
+def _add_limit_options(p: argparse.ArgumentParser, new: str = "") -> None:
+    p.add_argument("--concurrency", type=int, metavar="N", help=f"{new}trial concurrency")
+    p.add_argument("--max-trials", type=int, metavar="N", help=f"{new}max trial number")
+    p.add_argument("--duration", metavar="D", help=f"{new}max experiment duration, e.g. 90, 30m, 2h")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -272,10 +286,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise CliError(f"experiment {args.id} is still running (pid {info['pid']}); stop it first")
         from hpo.config import ExperimentConfig
         ExperimentConfig.from_dict(info["config"]).check_update(**limits)  # a bad value fails here, in one line
-        flags = [a for flag, key in (("--max-trials", "max_trial_number"), ("--duration", "max_experiment_duration"),
-                                     ("--concurrency", "trial_concurrency")) if key in limits
-                 for a in (flag, str(limits[key]))]
-        return _spawn("resume", ["resume", args.id, *flags], args.port)
+        return _spawn("resume", ["resume", args.id, *_limit_options(args)], args.port)
     return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait, **limits))
 
 
@@ -317,10 +328,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def _stop_one(experiment_id: str) -> None:
     from hpo.client import ApiError
     directory, store = _open(experiment_id)
-    if (status := store.experiment()["status"]) in END_STATES:
-        print(f"experiment {experiment_id} is already {status}")
+    info = store.experiment()
+    if info["status"] in EXPERIMENT_END_STATES:
+        print(f"experiment {experiment_id} is already {info['status']}")
         return
-    if _end_abandoned(experiment_id, directory):
+    if _end_abandoned(experiment_id, directory, info):
         return
     client, info = _client(experiment_id, "be stopped")
     pid = info["pid"]
@@ -331,7 +343,7 @@ def _stop_one(experiment_id: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_TIMEOUT
-    while (status := store.experiment()["status"]) not in END_STATES:
+    while (status := store.experiment()["status"]) not in EXPERIMENT_END_STATES:
         if time.monotonic() > deadline:
             raise CliError(f"experiment {experiment_id} did not stop within {_STOP_TIMEOUT:g} s (status {status})")
         time.sleep(0.1)
@@ -341,10 +353,11 @@ def _stop_one(experiment_id: str) -> None:
     print(f"experiment {experiment_id} {status}")
 
 
-def _end_abandoned(experiment_id: str, directory: Path, trial_id: str | None = None) -> bool:
-    """If the experiment's engine is dead, end what it left (all, or one trial) here; False if it runs."""
+def _end_abandoned(experiment_id: str, directory: Path, info: dict[str, Any], trial_id: str | None = None) -> bool:
+    """If the (not ended) experiment's engine is dead, end what it left (all, or one trial) here; False if it
+    runs."""
     from hpo.abandoned import end_abandoned
-    if engine_running(directory, _open(experiment_id)[1].experiment().get("pid")):
+    if engine_running(directory, info.get("pid")):
         return False
     try:
         status, ended = end_abandoned(directory, trial_id)
@@ -371,7 +384,7 @@ def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
         return [entry["id"], entry["name"], "MISSING", None, None, _when(entry["created_at"]), None], False  # type: ignore
     status = info["status"]
     running = _engine_alive(str(entry["directory"]), info)
-    status = "CRASHED" if status not in END_STATES and not running else status  # `hpo resume` continues it
+    status = "CRASHED" if status not in EXPERIMENT_END_STATES and not running else status  # `hpo resume` continues it
     done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
     total = info["config"].get("max_trial_number")
     trials = f"{done}/{total}" if total and done <= total else f"{done}(max{total})" if total else done
@@ -490,16 +503,13 @@ def _write_csv(records: list[dict[str, Any]], out: Any) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    changes = {k: v for k, v in (("trial_concurrency", args.concurrency), ("max_trial_number", args.max_trials),
-                                 ("max_experiment_duration", args.duration)) if v is not None}
+    changes = _limits(args)
     if not changes:
         raise CliError("nothing to update; give --concurrency, --max-trials and/or --duration")
     directory, store = _open(args.id)
-    if (status := store.experiment()["status"]) in END_STATES:
-        flags = " ".join(f"--{k} {v}" for k, v in (("max-trials", args.max_trials), ("duration", args.duration),
-                                                    ("concurrency", args.concurrency)) if v is not None)
+    if (status := store.experiment()["status"]) in EXPERIMENT_END_STATES:
         raise CliError(f"experiment {args.id} has ended ({status}); to continue it with new limits: "
-                       f"`hpo resume {args.id} {flags}`")
+                       f"`hpo resume {args.id} {' '.join(_limit_options(args))}`")
     _client(args.id, "be updated")[0].patch("/experiment", changes)
     print(f"experiment {args.id}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
     return 0
@@ -507,8 +517,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_kill(args: argparse.Namespace) -> int:
     directory, store = _open(args.id)
-    trial_id = _trial(store, args.id, args.trial)["id"]
-    if store.experiment()["status"] not in END_STATES and _end_abandoned(args.id, directory, trial_id):
+    trial_id, info = _trial(store, args.id, args.trial)["id"], store.experiment()
+    if info["status"] not in EXPERIMENT_END_STATES and _end_abandoned(args.id, directory, info, trial_id):
         return 0
     _client(args.id, "have its trials killed")[0].post(f"/trials/{trial_id}/kill")
     print(f"trial {trial_id} of experiment {args.id} killed")
@@ -595,9 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resume", cmd_resume, "Continue a stopped, crashed or finished experiment (detached by default); "
                 "--max-trials / --duration extend a finished one.", "id")
     detachable(p)
-    p.add_argument("--max-trials", type=int, metavar="N", help="new max trial number (e.g. to extend a finished search)")
-    p.add_argument("--duration", metavar="D", help="new max experiment duration, e.g. 90, 30m, 2h")
-    p.add_argument("--concurrency", type=int, metavar="N", help="new trial concurrency")
+    _add_limit_options(p, new="new ")
     p = command("view", cmd_view, "Serve a stored experiment's dashboard read-only until Ctrl-C.", "id")
     p.add_argument("--port", type=int, help=f"dashboard port (default {_VIEW_PORT}, or the next free one)")
     p = command("stop", cmd_stop, "Stop a running experiment (the only one, if no id is given), or every one "
@@ -617,10 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", cmd_export, "Export trials: parameters, status, final value.", "id")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
-    p = command("update", cmd_update, "Change a running experiment's limits.", "id")
-    p.add_argument("--concurrency", type=int, metavar="N", help="trial concurrency")
-    p.add_argument("--max-trials", type=int, metavar="N", help="max trial number")
-    p.add_argument("--duration", metavar="D", help="max experiment duration, e.g. 90, 30m, 2h")
+    _add_limit_options(command("update", cmd_update, "Change a running experiment's limits.", "id"))
     command("kill", cmd_kill, "Kill a running trial (TRIAL: id or sequence number).", "id", "trial")
     p = command("check", cmd_check, "Validate config files; print the merged config (and the search space).")
     p.add_argument("-f", "--file", action="append", required=True, metavar="FILE", help="repeat to merge")

@@ -250,7 +250,7 @@ def _failure_rule(rule: Mapping[str, Any], i: int) -> None:
         if key not in ("kind", "percent"):
             raise _Problem(_unknown_key(key, ["kind", "percent"]), f"[{i}]")
     percent = rule.get("percent")
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent <= 100:
+    if not is_finite_number(percent) or not 0 < percent <= 100:
         shown = f"got {_show(percent)}" if "percent" in rule else "missing"
         raise _Problem(f"{shown}, expected a number in (0, 100]: the percent of failed trials that ends the "
                        "experiment", f"[{i}].percent")

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hpo.storage import ACTIVE_STATES, FINISHED_STATES, ExperimentStore, StoreError
+from hpo.storage import EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
-from training_services.base import TrainingService, TrialSpec
+from training_services.base import TrainingService, TrialSpec, tail_lines
 from hpo.early_stopping import threshold_reached
 from tuners.assessor import Assessor, AssessResult
 from tuners.base import NoMoreTrials, Tuner, TryLater
@@ -138,7 +138,7 @@ class Engine:
 
     def request_stop(self) -> None:
         """Begin a graceful stop: running trials are cancelled (and re-run on resume)."""
-        if not self._stopping and self.status not in ("DONE", "STOPPED", "ERROR"):
+        if not self._stopping and self.status not in EXPERIMENT_END_STATES:
             self._stopping = True
             self._poke()
             self._set_status("STOPPING")
@@ -564,7 +564,7 @@ class Engine:
     def _first_failure(self) -> str:
         """Which trial failed first, and the end of its stderr (where the cause usually is)."""
         first = self.store.trials(status="FAILED", limit=1)[0]
-        tail = _tail_lines(self.directory / "trials" / first["id"] / "stderr.log", _STDERR_TAIL_LINES)
+        tail = tail_lines(self.directory / "trials" / first["id"] / "stderr.log", _STDERR_TAIL_LINES, 300)
         where = f"the first failure, trial {first['id']} (#{first['seq']})"
         if tail:
             return f"{where}, ended with:\n" + "\n".join(f"    {line}" for line in tail)
@@ -572,8 +572,7 @@ class Engine:
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _prepare_resume(self) -> None:
-        self.service.leftover_cleanup(self.store.trials(status=ACTIVE_STATES))
-        self.store.end_leftovers("interrupted: the engine stopped")
+        self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped"))
         goal = self.store.events_of_kind("goal_reached")
         if goal:  # an early-stopping goal was reached before the crash: the experiment is over
             self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
@@ -598,7 +597,7 @@ class Engine:
         be written, so the engine always reaches its end; ``restore`` puts back a previous status as is."""
         if restore:
             self._guarded(self.store.restore_status, status, message)
-        elif status in ("RUNNING", "DONE", "STOPPED", "ERROR"):
+        elif status == "RUNNING" or status in EXPERIMENT_END_STATES:
             self._guarded(self.store.set_status, status, message, self._elapsed())
         else:
             self._guarded(self.store.set_status, status, message)
@@ -664,18 +663,6 @@ def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:
         if rule.get("kind") == "failure_early_stopping":
             return float(rule["percent"])
     return None
-
-
-def _tail_lines(path: Path, n: int) -> list[str]:
-    """The last ``n`` non-empty lines of a text file (read from its end), or [] if unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 8192))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line.rstrip()[:300] for line in text.splitlines() if line.strip()][-n:]
 
 
 def _describe(exc: BaseException | None) -> str:

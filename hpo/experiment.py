@@ -26,7 +26,7 @@ from typing import Any, Callable
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
 from hpo.registry import hpo_home, lookup, register
-from hpo.storage import ExperimentStore, StoreError, StoreLocked, engine_running
+from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
 from training_services.base import create_training_service
 from tuners.base import Tuner
 
@@ -34,7 +34,6 @@ __all__ = ["Experiment", "ExperimentError"]
 
 log = logging.getLogger("hpo")
 TOKEN_FILE = ".token"
-_END_STATES = ("DONE", "STOPPED", "ERROR")
 
 
 class ExperimentError(RuntimeError):
@@ -50,7 +49,7 @@ class Experiment:
 
     def __init__(self, tuner: Tuner | str | None = None, training_service: str | None = None,
                  config: ExperimentConfig | None = None) -> None:
-        self._stored_config: str | None = None  # a handle on another engine's experiment follows its config
+        self._stored_config: dict[str, Any] | None = None  # a handle on another engine's experiment follows it
         if isinstance(tuner, str) and training_service is None and tuner.lower() in ("local", "remote"):
             tuner, training_service = None, tuner
         self.config = config if config is not None else ExperimentConfig()
@@ -90,9 +89,8 @@ class Experiment:
         """The experiment's config; on a handle from :meth:`connect`, the stored one, as last updated."""
         if self._stored_config is not None and self._reader is not None:
             stored = self._reader.experiment()["config"]
-            key = repr(sorted(stored.items()))
-            if key != self._stored_config:
-                self._config, self._stored_config = ExperimentConfig.from_dict(stored), key
+            if stored != self._stored_config:
+                self._config, self._stored_config = ExperimentConfig.from_dict(stored), stored
         return self._config
 
     @config.setter
@@ -211,14 +209,14 @@ class Experiment:
         if self._reader is None or self.directory is None:
             return False
         info = self._reader.experiment()
-        return info["status"] not in _END_STATES and not engine_running(self.directory, info.get("pid"))
+        return info["status"] not in EXPERIMENT_END_STATES and not engine_running(self.directory, info.get("pid"))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the experiment ends (or ``timeout`` s); True if it ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._runner is not None:
             return self._runner.engine_done.wait(timeout)
-        while self.get_status() not in _END_STATES:
+        while self.get_status() not in EXPERIMENT_END_STATES:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
@@ -308,7 +306,8 @@ class Experiment:
         directory = lookup(experiment_id)
         exp = cls._open(experiment_id, directory)
         info = exp._store().experiment()
-        if info["status"] not in _END_STATES and info.get("port") and engine_running(directory, info.get("pid")):
+        running = info["status"] not in EXPERIMENT_END_STATES and engine_running(directory, info.get("pid"))
+        if running and info.get("port"):
             exp._client = ApiClient(info.get("host") or "127.0.0.1", info["port"], _read_token(directory))
         return exp
 
@@ -318,7 +317,7 @@ class Experiment:
         stored = reader.experiment()["config"]
         exp = cls(config=ExperimentConfig.from_dict(stored))
         exp.id, exp.directory, exp._reader = experiment_id, directory, reader
-        exp._stored_config = repr(sorted(stored.items()))
+        exp._stored_config = stored
         return exp
 
     @classmethod

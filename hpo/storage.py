@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES", "StoreError",
-           "StoreWriteError", "StoreLocked", "engine_running"]
+__all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
+           "EXPERIMENT_END_STATES", "StoreError", "StoreWriteError", "StoreLocked", "engine_running"]
 
 TRIAL_STATES = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 ACTIVE_STATES = ("WAITING", "RUNNING")
+EXPERIMENT_END_STATES = ("DONE", "STOPPED", "ERROR")  # an experiment in one of these has ended
 FINISHED_STATES = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 DB_NAME = "experiment.db"
 LOCK_NAME = ".engine.lock"
@@ -191,6 +192,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
+def _event(kind: str, trial_seq: int | None, data: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The statement recording an event (for :meth:`ExperimentStore._write` or a transaction)."""
+    return ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
+            (time.time(), kind, trial_seq, _dumps(data)))
+
+
+def _event_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
+    return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")} for r in rows]
+
+
 class ExperimentStore:
     """Access to one experiment's SQLite file.
 
@@ -219,6 +230,7 @@ class ExperimentStore:
             except sqlite3.Error as exc:
                 raise self._unreadable(exc) from None
             self._query("SELECT id FROM experiment LIMIT 1")  # a corrupt or foreign file fails here, in one line
+            self._has_resumed_at = "resumed_at" in self._experiment_columns()
             return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -236,6 +248,7 @@ class ExperimentStore:
             for column in ("elapsed_seconds", "resumed_at"):  # a store written before these columns existed
                 if column not in columns:
                     self._conn.execute(f"ALTER TABLE experiment ADD COLUMN {column} REAL")
+            self._has_resumed_at = True
         except sqlite3.Error as exc:
             self.close()
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
@@ -316,34 +329,32 @@ class ExperimentStore:
         """The experiment row: id, name, config, status, message, created_at, started_at (first start),
         resumed_at (start of the current run), ended_at, run_seconds (time used by earlier runs), pid,
         host, port."""
+        if not self._has_resumed_at:  # a store written before the column, until its engine adds it
+            self._has_resumed_at = "resumed_at" in self._experiment_columns()
+        resumed = "COALESCE(resumed_at, started_at)" if self._has_resumed_at else "started_at"
         rows = self._query("SELECT id, name, config, status, message, created_at, started_at, ended_at, "
-                           "run_seconds, pid, host, port FROM experiment LIMIT 1")
+                           f"run_seconds, pid, host, port, {resumed} FROM experiment LIMIT 1")
         if not rows:
             raise LookupError(f"store {self.path} has no experiment")
         keys = ("id", "name", "config", "status", "message", "created_at", "started_at", "ended_at",
-                "run_seconds", "pid", "host", "port")
+                "run_seconds", "pid", "host", "port", "resumed_at")
         exp = dict(zip(keys, rows[0]))
-        exp["resumed_at"] = self._column("resumed_at") or exp["started_at"]  # absent in stores written before it
         exp["config"] = json.loads(exp["config"])
         return exp
 
-    def _column(self, name: str) -> Any:
-        try:
-            return self._query(f"SELECT {name} FROM experiment LIMIT 1")[0][0]
-        except StoreError:
-            return None
+    def _experiment_columns(self) -> set[str]:
+        return {row[1] for row in self._query("PRAGMA table_info(experiment)")}
 
     def set_status(self, status: str, message: str | None = None, run_seconds: float | None = None) -> None:
         """Record the experiment's status; ``run_seconds`` (with RUNNING and the end states) is the
         experiment's total running time so far, counted by the engine across resumes."""
         now = time.time()
-        event = ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
-                 (now, "status", None, _dumps({"status": status, "message": message})))
+        event = _event("status", None, {"status": status, "message": message})
         if status == "RUNNING":
             update = ("UPDATE experiment SET status=?, message=?, started_at=COALESCE(started_at, ?), resumed_at=?, "
                       "ended_at=NULL, run_seconds=COALESCE(?, run_seconds), elapsed_seconds=COALESCE(?, elapsed_seconds)",
                       (status, message, now, now, run_seconds, run_seconds))
-        elif status in ("DONE", "STOPPED", "ERROR"):
+        elif status in EXPERIMENT_END_STATES:
             update = ("UPDATE experiment SET status=?, message=COALESCE(?, message), ended_at=?, "
                       "run_seconds=COALESCE(?, run_seconds + (? - COALESCE(resumed_at, started_at, ?))), "
                       "elapsed_seconds=NULL, pid=NULL, port=NULL", (status, message, now, run_seconds, now, now))
@@ -354,8 +365,7 @@ class ExperimentStore:
     def restore_status(self, status: str, message: str | None) -> None:
         """Put back a status recorded earlier, as it was (a resume that could not start)."""
         self._transaction(("UPDATE experiment SET status=?, message=?, pid=NULL, port=NULL", (status, message)),
-                          ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
-                           (time.time(), "status", None, _dumps({"status": status, "message": message}))))
+                          _event("status", None, {"status": status, "message": message}))
 
     def record_elapsed(self, seconds: float) -> None:
         """Persist the running experiment's total running time (so a crash does not reset its budget)."""
@@ -368,26 +378,21 @@ class ExperimentStore:
 
     def set_config(self, config: dict[str, Any]) -> None:
         self._transaction(("UPDATE experiment SET config=?", (_dumps(config),)),
-                          ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
-                           (time.time(), "config", None, "{}")))
+                          _event("config", None, {}))
 
     def set_runtime(self, pid: int | None, host: str | None, port: int | None) -> None:
         self._write("UPDATE experiment SET pid=?, host=?, port=?", (pid, host, port))
 
     def add_event(self, kind: str, trial_seq: int | None, data: dict[str, Any]) -> None:
-        self._write("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
-                    (time.time(), kind, trial_seq, _dumps(data)))
+        self._write(*_event(kind, trial_seq, data))
 
     def events(self, since_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        rows = self._query("SELECT id, ts, kind, trial_seq, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                           (since_id, limit))
-        return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")}
-                for r in rows]
+        return _event_dicts(self._query("SELECT id, ts, kind, trial_seq, data FROM events WHERE id > ? ORDER BY id "
+                                        "LIMIT ?", (since_id, limit)))
 
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        rows = self._query("SELECT id, ts, kind, trial_seq, data FROM events WHERE kind=? ORDER BY id", (kind,))
-        return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")}
-                for r in rows]
+        return _event_dicts(self._query("SELECT id, ts, kind, trial_seq, data FROM events WHERE kind=? ORDER BY id",
+                                        (kind,)))
 
     # -- trials --------------------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -413,17 +418,17 @@ class ExperimentStore:
         self._write("UPDATE trials SET status=?, ended_at=?, exit_code=?, message=?, interrupted=? WHERE seq=?",
                     (status, time.time(), exit_code, message, 1 if interrupted else 0, seq))
 
-    def end_leftovers(self, message: str, status: str = "SYS_CANCELED") -> list[TrialRecord]:
+    def end_leftovers(self, message: str) -> list[TrialRecord]:
         """After an engine died: record its WAITING/RUNNING trials as ended and return them (as they were).
 
-        A trial whose final result is stored is finished (SUCCEEDED); the others get ``status``, and
-        SYS_CANCELED ones are marked interrupted, to be re-run by a resume."""
+        A trial whose final result is stored is finished (SUCCEEDED); the others are SYS_CANCELED and
+        interrupted, to be re-run by a resume."""
         leftovers = self.trials(status=ACTIVE_STATES)
         for rec in leftovers:
             if rec["final"] is not None:
                 self.trial_ended(rec["seq"], "SUCCEEDED", None, f"{message} after its final result")
             else:
-                self.trial_ended(rec["seq"], status, None, message, interrupted=status == "SYS_CANCELED")
+                self.trial_ended(rec["seq"], "SYS_CANCELED", None, message, interrupted=True)
         return leftovers
 
     def counted_trials(self) -> int:

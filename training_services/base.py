@@ -8,12 +8,14 @@ the engine.
 """
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
-__all__ = ["TrialSpec", "TrialEvents", "TrainingService", "register_training_service", "create_training_service"]
+__all__ = ["TrialSpec", "TrialEvents", "TrainingService", "register_training_service", "create_training_service",
+           "tail_lines", "failure_message"]
 
 
 @dataclass
@@ -93,3 +95,30 @@ def create_training_service(platform: str, **kwargs: Any) -> TrainingService:
         target = getattr(importlib.import_module(module), attr)
     factory: Callable[..., TrainingService] = target  # type: ignore[assignment]
     return factory(**kwargs)
+
+
+def tail_lines(path: Path, n: int, width: int | None = None) -> list[str]:
+    """The last ``n`` non-empty lines of a text file such as a trial's stderr.log (read from its last 8 KiB,
+    right-stripped, cut to ``width`` characters), or [] if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line.rstrip()[:width] for line in text.splitlines() if line.strip()][-n:]
+
+
+def failure_message(stderr_path: Path, code: int | None) -> str:
+    """Why a trial failed: the last non-empty line of its stderr (usually the exception), else its exit code or
+    the signal that killed it."""
+    lines = tail_lines(stderr_path, 1)
+    if lines:
+        return lines[0].strip()[:500]
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

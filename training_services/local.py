@@ -8,8 +8,8 @@ the engine's port.
 The supervisor (a subreaper: no descendant of the trial can leave it) gives the whole tree SIGTERM
 and ``kill_grace`` seconds, then SIGKILL, when it is killed, when the trial exits (leftovers get at
 most 1 s) and when the engine dies (the lifeline pipe it watches closes).  The engine SIGKILLs a
-supervisor that outlives the grace by ``BACKSTOP`` s, and after every trial kills what still carries
-the trial's environment marker (``HPO_TRIAL_ID``, ``HPO_SEQUENCE_ID``).
+supervisor that outlives the grace by ``BACKSTOP`` s, and after a kill, stop or timeout kills what still
+carries the trial's environment marker (``HPO_TRIAL_ID``, ``HPO_SEQUENCE_ID``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import psutil
 
 import hpo
 from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report
-from training_services.base import TrainingService, TrialEvents, TrialSpec
+from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 
 __all__ = ["LocalTrainingService"]
@@ -322,11 +322,13 @@ class LocalTrainingService(TrainingService):
                 run.kill_status = run.kill_status or "FAILED"
                 run.kill_reason = run.kill_reason or f"exceeded max_trial_duration ({spec.max_duration:g} s)"
                 await self._terminate(run)
-            # the supervisor ended every process below it; a last resort for any that escaped it
-            try:
-                await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
-            except OSError as exc:  # e.g. no descriptor left to read /proc: the trial still ends
-                log.warning("trial %s: could not sweep for leftover processes: %s", spec.trial_id, exc)
+            # the supervisor ended every process below it; after a kill, stop or timeout, a last resort for any
+            # that escaped it (a trial that exits by itself leaves nothing: the subreaper ends its leftovers)
+            if run.kill_status is not None:
+                try:
+                    await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
+                except OSError as exc:  # e.g. no descriptor left to read /proc: the trial still ends
+                    log.warning("trial %s: could not sweep for leftover processes: %s", spec.trial_id, exc)
             await asyncio.wait([r.closed for r in run.readers], timeout=2.0)
         finally:
             os.close(run.lifeline)
@@ -344,7 +346,7 @@ class LocalTrainingService(TrainingService):
             status, message = "SUCCEEDED", None
         else:
             status = "FAILED"
-            message = run.report_error or _failure_message(spec.trial_dir / "stderr.log", code)
+            message = run.report_error or failure_message(spec.trial_dir / "stderr.log", code)
         self._events.ended(spec.trial_id, status, code, message or run.log_error)  # type: ignore[union-attr]
         run.done.set()
 
@@ -447,23 +449,3 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _failure_message(stderr_path: Path, code: int | None) -> str:
-    """The last non-empty stderr line (usually the exception), else the exit code or signal."""
-    try:
-        with open(stderr_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 4096))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    if lines:
-        return lines[-1][:500]
-    if code is not None and code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

@@ -67,9 +67,8 @@ from typing import Any, Mapping
 
 import hpo.trial
 from hpo.trial import parse_channel_report, parse_stdout_report
-from training_services.base import TrainingService, TrialEvents, TrialSpec
+from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
 from training_services.gpu import GpuAllocator, GpuInfo
-from training_services.local import _failure_message
 
 __all__ = ["RemoteTrainingService", "RemoteMachine", "pack_code", "code_signature", "DEFAULT_IGNORE",
            "CODE_SIZE_WARNING"]
@@ -988,7 +987,7 @@ class RemoteTrainingService(TrainingService):
             self._finish(trial, "SUCCEEDED", 0, None)
         else:
             self._finish(trial, "FAILED", code,
-                         run.report_error or _failure_message(trial.spec.trial_dir / "stderr.log", code))
+                         run.report_error or failure_message(trial.spec.trial_dir / "stderr.log", code))
 
     # restarts (trials lost to the platform) ---------------------------------------------------------------------
     def _on_lost(self, run: _Run, reason: str) -> None:

@@ -52,7 +52,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from hpo.storage import TRIAL_STATES, ExperimentStore, engine_running
+from hpo.storage import EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running
 from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
@@ -61,7 +61,6 @@ log = logging.getLogger("hpo.webui")
 API = "/api/v1"
 STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-END_STATES = ("DONE", "STOPPED", "ERROR")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEEPALIVE = 15.0
 # Limits (module constants, so that tests can lower them).
@@ -157,7 +156,7 @@ class _Api:
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
 
     def live(self) -> bool:
-        return self.engine is not None and self.engine.status not in END_STATES
+        return self.engine is not None and self.engine.status not in EXPERIMENT_END_STATES
 
     def maximize(self, config: dict[str, Any] | None = None) -> bool:
         if self.engine is not None:
@@ -174,12 +173,13 @@ class _Api:
         counts = self.store.status_counts()
         now = time.time()
         status = self.engine.status if self.engine is not None else exp["status"]
-        running_elsewhere = (self.engine is None and status not in END_STATES
+        running_elsewhere = (self.engine is None and status not in EXPERIMENT_END_STATES
                              and engine_running(self.directory, exp.get("pid")))
-        if self.engine is None and status not in END_STATES and not running_elsewhere:
+        if self.engine is None and status not in EXPERIMENT_END_STATES and not running_elsewhere:
             status = "CRASHED" if exp.get("started_at") else status
         elapsed = float(exp.get("run_seconds") or 0.0)
-        if status not in END_STATES and status != "CRASHED" and exp.get("started_at") and exp.get("ended_at") is None:
+        live = status not in EXPERIMENT_END_STATES and status != "CRASHED"
+        if live and exp.get("started_at") and exp.get("ended_at") is None:
             elapsed += max(0.0, now - (exp.get("resumed_at") or exp["started_at"]))
         max_duration = _duration_seconds(config.get("max_experiment_duration"))
         tuner = config.get("tuner") or {}
@@ -557,7 +557,7 @@ class Dashboard:
         engine = self.main.engine
         if engine is None:
             raise web.HTTPConflict(text="this experiment is open read-only (view); resume it to change it")
-        if engine.status in END_STATES or engine.status == "STOPPING":
+        if engine.status in EXPERIMENT_END_STATES or engine.status == "STOPPING":
             raise web.HTTPConflict(text=f"the experiment is {engine.status}; it cannot be changed any more")
         return engine
 
@@ -711,8 +711,8 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
             out.append(row)
             continue
         status = info["status"]
-        running = status not in END_STATES and engine_running(str(entry["directory"]), info.get("pid"))
-        if status not in END_STATES and not running:
+        running = status not in EXPERIMENT_END_STATES and engine_running(str(entry["directory"]), info.get("pid"))
+        if status not in EXPERIMENT_END_STATES and not running:
             status = "CRASHED"
         config = info["config"]
         tuner = config.get("tuner") or {}
