@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hpo.storage import EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
+from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
 from training_services.base import TrainingService, TrialSpec, tail_lines
 from hpo.early_stopping import threshold_reached
@@ -214,20 +214,20 @@ class Engine:
                 previous = self.store.experiment()
                 self._prior_seconds = self.store.elapsed_seconds()
             self.store.set_config(self.config.to_dict())
-            if resume:
-                self._prepare_resume()
             await self._tuner_call(self.tuner.update_search_space, self.config.search_space)
-            if resume:  # replay every trial that ran (value None: ended without a usable result)
+            await self.service.start(self)
+            check = getattr(self.service, "check_gpu_request", None)
+            if check is not None:
+                check(self.config.trial_gpu_number)
+            if resume:
+                await self._prepare_resume()
+                # replay every trial that ran (value None: ended without a usable result)
                 records = [{"parameter": t["parameters"], "value": t["final_value"]}
                            for t in self.store.trials(status=FINISHED_STATES) if t["interrupted"] == 0]
                 if records:
                     await self._tuner_call(self.tuner.import_data, records)
                 if self.assessor is not None:
                     await self._tuner_call(self._replay_assessor)
-            await self.service.start(self)
-            check = getattr(self.service, "check_gpu_request", None)
-            if check is not None:
-                check(self.config.trial_gpu_number)
             self._set_status("RUNNING")
             self.running.set()
             heartbeat = self._loop.create_task(self._heartbeat())
@@ -388,7 +388,8 @@ class Engine:
             return
         spec = TrialSpec(self.experiment_id, trial_id, seq, params, command, Path(self.config.trial_code_directory),
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
-                         self.config.max_trial_duration_seconds)
+                         self.config.max_trial_duration_seconds,
+                         attempt=self._attempts(seq) if rerun_of is not None else 0)
         self._launching += 1
         task = asyncio.get_running_loop().create_task(self._launch(spec))
         task.add_done_callback(_log_task_error)
@@ -440,6 +441,13 @@ class Engine:
                  f", GPUs {gpus}" if gpus else "")
         self.first_trial_started.set()
         self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": "RUNNING"})
+
+    def waiting(self, trial_id: str, reason: str | None) -> None:
+        trial = self.active.get(trial_id)
+        if trial is None:
+            return
+        self._guarded(self.store.trial_waiting, trial.seq, reason)
+        self._publish("trial", {"id": trial_id, "seq": trial.seq, "status": "WAITING", "message": reason})
 
     def metric(self, trial_id: str, kind: str, value: Any) -> None:
         trial = self.active.get(trial_id)
@@ -527,15 +535,20 @@ class Engine:
             self._check_failures()
         self._poke()
 
+    def _attempts(self, seq: int) -> int:
+        """How many earlier trials trial ``seq`` re-runs (0 for a first run)."""
+        attempts = 0
+        while (rec := self.store.trial(seq)) is not None and rec["rerun_of"] is not None:
+            attempts, seq = attempts + 1, rec["rerun_of"]
+        return attempts
+
     def _retry_if_allowed(self, trial: _Active) -> bool:
         """``max_trial_retries``: a trial whose own run failed runs again with the same parameters (the new
         trial records ``rerun_of``; the failed attempt is then replaced, not counted)."""
         allowed = self.config.max_trial_retries
         if allowed <= 0:
             return False
-        attempts, seq = 0, trial.seq
-        while (rec := self.store.trial(seq)) is not None and rec["rerun_of"] is not None:
-            attempts, seq = attempts + 1, rec["rerun_of"]
+        attempts = self._attempts(trial.seq)
         if attempts < allowed:
             log.info("trial %s (#%d) failed; retrying it (retry %d of %d)", trial.trial_id, trial.seq,
                      attempts + 1, allowed)
@@ -571,8 +584,17 @@ class Engine:
         return f"{where}: {first['message'] or 'no message'}"
 
     # -- helpers ------------------------------------------------------------------------------------------
-    def _prepare_resume(self) -> None:
-        self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped"))
+    async def _prepare_resume(self) -> None:
+        """Trials the dead engine left WAITING/RUNNING: those the service takes over (their platform kept them
+        running) stay active here; the others are ended as interrupted, cleaned up and queued to run again."""
+        leftovers = self.store.trials(status=ACTIVE_STATES)
+        for rec in leftovers:
+            rec["steps"] = len(self.store.metrics(rec["seq"], "intermediate"))
+        adopted = await self.service.adopt(leftovers) if leftovers else set()
+        for rec in leftovers:
+            if rec["id"] in adopted:
+                self._adopt(rec)
+        self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped", keep=adopted))
         goal = self.store.events_of_kind("goal_reached")
         if goal:  # an early-stopping goal was reached before the crash: the experiment is over
             self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
@@ -580,6 +602,16 @@ class Engine:
             if rec["interrupted"] == 1:
                 self._rerun.append((rec["seq"], rec["parameters"]))
         self.store.add_event("resume", None, {"rerun": [s for s, _ in self._rerun]})
+
+    def _adopt(self, rec: dict[str, Any]) -> None:
+        """Make a trial that kept running across an engine restart active again, with what the store has."""
+        trial = _Active(rec["seq"], rec["id"], rec["parameters"], steps=rec["steps"])
+        trial.history = [m["value"] for m in self.store.metrics(rec["seq"], "intermediate") if m["value"] is not None]
+        if rec["final"] is not None:
+            trial.final_seen, trial.final_value = True, rec["final_value"]
+        self.active[rec["id"]] = trial
+        log.info("trial %s (#%d) adopted: it kept %s while the engine was down", rec["id"], rec["seq"],
+                 "running" if rec["status"] == "RUNNING" else "waiting")
 
     def _replay_assessor(self) -> None:
         """Resume: show the assessor every finished trial's curve again, as it saw them the first time."""

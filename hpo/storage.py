@@ -409,8 +409,12 @@ class ExperimentStore:
 
     def trial_started(self, seq: int, pid: int | None, pgid: int | None, host: str | None = None,
                       gpus: list[int] | None = None) -> None:
-        self._write("UPDATE trials SET status='RUNNING', started_at=?, pid=?, pgid=?, host=?, gpus=? WHERE seq=?",
-                    (time.time(), pid, pgid, host, _dumps(gpus) if gpus is not None else None, seq))
+        self._write("UPDATE trials SET status='RUNNING', started_at=?, pid=?, pgid=?, host=?, gpus=?, message=NULL "
+                    "WHERE seq=?", (time.time(), pid, pgid, host, _dumps(gpus) if gpus is not None else None, seq))
+
+    def trial_waiting(self, seq: int, message: str | None) -> None:
+        """Why a WAITING trial is not running yet (an unschedulable pod, an image that cannot be pulled)."""
+        self._write("UPDATE trials SET message=? WHERE seq=? AND status='WAITING'", (message, seq))
 
     def trial_ended(self, seq: int, status: str, exit_code: int | None = None, message: str | None = None,
                     interrupted: bool = False) -> None:
@@ -418,12 +422,14 @@ class ExperimentStore:
         self._write("UPDATE trials SET status=?, ended_at=?, exit_code=?, message=?, interrupted=? WHERE seq=?",
                     (status, time.time(), exit_code, message, 1 if interrupted else 0, seq))
 
-    def end_leftovers(self, message: str) -> list[TrialRecord]:
-        """After an engine died: record its WAITING/RUNNING trials as ended and return them (as they were).
+    def end_leftovers(self, message: str, keep: Iterable[str] = ()) -> list[TrialRecord]:
+        """After an engine died: record its WAITING/RUNNING trials (but those in ``keep``, trial ids a training
+        service adopted) as ended and return them (as they were).
 
         A trial whose final result is stored is finished (SUCCEEDED); the others are SYS_CANCELED and
         interrupted, to be re-run by a resume."""
-        leftovers = self.trials(status=ACTIVE_STATES)
+        kept = set(keep)
+        leftovers = [rec for rec in self.trials(status=ACTIVE_STATES) if rec["id"] not in kept]
         for rec in leftovers:
             if rec["final"] is not None:
                 self.trial_ended(rec["seq"], "SUCCEEDED", None, f"{message} after its final result")

@@ -30,6 +30,7 @@ from sshd import (SECOND_USER, SshServer, client_key, create_user, free_port, re
                   world_dir)
 from test_training_service_contract import Recorder
 from hpo.experiment import ExperimentError
+from training_services import code_package
 from training_services import remote as remote_mod
 from training_services.base import TrialSpec, create_training_service
 
@@ -261,19 +262,21 @@ def test_pack_code_ignores_and_warns_past_size(tmp_path, monkeypatch, capsys):
         (code / rel).write_text("x" * 100)
     (code / ".nniignore").write_text("# data and checkpoints\n/data\nckpt/\n*.tmp\n")
     out = tmp_path / "code.tar.gz"
-    files, size = remote_mod.pack_code(code, out)
+    files, size = code_package.pack_code(code, out)
     import tarfile
     with tarfile.open(out) as tar:
         assert sorted(tar.getnames()) == ["pkg/model.py", "train.py"]
     assert (files, size) == (2, 200)
-    before = remote_mod.code_signature(code)
+    before = code_package.code_signature(code)
     (code / "ckpt/b.pt").write_text("ignored files do not change the version")
-    assert remote_mod.code_signature(code) == before
+    assert code_package.code_signature(code) == before
     (code / "train.py").write_text("changed")
-    assert remote_mod.code_signature(code) != before
+    assert code_package.code_signature(code) != before
 
-    monkeypatch.setattr(remote_mod, "CODE_SIZE_WARNING", 10)
-    asyncio.run(remote_mod.RemoteTrainingService._pack_in_thread(code, tmp_path / "again.tar.gz"))
+    monkeypatch.setattr(code_package, "CODE_SIZE_WARNING", 10)
+    packer = code_package.CodePacker("every remote machine")
+    asyncio.run(packer.version(code))
+    packer.close()
     assert "WARNING: hpo: trial_code_directory" in capsys.readouterr().err
 
 

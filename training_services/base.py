@@ -32,6 +32,7 @@ class TrialSpec:
     gpu_number: int = 0
     max_duration: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0              # how many earlier trials this one re-runs (``max_trial_retries``)
 
 
 class TrialEvents(Protocol):
@@ -43,6 +44,9 @@ class TrialEvents(Protocol):
     def metric(self, trial_id: str, kind: str, value: Any) -> None: ...
 
     def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None: ...
+
+    def waiting(self, trial_id: str, reason: str | None) -> None:
+        """Optional, before ``started``: why the trial is not running yet (None: no reason any more)."""
 
 
 class TrainingService(ABC):
@@ -68,6 +72,16 @@ class TrainingService(ABC):
     @abstractmethod
     async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
         """Kill every trial and release resources; no trial process is alive afterwards."""
+
+    async def adopt(self, records: list[dict[str, Any]]) -> set[str]:
+        """On resume, after :meth:`start`: take over trials a dead engine left WAITING/RUNNING, where the
+        platform keeps them running without the engine; returns the ids taken over.
+
+        ``records`` are the store's rows of those trials plus ``steps``, the number of intermediate
+        results already stored.  An adopted trial then reports as if launched here: ``started`` (if it was
+        WAITING), only the results not stored yet, and ``ended``.  The engine ends the others as
+        interrupted and calls :meth:`leftover_cleanup` with them.  By default nothing is adopted."""
+        return set()
 
     def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
         """After a crash: end processes of trials that a dead engine left running (best effort)."""

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import json
 import logging
@@ -58,33 +57,22 @@ import os
 import secrets
 import shlex
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import hpo.trial
 from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
+from training_services.code_package import CodePacker, trial_api_files
 from training_services.gpu import GpuAllocator, GpuInfo
 
-__all__ = ["RemoteTrainingService", "RemoteMachine", "pack_code", "code_signature", "DEFAULT_IGNORE",
-           "CODE_SIZE_WARNING"]
+__all__ = ["RemoteTrainingService", "RemoteMachine"]
 
 log = logging.getLogger("hpo.remote")
 
 AGENT_FILE = Path(__file__).with_name("_remote_agent.py")
-DEFAULT_IGNORE = (".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv*", "venv", ".mypy_cache", ".pytest_cache",
-                  ".ipynb_checkpoints", "node_modules", ".DS_Store", ".nniignore", ".hpoignore")
-IGNORE_FILES = (".hpoignore", ".nniignore")
-CODE_SIZE_WARNING = 64 * 2**20
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
-_TRIAL_API_INIT = '''"""The hpo trial API, shipped by the remote training service (stdlib only)."""
-from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
-                       get_trial_id, report_final_result, report_intermediate_result)
-'''
 
 
 def _reveal(value: Any) -> Any:
@@ -133,81 +121,6 @@ class RemoteMachine:
     def address(self) -> str:
         """How errors name the machine: ``user@host:port``."""
         return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-
-
-# -- code packing ------------------------------------------------------------------------------------------
-def _ignore_patterns(code_dir: Path) -> list[str]:
-    patterns = list(DEFAULT_IGNORE)
-    for name in IGNORE_FILES:
-        path = code_dir / name
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    patterns.append(line.rstrip("/"))
-    return patterns
-
-
-def _ignored(rel: str, patterns: list[str]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    for pat in patterns:
-        if pat.startswith("/"):
-            if fnmatch.fnmatch(rel, pat[1:]):
-                return True
-        elif "/" in pat:
-            if fnmatch.fnmatch(rel, pat):
-                return True
-        elif fnmatch.fnmatch(name, pat):
-            return True
-    return False
-
-
-def _code_files(code_dir: Path) -> list[tuple[str, str]]:
-    """(relative name, path) of every file to ship, sorted; ignored files and folders left out."""
-    patterns = _ignore_patterns(code_dir)
-    out = []
-    for root, dirs, names in os.walk(code_dir):
-        rel_root = os.path.relpath(root, code_dir)
-        rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
-        dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, patterns))
-        out += [(rel_root + n, os.path.join(root, n)) for n in sorted(names) if not _ignored(rel_root + n, patterns)]
-    return out
-
-
-def code_signature(code_dir: Path) -> str:
-    """A digest of the names, sizes and modification times of the files :func:`pack_code` would ship."""
-    digest = hashlib.sha256()
-    for rel, path in _code_files(Path(code_dir)):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-def pack_code(code_dir: Path, out: Path) -> tuple[int, int]:
-    """Write ``code_dir`` as a tar.gz at ``out``, minus ignored files; returns (files, bytes packed).
-
-    Ignored: ``DEFAULT_IGNORE`` plus the patterns in the folder's ``.hpoignore`` / ``.nniignore``
-    (one glob a line: a bare name matches at any depth, ``a/b`` or ``/a`` from the top)."""
-    files = size = 0
-    with tarfile.open(out, "w:gz", compresslevel=3) as tar:
-        for rel, path in _code_files(Path(code_dir)):
-            try:
-                info = tar.gettarinfo(path, arcname=rel)
-                if info.isreg():
-                    with open(path, "rb") as fh:
-                        tar.addfile(info, fh)
-                    size += info.size
-                elif info.issym():
-                    tar.addfile(info)
-                else:
-                    continue
-            except OSError:
-                continue
-            files += 1
-    return files, size
 
 
 # -- per-trial state -----------------------------------------------------------------------------------------
@@ -601,7 +514,7 @@ class _Host:
     # code -------------------------------------------------------------------------------------------------
     async def ensure_code(self, code_dir: Path, experiment_id: str) -> str:
         """The remote folder holding the trial code as it is now (uploaded once per version)."""
-        version, tarball = await self.svc._code_version(code_dir)
+        version, tarball = await self.svc._packer.version(code_dir)
         key = (version, experiment_id)
         fut = self.code.get(key)
         if fut is None:
@@ -680,14 +593,12 @@ class RemoteTrainingService(TrainingService):
         self._waiting: dict[str, tuple[str, str | None] | None] = {}
         self._change: asyncio.Event | None = None
         self._closing = False
-        self._packs: dict[str, asyncio.Future[Path]] = {}
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._packer = CodePacker("every remote machine")
         self._leftovers: list[dict[str, Any]] = []
         self._guard: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        trial_api = Path(hpo.trial.__file__).read_bytes()
-        self._agent_files = {"agent.py": AGENT_FILE.read_bytes(), "lib/hpo/trial.py": trial_api,
-                             "lib/hpo/__init__.py": _TRIAL_API_INIT.encode()}
+        self._agent_files = {"agent.py": AGENT_FILE.read_bytes(),
+                             **{f"lib/{name}": data for name, data in trial_api_files().items()}}
         digest = hashlib.sha256()
         for name in sorted(self._agent_files):
             digest.update(name.encode() + b"\0" + self._agent_files[name])
@@ -759,9 +670,7 @@ class RemoteTrainingService(TrainingService):
                             run.trial.spec.trial_id, run.key, host.label)
         await asyncio.gather(*(h.close() for h in self.hosts))
         self._stopped.set()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self._packer.close()
 
     async def _replaced_copies_ended(self) -> None:
         """Until the replaced copies on reachable machines (being killed) have ended."""
@@ -1155,32 +1064,6 @@ class RemoteTrainingService(TrainingService):
         if self._change is not None:
             self._change.set()
             self._change = asyncio.Event()
-
-    async def _code_version(self, code_dir: Path) -> tuple[str, Path]:
-        """(signature, tar.gz) of the trial code as it is now: packed once per version, per experiment."""
-        loop = asyncio.get_running_loop()
-        code_dir = Path(code_dir).resolve()
-        version = await loop.run_in_executor(None, code_signature, code_dir)
-        fut = self._packs.get(version)
-        if fut is None:
-            if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="hpo-remote-code-")
-            fut = self._packs[version] = asyncio.ensure_future(
-                self._pack_in_thread(code_dir, Path(self._tmp.name) / f"code-{version}.tar.gz"))
-        return version, await asyncio.shield(fut)
-
-    @staticmethod
-    async def _pack_in_thread(code_dir: Path, out: Path) -> Path:
-        files, size = await asyncio.get_running_loop().run_in_executor(None, pack_code, code_dir, out)
-        packed = out.stat().st_size
-        log.info("trial code %s: %d files, %.1f MB (%.1f MB packed)", code_dir, files, size / 2**20, packed / 2**20)
-        if size > CODE_SIZE_WARNING:
-            message = (f"trial_code_directory {code_dir} holds {size / 2**20:.0f} MB ({files} files) to upload to "
-                       f"every remote machine; list data, checkpoints and environments in {code_dir}/.hpoignore "
-                       f"(or .nniignore) to leave them out")
-            log.warning(message)
-            print(f"WARNING: hpo: {message}", file=sys.stderr)
-        return out
 
     # host keys ----------------------------------------------------------------------------------------------------
     def _known_hosts(self) -> Any:

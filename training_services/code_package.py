@@ -1,0 +1,167 @@
+"""Code packing shared by every service that runs trials away from the engine (SSH hosts, Kubernetes pods).
+
+A trial's code folder is shipped as a tar.gz, minus ``DEFAULT_IGNORE`` and the globs listed in its
+``.hpoignore`` / ``.nniignore`` (one glob a line: a bare name matches at any depth, ``a/b`` or ``/a``
+from the top).  A *version* is a digest of the names, sizes and modification times of the files that
+would be shipped: :class:`CodePacker` packs each version once per experiment, so a trial runs the code as
+it was when it was launched.  The stdlib-only trial API (``hpo/trial.py`` behind a small ``hpo``
+package) travels with it, so nothing of hpo needs to be installed where trials run.
+"""
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import io
+import logging
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import hpo.trial
+
+__all__ = ["DEFAULT_IGNORE", "IGNORE_FILES", "CODE_SIZE_WARNING", "code_signature", "pack_code", "trial_api_files",
+           "CodePacker"]
+
+log = logging.getLogger("hpo.code")
+
+DEFAULT_IGNORE = (".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv*", "venv", ".mypy_cache", ".pytest_cache",
+                  ".ipynb_checkpoints", "node_modules", ".DS_Store", ".nniignore", ".hpoignore")
+IGNORE_FILES = (".hpoignore", ".nniignore")
+CODE_SIZE_WARNING = 64 * 2**20
+_TRIAL_API_INIT = '''"""The hpo trial API, shipped with the trial code by a training service (stdlib only)."""
+from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
+                       get_trial_id, report_final_result, report_intermediate_result)
+'''
+
+
+def trial_api_files() -> dict[str, bytes]:
+    """``{relative path: content}`` of the importable trial API: put the folder holding ``hpo/`` on
+    ``PYTHONPATH`` and ``import hpo`` gives the trial functions, with nothing installed."""
+    return {"hpo/__init__.py": _TRIAL_API_INIT.encode(), "hpo/trial.py": Path(hpo.trial.__file__).read_bytes()}
+
+
+def _ignore_patterns(code_dir: Path) -> list[str]:
+    patterns = list(DEFAULT_IGNORE)
+    for name in IGNORE_FILES:
+        path = code_dir / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line.rstrip("/"))
+    return patterns
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pat in patterns:
+        if pat.startswith("/"):
+            if fnmatch.fnmatch(rel, pat[1:]):
+                return True
+        elif "/" in pat:
+            if fnmatch.fnmatch(rel, pat):
+                return True
+        elif fnmatch.fnmatch(name, pat):
+            return True
+    return False
+
+
+def _code_files(code_dir: Path) -> list[tuple[str, str]]:
+    """(relative name, path) of every file to ship, sorted; ignored files and folders left out."""
+    patterns = _ignore_patterns(code_dir)
+    out = []
+    for root, dirs, names in os.walk(code_dir):
+        rel_root = os.path.relpath(root, code_dir)
+        rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
+        dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, patterns))
+        out += [(rel_root + n, os.path.join(root, n)) for n in sorted(names) if not _ignored(rel_root + n, patterns)]
+    return out
+
+
+def code_signature(code_dir: Path) -> str:
+    """A digest of the names, sizes and modification times of the files :func:`pack_code` would ship."""
+    digest = hashlib.sha256()
+    for rel, path in _code_files(Path(code_dir)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def pack_code(code_dir: Path | None, out: Path, prefix: str = "", extra: dict[str, bytes] | None = None
+              ) -> tuple[int, int]:
+    """Write ``code_dir`` (minus ignored files; None: no code) as a tar.gz at ``out``, each name under
+    ``prefix``, plus the ``extra`` files (name -> content, not prefixed); returns (files, bytes packed)."""
+    files = size = 0
+    with tarfile.open(out, "w:gz", compresslevel=6) as tar:
+        for rel, path in _code_files(Path(code_dir)) if code_dir is not None else []:
+            try:
+                info = tar.gettarinfo(path, arcname=prefix + rel)
+                if info.isreg():
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                    size += info.size
+                elif info.issym():
+                    tar.addfile(info)
+                else:
+                    continue
+            except OSError:
+                continue
+            files += 1
+        for name, data in sorted((extra or {}).items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return files, size
+
+
+class CodePacker:
+    """Packs each version of a code folder once (in a worker thread) into a private temporary folder.
+
+    Args:
+        what: where the code goes, for the size warning ("every remote machine").
+        prefix, extra: as in :func:`pack_code`.
+    """
+
+    def __init__(self, what: str, prefix: str = "", extra: dict[str, bytes] | None = None) -> None:
+        self.what, self.prefix, self.extra = what, prefix, extra
+        self._packs: dict[str, asyncio.Future[Path]] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    async def version(self, code_dir: Path) -> tuple[str, Path]:
+        """(version, tar.gz) of ``code_dir`` as it is now."""
+        loop = asyncio.get_running_loop()
+        code_dir = Path(code_dir).resolve()
+        version = await loop.run_in_executor(None, code_signature, code_dir)
+        fut = self._packs.get(version)
+        if fut is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="hpo-code-")
+            fut = self._packs[version] = asyncio.ensure_future(
+                self._pack(code_dir, Path(self._tmp.name) / f"code-{version}.tar.gz"))
+        return version, await asyncio.shield(fut)
+
+    async def _pack(self, code_dir: Path, out: Path) -> Path:
+        files, size = await asyncio.get_running_loop().run_in_executor(
+            None, pack_code, code_dir, out, self.prefix, self.extra)
+        packed = out.stat().st_size
+        log.info("trial code %s: %d files, %.1f MB (%.1f MB packed)", code_dir, files, size / 2**20, packed / 2**20)
+        if size > CODE_SIZE_WARNING:
+            message = (f"trial_code_directory {code_dir} holds {size / 2**20:.0f} MB ({files} files) to upload to "
+                       f"{self.what}; list data, checkpoints and environments in {code_dir}/.hpoignore "
+                       f"(or .nniignore) to leave them out")
+            log.warning(message)
+            print(f"WARNING: hpo: {message}", file=sys.stderr)
+        return out
+
+    def close(self) -> None:
+        """Delete the packed files."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self._packs.clear()
