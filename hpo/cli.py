@@ -535,7 +535,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("Config valid\n\n" + yaml.dump(pruned(config.to_dict()), Dumper=dumper, sort_keys=False).rstrip())
     if args.matrix:
         _print_space(config)
+    if config.training_service.platform == "kubernetes":
+        _print_kubernetes_objects(config, dumper)
     return 0
+
+
+def _print_kubernetes_objects(config: Any, dumper: Any) -> None:
+    """What the first trial would create on the cluster (a dry run: nothing is sent)."""
+    import yaml
+    from hpo.config import ConfigError
+    from hpo.dispatcher import render_command
+    from hpo.experiment import _make_service
+    from tuners.registry import create_tuner
+    tuner = create_tuner("random", {"seed": 0})
+    tuner.update_search_space(config.search_space)
+    parameters = tuner.generate_parameters(1)
+    try:
+        objects = _make_service(config).preview(
+            experiment_id="example", command=render_command(config.trial_command, parameters), parameters=parameters,
+            code_dir=config.trial_code_directory, gpu_number=config.trial_gpu_number,
+            max_duration=config.max_trial_duration_seconds)
+    except ValueError as exc:
+        raise ConfigError(f"config.training_service: {exc}") from None
+    print("\n# The first trial would create (experiment id 'example', sample parameters; nothing is sent):")
+    print(yaml.dump_all(objects, Dumper=dumper, sort_keys=False, explicit_start=True).rstrip())
 
 
 def _print_space(config: Any) -> None:

@@ -211,6 +211,8 @@ def _callable(v: Any) -> Any:
 
 def _platform(v: Any) -> Any:
     v = {"platform": v} if isinstance(v, str) else v
+    if isinstance(v, Mapping) and v.get("platform") in _ALIASES:
+        v = {**v, "platform": _ALIASES[v["platform"]]}
     if isinstance(v, Mapping):
         if v.get("platform", "local") not in _PLATFORMS:
             expected = " or ".join(map(repr, _PLATFORMS))
@@ -341,9 +343,74 @@ class RemoteConfig(_Base):
         return self
 
 
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _quantity(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)) or (isinstance(v, str) and not
+                                                                        re.fullmatch(r"[0-9.]+[a-zA-Z]*", v)):
+        raise _Problem(f"got {_show(v)}, expected a quantity such as 2, '500m' or '4Gi'")
+    return v
+
+
+def _resources(v: Any) -> Any:
+    if v is None:
+        return v
+    if not isinstance(v, Mapping):
+        raise _Problem(f"got {_show(v)}, expected a mapping like {{cpu: '2', memory: 4Gi, gpu: 1}}")
+    groups = [v[k] for k in ("requests", "limits") if k in v] if ("requests" in v or "limits" in v) else [v]
+    for group in groups:
+        if not isinstance(group, Mapping):
+            raise _Problem(f"got {_show(group)}, expected a mapping of resource names to quantities")
+        for name, amount in group.items():
+            try:
+                _quantity(amount)
+            except _Problem as p:
+                raise _Problem(str(p), f".{name}") from None
+    return dict(v)
+
+
+class KubernetesPvcConfig(_Base):
+    """A PersistentVolumeClaim mounted in every trial pod (and, for ``code_delivery: pvc``, on this machine)."""
+
+    _default_where: ClassVar[str] = "config.training_service.pvc"
+    claim_name: str = Field(min_length=1, pattern=_K8S_NAME, description="the claim's name (lowercase, digits, '-')")
+    mount_path: str = Field("/mnt/hpo", pattern=r"^/", description="an absolute path inside the pods")
+    local_path: Path | None = Field(None, description="where the claim is mounted on this machine (default: mount_path)")
+
+
+class KubernetesConfig(_Base):
+    """The Kubernetes training service: each trial is a batch/v1 Job (``pip install 'hpo[kubernetes]'``)."""
+
+    _default_where: ClassVar[str] = "config.training_service"
+    platform: Literal["kubernetes"] = Field("kubernetes", description="'kubernetes' (or 'k8s')")
+    namespace: str | None = Field(None, max_length=63, pattern=_K8S_NAME,
+                                  description="a namespace name, or null for the kubeconfig context's")
+    image: str = Field("python:3.12-slim", min_length=1, description="a container image with Python 3")
+    resources: Annotated[dict[str, Any] | None, BeforeValidator(_resources)] = None
+    node_selector: dict[str, str] | None = Field(None, description="a mapping of node labels")
+    tolerations: list[dict[str, Any]] | None = Field(None, description="a list of Kubernetes tolerations")
+    service_account_name: str | None = Field(None, min_length=1, description="a service account name, or null")
+    pod_template_patch: dict[str, Any] | None = Field(None, description="a mapping merged into the pod template")
+    code_delivery: Literal["configmap", "image", "pvc"] = Field("configmap", description="'configmap', 'image' or 'pvc'")
+    working_dir: str | None = Field(None, pattern=r"^/", description="the code's folder in the image (code_delivery "
+                                                                    "'image'), or null for the image's working dir")
+    pvc: KubernetesPvcConfig | None = None
+    kubeconfig: Path | None = Field(None, description="a kubeconfig path, or null for $KUBECONFIG, ~/.kube/config, "
+                                                      "else the in-cluster service account")
+    context: str | None = Field(None, min_length=1, description="a kubeconfig context name, or null for the current")
+    pending_timeout: _Duration = "10m"
+    job_ttl: _Duration = "1d"  # finished Jobs outlive an engine restart this long
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="'Always', 'IfNotPresent', 'Never' or null")
+    python: str = Field("python3", min_length=1, description="the image's Python interpreter (for unpacking the code)")
+    kill_grace: float = Field(5.0, ge=0, le=3600, description=_KILL_GRACE_EXPECT)
+
+
 # Platform name -> model; TrainingServiceConfig is their union, told apart by ``platform``.
-_PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig, "remote": RemoteConfig}
-TrainingServiceConfig = Annotated[LocalConfig | RemoteConfig, Field(discriminator="platform")]
+_PLATFORMS: dict[str, type[_Base]] = {"local": LocalConfig, "remote": RemoteConfig, "kubernetes": KubernetesConfig}
+_ALIASES = {"k8s": "kubernetes"}
+TrainingServiceConfig = Annotated[LocalConfig | RemoteConfig | KubernetesConfig, Field(discriminator="platform")]
 
 
 class ExperimentConfig(_Base):
@@ -373,7 +440,7 @@ class ExperimentConfig(_Base):
     assessor: Annotated[AlgorithmConfig | None, _Algorithm] = Field(
         None, description="an algorithm mapping like {'name': 'Medianstop'}, or null")
     training_service: Annotated[TrainingServiceConfig, BeforeValidator(_platform)] = Field(
-        default_factory=LocalConfig, description="'local', 'remote' or a mapping like {'platform': 'local'}")
+        default_factory=LocalConfig, description="'local', 'remote', 'kubernetes' or a mapping like {'platform': 'local'}")
     early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None
 
     @model_validator(mode="after")
@@ -437,6 +504,16 @@ class ExperimentConfig(_Base):
                                   f"e.g. {w}.{role}.name = 'TPE'")
             if algo is not None and algo.code_directory is not None:
                 algo.code_directory = _existing_dir(algo.code_directory, f"{w}.{role}.code_directory")
+        if isinstance(self.training_service, KubernetesConfig):
+            ts = self.training_service
+            if self.trial_function is not None:
+                raise ConfigError(f"{w}.trial_function: the kubernetes training service runs a trial_command; "
+                                  "put the function in a script in trial_code_directory")
+            if ts.code_delivery == "pvc" and ts.pvc is None:
+                raise ConfigError(f"{w}.training_service.pvc: is not set but code_delivery is 'pvc'; expected "
+                                  "{'claim_name': 'shared', 'mount_path': '/mnt/shared'}")
+            if ts.kubeconfig is not None:
+                ts.kubeconfig = _absolute(ts.kubeconfig)
         if isinstance(self.training_service, RemoteConfig):
             if not self.training_service.machine_list:
                 raise ConfigError(f"{w}.training_service.machine_list: is empty; expected at least one machine like "
@@ -594,7 +671,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML/JSON: {e}") from None
 
 
-_OPAQUE = ("search_space", "class_args", "early_stopping")  # user data: their keys are never renamed
+# user data: their keys are never renamed (Kubernetes fields inside a pod template patch stay camelCase)
+_OPAQUE = ("search_space", "class_args", "early_stopping", "pod_template_patch", "node_selector", "tolerations",
+           "resources")
 
 
 def _snake_keys(data: Mapping[Any, Any], path: Path, where: str) -> dict[Any, Any]:
@@ -619,6 +698,9 @@ def _normalise(data: Any, path: Path) -> dict[Any, Any]:
     out = _snake_keys(data, path, "config")
     if isinstance(out.get("training_service"), str):
         out["training_service"] = {"platform": out["training_service"]}
+    service = out.get("training_service")
+    if isinstance(service, dict) and isinstance(service.get("kubeconfig"), str) and service["kubeconfig"]:
+        service["kubeconfig"] = str(_absolute(service["kubeconfig"], path.absolute().parent))
     targets = [(out, k) for k in ("trial_code_directory", "search_space_file", "experiment_working_directory")]
     for role in ("tuner", "assessor"):
         if isinstance(out.get(role), str):

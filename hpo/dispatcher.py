@@ -590,7 +590,8 @@ class Engine:
         leftovers = self.store.trials(status=ACTIVE_STATES)
         for rec in leftovers:
             rec["steps"] = len(self.store.metrics(rec["seq"], "intermediate"))
-        adopted = await self.service.adopt(leftovers) if leftovers else set()
+            rec["trial_dir"] = self.directory / "trials" / rec["id"]
+        adopted = await self.service.adopt(self.experiment_id, leftovers)
         for rec in leftovers:
             if rec["id"] in adopted:
                 self._adopt(rec)

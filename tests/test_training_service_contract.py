@@ -38,7 +38,34 @@ def _remote(tmp: Path) -> Any:
         known_hosts_file=str(shared.known_hosts), remote_directory=str(tmp / "remote-host"), kill_grace=1.0)
 
 
-SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "remote": _remote}
+def _kubernetes(tmp: Path) -> Any:
+    """Trials as Jobs on the fake cluster of tests/fake_k8s (one for the whole run; a namespace per test)."""
+    from kube_support import shared_cluster
+
+    cluster, namespace = shared_cluster()
+    return create_training_service("kubernetes", kubeconfig=str(cluster.kubeconfig), namespace=namespace,
+                                   kill_grace=1.0, pending_timeout="1m")
+
+
+SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "remote": _remote, "kubernetes": _kubernetes}
+
+
+def processes(rec: "Recorder", trial_id: str) -> list[psutil.Process]:
+    """The trial's running processes: the tree under the reported pid, or (Kubernetes) its pod's processes."""
+    pid = rec.pids.get(trial_id)
+    if pid is not None:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    from kube_support import shared_cluster
+    cluster, namespace = shared_cluster(current=True)
+    out = []
+    for p in cluster.pod_processes(rec.hosts[trial_id], namespace):
+        try:
+            root = psutil.Process(p)
+            out += [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 class Recorder:
@@ -47,12 +74,14 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, Any]] = []
         self.pids: dict[str, int | None] = {}
+        self.hosts: dict[str, str | None] = {}
         self.ended_status: dict[str, str] = {}
         self.messages: dict[str, str | None] = {}
 
     def started(self, trial_id, pid, pgid, host, gpus) -> None:
         self.events.append(("started", trial_id, gpus))
         self.pids[trial_id] = pid
+        self.hosts[trial_id] = host
 
     def metric(self, trial_id, kind, value) -> None:
         self.events.append(("metric", trial_id, (kind, value)))
@@ -64,6 +93,12 @@ class Recorder:
 
     def of(self, trial_id: str) -> list[tuple[str, Any]]:
         return [(kind, data) for kind, tid, data in self.events if tid == trial_id]
+
+    async def wait_started(self, *trial_ids: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(t in self.pids for t in trial_ids):
+            assert time.monotonic() < deadline, f"trials {trial_ids} did not start; events: {self.events}"
+            await asyncio.sleep(0.02)
 
     async def wait_ended(self, *trial_ids: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -173,7 +208,7 @@ def test_kill_ends_the_whole_tree_with_the_given_status(tmp_path, service_factor
         while not any(k == "metric" for k, _ in rec.of("tree")):
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)
-        tree = psutil.Process(rec.pids["tree"]).children(recursive=True) + [psutil.Process(rec.pids["tree"])]
+        tree = processes(rec, "tree")
         assert len(tree) >= 4
         await svc.kill("tree", "EARLY_STOPPED", "assessor")
         return rec, tree
@@ -191,11 +226,10 @@ def test_stop_ends_every_trial(tmp_path, service_factory):
         await svc.start(rec)
         for i in range(3):
             await svc.launch(_spec(tmp_path, f"s{i}", script, seq=i + 1))
+        await rec.wait_started("s0", "s1", "s2")
         await asyncio.sleep(0.5)
-        procs = []
-        for i in range(3):
-            root = psutil.Process(rec.pids[f"s{i}"])
-            procs += [root] + root.children(recursive=True)
+        procs = [p for i in range(3) for p in processes(rec, f"s{i}")]
+        assert len(procs) >= 6
         await svc.stop("SYS_CANCELED", "experiment stopped")
         return rec, procs
 

@@ -73,12 +73,13 @@ class TrainingService(ABC):
     async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
         """Kill every trial and release resources; no trial process is alive afterwards."""
 
-    async def adopt(self, records: list[dict[str, Any]]) -> set[str]:
+    async def adopt(self, experiment_id: str, records: list[dict[str, Any]]) -> set[str]:
         """On resume, after :meth:`start`: take over trials a dead engine left WAITING/RUNNING, where the
-        platform keeps them running without the engine; returns the ids taken over.
+        platform keeps them running without the engine; returns the ids taken over (and removes what the
+        platform still runs for this experiment that is not among ``records``).
 
         ``records`` are the store's rows of those trials plus ``steps``, the number of intermediate
-        results already stored.  An adopted trial then reports as if launched here: ``started`` (if it was
+        results already stored, and ``trial_dir``, the trial's folder.  An adopted trial then reports as if launched here: ``started`` (if it was
         WAITING), only the results not stored yet, and ``ended``.  The engine ends the others as
         interrupted and calls :meth:`leftover_cleanup` with them.  By default nothing is adopted."""
         return set()
@@ -90,6 +91,7 @@ class TrainingService(ABC):
 _SERVICES: dict[str, str] = {
     "local": "training_services.local:LocalTrainingService",
     "remote": "training_services.remote:RemoteTrainingService",
+    "kubernetes": "training_services.kubernetes:KubernetesTrainingService",
 }
 
 

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import hpo.trial
 
@@ -93,12 +94,13 @@ def code_signature(code_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def pack_code(code_dir: Path | None, out: Path, prefix: str = "", extra: dict[str, bytes] | None = None
+def pack_code(code_dir: Path | None, out: Path | BinaryIO, prefix: str = "", extra: dict[str, bytes] | None = None
               ) -> tuple[int, int]:
-    """Write ``code_dir`` (minus ignored files; None: no code) as a tar.gz at ``out``, each name under
-    ``prefix``, plus the ``extra`` files (name -> content, not prefixed); returns (files, bytes packed)."""
+    """Write ``code_dir`` (minus ignored files; None: no code) as a tar.gz at ``out`` (a path or a binary file),
+    each name under ``prefix``, plus the ``extra`` files (name -> content, not prefixed); returns (files, bytes)."""
     files = size = 0
-    with tarfile.open(out, "w:gz", compresslevel=6) as tar:
+    target = {"name": out} if isinstance(out, (str, Path)) else {"fileobj": out}
+    with tarfile.open(mode="w:gz", compresslevel=6, **target) as tar:
         for rel, path in _code_files(Path(code_dir)) if code_dir is not None else []:
             try:
                 info = tar.gettarinfo(path, arcname=prefix + rel)
