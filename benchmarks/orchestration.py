@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python benchmarks/orchestration.py [--trials 200] [--concurrency 2] [--repeat 3] [--no-nni]
     python benchmarks/orchestration.py --rss-trials 10000   # engine RSS with 10,000 finished trials
     python benchmarks/orchestration.py --no-nni --remote    # also through the remote service (sshd on loopback)
+    python benchmarks/orchestration.py --no-nni --kubernetes --concurrency 4   # also as Jobs on the fake cluster
 
 Each system runs in its own child process (so RSS is the engine's alone), with trials started by
 an absolute interpreter path (``python3`` on PATH may be a slow pyenv shim).  Reported: trials/s
@@ -15,6 +16,11 @@ process, engine peak RSS, and the pairing check (results recomputed from exporte
 ``--remote`` also runs the same trials through the remote training service: a real OpenSSH server
 (``tests/sshd.py``: Debian's sshd on 127.0.0.1, key-only, as a child process) and asyncssh, so the
 numbers include SSH, SFTP upload of the code and the remote agent; reported as trials/s against local.
+
+``--kubernetes`` also runs them through the Kubernetes service against the fake cluster of ``tests/fake_k8s``
+(its API server and process kubelet in a separate process, so the engine's CPU is the engine's alone): trials/s
+and engine CPU per trial against local, and API requests per trial (counted by the service's client).  Engine CPU is counted from the end of ``start()``
+(a one-time cost: for Kubernetes, importing kubernetes_asyncio, about 1 s) to the end of the experiment.
 """
 from __future__ import annotations
 
@@ -86,20 +92,25 @@ def _loopback_machine(home: Path) -> tuple[dict, dict]:
             {"known_hosts_file": str(known), "remote_directory": str(home / "remote-host")})
 
 
-def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False) -> dict:
+def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False, kubeconfig: str | None = None) -> dict:
     """Runs in a child process: one hpo experiment; prints a JSON line."""
+    import psutil
     os.environ["HPO_HOME"] = str(home)
     if remote:
         machine, options = _loopback_machine(home)
+    platform = "remote" if remote else "kubernetes" if kubeconfig else "local"
     with PeakRss() as rss:
         from hpo import Experiment
         from tuners import RandomTuner
 
-        exp = Experiment(RandomTuner(seed=0), "remote" if remote else "local")
+        exp = Experiment(RandomTuner(seed=0), platform)
         if remote:
             exp.config.training_service.machine_list = [machine]
             for key, value in options.items():
                 setattr(exp.config.training_service, key, value)
+        if kubeconfig:
+            ts = exp.config.training_service
+            ts.kubeconfig, ts.namespace, ts.python, ts.kill_grace = kubeconfig, home.name.lower(), sys.executable, 1.0
         exp.config.trial_concurrency = concurrency
         exp.config.max_trial_number = trials
         exp.config.search_space = SPACE
@@ -107,14 +118,20 @@ def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False) ->
         exp.config.trial_code_directory = HERE
         t0 = time.time()
         exp.start(free_port())
+        cpu0 = psutil.Process().cpu_times()  # after the start (for Kubernetes: importing its client, ~1 s once)
         exp.wait()
-        seconds = time.time() - t0
+        seconds, cpu1 = time.time() - t0, psutil.Process().cpu_times()
         first = min(t["started_at"] for t in exp.list_trial_jobs() if t["started_at"])
         data = exp.export_data()
+        client = getattr(exp._runner.engine.service, "client", None)  # the Kubernetes service's request counter
+        requests = sum(client.requests.values()) if client is not None else None
         exp.stop()
     mismatches = sum(1 for d in data if abs(d["parameter"]["x"] * 1000 + d["parameter"]["y"] - d["default"]) > 1e-6)
     completed = exp.get_job_statistics()["SUCCEEDED"]
-    return {"system": "hpo-remote" if remote else "hpo", "trials": trials, "concurrency": concurrency,
+    engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {"system": f"hpo-{platform}", "trials": trials, "concurrency": concurrency,
+            "engine_cpu_ms_per_trial": round(engine_cpu * 1000 / max(1, completed), 2),
+            "api_requests_per_trial": round(requests / max(1, completed), 2) if requests is not None else None,
             "completed": completed, "seconds": round(seconds, 3), "trials_per_s": round(completed / seconds, 3),
             "time_to_first_trial_s": round(first - t0, 4), "peak_rss_mb": round(rss.peak / 2**20, 1),
             "pairing_mismatches": mismatches, "pairing_checked": len(data)}
@@ -160,6 +177,24 @@ def rss_side(finished: int, extra: int, home: Path) -> dict:
             "peak_rss_mb": round(rss.peak / 2**20, 1)}
 
 
+class fake_cluster:
+    """``with fake_cluster(tmp) as kubeconfig``: the fake Kubernetes cluster as a separate process."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.kubeconfig = tmp / "fake-kubeconfig.yaml"
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_k8s", "--kubeconfig", str(self.kubeconfig),
+                                      "--capacity", "cpu=64,memory=256Gi"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        if not self.proc.stdout.readline().startswith("http"):  # type: ignore[union-attr]  # its URL: it serves
+            sys.exit("--kubernetes: the fake cluster did not start (python -m tests.fake_k8s)")
+        return str(self.kubeconfig)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
 def run_child(cmd: list[str], timeout: float) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -177,12 +212,15 @@ def main() -> None:
     ap.add_argument("--rss-trials", type=int, default=0, help="also measure RSS with this many finished trials")
     ap.add_argument("--remote", action="store_true",
                     help="also run the trials through the remote service (sshd on loopback) and compare with local")
+    ap.add_argument("--kubernetes", action="store_true",
+                    help="also run the trials as Jobs on the fake cluster (tests/fake_k8s) and compare with local")
     ap.add_argument("--side", choices=["hpo", "rss"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
+    ap.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.side == "hpo":
-        print(json.dumps(hpo_side(args.trials, args.concurrency, Path(args.home), args.remote)))
+        print(json.dumps(hpo_side(args.trials, args.concurrency, Path(args.home), args.remote, args.kubeconfig)))
         return
     if args.side == "rss":
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
@@ -204,6 +242,16 @@ def main() -> None:
                                               "--home", f"{tmp}/remote{i}"], 1200))
                 print(f"hpo remote run {i + 1}: {remote_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
             remote = sorted(remote_runs, key=lambda r: r["trials_per_s"])[len(remote_runs) // 2]
+        kube = None
+        if args.kubernetes:
+            kube_runs = []
+            with fake_cluster(Path(tmp)) as kubeconfig:
+                for i in range(args.repeat):
+                    kube_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--kubeconfig", kubeconfig,
+                                                "--trials", str(args.trials), "--concurrency", str(args.concurrency),
+                                                "--home", f"{tmp}/kube{i}"], 1200))
+                    print(f"hpo kubernetes run {i + 1}: {kube_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+            kube = sorted(kube_runs, key=lambda r: r["trials_per_s"])[len(kube_runs) // 2]
         nni = None
         if not args.no_nni:
             if not NNI_PYTHON.exists():
@@ -230,6 +278,15 @@ def main() -> None:
               f"{remote['seconds']} s, time to first trial {remote['time_to_first_trial_s']} s, "
               f"{remote['completed']}/{args.trials} succeeded, pairing mismatches {remote['pairing_mismatches']}")
         print(f"throughput ratio remote/local: {remote['trials_per_s'] / hpo['trials_per_s']:.2f}")
+    if kube:
+        print(f"\nKubernetes service (fake cluster: API server + process kubelet in another process): "
+              f"{kube['trials_per_s']} trials/s, {kube['completed']}/{args.trials} succeeded, "
+              f"pairing mismatches {kube['pairing_mismatches']}")
+        print(f"throughput ratio kubernetes/local: {kube['trials_per_s'] / hpo['trials_per_s']:.2f}")
+        print(f"API requests per trial: {kube['api_requests_per_trial']} (runs: "
+              f"{[r['api_requests_per_trial'] for r in kube_runs]})")
+        print(f"engine CPU per trial: kubernetes {kube['engine_cpu_ms_per_trial']} ms, local "
+              f"{hpo['engine_cpu_ms_per_trial']} ms (ratio {kube['engine_cpu_ms_per_trial'] / hpo['engine_cpu_ms_per_trial']:.2f})")
     if rss:
         print(f"engine peak RSS with {rss['finished_in_store']} finished trials in the store "
               f"(resumed, {rss['extra_trials']} more run): {rss['peak_rss_mb']} MB")

@@ -225,6 +225,9 @@ def test_unschedulable_trial_waits_with_the_reason_then_fails(make_experiment, t
     waiting = wait_until(lambda: (exp.list_trial_jobs() or [{}])[0].get("message"), 20, what="a waiting reason")
     assert exp.list_trial_jobs()[0]["status"] == "WAITING"
     assert waiting.startswith("Unschedulable: ") and "Insufficient cpu" in waiting
+    shown = subprocess.run([sys.executable, "-m", "hpo", "trials", exp.id], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60, env={**os.environ, "HPO_HOME": os.environ["HPO_HOME"]})
+    assert "WAITING" in shown.stdout and "Unschedulable" in shown.stdout, shown.stdout + shown.stderr
     wait_until(lambda: exp.list_trial_jobs()[0]["status"] == "FAILED", 30, what="the pending timeout")
     message = exp.list_trial_jobs()[0]["message"]
     assert message.startswith("still pending after 4 s: Unschedulable: ")
@@ -477,3 +480,10 @@ def test_every_manifest_validates_strictly(delivery):
     assert {"name": "EXTRA", "value": "1"} in container["env"] and len(job["spec"]["template"]["spec"]["containers"]) == 1
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert job["spec"]["activeDeadlineSeconds"] == 91
+
+
+def test_the_example_config_checks():
+    out = subprocess.run([sys.executable, "-m", "hpo", "check", "-f", "examples/kubernetes/config.yml"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "kind: Job" in out.stdout and "namespace: hpo" in out.stdout

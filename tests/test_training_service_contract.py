@@ -54,18 +54,21 @@ def processes(rec: "Recorder", trial_id: str) -> list[psutil.Process]:
     """The trial's running processes: the tree under the reported pid, or (Kubernetes) its pod's processes."""
     pid = rec.pids.get(trial_id)
     if pid is not None:
-        root = psutil.Process(pid)
-        return [root] + root.children(recursive=True)
+        try:
+            root = psutil.Process(pid)
+            return [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
     from kube_support import shared_cluster
     cluster, namespace = shared_cluster(current=True)
-    out = []
+    out = {}
     for p in cluster.pod_processes(rec.hosts[trial_id], namespace):
         try:
             root = psutil.Process(p)
-            out += [root] + root.children(recursive=True)
+            out.update((q.pid, q) for q in [root] + root.children(recursive=True))
         except psutil.NoSuchProcess:
             pass
-    return out
+    return list(out.values())
 
 
 class Recorder:

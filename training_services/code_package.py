@@ -137,9 +137,8 @@ class CodePacker:
 
     async def version(self, code_dir: Path) -> tuple[str, Path]:
         """(version, tar.gz) of ``code_dir`` as it is now."""
-        loop = asyncio.get_running_loop()
         code_dir = Path(code_dir).resolve()
-        version = await loop.run_in_executor(None, code_signature, code_dir)
+        version = await asyncio.get_running_loop().run_in_executor(None, code_signature, code_dir)
         fut = self._packs.get(version)
         if fut is None:
             if self._tmp is None:

@@ -3,10 +3,11 @@
 Built on ``kubernetes_asyncio`` (the optional extra ``pip install hpo[kubernetes]``), chosen over kr8s
 because it runs on aiohttp, which hpo already uses, and because it loads every kubeconfig form users have
 (contexts, in-cluster service-account config, bearer tokens, client certificates, exec and OIDC plugins).
-Only its configuration loading and authenticated transport are used: requests go out as plain JSON through
-``ApiClient.call_api`` with ``_preload_content=False``, because the generated methods lack what this service
-depends on (``sinceTime`` on pod logs, raw watch streams whose ``ERROR``/410 events must trigger a re-list
-rather than an exception after one retry, and no model deserialisation cost per object).
+Only its configuration loading (and its token refresh) and TLS setup are used: requests go out as plain JSON
+on an aiohttp session over its connection pool, because the generated methods lack what this service depends on
+(``sinceTime`` on pod logs, raw watch streams whose ``ERROR``/410 events must trigger a re-list rather than an
+exception after one retry) and cost a model (de)serialisation per object.  Proxies come from the kubeconfig or,
+once at start, from ``HTTPS_PROXY``/``NO_PROXY`` (aiohttp would otherwise look them and ~/.netrc up per request).
 
 :class:`Reflector` is the list+watch loop (an informer): it keeps a cache of the objects matching a label
 selector, watches from the list's resourceVersion with bookmarks, and on ``410 Expired`` (in the stream or
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import urlencode
 
 __all__ = ["KubeClient", "KubeError", "Reflector", "MISSING_EXTRA", "load_client"]
 
@@ -106,22 +108,36 @@ class KubeClient:
     """JSON requests and line streams against one API server; counts requests by (verb, resource)."""
 
     def __init__(self, api: Any, namespace: str, where: str) -> None:
+        import aiohttp
+
         self.api, self.namespace, self.where = api, namespace, where
-        self.server = api.configuration.host
+        self.server = api.configuration.host.rstrip("/")
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        rest = api.rest_client
+        self._session = aiohttp.ClientSession(connector=rest.pool_manager.connector, connector_owner=False,
+                                              trust_env=False, read_bufsize=2**21)
+        self._proxy = rest.proxy or _env_proxy(self.server)
+        self._proxy_headers = rest.proxy_headers if rest.proxy else None
+        self._server_hostname = rest.server_hostname
 
     async def close(self) -> None:
+        await self._session.close()
         await self.api.close()
 
     async def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any,
                     content_type: str | None, timeout: Any) -> Any:
         headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = content_type or "application/json"
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
         try:
-            return await self.api.call_api(path, method, query_params=list((query or {}).items()),
-                                           header_params=headers, body=body, auth_settings=["BearerToken"],
-                                           _preload_content=False, _request_timeout=timeout)
+            await self.api.update_params_for_auth(headers, params, ["BearerToken"])
+            url = self.server + path + ("?" + urlencode(params) if params else "")
+            extra = {"server_hostname": self._server_hostname} if self._server_hostname else {}
+            return await self._session.request(method, url, data=data, headers=headers, timeout=timeout,
+                                               proxy=self._proxy, proxy_headers=self._proxy_headers, **extra)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # aiohttp / OS errors: no answer from the server
@@ -131,8 +147,9 @@ class KubeClient:
     async def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
                       content_type: str | None = None, verb: str | None = None) -> dict[str, Any]:
         """One call; returns the decoded JSON body, raises :class:`KubeError` for any non-2xx answer."""
+        import aiohttp
         self.requests[(verb or method.lower(), _resource(path))] += 1
-        resp = await self._send(method, path, query, body, content_type, REQUEST_TIMEOUT)
+        resp = await self._send(method, path, query, body, content_type, aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         try:
             data = await resp.read()
         except Exception as exc:  # noqa: BLE001 - a connection dropped mid-answer
@@ -168,6 +185,16 @@ class KubeClient:
                 yield pending
         finally:
             resp.release()
+
+
+def _env_proxy(server: str) -> str | None:
+    """The proxy the environment names for ``server`` (``HTTPS_PROXY`` ..., unless ``NO_PROXY`` covers it)."""
+    import urllib.parse
+    import urllib.request
+    host = urllib.parse.urlsplit(server).hostname or ""
+    if urllib.request.proxy_bypass_environment(host):
+        return None
+    return urllib.request.getproxies_environment().get(urllib.parse.urlsplit(server).scheme)
 
 
 def _resource(path: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -87,6 +88,7 @@ class _Trial:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     log_file: Any = None
     position_saved: float = 0.0
+    position_dirty: bool = False
 
 
 class KubernetesTrainingService(TrainingService):
@@ -141,9 +143,11 @@ class KubernetesTrainingService(TrainingService):
     def precheck(self, gpu_number: int) -> None:
         """What can be checked without the cluster: the extra is installed, the pvc folder exists."""
         try:
-            import kubernetes_asyncio  # noqa: F401
-        except ImportError:
-            raise ValueError(MISSING_EXTRA) from None
+            found = importlib.util.find_spec("kubernetes_asyncio") is not None
+        except ValueError:  # in sys.modules as None: it cannot be imported
+            found = False
+        if not found:
+            raise ValueError(MISSING_EXTRA)
         if self.code_delivery == "pvc":
             local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser()
             if not local.is_dir():
@@ -186,7 +190,8 @@ class KubernetesTrainingService(TrainingService):
             self._jobs.start()
             self._pods.start()
         assert self._jobs is not None and self._pods is not None
-        await asyncio.wait_for(asyncio.gather(self._jobs.synced.wait(), self._pods.synced.wait()), 120)
+        if not (self._jobs.synced.is_set() and self._pods.synced.is_set()):
+            await asyncio.wait_for(asyncio.gather(self._jobs.synced.wait(), self._pods.synced.wait()), 120)
 
     def _on_api_error(self, message: str) -> None:
         if message != self._api_error:
@@ -359,7 +364,6 @@ class KubernetesTrainingService(TrainingService):
                     if exc.status == 404:
                         return  # the pod is gone, and its log with it
                     dropped = True
-                self._save_position(trial, force=True)
                 if not dropped and await self._container_ended(trial, podlog.pod):
                     return
                 if dropped:
@@ -384,6 +388,7 @@ class KubernetesTrainingService(TrainingService):
             podlog.at_last += 1
         else:
             podlog.last, podlog.at_last, skip = key, 1, 0
+        trial.position_dirty = True
         if text.endswith(b"\r"):
             text = text[:-1]
         if trial.log_file is not None:
@@ -417,10 +422,15 @@ class KubernetesTrainingService(TrainingService):
                 pass
 
     def _saved_position(self, trial: _Trial, pod: str) -> _PodLog:
-        try:
-            saved = json.loads((trial.spec.trial_dir / POSITION_FILE).read_text()).get(pod)
-        except (OSError, ValueError):
-            saved = None
+        saved = None
+        try:  # an append-only file of JSON lines: the last complete line that names the pod wins
+            for line in (trial.spec.trial_dir / POSITION_FILE).read_text().splitlines():
+                try:
+                    saved = json.loads(line).get(pod, saved)
+                except ValueError:
+                    continue
+        except OSError:
+            pass
         podlog = _PodLog(pod)
         if isinstance(saved, dict):
             podlog.last = (str(saved.get("second", "")), int(saved.get("nanos", -1)))
@@ -428,19 +438,20 @@ class KubernetesTrainingService(TrainingService):
         return podlog
 
     def _save_position(self, trial: _Trial, force: bool = False) -> None:
-        """Flush the log copy, then record how far it goes (at most once a second unless ``force``)."""
+        """Flush the log copy, then append how far it goes to the position file (a line of JSON; at most once a
+        second unless ``force``, and only if it moved).  A crash between the two repeats a few log lines on
+        resume; results are never repeated (they are counted against the store)."""
         now = time.monotonic()
-        if not force and now - trial.position_saved < 1.0:
+        if not trial.position_dirty or (not force and now - trial.position_saved < 1.0):
             return
-        trial.position_saved = now
+        trial.position_saved, trial.position_dirty = now, False
         try:
             if trial.log_file is not None:
                 trial.log_file.flush()
             data = {p.pod: {"second": p.last[0], "nanos": p.last[1], "at_last": p.at_last, "seen": p.seen}
                     for p in trial.pods.values()}
-            tmp = trial.spec.trial_dir / (POSITION_FILE + ".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, trial.spec.trial_dir / POSITION_FILE)
+            with open(trial.spec.trial_dir / POSITION_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(data, separators=(",", ":")) + "\n")
         except OSError as exc:
             log.warning("trial %s: cannot save the log position: %s", trial.spec.trial_id, exc)
 
