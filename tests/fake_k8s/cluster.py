@@ -44,7 +44,7 @@ class FakeCluster:
         self.requests: collections.Counter = collections.Counter()
         self.watch_410_mode = "stream"           # or "http": 410 at connect instead of in-stream
         self.port: int | None = None
-        self._streams: set[web.Request] = set()
+        self._streams: dict[int, web.Request] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -122,7 +122,7 @@ class FakeCluster:
             await runner.cleanup()
 
     def _abort_streams(self) -> None:
-        for request in list(self._streams):
+        for request in list(self._streams.values()):
             transport = request.transport
             if transport is not None:
                 transport.abort()

@@ -102,7 +102,7 @@ class Api:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=8 * 2**20)
         app.router.add_get("/version", self.version)
-        app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
+        app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api", self.api_versions)
         app.router.add_get("/apis", self.api_groups)
         app.router.add_get("/api/v1", self.core_resources)
@@ -117,6 +117,9 @@ class Api:
                       "gitCommit": "fake", "gitTreeState": "clean",
                       "buildDate": "2024-04-17T00:00:00Z", "goVersion": "go1.22.2",
                       "compiler": "gc", "platform": "linux/amd64"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def api_versions(self, request: web.Request) -> web.Response:
         return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
@@ -422,7 +425,7 @@ class Api:
                              .encode())
             await resp.write_eof()
             return resp
-        self.c._streams.add(request)
+        self.c._streams[id(request)] = request
         deadline = time.monotonic() + timeout if timeout else None
         try:
             for ev in initial:
@@ -453,7 +456,7 @@ class Api:
             pass
         finally:
             store.unsubscribe(resource, queue)
-            self.c._streams.discard(request)
+            self.c._streams.pop(id(request), None)
         return resp
 
     @staticmethod
@@ -520,7 +523,7 @@ class Api:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        self.c._streams.add(request)
+        self.c._streams[id(request)] = request
         sent = 0
         try:
             while True:
@@ -544,7 +547,7 @@ class Api:
         except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
             pass
         finally:
-            self.c._streams.discard(request)
+            self.c._streams.pop(id(request), None)
         return resp
 
 
