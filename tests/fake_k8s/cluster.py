@@ -50,6 +50,7 @@ class FakeCluster:
         self._runner: web.AppRunner | None = None
         self._control_task: asyncio.Task | None = None
         self._stopped = False
+        self._reopen_tasks: set[asyncio.Task] = set()
         self._kubeconfig: Path | None = None
         self._ssl: ssl.SSLContext | None = None
         if tls:
@@ -160,6 +161,8 @@ class FakeCluster:
     async def _astop(self) -> None:
         if self._control_task is not None:
             self._control_task.cancel()
+        for task in list(self._reopen_tasks):
+            task.cancel()
         await self.kubelet.shutdown()
         await self._close_site()
 
@@ -288,8 +291,12 @@ class FakeCluster:
 
         async def go() -> None:
             await self._close_site()
-            self.store.compact()
-            asyncio.ensure_future(reopen())
+            with self.store.lock:          # a restarted apiserver's cache starts at a newer RV
+                self.store.rv += 1
+                self.store.compact()
+            task = asyncio.ensure_future(reopen())
+            self._reopen_tasks.add(task)
+            task.add_done_callback(self._reopen_tasks.discard)
         self._call(go)
         if wait:
             reopened.wait(downtime + 30)
