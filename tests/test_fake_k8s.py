@@ -773,6 +773,44 @@ def test_drop_streams_and_restart_api(cluster: FakeCluster) -> None:
     run(main())
 
 
+def test_deletecollection_grace_override_and_cluster_wide_lists(cluster: FakeCluster) -> None:
+    async def main() -> None:
+        async with api(cluster) as a:
+            batch, core = client.BatchV1Api(a), client.CoreV1Api(a)
+            stubborn = ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                        "time.sleep(60)")
+            for name in ("c1", "c2"):
+                body = job_body(name, stubborn)
+                body["metadata"]["labels"]["group"] = "g"
+                await batch.create_namespaced_job(NS, body)
+            await batch.create_namespaced_job(NS, job_body("other", "print(1)"))
+            running_pod(cluster, "c1")
+            running_pod(cluster, "c2")
+            assert len((await batch.list_job_for_all_namespaces()).items) == 3
+            assert len((await core.list_pod_for_all_namespaces(
+                label_selector="job-name in (c1,c2)")).items) == 2
+            st = await batch.read_namespaced_job_status("c1", NS)
+            assert st.status.active == 1
+            start = time.time()
+            await batch.delete_collection_namespaced_job(NS, label_selector="group=g",
+                                                         propagation_policy="Background",
+                                                         grace_period_seconds=1)
+            assert [j["metadata"]["name"] for j in cluster.objects("jobs")] == ["other"]
+            # pods ignore SIGTERM: the GC deletes them with their own 30 s grace; override it
+            await await_(lambda: all(p["metadata"].get("deletionTimestamp")
+                                     for p in pods_of(cluster, "c1") + pods_of(cluster, "c2")),
+                         5, "GC marks pods")
+            for p in pods_of(cluster, "c1") + pods_of(cluster, "c2"):
+                await core.delete_namespaced_pod(p["metadata"]["name"], NS,
+                                                 grace_period_seconds=1)
+            await await_(lambda: not pods_of(cluster, "c1") and not pods_of(cluster, "c2"), 10,
+                         "SIGKILL after the grace period")
+            assert time.time() - start < 8
+    run(main())
+    assert cluster.requests[("deletecollection", "jobs")] == 1
+    assert cluster.requests[("get", "jobs/status")] == 1
+
+
 async def await_retry(fn: Callable[[], Any], timeout: float = 10) -> Any:
     deadline = time.time() + timeout
     while True:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -435,7 +436,9 @@ class PodRun:
     async def _stopper(self, pgid: int) -> None:
         await self.stopping.wait()
         _killpg(pgid, signal.SIGTERM)
-        await asyncio.sleep(self.grace)
+        began = time.monotonic()
+        while time.monotonic() - began < self.grace:     # a later delete may shorten the grace
+            await asyncio.sleep(0.05)
         _killpg(pgid, signal.SIGKILL)
 
     async def _oom_guard(self, pid: int, limit: float, oom: dict[str, bool]) -> None:
@@ -542,7 +545,9 @@ class Kubelet:
         return True
 
     async def shutdown(self) -> None:
-        """Kill every pod's process groups now (cluster stop)."""
+        """Kill every pod's process groups now and wait until they are gone (cluster stop)."""
+        victims = [psutil.Process(pid) for pgid in self.all_pgids() for pid in group_pids(pgid)
+                   if psutil.pid_exists(pid)]
         for run in self.runs.values():
             run.grace = 0
             run.stopping.set()
@@ -551,6 +556,9 @@ class Kubelet:
         tasks = [r.task for r in self.runs.values() if r.task and not r.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+            await asyncio.sleep(0.02)
 
     def active_uids(self) -> set[str]:
         """Uids of pods whose containers the kubelet is still running."""
@@ -558,3 +566,10 @@ class Kubelet:
 
     def all_pgids(self) -> list[int]:
         return [pg for run in self.runs.values() for pg in run.pgids.values()]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
