@@ -18,7 +18,7 @@ from aiohttp import web
 from .deletion import delete, success_status
 from .logs import parse_rfc3339_seconds
 from .selectors import parse_field_selector, parse_label_selector
-from .store import RESOURCES, ApiError, not_found, now_rfc3339
+from .store import RESOURCES, ApiError
 from .validation import validate
 
 GIT_VERSION = "v1.30.0"
@@ -551,4 +551,4 @@ class Api:
         return resp
 
 
-__all__ = ["Api", "merge_patch", "not_found", "now_rfc3339"]
+__all__ = ["Api", "merge_patch"]

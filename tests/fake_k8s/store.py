@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import random
-import string
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import asyncio
@@ -279,4 +278,4 @@ def object_key(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 __all__ = ["ApiError", "Event", "RESOURCES", "Resource", "Store", "not_found", "now_rfc3339",
-           "random_suffix", "object_key", "field"]
+           "random_suffix", "object_key"]

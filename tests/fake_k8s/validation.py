@@ -5,7 +5,6 @@ Contract: ``validate(resource, obj)`` raises ``ApiError(422, "Invalid")`` whose
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -158,7 +157,3 @@ def validate(resource: str, obj: dict[str, Any]) -> None:
         summary = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
         qualified = f"{kind}.{res.group}" if res.group else kind
         raise ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {summary}', details)
-
-
-def json_size(obj: Any) -> int:
-    return len(json.dumps(obj))
