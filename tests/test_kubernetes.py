@@ -218,6 +218,16 @@ def test_succeeded_without_a_final_result_is_explicit(make_experiment, target):
     assert trial["message"] == "finished without reporting a final result"
 
 
+def test_a_trial_over_its_memory_limit_is_oomkilled(make_experiment, target):
+    script = "import time\nprint('allocating', flush=True)\nblock = bytearray(400 * 2**20)\ntime.sleep(30)\n"
+    exp = _experiment(make_experiment, target, script, max_trial_number=1,
+                      training_service=target.service(resources={"memory": "100Mi"}))
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert (trial["status"], trial["exit_code"]) == ("FAILED", 137)
+    assert trial["message"] == "OOMKilled: the trial went over its memory limit (100Mi)"
+
+
 def test_unschedulable_trial_waits_with_the_reason_then_fails(make_experiment, target):
     exp = _experiment(make_experiment, target, "print('never runs')\n", max_trial_number=1,
                       training_service=target.service(resources={"cpu": "1000"}, pending_timeout="4s"))
@@ -310,7 +320,7 @@ def test_resume_fails_vanished_jobs_and_deletes_unknown_ones(launcher, target):
 
     target.fake_only()
     proc, exp_id, directory = _launch_k8s(launcher, target, STEPS_SCRIPT.format(steps=30, pause=0.2),
-                                          trial_concurrency=2, max_trial_number=2)
+                                          trial_concurrency=2, max_trial_number=2, max_trial_retries=1)
 
     def running() -> list[dict[str, Any]]:
         with ExperimentStore(directory, readonly=True) as store:
@@ -331,6 +341,9 @@ def test_resume_fails_vanished_jobs_and_deletes_unknown_ones(launcher, target):
     try:
         wait_until(lambda: resumed.get_trial_job(lose["id"])["status"] == "FAILED", 30, what="the vanished trial")
         assert "vanished while the engine was down" in resumed.get_trial_job(lose["id"])["message"]
+        rerun = wait_until(lambda: [t for t in resumed.list_trial_jobs() if t["rerun_of"] == lose["seq"]], 30,
+                           what="the re-run (max_trial_retries)")[0]
+        assert rerun["parameters"] == lose["parameters"]
         wait_until(lambda: not target.objects("jobs", "hpo.io/trial=ZZZZZ"), 30, what="the stray Job deleted")
         assert resumed.get_trial_job(keep["id"])["status"] in ("RUNNING", "SUCCEEDED")
     finally:
@@ -394,13 +407,31 @@ def test_code_delivery_by_pvc(make_experiment, target, tmp_path):
     assert (shared / exp.id / "trials" / trial["id"]).is_dir()  # HPO_TRIAL_DIR lives on the claim
 
 
+def test_code_delivery_by_image(make_experiment, target):
+    """The code is in the image (here: the fake has no images, so a hostPath volume added by a pod template patch
+    stands for it at /app); only the trial API travels, in a small ConfigMap."""
+    target.fake_only()
+    exp = _experiment(make_experiment, target, STEPS_SCRIPT.format(steps=2, pause=0), max_trial_number=1)
+    patch = {"spec": {"volumes": [{"name": "app", "hostPath": {"path": str(exp.config.trial_code_directory)}}],
+                      "containers": [{"name": "trial", "volumeMounts": [{"name": "app", "mountPath": "/app"}]}]}}
+    exp.config.training_service = target.service(code_delivery="image", working_dir="/app", pod_template_patch=patch)
+    recorder = ManifestRecorder(target)
+    exp.run(port=0)
+    created = recorder.stop()
+    trial = exp.list_trial_jobs()[0]
+    assert trial["status"] == "SUCCEEDED", trial["message"]
+    assert len(_steps(exp, trial)) == 2
+    configmaps = [o for (kind, _), o in created.items() if kind == "configmaps"]
+    assert len(configmaps) == 1 and len(configmaps[0]["binaryData"]["code.tar.gz"]) < 8000  # the trial API alone
+
+
 def test_client_certificate_auth_and_a_wrong_token(make_experiment, tmp_path):
     from tests.fake_k8s import FakeCluster
 
     with FakeCluster(root=tmp_path / "tls-cluster", tls=True, token="right") as cluster:
         cert_config = cluster.write_kubeconfig(tmp_path / "cert.yaml", auth="cert")
         exp = make_experiment(STEPS_SCRIPT.format(steps=1, pause=0), max_trial_number=1, training_service={
-            "platform": "kubernetes", "kubeconfig": str(cert_config), "kill_grace": 1.0})
+            "platform": "kubernetes", "kubeconfig": str(cert_config), "context": "fake", "kill_grace": 1.0})
         exp.run(port=0)
         assert [t["status"] for t in exp.list_trial_jobs()] == ["SUCCEEDED"]
         token_config = cluster.write_kubeconfig(tmp_path / "token.yaml", auth="token")

@@ -44,7 +44,7 @@ from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.code_package import CodePacker, pack_code, trial_api_files
 from training_services.kube_client import KubeClient, KubeError, MISSING_EXTRA, Reflector, load_client
 from training_services.kube_manifests import (EXPERIMENT_LABEL, TRIAL_CONTAINER, TRIAL_LABEL, code_configmap,
-                                              configmap_name, job_manifest, job_name)
+                                              configmap_name, job_manifest, job_name, resources_of)
 
 __all__ = ["KubernetesTrainingService"]
 
@@ -527,7 +527,8 @@ class KubernetesTrainingService(TrainingService):
         if trial.init_failure:
             return "FAILED", code, trial.init_failure
         if term.get("reason") == "OOMKilled":
-            return "FAILED", code, "OOMKilled: the trial went over its memory limit"
+            limit = (resources_of(self.resources, trial.spec.gpu_number).get("limits") or {}).get("memory")
+            return "FAILED", code, f"OOMKilled: the trial went over its memory limit{f' ({limit})' if limit else ''}"
         if trial.report_error is not None:
             return "FAILED", code, trial.report_error
         last = _last_line(term.get("message"))
