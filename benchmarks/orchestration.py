@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -285,8 +286,11 @@ def main() -> None:
         print(f"throughput ratio kubernetes/local: {kube['trials_per_s'] / hpo['trials_per_s']:.2f}")
         print(f"API requests per trial: {kube['api_requests_per_trial']} (runs: "
               f"{[r['api_requests_per_trial'] for r in kube_runs]})")
-        print(f"engine CPU per trial: kubernetes {kube['engine_cpu_ms_per_trial']} ms, local "
-              f"{hpo['engine_cpu_ms_per_trial']} ms (ratio {kube['engine_cpu_ms_per_trial'] / hpo['engine_cpu_ms_per_trial']:.2f})")
+        kube_cpu = statistics.median(r["engine_cpu_ms_per_trial"] for r in kube_runs)
+        local_cpu = statistics.median(r["engine_cpu_ms_per_trial"] for r in runs)
+        print(f"engine CPU per trial (median of runs): kubernetes {kube_cpu:.2f} ms "
+              f"{[r['engine_cpu_ms_per_trial'] for r in kube_runs]}, local {local_cpu:.2f} ms "
+              f"{[r['engine_cpu_ms_per_trial'] for r in runs]} (ratio {kube_cpu / local_cpu:.2f})")
     if rss:
         print(f"engine peak RSS with {rss['finished_in_store']} finished trials in the store "
               f"(resumed, {rss['extra_trials']} more run): {rss['peak_rss_mb']} MB")

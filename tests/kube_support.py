@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import itertools
 import tempfile
 from pathlib import Path
@@ -16,9 +17,7 @@ _current: str | None = None
 
 def unavailable() -> str | None:
     """Why the Kubernetes tests cannot run here (the optional extra is missing), or None."""
-    try:
-        import kubernetes_asyncio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("kubernetes_asyncio") is None:
         return "kubernetes_asyncio is not installed (pip install 'hpo[kubernetes]')"
     return None
 

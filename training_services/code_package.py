@@ -15,6 +15,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -24,7 +25,7 @@ from typing import BinaryIO
 import hpo.trial
 
 __all__ = ["DEFAULT_IGNORE", "IGNORE_FILES", "CODE_SIZE_WARNING", "code_signature", "pack_code", "trial_api_files",
-           "CodePacker"]
+           "CodePacker", "unpack_once"]
 
 log = logging.getLogger("hpo.code")
 
@@ -120,6 +121,25 @@ def pack_code(code_dir: Path | None, out: Path | BinaryIO, prefix: str = "", ext
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     return files, size
+
+
+def unpack_once(tarball: Path, target: Path) -> None:
+    """Unpack ``tarball`` at ``target`` unless there already (atomically: a half-unpacked copy is never used).
+    The remote agent (``_remote_agent.py``, shipped alone to SSH hosts) does the same on its side."""
+    if target.is_dir():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(tarball) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(tmp, filter="data")
+        else:
+            tar.extractall(tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another engine unpacked the same version meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class CodePacker:

@@ -32,8 +32,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ from typing import Any
 
 from hpo.trial import parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
-from training_services.code_package import CodePacker, pack_code, trial_api_files
+from training_services.code_package import CodePacker, pack_code, trial_api_files, unpack_once
 from training_services.kube_client import KubeClient, KubeError, MISSING_EXTRA, Reflector, load_client
 from training_services.kube_manifests import (EXPERIMENT_LABEL, TRIAL_CONTAINER, TRIAL_LABEL, code_configmap,
                                               configmap_name, job_manifest, job_name, resources_of)
@@ -128,7 +126,7 @@ class KubernetesTrainingService(TrainingService):
         self._pods: Reflector | None = None
         self._trials: dict[str, _Trial] = {}
         self._by_job: dict[str, _Trial] = {}
-        self._code_refs: dict[str, str] = {}
+        self._code_refs: dict[str, asyncio.Future[str]] = {}
         self._packer = CodePacker("a ConfigMap", prefix="code/", extra={f"lib/{k}": v for k, v in trial_api_files().items()})
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pod_change = asyncio.Event()   # replaced by a fresh one after every pod event
@@ -240,12 +238,13 @@ class KubernetesTrainingService(TrainingService):
         # the watch reports the rest: Pending reasons, RUNNING, the log, the end
 
     def _register(self, spec: TrialSpec, job: str) -> _Trial:
-        spec.trial_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(spec.trial_dir, exist_ok=True)
         trial = _Trial(spec, job, time.monotonic())
-        trial.log_file = open(spec.trial_dir / "stdout.log", "ab")
-        (spec.trial_dir / "stderr.log").touch()
+        trial.position_saved = trial.created  # the first position is saved a second into the log, or at its end
+        trial.log_file = open(os.path.join(spec.trial_dir, "stdout.log"), "ab")
         if spec.command:  # a new trial (not one adopted after a restart)
-            (spec.trial_dir / "parameters.json").write_text(json.dumps(spec.parameters))
+            with open(os.path.join(spec.trial_dir, "parameters.json"), "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(spec.parameters))
         self._trials[spec.trial_id] = trial
         self._by_job[job] = trial
         return trial
@@ -258,26 +257,38 @@ class KubernetesTrainingService(TrainingService):
             trial.log_file = None
 
     async def _code_ref(self, spec: TrialSpec) -> str:
-        """The ConfigMap holding this trial's code version (created once), or its folder on the claim."""
+        """The ConfigMap holding this trial's code version, or its folder on the claim (made once per version,
+        however many trials are launched at once)."""
         if self.code_delivery == "image":  # only the trial API travels
-            if "image" not in self._code_refs:
-                buf = io.BytesIO()
-                pack_code(None, buf, extra={f"lib/{k}": v for k, v in trial_api_files().items()})
-                version = "api" + hashlib.sha256(buf.getvalue()).hexdigest()[:9]
-                await self._create_configmap(spec.experiment_id, version, buf.getvalue())
-                self._code_refs["image"] = configmap_name(spec.experiment_id, version)
-            return self._code_refs["image"]
-        version, tarball = await self._packer.version(spec.code_dir)
-        if version not in self._code_refs:
-            if self.code_delivery == "configmap":
-                await self._create_configmap(spec.experiment_id, version, tarball.read_bytes())
-                self._code_refs[version] = configmap_name(spec.experiment_id, version)
-            else:
-                rel = f"{spec.experiment_id}/code-{version}"
-                local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser() / rel
-                await asyncio.to_thread(_unpack_once, tarball, local)
-                self._code_refs[version] = rel
-        return self._code_refs[version]
+            version, tarball = "image", None
+        else:
+            version, tarball = await self._packer.version(spec.code_dir)
+        ref = self._code_refs.get(version)
+        if ref is None:
+            ref = self._code_refs[version] = asyncio.ensure_future(
+                self._make_code_ref(spec.experiment_id, version, tarball))
+        try:
+            return await asyncio.shield(ref)
+        except Exception:
+            if self._code_refs.get(version) is ref:
+                del self._code_refs[version]  # the next launch tries again
+            raise
+
+    async def _make_code_ref(self, experiment_id: str, version: str, tarball: Path | None) -> str:
+        if tarball is None:
+            buf = io.BytesIO()
+            pack_code(None, buf, extra={f"lib/{k}": v for k, v in trial_api_files().items()})
+            data = buf.getvalue()
+            version = "api" + hashlib.sha256(data).hexdigest()[:9]
+        elif self.code_delivery == "pvc":
+            rel = f"{experiment_id}/code-{version}"
+            local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser() / rel
+            await asyncio.to_thread(unpack_once, tarball, local)
+            return rel
+        else:
+            data = tarball.read_bytes()
+        await self._create_configmap(experiment_id, version, data)
+        return configmap_name(experiment_id, version)
 
     async def _create_configmap(self, experiment_id: str, version: str, tarball: bytes) -> None:
         body = code_configmap(experiment_id, version, self.namespace, tarball)
@@ -734,21 +745,3 @@ def _timestamp_key(stamp: bytes) -> tuple[str, int] | None:
 def _last_line(text: str | None) -> str | None:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else None
-
-
-def _unpack_once(tarball: Path, target: Path) -> None:
-    """Unpack ``tarball`` at ``target`` unless there already (atomically: a half-unpacked copy is never used)."""
-    if target.is_dir():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(tarball) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(tmp, filter="data")
-        else:
-            tar.extractall(tmp)
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another engine unpacked the same version meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
