@@ -517,3 +517,33 @@ def test_the_example_config_checks():
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "kind: Job" in out.stdout and "namespace: hpo" in out.stdout
+
+
+def test_a_reconnected_log_drops_the_lines_of_the_same_second_it_already_has(tmp_path):
+    """The API server's sinceTime filters by whole second: lines of that second come again and are dropped, even
+    several with one timestamp, and the position survives a restart (a new TrialLog on the same folder)."""
+    from training_services.kube_logs import TrialLog, timestamp_key
+
+    assert timestamp_key(b"2026-11-30T19:53:32.1Z") == ("2026-11-30T19:53:32", 100_000_000)  # trailing zeros trimmed
+    assert timestamp_key(b"2026-11-30T19:53:32Z") == ("2026-11-30T19:53:32", 0)
+    assert timestamp_key(b"not-a-time") is None
+    first = [b"2026-11-30T19:53:31.500000000Z a", b"2026-11-30T19:53:32.100000000Z b",
+             b"2026-11-30T19:53:32.100000000Z c"]
+    again = first[1:] + [b"2026-11-30T19:53:32.100000000Z d", b"2026-11-30T19:53:32.9Z e", b"2026-11-30T19:53:33Z f"]
+    copy = TrialLog(tmp_path, "t1")
+    pod = copy.pod("p1")
+    skip = 0
+    for line in first:
+        _, skip = copy.accept(pod, line, skip)
+    copy.close()
+    resumed = TrialLog(tmp_path, "t1")
+    pod = resumed.pod("p1")
+    since, skip = pod.since()
+    assert (since, skip) == ("2026-11-30T19:53:32Z", 2)
+    kept = []
+    for line in again:
+        text, skip = resumed.accept(pod, line, skip)
+        kept.append(text)
+    resumed.close()
+    assert kept == [None, None, b"d", b"e", b"f"]
+    assert (tmp_path / "stdout.log").read_text().split() == ["a", "b", "c", "d", "e", "f"]

@@ -41,6 +41,7 @@ from hpo.trial import parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.code_package import CodePacker, pack_code, trial_api_files, unpack_once
 from training_services.kube_client import KubeClient, KubeError, MISSING_EXTRA, Reflector, load_client
+from training_services.kube_logs import PodLog, TrialLog
 from training_services.kube_manifests import (EXPERIMENT_LABEL, TRIAL_CONTAINER, TRIAL_LABEL, code_configmap,
                                               configmap_name, job_manifest, job_name, resources_of)
 
@@ -48,22 +49,9 @@ __all__ = ["KubernetesTrainingService"]
 
 log = logging.getLogger("hpo.kubernetes")
 
-POSITION_FILE = ".kube-log-position.json"
 _RETRY_STATUSES = (0, 429, 500, 502, 503, 504)
 _PROBLEM_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "RunContainerError", "ErrImageNeverPull")
-
-
-@dataclass
-class _PodLog:
-    """Where the copy of one pod's log stands: the last timestamp read and how many lines carried it."""
-
-    pod: str
-    last: tuple[str, int] = ("", -1)   # (seconds part 'YYYY-MM-DDTHH:MM:SS', nanoseconds)
-    at_last: int = 0
-    seen: int = 0                      # intermediate results this pod printed
-    task: asyncio.Task[None] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -76,7 +64,6 @@ class _Trial:
     final_sent: bool = False
     report_error: str | None = None
     waiting_reason: str | None = None
-    pods: dict[str, _PodLog] = field(default_factory=dict)
     disrupted: set[str] = field(default_factory=set)   # pods evicted or preempted (noted in the log once)
     terminated: dict[str, Any] | None = None   # the trial container's last terminated state
     init_failure: str | None = None
@@ -84,9 +71,7 @@ class _Trial:
     kill_reason: str | None = None
     finishing: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    log_file: Any = None
-    position_saved: float = 0.0
-    position_dirty: bool = False
+    log: TrialLog | None = None       # stdout.log and the positions in the pods' logs
 
 
 class KubernetesTrainingService(TrainingService):
@@ -240,8 +225,7 @@ class KubernetesTrainingService(TrainingService):
     def _register(self, spec: TrialSpec, job: str) -> _Trial:
         os.makedirs(spec.trial_dir, exist_ok=True)
         trial = _Trial(spec, job, time.monotonic())
-        trial.position_saved = trial.created  # the first position is saved a second into the log, or at its end
-        trial.log_file = open(os.path.join(spec.trial_dir, "stdout.log"), "ab")
+        trial.log = TrialLog(spec.trial_dir, spec.trial_id)
         if spec.command:  # a new trial (not one adopted after a restart)
             with open(os.path.join(spec.trial_dir, "parameters.json"), "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(spec.parameters))
@@ -252,9 +236,8 @@ class KubernetesTrainingService(TrainingService):
     def _unregister(self, trial: _Trial) -> None:
         self._trials.pop(trial.spec.trial_id, None)
         self._by_job.pop(trial.job, None)
-        if trial.log_file is not None:
-            trial.log_file.close()
-            trial.log_file = None
+        if trial.log is not None:
+            trial.log.close()
 
     async def _code_ref(self, spec: TrialSpec) -> str:
         """The ConfigMap holding this trial's code version, or its folder on the claim (made once per version,
@@ -331,14 +314,15 @@ class KubernetesTrainingService(TrainingService):
                                       f"{_last_line(term.get('message')) or term.get('reason') or ''}").rstrip(": ")
         if "terminated" in state:
             trial.terminated = state["terminated"]
-        if ("running" in state or "terminated" in state) and name not in trial.pods and not trial.finishing:
+        assert trial.log is not None
+        if ("running" in state or "terminated" in state) and name not in trial.log.pods and not trial.finishing:
             if not trial.started_sent:
                 trial.started_sent = True
                 trial.waiting_reason = None
                 self._events.started(trial.spec.trial_id, None, None, name, None)  # type: ignore[union-attr]
-            if trial.pods:
-                self._note(trial, f"hpo: the trial runs again in pod {name} (the Job replaced its pod)")
-            podlog = trial.pods[name] = self._saved_position(trial, name)
+            if trial.log.pods:
+                trial.log.note(f"hpo: the trial runs again in pod {name} (the Job replaced its pod)")
+            podlog = trial.log.pod(name)
             podlog.task = self._spawn(self._follow(trial, podlog))
         elif status.get("phase") == "Pending" and not trial.started_sent:
             reason = _pending_reason(pod)
@@ -351,11 +335,11 @@ class KubernetesTrainingService(TrainingService):
                                                    for c in status.get("conditions") or []):
             if name not in trial.disrupted:
                 trial.disrupted.add(name)
-                self._note(trial, f"hpo: pod {name} was disrupted ({status.get('reason') or 'evicted'}); "
+                trial.log.note(f"hpo: pod {name} was disrupted ({status.get('reason') or 'evicted'}); "
                                   "the Job runs the trial again")
 
     # -- logs and metrics --------------------------------------------------------------------------------------
-    async def _follow(self, trial: _Trial, podlog: _PodLog) -> None:
+    async def _follow(self, trial: _Trial, podlog: PodLog) -> None:
         """Copy a pod's log and pass on its reports until its container has ended; reconnects when dropped."""
         assert self.client is not None
         path = f"{self.paths()['pods']}/{podlog.pod}/log"
@@ -363,10 +347,9 @@ class KubernetesTrainingService(TrainingService):
         try:
             while True:
                 query = {"container": TRIAL_CONTAINER, "follow": "true", "timestamps": "true"}
-                skip = 0
-                if podlog.last[0]:
-                    query["sinceTime"] = podlog.last[0] + "Z"
-                    skip = podlog.at_last
+                since, skip = podlog.since()
+                if since is not None:
+                    query["sinceTime"] = since
                 try:
                     async for line in self.client.lines(path, query, "get"):
                         skip = self._on_log_line(trial, podlog, line, skip)
@@ -383,30 +366,15 @@ class KubernetesTrainingService(TrainingService):
                     if self._pod_gone(podlog.pod):
                         return
         finally:
-            self._save_position(trial, force=True)
+            if trial.log is not None:
+                trial.log.save(force=True)
             podlog.done.set()
 
-    def _on_log_line(self, trial: _Trial, podlog: _PodLog, line: bytes, skip: int) -> int:
-        stamp, _, text = line.partition(b" ")
-        key = _timestamp_key(stamp)
-        if key is None:  # not a timestamped line: keep it
-            key, text = podlog.last, line
-        elif key < podlog.last:
+    def _on_log_line(self, trial: _Trial, podlog: PodLog, line: bytes, skip: int) -> int:
+        assert trial.log is not None
+        text, skip = trial.log.accept(podlog, line, skip)
+        if text is None:
             return skip
-        elif key == podlog.last:
-            if skip > 0:
-                return skip - 1
-            podlog.at_last += 1
-        else:
-            podlog.last, podlog.at_last, skip = key, 1, 0
-        trial.position_dirty = True
-        if text.endswith(b"\r"):
-            text = text[:-1]
-        if trial.log_file is not None:
-            try:
-                trial.log_file.write(text + b"\n")
-            except OSError as exc:
-                log.warning("trial %s: stdout.log: %s", trial.spec.trial_id, exc)
         try:
             parsed = parse_stdout_report(text)
         except ValueError as exc:
@@ -416,55 +384,14 @@ class KubernetesTrainingService(TrainingService):
             kind, value = parsed
             if kind == "intermediate":
                 podlog.seen += 1
-                if podlog.seen > trial.reported:
+                if podlog.seen > trial.reported:  # a replaced pod's repeats, or results stored before a restart
                     trial.reported = podlog.seen
                     self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
             elif not trial.final_sent:
                 trial.final_sent = True
                 self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
-        self._save_position(trial)
+        trial.log.save()
         return skip
-
-    def _note(self, trial: _Trial, text: str) -> None:
-        if trial.log_file is not None:
-            try:
-                trial.log_file.write(text.encode() + b"\n")
-            except OSError:
-                pass
-
-    def _saved_position(self, trial: _Trial, pod: str) -> _PodLog:
-        saved = None
-        try:  # an append-only file of JSON lines: the last complete line that names the pod wins
-            for line in (trial.spec.trial_dir / POSITION_FILE).read_text().splitlines():
-                try:
-                    saved = json.loads(line).get(pod, saved)
-                except ValueError:
-                    continue
-        except OSError:
-            pass
-        podlog = _PodLog(pod)
-        if isinstance(saved, dict):
-            podlog.last = (str(saved.get("second", "")), int(saved.get("nanos", -1)))
-            podlog.at_last, podlog.seen = int(saved.get("at_last", 0)), int(saved.get("seen", 0))
-        return podlog
-
-    def _save_position(self, trial: _Trial, force: bool = False) -> None:
-        """Flush the log copy, then append how far it goes to the position file (a line of JSON; at most once a
-        second unless ``force``, and only if it moved).  A crash between the two repeats a few log lines on
-        resume; results are never repeated (they are counted against the store)."""
-        now = time.monotonic()
-        if not trial.position_dirty or (not force and now - trial.position_saved < 1.0):
-            return
-        trial.position_saved, trial.position_dirty = now, False
-        try:
-            if trial.log_file is not None:
-                trial.log_file.flush()
-            data = {p.pod: {"second": p.last[0], "nanos": p.last[1], "at_last": p.at_last, "seen": p.seen}
-                    for p in trial.pods.values()}
-            with open(trial.spec.trial_dir / POSITION_FILE, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(data, separators=(",", ":")) + "\n")
-        except OSError as exc:
-            log.warning("trial %s: cannot save the log position: %s", trial.spec.trial_id, exc)
 
     async def _container_ended(self, trial: _Trial, pod: str, timeout: float = 5.0) -> bool:
         """After a log stream ended by itself: wait (a little) for the pod to say its container ended."""
@@ -501,7 +428,7 @@ class KubernetesTrainingService(TrainingService):
 
     async def _finish(self, trial: _Trial, condition: dict[str, Any] | None) -> None:
         """Wait for the logs (and, after a kill, for the pods to be gone), then report the end and delete the Job."""
-        followers = [p.done.wait() for p in trial.pods.values()]
+        followers = [p.done.wait() for p in trial.log.pods.values()] if trial.log is not None else []
         if followers:
             await asyncio.wait([asyncio.ensure_future(f) for f in followers], timeout=30)
         if trial.kill_status is not None:
@@ -512,7 +439,6 @@ class KubernetesTrainingService(TrainingService):
                 (trial.spec.trial_dir / "stderr.log").write_text(trial.terminated["message"])
             except OSError:
                 pass
-        self._save_position(trial, force=True)
         self._unregister(trial)
         trial.ended.set()
         if not self._closing:
@@ -686,7 +612,7 @@ class KubernetesTrainingService(TrainingService):
             trial = self._register(spec, name or job_name(experiment_id, rec["seq"], rec["id"]))
             trial.started_sent = rec["status"] == "RUNNING"
             trial.reported, trial.final_sent = int(rec.get("steps") or 0), rec.get("final") is not None
-            self._note(trial, "hpo: the engine restarted; following this trial's log again")
+            trial.log.note("hpo: the engine restarted; following this trial's log again")  # type: ignore[union-attr]
             if name is None:
                 trial.kill_status = "FAILED"
                 trial.kill_reason = f"its Job {trial.job} vanished while the engine was down"
@@ -729,17 +655,6 @@ def _pending_reason(pod: dict[str, Any]) -> str | None:
             if waiting.get("reason") in _PROBLEM_REASONS:
                 return f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
     return None
-
-
-def _timestamp_key(stamp: bytes) -> tuple[str, int] | None:
-    """('YYYY-MM-DDTHH:MM:SS', nanoseconds) of an RFC 3339 log timestamp, or None if it is not one."""
-    text = stamp.decode("ascii", "replace")
-    if len(text) < 20 or text[10:11] != "T" or not text.endswith("Z"):
-        return None
-    second, _, fraction = text[:-1].partition(".")
-    if len(second) != 19 or (fraction and not fraction.isdigit()):
-        return None
-    return second, int(fraction.ljust(9, "0")[:9]) if fraction else 0
 
 
 def _last_line(text: str | None) -> str | None:
