@@ -484,6 +484,10 @@ class ExperimentStore:
         """SUCCEEDED trials with no usable final result (none reported, or not a finite number)."""
         return self._query("SELECT COUNT(*) FROM trials WHERE status='SUCCEEDED' AND final_value IS NULL")[0][0]
 
+    def count_waiting_with_reason(self) -> int:
+        """WAITING trials with a reason they cannot run yet (an unschedulable pod, an image that cannot be pulled)."""
+        return self._query("SELECT COUNT(*) FROM trials WHERE status='WAITING' AND message IS NOT NULL")[0][0]
+
     def status_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(TRIAL_STATES, 0)
         # a trial that was interrupted and re-run counts once: as its re-run

@@ -547,3 +547,23 @@ def test_a_reconnected_log_drops_the_lines_of_the_same_second_it_already_has(tmp
     resumed.close()
     assert kept == [None, None, b"d", b"e", b"f"]
     assert (tmp_path / "stdout.log").read_text().split() == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_the_dashboard_shows_why_a_trial_waits(make_experiment, browser, tmp_path):
+    from browser_support import open_page
+
+    target = Target("fake")
+    exp = _experiment(make_experiment, target, "print('never runs')\n", max_trial_number=1,
+                      training_service=target.service(resources={"nvidia.com/gpu": 4}, pending_timeout="1m"))
+    exp.start(port=0)
+    page = open_page(browser, 1280, 800)
+    try:
+        wait_until(lambda: (exp.list_trial_jobs() or [{}])[0].get("message"), 20, what="a waiting reason")
+        page.goto(f"http://localhost:{exp.port}/#/trials")
+        cell = page.locator(".vt-row[data-id] span", has_text="Insufficient nvidia.com/gpu")
+        cell.first.wait_for(timeout=10_000)
+        assert page.locator(".vt-th[data-col=message]").count() == 1
+        assert not page.errors, page.errors
+    finally:
+        page.context.close()
+        exp.stop()

@@ -86,6 +86,8 @@ _SCHEMAS: dict[str, Any] = {
             "progress": {"type": "object", "properties": {
                 "trials_done": {"type": "integer"}, "trials_counted": {"type": "integer"},
                 "trials_without_result": {"type": "integer", "description": "SUCCEEDED without a usable final result"},
+                "trials_waiting_with_reason": {"type": "integer",
+                                               "description": "WAITING with a reason they cannot run yet"},
                 "trials_total": {"type": "integer"}, "max_trial_number": {"type": "integer", "nullable": True},
                 "max_experiment_duration_seconds": _NUM_OR_NULL,
                 "trial_concurrency": {"type": "integer", "nullable": True}}},

@@ -201,6 +201,7 @@ class _Api:
             "progress": {
                 "trials_done": done, "trials_counted": counted, "trials_total": sum(counts.values()),
                 "trials_without_result": self.store.count_without_result(),
+                "trials_waiting_with_reason": self.store.count_waiting_with_reason(),
                 "max_trial_number": config.get("max_trial_number"),
                 "max_experiment_duration_seconds": max_duration,
                 "trial_concurrency": config.get("trial_concurrency"),

@@ -34,7 +34,7 @@ export async function mount(root, ctx, route) {
   })();
   function byDefault(c, e) {
     const counts = e.trial_counts || {};
-    if (c === 'message') return counts.FAILED > 0 || e.progress.trials_without_result > 0;
+    if (c === 'message') return counts.FAILED > 0 || e.progress.trials_without_result > 0 || e.progress.trials_waiting_with_reason > 0;
     if (c === 'actions') return !ctx.readOnly && ACTION_STATES.some((s) => counts[s] > 0);
     return !HIDDEN_BY_DEFAULT.has(c);
   }
