@@ -182,6 +182,8 @@ def test_live_events_actions_and_kill(make_experiment) -> None:
         assert status == 200
         status, _, body = request(f"{base}/trials", "POST", {"parameters": {"x": 0.25, "mode": "fail"}}, headers=auth)
         assert status == 202  # queued ahead of the tuner's suggestions, waiting for a free slot
+        # the tuner itself must not suggest mode "fail" (then more trials would fail than the one submitted)
+        assert request(f"{base}/experiment", "PATCH", {"search_space": CONTROLLED_SPACE}, headers=auth)[0] == 200
         assert request(f"{base}/experiment", "PATCH", {"trial_concurrency": 4}, headers=auth)[0] == 200
         failed = wait_until(lambda: [t for t in exp.list_trial_jobs(status="FAILED")], 15, what="the failing trial")[0]
         assert failed["parameters"] == {"x": 0.25, "mode": "fail"}
