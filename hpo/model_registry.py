@@ -129,7 +129,7 @@ def _check_version(version: object, allow_latest: bool) -> int:
 
 
 def _check_order(order_by: object) -> str:
-    key = order_by.lower() if isinstance(order_by, str) else order_by
+    key = order_by.lower() if isinstance(order_by, str) else None
     key = {"ascending": "asc", "descending": "desc"}.get(key, key)  # type: ignore[arg-type]
     if key not in ("asc", "desc"):
         raise ValueError(f"order_by must be 'asc' or 'desc', got {order_by!r}")

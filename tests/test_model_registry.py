@@ -144,6 +144,9 @@ def test_list_models_ordering(reg: ModelRegistry) -> None:
     one_line(info.value)
     with pytest.raises(ValueError, match="order_by must be 'asc' or 'desc'"):
         reg.list_models(order_by="up")
+    with pytest.raises(ValueError, match="order_by must be 'asc' or 'desc'"):
+        reg.list_versions("a", order_by=["asc"])  # type: ignore[arg-type]
+    assert names(order_by="Descending") == ["c", "b", "a"]
 
 
 def test_delete_model_refuses_while_it_has_versions(reg: ModelRegistry) -> None:
