@@ -409,6 +409,36 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    """An experiment's checkpoints in the order they were saved (--best N: the N best kept ones, one per trial)."""
+    store = _open(args.id)[1]
+    rows = store.checkpoints(state=None if args.all else "COMPLETED")
+    if args.best is not None:
+        if args.best < 1:
+            raise CliError(f"--best: got {args.best}, expected an integer >= 1")
+        tuner = (store.experiment()["config"].get("tuner") or {}).get("class_args") or {}
+        maximize = str(tuner.get("optimize_mode", "maximize")).lower() != "minimize"
+        best: dict[int, dict[str, Any]] = {}
+        for c in rows:
+            if c["value"] is not None and c["state"] == "COMPLETED":
+                old = best.get(c["trial_seq"])
+                if old is None or (c["value"] > old["value"] if maximize else c["value"] < old["value"]):
+                    best[c["trial_seq"]] = c
+        rows = sorted(best.values(), key=lambda c: c["value"], reverse=maximize)[:args.best]
+    _table(["UUID", "TRIAL", "SEQ", "STEP", "VALUE", "SIZE", "STATE", "PATH"],
+           [[c["uuid"], c["trial_id"], c["trial_seq"], c["steps_completed"], _value(c["value"]) if c["value"] is not None
+             else None, _size(sum(c["resources"].values())), c["state"], c["location"]] for c in rows])
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     directory, store = _open(args.id)
     if args.line < 0 or (args.limit is not None and (args.limit < 1 or args.follow)):
@@ -639,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every experiment")
     p = command("trials", cmd_trials, "List an experiment's trials.", "id")
     p.add_argument("--status", type=str.upper, choices=TRIAL_STATES, help="only trials in this state")
+    p = command("checkpoints", cmd_checkpoints, "List an experiment's checkpoints (kept ones; --all: every one).", "id")
+    p.add_argument("--best", type=int, metavar="N", help="the N best, at most one per trial")
+    p.add_argument("--all", action="store_true", help="also deleted ones and ones that could not be saved")
     p = command("logs", cmd_logs, "The engine log, or a trial's output (TRIAL: id or sequence number).", "id")
     p.add_argument("trial", nargs="?")
     p.add_argument("--stderr", action="store_true", help="the trial's stderr instead of its stdout")

@@ -215,7 +215,8 @@ def _platform(v: Any) -> Any:
         v = {**v, "platform": _ALIASES[v["platform"]]}
     if isinstance(v, Mapping):
         if v.get("platform", "local") not in _PLATFORMS:
-            expected = " or ".join(map(repr, _PLATFORMS))
+            names = list(map(repr, _PLATFORMS))
+            expected = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
             raise _Problem(f"{_show(v['platform'])} is not supported, expected {expected}", ".platform")
         return {"platform": "local", **v}
     return v
@@ -280,6 +281,28 @@ class AlgorithmConfig(_Base):
 
 
 _KILL_GRACE_EXPECT = "seconds a stopped trial gets between SIGTERM and SIGKILL (0 to 3600)"
+
+
+class CheckpointStorageConfig(_Base):
+    """Where trials' checkpoints are kept (Determined's ``checkpoint_storage``) and how many are kept.
+
+    ``shared_fs``: ``<host_path>[/<storage_path>]/<uuid>``; without ``host_path``, the experiment folder's
+    ``checkpoints``.  The three ``save_*`` counts are unioned: the N best over the experiment, the N best of each
+    trial and the N latest of each trial are kept (and any checkpoint registered as a model version)."""
+
+    _default_where: ClassVar[str] = "config.checkpoint_storage"
+    type: Literal["shared_fs"] = Field("shared_fs", description="'shared_fs'")
+    host_path: Path | None = Field(None, description="a folder path, or null for the experiment folder")
+    storage_path: str | None = Field(None, min_length=1, description="a sub-folder of host_path, or null")
+    save_experiment_best: int = Field(0, ge=0, strict=True, description="an integer >= 0")
+    save_trial_best: int = Field(1, ge=0, strict=True, description="an integer >= 0")
+    save_trial_latest: int = Field(1, ge=0, strict=True, description="an integer >= 0")
+
+    def folder(self, experiment_directory: Path) -> Path:
+        """Where checkpoints are written for an experiment in ``experiment_directory``."""
+        if self.host_path is None:
+            return Path(experiment_directory) / "checkpoints"
+        return Path(self.host_path) / (self.storage_path or "")
 
 
 class LocalConfig(_Base):
@@ -442,11 +465,13 @@ class ExperimentConfig(_Base):
     training_service: Annotated[TrainingServiceConfig, BeforeValidator(_platform)] = Field(
         default_factory=LocalConfig, description="'local', 'remote', 'kubernetes' or a mapping like {'platform': 'local'}")
     early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None
+    checkpoint_storage: CheckpointStorageConfig = Field(
+        default_factory=CheckpointStorageConfig, description="a mapping like {'type': 'shared_fs', 'host_path': '/mnt/ckpt'}")
 
     @model_validator(mode="after")
     def _attach(self) -> ExperimentConfig:
         """Tell nested models where they live, so errors on their own assignments name the full path."""
-        for role in ("tuner", "assessor", "training_service"):
+        for role in ("tuner", "assessor", "training_service", "checkpoint_storage"):
             if getattr(self, role) is not None:
                 getattr(self, role)._where = f"{self._location()}.{role}"
         return self
@@ -466,7 +491,7 @@ class ExperimentConfig(_Base):
         then sets ``search_space_file`` to None (so a later ``search_space`` update is no conflict)."""
         w = self._location()
         # Re-validate every field: dicts and lists may have been edited in place since they were assigned.
-        for model in filter(None, (self, self.tuner, self.assessor, self.training_service)):
+        for model in filter(None, (self, self.tuner, self.assessor, self.training_service, self.checkpoint_storage)):
             for name in type(model).model_fields:
                 setattr(model, name, getattr(model, name))
         if (self.trial_command is None) == (self.trial_function is None):
@@ -504,6 +529,14 @@ class ExperimentConfig(_Base):
                                   f"e.g. {w}.{role}.name = 'TPE'")
             if algo is not None and algo.code_directory is not None:
                 algo.code_directory = _existing_dir(algo.code_directory, f"{w}.{role}.code_directory")
+        storage = self.checkpoint_storage
+        if storage.host_path is not None:
+            storage.host_path = _absolute(storage.host_path)
+            _writable_dir(storage.host_path, f"{w}.checkpoint_storage.host_path")
+        if storage.storage_path is not None and (Path(storage.storage_path).is_absolute() or
+                                                 ".." in Path(storage.storage_path).parts):
+            raise ConfigError(f"{w}.checkpoint_storage.storage_path: got {storage.storage_path!r}, expected a "
+                              "relative sub-folder of host_path")
         if isinstance(self.training_service, KubernetesConfig):
             ts = self.training_service
             if self.trial_function is not None:
@@ -679,7 +712,8 @@ _OPAQUE = ("search_space", "class_args", "early_stopping", "pod_template_patch",
 def _snake_keys(data: Mapping[Any, Any], path: Path, where: str) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     given: dict[Any, Any] = {}
-    known = {n for m in (ExperimentConfig, AlgorithmConfig, *_PLATFORMS.values()) for n in m.model_fields}
+    known = {n for m in (ExperimentConfig, AlgorithmConfig, CheckpointStorageConfig, *_PLATFORMS.values())
+             for n in m.model_fields}
     for key, value in data.items():
         name = _to_snake(key) if isinstance(key, str) and _to_snake(key) in known else key
         if name in out:
@@ -702,6 +736,8 @@ def _normalise(data: Any, path: Path) -> dict[Any, Any]:
     if isinstance(service, dict) and isinstance(service.get("kubeconfig"), str) and service["kubeconfig"]:
         service["kubeconfig"] = str(_absolute(service["kubeconfig"], path.absolute().parent))
     targets = [(out, k) for k in ("trial_code_directory", "search_space_file", "experiment_working_directory")]
+    if isinstance(out.get("checkpoint_storage"), dict):
+        targets.append((out["checkpoint_storage"], "host_path"))
     for role in ("tuner", "assessor"):
         if isinstance(out.get(role), str):
             out[role] = {"name": out[role]}

@@ -25,6 +25,7 @@ import logging
 import re
 import secrets
 import shlex
+import shutil
 import string
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any, Callable
 
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
+from hpo.trial_checkpoint import partial_name
 from training_services.base import TrainingService, TrialSpec, tail_lines
 from hpo.early_stopping import threshold_reached
 from tuners.assessor import Assessor, AssessResult
@@ -390,6 +392,12 @@ class Engine:
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
                          self.config.max_trial_duration_seconds,
                          attempt=self._attempts(seq) if rerun_of is not None else 0)
+        folder = self.service.checkpoint_dir(spec, self._checkpoint_folder)
+        if folder is not None:
+            spec.env["HPO_CHECKPOINT_DIR"] = folder
+            restore = self._restore_point(rerun_of)
+            if restore is not None:
+                spec.env["HPO_RESTORE_CHECKPOINT"] = restore
         self._launching += 1
         task = asyncio.get_running_loop().create_task(self._launch(spec))
         task.add_done_callback(_log_task_error)
@@ -453,6 +461,9 @@ class Engine:
         trial = self.active.get(trial_id)
         if trial is None:
             return
+        if kind == "checkpoint":
+            self._checkpoint(trial, value)
+            return
         number = scalar(value)
         if kind == "final":
             if trial.final_seen:
@@ -482,6 +493,69 @@ class Engine:
                 self._goal_reached = f"{reason} in trial {trial_id} (#{trial.seq})"
                 self._guarded(self.store.add_event, "goal_reached", trial.seq, {"reason": self._goal_reached})
                 self._poke()
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    @property
+    def _checkpoint_folder(self) -> Path:
+        return self.config.checkpoint_storage.folder(self.directory)
+
+    def _checkpoint(self, trial: _Active, report: dict[str, Any]) -> None:
+        """Record a checkpoint the trial reported (COMPLETED when its folder is whole in the storage), with the
+        trial's metric at its step, then apply the storage's save_* policy."""
+        meta = report["metadata"]
+        steps = meta.get("steps_completed")
+        steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else trial.steps
+        value = trial.history[steps - 1] if 1 <= steps <= len(trial.history) else \
+            (trial.history[-1] if trial.history else None)
+        location = self._checkpoint_folder / report["uuid"]
+        state, message = ("COMPLETED", None) if location.is_dir() else \
+            ("ERROR", f"its files are not in the checkpoint storage ({location})")
+        if not self._guarded(self.store.add_checkpoint, report["uuid"], trial.seq, steps, value,
+                             {"default": value} if value is not None else None, meta, report["resources"],
+                             str(location), state, message):
+            return
+        log.info("trial %s (#%d) checkpoint %s at step %d: %s", trial.trial_id, trial.seq, report["uuid"], steps,
+                 state if message is None else f"{state}: {message}")
+        self._publish("checkpoint", {"id": trial.trial_id, "seq": trial.seq, "uuid": report["uuid"], "state": state})
+        if state == "COMPLETED":
+            self._collect_checkpoint_garbage()
+
+    def _collect_checkpoint_garbage(self) -> None:
+        """Delete the checkpoints the save_* policy no longer keeps (recorded DELETED first, then removed in a
+        worker thread); a checkpoint registered as a model version is always kept."""
+        from hpo.checkpoint_gc import CheckpointInfo, checkpoints_to_delete
+        from hpo.model_registry import ModelRegistry
+
+        policy = self.config.checkpoint_storage
+        rows = self.store.checkpoints(state="COMPLETED")
+        infos = [CheckpointInfo(r["uuid"], r["trial_seq"], r["steps_completed"], i, r["value"])
+                 for i, r in enumerate(rows)]
+        try:
+            with ModelRegistry() as registry:
+                protected = registry.registered_checkpoints()
+        except Exception as exc:  # an unreadable registry: delete nothing rather than a registered model
+            log.warning("checkpoint GC skipped: cannot read the model registry: %s", exc)
+            return
+        doomed = checkpoints_to_delete(
+            infos, save_experiment_best=policy.save_experiment_best, save_trial_best=policy.save_trial_best,
+            save_trial_latest=policy.save_trial_latest, smaller_is_better=not getattr(self.tuner, "maximize", True),
+            protected=protected)
+        if not doomed or not self._guarded(self.store.set_checkpoint_state, sorted(doomed), "DELETED",
+                                           "removed by the checkpoint storage's save_* policy"):
+            return
+        locations = [r["location"] for r in rows if r["uuid"] in doomed]
+        self._loop.run_in_executor(None, _remove_folders, locations)  # type: ignore[union-attr]
+
+    def _restore_point(self, rerun_of: int | None) -> str | None:
+        """The latest whole checkpoint of the trial a re-run continues (or of the one that trial re-ran)."""
+        seq = rerun_of
+        while seq is not None:
+            done = self.store.checkpoints(seq, state="COMPLETED")
+            if done:
+                return max(done, key=lambda c: (c["steps_completed"], c["report_time"]))["location"]
+            rec = self.store.trial(seq)
+            seq = rec["rerun_of"] if rec is not None else None
+        return None
 
     def _assess(self, trial: _Active) -> None:
         """Ask the assessor about ``trial``; a Bad verdict stops it as EARLY_STOPPED."""
@@ -527,6 +601,9 @@ class Engine:
         if self.assessor is not None:
             self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
                                        status == "SUCCEEDED")
+        if status != "SUCCEEDED" and self._loop is not None:  # a checkpoint it was writing when it ended
+            self._loop.run_in_executor(None, _remove_partials, self._checkpoint_folder,
+                                       partial_name(self.experiment_id, trial_id, "*"))
         log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
         self._wait_for_result = False
@@ -688,6 +765,15 @@ class Engine:
 
 
 NO_RESULT = "finished without reporting a final result"
+
+
+def _remove_folders(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_partials(folder: Path, pattern: str) -> None:
+    _remove_folders([str(p) for p in folder.glob(pattern)])
 
 
 def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:

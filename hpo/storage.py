@@ -170,7 +170,24 @@ CREATE TABLE IF NOT EXISTS events (
     trial_seq INTEGER,
     data TEXT
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    uuid TEXT PRIMARY KEY,
+    trial_seq INTEGER NOT NULL,
+    steps_completed INTEGER NOT NULL,
+    value REAL,
+    metrics TEXT,
+    metadata TEXT NOT NULL,
+    resources TEXT NOT NULL,
+    location TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT,
+    report_time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_trial ON checkpoints(trial_seq, steps_completed);
 """
+CHECKPOINT_STATES = ("COMPLETED", "ERROR", "DELETED")
+_CHECKPOINT_COLUMNS = ("uuid", "trial_seq", "steps_completed", "value", "metrics", "metadata", "resources", "location",
+                       "state", "message", "report_time")
 
 _TRIAL_COLUMNS = ("seq", "id", "parameters", "status", "created_at", "started_at", "ended_at", "exit_code",
                   "message", "final", "final_value", "pid", "pgid", "host", "gpus", "rerun_of", "interrupted")
@@ -449,6 +466,49 @@ class ExperimentStore:
             self._transaction(insert, ("UPDATE trials SET final=?, final_value=? WHERE seq=?", (_dumps(data), value, seq)))
         else:
             self._write(*insert)
+
+    def add_checkpoint(self, uuid: str, seq: int, steps_completed: int, value: float | None, metrics: Any,
+                       metadata: dict[str, Any], resources: dict[str, int], location: str, state: str,
+                       message: str | None = None) -> None:
+        """Record a checkpoint of trial ``seq`` (its files are complete at ``location`` when ``state`` is COMPLETED)."""
+        assert state in CHECKPOINT_STATES, state
+        self._write("INSERT INTO checkpoints (uuid, trial_seq, steps_completed, value, metrics, metadata, resources, "
+                    "location, state, message, report_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (uuid, seq, steps_completed, value, _dumps(metrics), _dumps(metadata), _dumps(resources), location,
+                     state, message, time.time()))
+
+    def set_checkpoint_state(self, uuids: Iterable[str], state: str, message: str | None = None) -> None:
+        assert state in CHECKPOINT_STATES, state
+        self._transaction(*[("UPDATE checkpoints SET state=?, message=? WHERE uuid=?", (state, message, u))
+                            for u in uuids])
+
+    def checkpoints(self, seq: int | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Checkpoints (of trial ``seq``, in ``state``) in the order they were reported, with the trial's id."""
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"):
+            return []  # a store from before checkpoints, not opened for writing since
+        where, args = [], []
+        if seq is not None:
+            where.append("c.trial_seq=?")
+            args.append(seq)
+        if state is not None:
+            where.append("c.state=?")
+            args.append(state)
+        rows = self._query(f"SELECT {', '.join('c.' + c for c in _CHECKPOINT_COLUMNS)}, t.id FROM checkpoints c "
+                           f"JOIN trials t ON t.seq = c.trial_seq {'WHERE ' + ' AND '.join(where) if where else ''} "
+                           "ORDER BY c.report_time, c.rowid", args)
+        out = []
+        for row in rows:
+            rec = dict(zip(_CHECKPOINT_COLUMNS, row[:-1]), trial_id=row[-1])
+            for key in ("metrics", "metadata", "resources"):
+                rec[key] = json.loads(rec[key]) if rec[key] is not None else None
+            out.append(rec)
+        return out
+
+    def checkpoint(self, uuid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT trial_seq FROM checkpoints WHERE uuid=?", (uuid,))
+        if not rows:
+            return None
+        return next((c for c in self.checkpoints(rows[0][0]) if c["uuid"] == uuid), None)
 
     def trials(self, status: str | Iterable[str] | None = None, limit: int | None = None, offset: int = 0,
                order_by: str = "seq", descending: bool = False) -> list[TrialRecord]:

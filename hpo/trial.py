@@ -27,11 +27,12 @@ from typing import Any
 
 __all__ = ["get_next_parameter", "get_current_parameter", "report_intermediate_result", "report_final_result",
            "get_experiment_id", "get_trial_id", "get_sequence_id", "validate_metric", "parse_stdout_report",
-           "parse_channel_report",
-           "STDOUT_FINAL", "STDOUT_INTERMEDIATE"]
+           "parse_channel_report", "validate_checkpoint",
+           "STDOUT_FINAL", "STDOUT_INTERMEDIATE", "STDOUT_CHECKPOINT"]
 
 STDOUT_FINAL = "HPO_FINAL_RESULT="
 STDOUT_INTERMEDIATE = "HPO_INTERMEDIATE_RESULT="
+STDOUT_CHECKPOINT = "HPO_CHECKPOINT="
 MAX_DEPTH = 32  # nesting levels a result may have (a dict result's values may be lists and dicts)
 _FLOAT_MAX = int(sys.float_info.max)
 _params: dict[str, Any] | None = None
@@ -145,7 +146,7 @@ def _send(kind: str, metric: Any) -> None:
             fh.write(line)
         return
     if _in_experiment():
-        prefix = STDOUT_FINAL if kind == "final" else STDOUT_INTERMEDIATE
+        prefix = {"final": STDOUT_FINAL, "checkpoint": STDOUT_CHECKPOINT}.get(kind, STDOUT_INTERMEDIATE)
         print(prefix + json.dumps(metric, default=float), flush=True)
     else:  # standalone: logging is imported only here, keeping the trial's import path light
         import logging
@@ -169,6 +170,8 @@ def parse_channel_report(line: bytes) -> tuple[str, Any]:
     try:
         msg = json.loads(line)
         kind = msg["type"]
+        if kind == "checkpoint":
+            return kind, validate_checkpoint(msg["value"])
         if kind not in ("intermediate", "final"):
             raise ValueError(f"unknown report type {kind!r}")
         return kind, validate_metric(msg["value"], f"{kind} result")
@@ -187,7 +190,8 @@ def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
         if not line.startswith(b"HPO_"):
             return None
         line = line.decode("utf-8", "replace").strip()
-    for prefix, kind in ((STDOUT_FINAL, "final"), (STDOUT_INTERMEDIATE, "intermediate")):
+    for prefix, kind in ((STDOUT_FINAL, "final"), (STDOUT_INTERMEDIATE, "intermediate"),
+                         (STDOUT_CHECKPOINT, "checkpoint")):
         if line.startswith(prefix):
             text = line[len(prefix):].strip()
             try:
@@ -199,5 +203,23 @@ def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
                 raise ValueError(f"{prefix[:-1]}: {str(exc)[:200]}") from None
             except RecursionError:
                 raise ValueError(f"{prefix[:-1]}: JSON nested too deeply") from None
+            if kind == "checkpoint":
+                return kind, validate_checkpoint(value)
             return kind, validate_metric(value, prefix[:-1])
     return None
+
+
+def validate_checkpoint(report: Any) -> dict[str, Any]:
+    """A checkpoint report ``{"uuid", "metadata", "resources"}`` as the trial API sends it; ValueError otherwise
+    (the uuid names a folder: anything but a canonical uuid is refused)."""
+    if not isinstance(report, dict) or not isinstance(report.get("uuid"), str):
+        raise ValueError("bad checkpoint report: expected an object with a 'uuid'")
+    uid = report["uuid"]
+    if len(uid) != 36 or uid.lower() != uid or any(c not in "0123456789abcdef-" for c in uid) or \
+            [len(part) for part in uid.split("-")] != [8, 4, 4, 4, 12]:
+        raise ValueError(f"bad checkpoint report: {uid[:60]!r} is not a uuid")
+    metadata, resources = report.get("metadata") or {}, report.get("resources") or {}
+    if not isinstance(metadata, dict) or not isinstance(resources, dict) or \
+            not all(isinstance(k, str) and isinstance(v, int) for k, v in resources.items()):
+        raise ValueError("bad checkpoint report: metadata must be an object, resources an object of sizes")
+    return {"uuid": uid, "metadata": metadata, "resources": resources}

@@ -166,10 +166,10 @@ def test_error_reports_first_problem_and_count():
 
 def test_unsupported_platform():
     assert raises(ExperimentConfig, training_service={"platform": "foo"}) == \
-        "config.training_service.platform: 'foo' is not supported, expected 'local' or 'remote'"
+        "config.training_service.platform: 'foo' is not supported, expected 'local', 'remote' or 'kubernetes'"
     c = ExperimentConfig()
     assert raises(assign, c, "training_service", "foo") == \
-        "config.training_service.platform: 'foo' is not supported, expected 'local' or 'remote'"
+        "config.training_service.platform: 'foo' is not supported, expected 'local', 'remote' or 'kubernetes'"
 
 
 # ---------------------------------------------------------------------------------------------- durations
@@ -451,7 +451,7 @@ def test_file_errors_name_the_file(tmp_path):
     assert raises(load_config_files, [bad]) == f"{bad}: config.trial_concurrency: got -1, expected an integer >= 1"
     platform = write(tmp_path / "platform.yml", "trainingService: {platform: kubeflow}\n")
     assert raises(load_config_files, [platform]).endswith(
-        "config.training_service.platform: 'kubeflow' is not supported, expected 'local' or 'remote'")
+        "config.training_service.platform: 'kubeflow' is not supported, expected 'local', 'remote' or 'kubernetes'")
     txt = write(tmp_path / "config.txt", "trialConcurrency: 2\n")
     assert "expected .yml, .yaml or .json" in raises(load_config_files, [txt])
     assert "no config files" in raises(load_config_files, [])

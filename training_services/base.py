@@ -73,6 +73,12 @@ class TrainingService(ABC):
     async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
         """Kill every trial and release resources; no trial process is alive afterwards."""
 
+    def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
+        """Where the trial writes its checkpoints (``HPO_CHECKPOINT_DIR``), or None when this service cannot
+        collect them yet.  ``storage`` is the experiment's checkpoint folder on the engine's machine; a service
+        whose trials see this machine's files returns it (checkpoints are then complete where they belong)."""
+        return None
+
     async def adopt(self, experiment_id: str, records: list[dict[str, Any]]) -> set[str]:
         """On resume, after :meth:`start`: take over trials a dead engine left WAITING/RUNNING, where the
         platform keeps them running without the engine; returns the ids taken over (and removes what the

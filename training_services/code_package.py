@@ -36,13 +36,16 @@ CODE_SIZE_WARNING = 64 * 2**20
 _TRIAL_API_INIT = '''"""The hpo trial API, shipped with the trial code by a training service (stdlib only)."""
 from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
                        get_trial_id, report_final_result, report_intermediate_result)
+from hpo.trial_checkpoint import checkpoint_path, report_checkpoint, restore_checkpoint
 '''
 
 
 def trial_api_files() -> dict[str, bytes]:
     """``{relative path: content}`` of the importable trial API: put the folder holding ``hpo/`` on
     ``PYTHONPATH`` and ``import hpo`` gives the trial functions, with nothing installed."""
-    return {"hpo/__init__.py": _TRIAL_API_INIT.encode(), "hpo/trial.py": Path(hpo.trial.__file__).read_bytes()}
+    here = Path(hpo.trial.__file__).parent
+    return {"hpo/__init__.py": _TRIAL_API_INIT.encode(), "hpo/trial.py": (here / "trial.py").read_bytes(),
+            "hpo/trial_checkpoint.py": (here / "trial_checkpoint.py").read_bytes()}
 
 
 def _ignore_patterns(code_dir: Path) -> list[str]:

@@ -375,6 +375,9 @@ class LocalTrainingService(TrainingService):
         runs = list(self._runs.values())
         await asyncio.gather(*(self.kill(r.spec.trial_id, status, reason) for r in runs))
 
+    def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
+        return str(storage)  # trials run here: they write checkpoints straight into the storage
+
     def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
         for rec in records:
             pgid, started = rec.get("pgid"), rec.get("started_at")

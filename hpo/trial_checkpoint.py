@@ -1,0 +1,108 @@
+"""Checkpoints from inside a trial (stdlib only, imported on first use): ``hpo.checkpoint_path``,
+``hpo.report_checkpoint`` and ``hpo.restore_checkpoint``.
+
+A checkpoint is a folder named by a fresh uuid, holding the trial's files and a ``metadata.json``.  The trial
+writes it under ``HPO_CHECKPOINT_DIR`` (set by the training service: for local trials, the experiment's
+checkpoint storage itself) as ``.<experiment>-<trial>-<uuid>.partial``; only when the ``with`` block ends without an error is it
+renamed to ``<uuid>`` and reported to the engine (``{"type": "checkpoint", ...}`` on the report channel, or
+``HPO_CHECKPOINT=<json>`` on stdout), so a trial killed mid-write never leaves a checkpoint that looks whole.
+Outside an experiment checkpoints go to ``./checkpoints/<uuid>``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["checkpoint_path", "report_checkpoint", "restore_checkpoint", "resources_of", "partial_name"]
+
+
+def _root() -> Path:
+    folder = os.environ.get("HPO_CHECKPOINT_DIR")
+    if folder:
+        return Path(folder)
+    if "HPO_TRIAL_ID" in os.environ:
+        raise RuntimeError("this trial's training service does not collect checkpoints yet (HPO_CHECKPOINT_DIR is "
+                           "not set); local trials can save them")
+    return Path("checkpoints")
+
+
+def _checked_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"checkpoint metadata: expected a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint metadata must be JSON (numbers, strings, lists, dicts): {exc}") from None
+    steps = metadata.get("steps_completed")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        raise ValueError(f"checkpoint metadata: steps_completed must be an integer >= 0, got {steps!r}")
+    return dict(metadata)
+
+
+def partial_name(experiment_id: str, trial_id: str, uid: str) -> str:
+    """The name a checkpoint has while it is written (the engine removes a killed trial's leftovers by it)."""
+    return f".{experiment_id}-{trial_id}-{uid}.partial"
+
+
+def resources_of(folder: Path) -> dict[str, int]:
+    """``{relative path: size in bytes}`` of every file under ``folder``."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder).replace(os.sep, "/")] = os.lstat(path).st_size
+    return dict(sorted(out.items()))
+
+
+@contextlib.contextmanager
+def _saving(metadata: Any) -> Iterator[tuple[Path, str]]:
+    meta = _checked_metadata(metadata)
+    root = _root()
+    root.mkdir(parents=True, exist_ok=True)
+    uid = str(uuid.uuid4())
+    partial = root / partial_name(os.environ.get("HPO_EXPERIMENT_ID", "STANDALONE"),
+                                  os.environ.get("HPO_TRIAL_ID", "STANDALONE"), uid)
+    partial.mkdir()
+    try:
+        yield partial, uid
+        (partial / "metadata.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        resources = resources_of(partial)
+        os.rename(partial, root / uid)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    from hpo.trial import _send
+    _send("checkpoint", {"uuid": uid, "metadata": meta, "resources": resources})
+
+
+@contextlib.contextmanager
+def checkpoint_path(metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+    """A fresh, empty folder to write a checkpoint into; when the block ends it is saved and reported with
+    ``metadata`` (JSON; ``steps_completed`` says which step it holds, by default the number of intermediate
+    results reported so far).  An exception in the block discards the folder."""
+    with _saving(metadata) as (folder, _):
+        yield folder
+
+
+def report_checkpoint(folder: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
+    """Save a copy of ``folder`` (written by the trial) as a checkpoint; returns its uuid."""
+    source = Path(folder)
+    if not source.is_dir():
+        raise ValueError(f"report_checkpoint: {source} is not a folder")
+    with _saving(metadata) as (target, uid):
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    return uid
+
+
+def restore_checkpoint() -> Path | None:
+    """The folder of the checkpoint this trial continues from (the latest one of the trial it re-runs, when it is
+    a retry or a re-run), or None.  Read it, do not change it: it may be another trial's."""
+    folder = os.environ.get("HPO_RESTORE_CHECKPOINT")
+    return Path(folder) if folder and os.path.isdir(folder) else None
