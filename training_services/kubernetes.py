@@ -387,8 +387,8 @@ class KubernetesTrainingService(TrainingService):
                 if podlog.seen > trial.reported:  # a replaced pod's repeats, or results stored before a restart
                     trial.reported = podlog.seen
                     self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
-            elif not trial.final_sent:
-                trial.final_sent = True
+            elif kind != "final" or not trial.final_sent:  # a checkpoint report passes as it is
+                trial.final_sent = trial.final_sent or kind == "final"
                 self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
         trial.log.save()
         return skip

@@ -866,7 +866,7 @@ class RemoteTrainingService(TrainingService):
             if run.steps <= trial.steps:  # a restarted copy redoing a step that an earlier copy reported
                 return
             trial.steps = run.steps
-        else:
+        elif kind == "final":
             trial.final_sent = True
         self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
