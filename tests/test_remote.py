@@ -865,3 +865,34 @@ def _pgid(proc: psutil.Process) -> int | None:
         return os.getpgid(proc.pid)
     except OSError:
         return None
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+def test_checkpoints_written_on_the_remote_are_copied_back_whole(tmp_path, keys, servers, make_experiment):
+    a = servers()
+    body = """
+import hpo, os
+for step in (1, 2, 3):
+    hpo.report_intermediate_result(10 - step if step != 2 else 50)
+    with hpo.checkpoint_path({"steps_completed": step}) as path:
+        (path / "weights.bin").write_bytes(bytes([step]) * 300_000)
+        os.makedirs(path / "sub")
+        (path / "sub" / "note.txt").write_text(f"step {step}")
+hpo.report_final_result(1)
+"""
+    remote = tmp_path / "remote"
+    exp = make_experiment(body, max_trial_number=1, training_service={
+        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
+        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+    exp.run(port=0)
+    rows = exp._store().checkpoints()
+    assert exp.list_trial_jobs()[0]["status"] == "SUCCEEDED"
+    assert [(r["steps_completed"], r["state"]) for r in rows] == [(1, "DELETED"), (2, "COMPLETED"), (3, "COMPLETED")]
+    for r in rows[1:]:
+        folder = Path(r["location"])
+        assert folder.parent == exp.directory / "checkpoints"
+        assert (folder / "weights.bin").read_bytes() == bytes([r["steps_completed"]]) * 300_000
+        assert (folder / "sub" / "note.txt").read_text() == f"step {r['steps_completed']}"
+        assert r["resources"]["weights.bin"] == 300_000
+    assert not list(remote.rglob("checkpoints/*-*-*"))  # the remote copies were removed once pulled
+    assert not list((exp.directory / "checkpoints").glob(".*"))

@@ -56,6 +56,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -141,6 +142,8 @@ class _Trial:
     kill_status: str | None = None
     kill_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    pulls: int = 0                              # checkpoints being copied back
+    end: tuple[str, int | None, str | None] | None = None   # reported once the copies are done
 
 
 @dataclass
@@ -803,6 +806,9 @@ class RemoteTrainingService(TrainingService):
             "PYTHONUNBUFFERED": spec.env.get("PYTHONUNBUFFERED", "1"),
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, run.gpus)),
         })
+        if "HPO_CHECKPOINT_DIR" in spec.env:
+            env["HPO_CHECKPOINT_DIR"] = f"{run.remote_dir}/checkpoints"
+        env.pop("HPO_RESTORE_CHECKPOINT", None)  # a path on this machine: restoring on a remote one is to come
         if host.state != "up":
             return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
         with contextlib.suppress(ConnectionError):  # likewise
@@ -868,6 +874,9 @@ class RemoteTrainingService(TrainingService):
             trial.steps = run.steps
         elif kind == "final":
             trial.final_sent = True
+        elif kind == "checkpoint":
+            self._spawn_pull(run, value)
+            return
         self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     def _on_exit(self, run: _Run, msg: dict[str, Any]) -> None:
@@ -1058,7 +1067,48 @@ class RemoteTrainingService(TrainingService):
         if trial.done.is_set():
             return
         self._release(trial)
+        if trial.pulls:  # its checkpoints are reported first
+            trial.end = (status, code, message)
+            return
         self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
+
+    # checkpoints ----------------------------------------------------------------------------------------------------
+    def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
+        self._storage = storage
+        return ""  # each copy writes into its own remote folder (set at launch), pulled back over SFTP
+
+    def _spawn_pull(self, run: _Run, report: dict[str, Any]) -> None:
+        run.trial.pulls += 1
+        task = asyncio.get_running_loop().create_task(self._pull_checkpoint(run, report))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pull_checkpoint(self, run: _Run, report: dict[str, Any]) -> None:
+        """Copy a checkpoint the trial wrote on its machine into the storage (under a partial name, then renamed),
+        remove the remote copy, then report it: the engine sees only checkpoints that are whole here."""
+        from hpo.trial_checkpoint import partial_name
+        trial, uid = run.trial, report["uuid"]
+        storage = getattr(self, "_storage", None)
+        try:
+            if storage is not None and run.host.conn is not None:
+                remote = f"{run.remote_dir}/checkpoints/{uid}"
+                partial = Path(storage) / partial_name(trial.spec.experiment_id, trial.spec.trial_id, uid)
+                try:
+                    Path(storage).mkdir(parents=True, exist_ok=True)
+                    async with run.host.conn.start_sftp_client() as sftp:
+                        await sftp.get(remote, str(partial), recurse=True)
+                        os.rename(partial, Path(storage) / uid)
+                        await _sftp_rmtree(sftp, remote)
+                except Exception as exc:  # noqa: BLE001 - reported as a checkpoint that could not be saved
+                    log.warning("trial %s: could not copy checkpoint %s from %s: %s", trial.spec.trial_id, uid,
+                                run.host.label, exc)
+                    await asyncio.to_thread(shutil.rmtree, partial, True)
+            self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
+        finally:
+            trial.pulls -= 1
+            if trial.pulls == 0 and trial.end is not None:
+                end, trial.end = trial.end, None
+                self._events.ended(trial.spec.trial_id, *end)  # type: ignore[union-attr]
 
     def _notify(self) -> None:
         if self._change is not None:
