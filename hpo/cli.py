@@ -66,7 +66,7 @@ def _open(experiment_id: str) -> tuple[Path, ExperimentStore]:
 
 def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
     """An ApiClient on a running experiment, and its experiment row; CliError if it is not running."""
-    from hpo.client import ApiClient
+    from hpo.api_client import ApiClient
     directory, store = _open(experiment_id)
     info = store.experiment()
     if not info.get("port") or not _engine_alive(directory, info):
@@ -326,7 +326,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _stop_one(experiment_id: str) -> None:
-    from hpo.client import ApiError
+    from hpo.api_client import ApiError
     directory, store = _open(experiment_id)
     info = store.experiment()
     if info["status"] in EXPERIMENT_END_STATES:
@@ -699,7 +699,7 @@ def _version() -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CliError, ValueError, LookupError, OSError, StoreError]
-    for module, name in (("hpo.experiment", "ExperimentError"), ("hpo.client", "ApiError")):
+    for module, name in (("hpo.experiment", "ExperimentError"), ("hpo.api_client", "ApiError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)

@@ -301,7 +301,7 @@ class Experiment:
     @classmethod
     def connect(cls, experiment_id: str) -> "Experiment":
         """A handle on an existing experiment: controllable if its engine runs, else read-only."""
-        from hpo.client import ApiClient
+        from hpo.api_client import ApiClient
 
         directory = lookup(experiment_id)
         exp = cls._open(experiment_id, directory)
@@ -557,7 +557,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ExperimentError, St
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
     """A user mistake that reaches the top of a script prints one line, not a traceback."""
-    from hpo.client import ApiError
+    from hpo.api_client import ApiError
     from hpo.registry import ExperimentNotFound
     from hpo.search_space import SearchSpaceError
 

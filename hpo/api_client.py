@@ -1,4 +1,4 @@
-"""A small client for a running experiment's JSON API (stdlib only; used by connect() and the CLI)."""
+"""A small client for a running experiment's JSON API (stdlib only; used by connect(), the CLI and hpo.client)."""
 from __future__ import annotations
 
 import json
