@@ -567,3 +567,37 @@ def test_the_dashboard_shows_why_a_trial_waits(make_experiment, browser, tmp_pat
     finally:
         page.context.close()
         exp.stop()
+
+
+def test_checkpoints_travel_through_the_claim(make_experiment, target, tmp_path):
+    """With a PVC the pod writes checkpoints on the claim; the engine (which has it mounted too) moves each into
+    the checkpoint storage before it is recorded, and the policy keeps the best and the latest."""
+    fake = target.fake_only()
+    shared = tmp_path / "claim"
+    shared.mkdir()
+    fake.add_pvc("ckpt", shared, target.namespace)
+    body = """
+import hpo
+for step in (1, 2, 3):
+    hpo.report_intermediate_result(50 if step == 2 else step)
+    with hpo.checkpoint_path({"steps_completed": step}) as path:
+        (path / "w.bin").write_bytes(bytes([step]) * 1000)
+hpo.report_final_result(1)
+"""
+    exp = _experiment(make_experiment, target, body, max_trial_number=1, training_service=target.service(
+        pvc={"claim_name": "ckpt", "mount_path": "/mnt/ckpt", "local_path": str(shared)}))
+    exp.run(port=0)
+    rows = exp._store().checkpoints()
+    assert exp.list_trial_jobs()[0]["status"] == "SUCCEEDED"
+    assert [(r["steps_completed"], r["state"]) for r in rows] == [(1, "DELETED"), (2, "COMPLETED"), (3, "COMPLETED")]
+    for r in rows[1:]:
+        assert (Path(r["location"]) / "w.bin").read_bytes() == bytes([r["steps_completed"]]) * 1000
+        assert Path(r["location"]).parent == exp.directory / "checkpoints"
+    assert not [p for p in (shared / exp.id / "checkpoints").iterdir()]  # moved, nothing left on the claim
+
+
+def test_without_a_claim_a_pod_is_told_checkpoints_are_not_collected(make_experiment, target):
+    exp = _experiment(make_experiment, target, "import hpo\nwith hpo.checkpoint_path():\n    pass\n", max_trial_number=1)
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert trial["status"] == "FAILED" and "does not collect checkpoints yet" in trial["message"]

@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class _Trial:
     finishing: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     log: TrialLog | None = None       # stdout.log and the positions in the pods' logs
+    collecting: set[asyncio.Task[None]] = field(default_factory=set)   # checkpoints being moved into the storage
 
 
 class KubernetesTrainingService(TrainingService):
@@ -387,8 +389,12 @@ class KubernetesTrainingService(TrainingService):
                 if podlog.seen > trial.reported:  # a replaced pod's repeats, or results stored before a restart
                     trial.reported = podlog.seen
                     self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
-            elif kind != "final" or not trial.final_sent:  # a checkpoint report passes as it is
-                trial.final_sent = trial.final_sent or kind == "final"
+            elif kind == "checkpoint":
+                task = self._spawn(self._collect_checkpoint(trial, value))
+                trial.collecting.add(task)
+                task.add_done_callback(trial.collecting.discard)
+            elif not trial.final_sent:
+                trial.final_sent = True
                 self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
         trial.log.save()
         return skip
@@ -431,6 +437,8 @@ class KubernetesTrainingService(TrainingService):
         followers = [p.done.wait() for p in trial.log.pods.values()] if trial.log is not None else []
         if followers:
             await asyncio.wait([asyncio.ensure_future(f) for f in followers], timeout=30)
+        if trial.collecting:  # its checkpoints are reported before its end
+            await asyncio.wait(trial.collecting)
         if trial.kill_status is not None:
             await self._wait_pods(lambda: not self._pods_of(trial), self.kill_grace + 30)
         status, code, message = self._outcome(trial, condition)
@@ -553,6 +561,28 @@ class KubernetesTrainingService(TrainingService):
             await self.client.close()
         self._packer.close()
 
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
+        """With a PVC, trials write checkpoints on the claim (``<mount_path>/<experiment>/checkpoints``) and the
+        engine, which has it mounted at ``local_path``, moves each one into the storage before reporting it."""
+        if self.pvc is None:
+            return None
+        self._storage = storage
+        return f"{self.pvc['mount_path'].rstrip('/')}/{spec.experiment_id}/checkpoints"
+
+    async def _collect_checkpoint(self, trial: _Trial, report: dict[str, Any]) -> None:
+        from hpo.trial_checkpoint import partial_name
+        uid, storage = report["uuid"], getattr(self, "_storage", None)
+        if storage is not None and self.pvc is not None:
+            local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser()
+            source = local / trial.spec.experiment_id / "checkpoints" / uid
+            partial = Path(storage) / partial_name(trial.spec.experiment_id, trial.spec.trial_id, uid)
+            try:
+                await asyncio.to_thread(_move_whole, source, partial, Path(storage) / uid)
+            except OSError as exc:
+                log.warning("trial %s: could not move checkpoint %s from the claim: %s", trial.spec.trial_id, uid, exc)
+        self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
+
     # -- review ------------------------------------------------------------------------------------------------
     def preview(self, *, experiment_id: str, command: str, parameters: dict[str, Any], code_dir: Path,
                 gpu_number: int = 0, max_duration: float | None = None) -> list[dict[str, Any]]:
@@ -660,3 +690,21 @@ def _pending_reason(pod: dict[str, Any]) -> str | None:
 def _last_line(text: str | None) -> str | None:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else None
+
+
+def _move_whole(source: Path, partial: Path, target: Path) -> None:
+    """Move a checkpoint folder into the storage: a rename on the same file system, else a copy under a partial
+    name renamed when whole (then the source is removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+        return
+    except OSError:
+        pass
+    try:
+        shutil.copytree(source, partial, symlinks=True)
+        os.rename(partial, target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(source, ignore_errors=True)
