@@ -22,6 +22,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import re
 import secrets
 import shlex
@@ -673,6 +674,10 @@ class Engine:
             if rec["id"] in adopted:
                 self._adopt(rec)
         self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped", keep=adopted))
+        # checkpoints half-written when the engine died, and ones recorded DELETED but not yet removed
+        deleted = [c["location"] for c in self.store.checkpoints(state="DELETED")]
+        self._loop.run_in_executor(None, _remove_leftover_checkpoints, self._checkpoint_folder,  # type: ignore[union-attr]
+                                   partial_name(self.experiment_id, "*", "*"), deleted)
         goal = self.store.events_of_kind("goal_reached")
         if goal:  # an early-stopping goal was reached before the crash: the experiment is over
             self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
@@ -774,6 +779,11 @@ def _remove_folders(paths: list[str]) -> None:
 
 def _remove_partials(folder: Path, pattern: str) -> None:
     _remove_folders([str(p) for p in folder.glob(pattern)])
+
+
+def _remove_leftover_checkpoints(folder: Path, pattern: str, deleted: list[str]) -> None:
+    _remove_partials(folder, pattern)
+    _remove_folders([path for path in deleted if os.path.isdir(path)])
 
 
 def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:

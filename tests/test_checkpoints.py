@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,45 @@ hpo.report_final_result(2)
     states = [(r["steps_completed"], r["state"]) for r in _checkpoints(exp)]
     assert states == [(1, "COMPLETED"), (2, "COMPLETED")]  # without the registration, step 1 would be deleted
     assert (Path(first["location"]) / "w").read_text() == "1"
+
+
+def test_engine_killed_mid_checkpoint_then_resumed_leaves_nothing_half_written(launcher):
+    import signal
+
+    from hpo import Experiment
+    from hpo.storage import ExperimentStore
+
+    body = """
+import hpo, os, time
+gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go")
+hpo.report_intermediate_result(1)
+with hpo.checkpoint_path({"steps_completed": 1}) as path:
+    (path / "w").write_text("1")
+with hpo.checkpoint_path({"steps_completed": 2}) as path:
+    (path / "w").write_text("2")
+    print("writing", flush=True)
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+hpo.report_final_result(1)
+"""
+    proc, exp_id, directory = launcher(body, max_trial_number=1)
+
+    def writing() -> list[Any]:
+        with ExperimentStore(directory, readonly=True) as store:
+            return [t for t in store.trials(status="RUNNING")
+                    if "writing" in (directory / "trials" / t["id"] / "stdout.log").read_text()]
+    first = wait_until(writing, 30, what="a trial in the middle of a checkpoint")[0]
+    assert list((directory / "checkpoints").glob(f".{exp_id}-{first['id']}-*.partial"))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (Path(launcher.tmp_path) / "code" / "go").write_text("")
+    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
+    try:
+        assert resumed.wait(60)
+    finally:
+        resumed.stop()
+    assert not list((directory / "checkpoints").glob(".*"))  # the half-written one is gone
+    rows = resumed._store().checkpoints()
+    kept = [r for r in rows if r["state"] == "COMPLETED"]
+    assert {r["trial_id"] for r in rows} >= {first["id"]} and all(Path(r["location"]).is_dir() for r in kept)
+    assert not [r for r in rows if r["state"] == "DELETED" and Path(r["location"]).exists()]
