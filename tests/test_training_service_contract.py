@@ -62,7 +62,7 @@ def processes(rec: "Recorder", trial_id: str) -> list[psutil.Process]:
     from kube_support import shared_cluster
     cluster, namespace = shared_cluster(current=True)
     out = {}
-    for p in cluster.pod_processes(rec.hosts[trial_id], namespace):
+    for p in cluster.pod_processes(rec.host_of[trial_id], namespace):
         try:
             root = psutil.Process(p)
             out.update((q.pid, q) for q in [root] + root.children(recursive=True))
@@ -77,14 +77,14 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, Any]] = []
         self.pids: dict[str, int | None] = {}
-        self.hosts: dict[str, str | None] = {}
+        self.host_of: dict[str, str | None] = {}
         self.ended_status: dict[str, str] = {}
         self.messages: dict[str, str | None] = {}
 
     def started(self, trial_id, pid, pgid, host, gpus) -> None:
         self.events.append(("started", trial_id, gpus))
         self.pids[trial_id] = pid
-        self.hosts[trial_id] = host
+        self.host_of[trial_id] = host
 
     def metric(self, trial_id, kind, value) -> None:
         self.events.append(("metric", trial_id, (kind, value)))
