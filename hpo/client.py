@@ -388,7 +388,7 @@ def _translate_determined(data: dict[str, Any]) -> str | None:
     for key, hint in _DETERMINED_ONLY.items():
         if key in data:
             raise ConfigError(f"config.{key}: a Determined key hpo does not support{f' ({hint})' if hint else ''}")
-    given = "searcher" in data
+    searcher_given = "searcher" in data
     searcher = data.pop("searcher", None)
     if searcher is not None and not isinstance(searcher, Mapping):
         raise ConfigError(f"config.searcher: expected a mapping, got {type(searcher).__name__}")
@@ -409,7 +409,7 @@ def _translate_determined(data: dict[str, Any]) -> str | None:
     metric = searcher.get("metric")
     if metric is not None and (not isinstance(metric, str) or not metric):
         raise ConfigError(f"config.searcher.metric: expected a metric name, got {metric!r}")
-    if given:
+    if searcher_given:
         smaller = searcher.get("smaller_is_better")
         if smaller is not None and not isinstance(smaller, bool):
             raise ConfigError(f"config.searcher.smaller_is_better: expected true or false, got {smaller!r}")
