@@ -292,11 +292,11 @@ class Experiment:
 
     def pause(self) -> None:
         """Launch no new trials; running trials continue.  :meth:`activate` undoes it."""
-        self._src.client("pause").post("/experiment/pause")
+        self._src.client("pause").pause()
 
     def activate(self) -> None:
         """Launch trials again after :meth:`pause`."""
-        self._src.client("activate").post("/experiment/activate")
+        self._src.client("activate").activate()
 
     def list_trials(self) -> list[Trial]:
         """Every trial, by sequence number."""

@@ -6,6 +6,8 @@ import json
 import shutil
 import textwrap
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -242,8 +244,15 @@ def test_pause_activate_kill_and_live_streams_across_processes(launcher, tmp_pat
     assert (m.trial_id, m.trial_run_id, m.steps_completed, m.group) == (first.id, 0, 1, "validation")
     assert m.end_time.tzinfo is not None and first.state is client.TrialState.ACTIVE
 
+    port = exp._src.info()["port"]
+    for action in ("pause", "activate"):  # the token rule of every action
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/experiment/{action}",
+                                                          data=b"", method="POST"), timeout=10)
+        assert refused.value.code == 401
     exp.pause()
     assert exp.state is client.ExperimentState.PAUSED
+    assert json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/experiment", timeout=10))["paused"]
     with pytest.raises(client.ExperimentNotActive, match="paused"):
         exp.wait(interval=0.05)
     (code / "gate1").touch()
