@@ -42,3 +42,11 @@ class ApiClient:
 
     def patch(self, path: str, body: Any) -> Any:
         return self._request("PATCH", path, body)
+
+    def pause(self) -> None:
+        """Pause the experiment: no new trials are launched, running ones continue."""
+        self.post("/experiment/pause")
+
+    def activate(self) -> None:
+        """Launch trials again after :meth:`pause`."""
+        self.post("/experiment/activate")

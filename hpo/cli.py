@@ -491,6 +491,51 @@ def _print_log(path: Path, start: int, stop: int | None, ended: Callable[[], boo
             time.sleep(0.2)
 
 
+def cmd_checkpoint_download(args: argparse.Namespace) -> int:
+    """Copy a checkpoint's folder (any registered experiment's) to DIR; DIR already holding metadata.json is kept."""
+    from hpo import client
+    ckpt = client.get_checkpoint(args.uuid)
+    there = (Path(args.dir) / "metadata.json").exists()
+    path = ckpt.download(args.dir)
+    print(f"{path} (already there)" if there else path)
+    return 0
+
+
+def cmd_model_create(args: argparse.Namespace) -> int:
+    from hpo import client
+    client.create_model(args.name, description=args.description)
+    print(f"model {args.name} created")
+    return 0
+
+
+def cmd_model_register(args: argparse.Namespace) -> int:
+    from hpo import client
+    version = client.get_model(args.name).register_version(args.uuid)
+    print(f"model {args.name} version {version.model_version}: checkpoint {version.checkpoint_uuid}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from hpo.model_registry import ModelRegistry
+    with ModelRegistry() as registry:
+        models = registry.list_models()
+    _table(["NAME", "VERSIONS", "UPDATED", "DESCRIPTION"],
+           [[m["name"], m["num_versions"], _when(m["last_updated_time"]), m["description"] or None] for m in models])
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from hpo.model_registry import ModelRegistry
+    with ModelRegistry() as registry:
+        model, versions = registry.get_model(args.name), registry.list_versions(args.name)
+    print(f"model {_printable(model['name'])}: {_printable(model['description']) or '-'}; "
+          f"metadata {_value(model['metadata'])}; {model['num_versions']} version(s)")
+    _table(["VERSION", "CHECKPOINT", "EXPERIMENT", "TRIAL", "CREATED"],
+           [[v["version"], v["checkpoint_uuid"], v["experiment_id"], v["trial_id"], _when(v["creation_time"])]
+            for v in versions])
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import math
     records = [{"trial_id": t["id"], "sequence_id": t["seq"], "status": t["status"], "parameter": t["parameters"],
@@ -672,6 +717,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("checkpoints", cmd_checkpoints, "List an experiment's checkpoints (kept ones; --all: every one).", "id")
     p.add_argument("--best", type=int, metavar="N", help="the N best, at most one per trial")
     p.add_argument("--all", action="store_true", help="also deleted ones and ones that could not be saved")
+    p_checkpoint = command("checkpoint", lambda a: _usage(p_checkpoint), "Checkpoint actions: download.")
+    nested = p_checkpoint.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    p = nested.add_parser("download", help="copy a checkpoint's folder to DIR", description="Copy a checkpoint's "
+                          "folder to DIR (kept as it is if DIR already holds its metadata.json).")
+    p.set_defaults(func=cmd_checkpoint_download)
+    p.add_argument("uuid")
+    p.add_argument("dir")
+    p_model = command("model", lambda a: _usage(p_model), "The model registry: create, register, list, show.")
+    nested = p_model.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    for name, func, text, positionals in (
+            ("create", cmd_model_create, "Register a new model.", ("name",)),
+            ("register", cmd_model_register, "Add a version of model NAME pointing at checkpoint UUID.",
+             ("name", "uuid")),
+            ("list", cmd_model_list, "List the registered models.", ()),
+            ("show", cmd_model_show, "A model and its versions.", ("name",))):
+        p = nested.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        for positional in positionals:
+            p.add_argument(positional)
+        if name == "create":
+            p.add_argument("--description", default="", help="a description of the model")
     p = command("logs", cmd_logs, "The engine log, or a trial's output (TRIAL: id or sequence number).", "id")
     p.add_argument("trial", nargs="?")
     p.add_argument("--stderr", action="store_true", help="the trial's stderr instead of its stdout")
@@ -687,6 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", required=True, metavar="FILE", help="repeat to merge")
     p.add_argument("-m", "--matrix", action="store_true", help="show the search space size and grid")
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    """A command group given without its action: print its help, exit 2."""
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def _version() -> str:

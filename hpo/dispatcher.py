@@ -118,6 +118,7 @@ class Engine:
         self._exhausted = False
         self._wait_for_result = False
         self._stopping = False
+        self.paused = False  # pause(): no new trials are launched; running ones continue
         self._deadline_hit = False
         self._error: str | None = None
         self._wake: asyncio.Event | None = None
@@ -194,6 +195,21 @@ class Engine:
                 self._set_status("RUNNING")
             self._poke()
         return queued
+
+    def pause(self) -> None:
+        """Launch no new trials until :meth:`activate`; running trials continue and the status stays as it is."""
+        if not self.paused:
+            self.paused = True
+            log.info("experiment paused: no new trials are launched")
+            self._publish("config", {"paused": True})
+
+    def activate(self) -> None:
+        """Undo :meth:`pause`: trials are launched again."""
+        if self.paused:
+            self.paused = False
+            log.info("experiment activated: trials are launched again")
+            self._publish("config", {"paused": False})
+            self._poke()
 
     async def kill_trial(self, trial_id: str) -> bool:
         if trial_id not in self.active:
@@ -346,7 +362,7 @@ class Engine:
         return limit is None or self.store.counted_trials() < limit
 
     async def _fill_slots(self) -> None:
-        while (len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
+        while (not self.paused and len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
                and self._error is None):
             rerun_of = None
             seq = self.store.next_seq()

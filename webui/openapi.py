@@ -80,7 +80,9 @@ _SCHEMAS: dict[str, Any] = {
             "elapsed_seconds": {"type": "number"}, "remaining_seconds": _NUM_OR_NULL,
             "trial_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "best_trial": {"allOf": [{"$ref": "#/components/schemas/Trial"}], "nullable": True},
-            "read_only": {"type": "boolean"}, "live": {"type": "boolean"}, "maximize": {"type": "boolean"},
+            "read_only": {"type": "boolean"},
+            "paused": {"type": "boolean", "description": "paused: no new trials are launched (the status stays RUNNING)"},
+            "live": {"type": "boolean"}, "maximize": {"type": "boolean"},
             "tuner": {"type": "string", "nullable": True, "description": "the tuner as the config names it"},
             "tuner_label": _TUNER_LABEL, "training_service": {"type": "string", "nullable": True},
             "progress": {"type": "object", "properties": {
@@ -247,6 +249,16 @@ _ACTIONS: dict[str, Any] = {
         "operationId": "stopExperiment",
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}),
                       "409": _err("read-only")}}},
+    "/experiment/pause": {"post": {
+        "summary": "Pause the experiment: no new trials are launched, running ones continue",
+        "operationId": "pauseExperiment",
+        "responses": {"200": _json({"type": "object", "properties": {"paused": {"type": "boolean"}}}),
+                      "409": _err("read-only or ended")}}},
+    "/experiment/activate": {"post": {
+        "summary": "Activate a paused experiment: trials are launched again",
+        "operationId": "activateExperiment",
+        "responses": {"200": _json({"type": "object", "properties": {"paused": {"type": "boolean"}}}),
+                      "409": _err("read-only or ended")}}},
     "/trials": {"post": {
         "summary": "Queue a trial with the given parameters (a point of the search space)",
         "operationId": "submitTrial",

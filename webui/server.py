@@ -191,6 +191,7 @@ class _Api:
             "trial_counts": counts,
             "best_trial": _trial_json(best) if best else None,
             "read_only": self.engine is None,
+            "paused": bool(getattr(self.engine, "paused", False)),
             "live": self.live(),
             "running_elsewhere": running_elsewhere,
             "maximize": maximize,
@@ -568,6 +569,16 @@ class Dashboard:
             raise web.HTTPConflict(text="this experiment is open read-only (view); resume it to change it")
         engine.request_stop()
         return web.json_response({"status": engine.status})
+
+    async def pause(self, request: web.Request) -> web.Response:
+        engine = self._require_engine()
+        engine.pause()
+        return web.json_response({"paused": True})
+
+    async def activate(self, request: web.Request) -> web.Response:
+        engine = self._require_engine()
+        engine.activate()
+        return web.json_response({"paused": False})
 
     async def kill(self, request: web.Request) -> web.Response:
         engine = self.main.engine
@@ -1048,6 +1059,8 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
     r.add_get(f"{API}/experiments", dash.experiments)
     r.add_patch(f"{API}/experiment", dash.update)
     r.add_post(f"{API}/experiment/stop", dash.stop)
+    r.add_post(f"{API}/experiment/pause", dash.pause)
+    r.add_post(f"{API}/experiment/activate", dash.activate)
     r.add_post(f"{API}/trials", dash.submit)
     r.add_post(f"{API}/trials/rerun", dash.rerun)
     r.add_post(f"{API}/trials/{{trial_id}}/kill", dash.kill)
