@@ -601,3 +601,33 @@ def test_without_a_claim_a_pod_is_told_checkpoints_are_not_collected(make_experi
     exp.run(port=0)
     trial = exp.list_trial_jobs()[0]
     assert trial["status"] == "FAILED" and "does not collect checkpoints yet" in trial["message"]
+
+
+def test_in_cluster_service_account_config(make_experiment, tmp_path, monkeypatch):
+    """No kubeconfig anywhere: the service account's token and CA (files the library reads; here in a temp folder
+    instead of /var/run/secrets/kubernetes.io/serviceaccount) and KUBERNETES_SERVICE_HOST/PORT are used."""
+    from kubernetes_asyncio.config import incluster_config
+
+    from tests.fake_k8s import FakeCluster
+
+    with FakeCluster(root=tmp_path / "incluster", tls=True, token="sa-token") as cluster:
+        account = tmp_path / "serviceaccount"
+        account.mkdir()
+        (account / "token").write_text("sa-token")
+        (account / "ca.crt").write_bytes(cluster.ca_pem)
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", cluster.url.rsplit(":", 1)[1])
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home-without-kubeconfig"))
+        exp = make_experiment(STEPS_SCRIPT.format(steps=1, pause=0), max_trial_number=1,
+                              training_service={"platform": "kubernetes", "kill_grace": 1.0})
+        exp.run(port=0)
+        assert [t["status"] for t in exp.list_trial_jobs()] == ["SUCCEEDED"]
+        (account / "token").write_text("a-stale-token")
+        bad = make_experiment(STEPS_SCRIPT.format(steps=1, pause=0), max_trial_number=1,
+                              training_service={"platform": "kubernetes"})
+        from hpo.experiment import ExperimentError
+        with pytest.raises(ExperimentError, match=r"\(the in-cluster service account\): 401 Unauthorized"):
+            bad.start(port=0)
