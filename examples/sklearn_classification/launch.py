@@ -25,5 +25,14 @@ if __name__ == "__main__":
     best = experiment.best_trial()
     if best is not None:
         print(f"best accuracy {best['final_value']:.4f} with {best['parameters']} (trial {best['id']})")
+        from hpo import client  # the best model, from its checkpoint into the model registry
+        checkpoint = client.get_experiment(experiment.id).top_checkpoint()
+        try:
+            model = client.create_model("digits-svm", description="SVM on scikit-learn's digits")
+        except client.ModelExists:
+            model = client.get_model("digits-svm")
+        version = model.register_version(checkpoint.uuid)
+        print(f"registered as model digits-svm version {version.model_version}: {checkpoint.location}/model.pkl "
+              f"(hpo model show digits-svm)")
     print(f"inspect it later with: hpo view {experiment.id}   or   hpo trials {experiment.id}")
     sys.exit(0 if ok else 1)
