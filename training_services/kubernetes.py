@@ -74,6 +74,7 @@ class _Trial:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     log: TrialLog | None = None       # stdout.log and the positions in the pods' logs
     collecting: set[asyncio.Task[None]] = field(default_factory=set)   # checkpoints being moved into the storage
+    last_collect: asyncio.Task[None] | None = None   # the latest (each is reported after the one before)
 
 
 class KubernetesTrainingService(TrainingService):
@@ -390,7 +391,8 @@ class KubernetesTrainingService(TrainingService):
                     trial.reported = podlog.seen
                     self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
             elif kind == "checkpoint":
-                task = self._spawn(self._collect_checkpoint(trial, value))
+                task = self._spawn(self._collect_checkpoint(trial, value, trial.last_collect))
+                trial.last_collect = task
                 trial.collecting.add(task)
                 task.add_done_callback(trial.collecting.discard)
             elif not trial.final_sent:
@@ -570,7 +572,8 @@ class KubernetesTrainingService(TrainingService):
         self._storage = storage
         return f"{self.pvc['mount_path'].rstrip('/')}/{spec.experiment_id}/checkpoints"
 
-    async def _collect_checkpoint(self, trial: _Trial, report: dict[str, Any]) -> None:
+    async def _collect_checkpoint(self, trial: _Trial, report: dict[str, Any],
+                                  before: asyncio.Task[None] | None) -> None:
         from hpo.trial_checkpoint import partial_name
         uid, storage = report["uuid"], getattr(self, "_storage", None)
         if storage is not None and self.pvc is not None:
@@ -581,6 +584,8 @@ class KubernetesTrainingService(TrainingService):
                 await asyncio.to_thread(_move_whole, source, partial, Path(storage) / uid)
             except OSError as exc:
                 log.warning("trial %s: could not move checkpoint %s from the claim: %s", trial.spec.trial_id, uid, exc)
+        if before is not None:
+            await asyncio.wait([before])  # reported in the order the trial saved them
         self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
 
     # -- review ------------------------------------------------------------------------------------------------

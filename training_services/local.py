@@ -434,17 +434,35 @@ def _environments() -> Iterator[tuple[int, bytes]]:
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL process ``pid``, its process group and every descendant."""
+    """SIGKILL process ``pid`` (a trial's supervisor), its process group and every descendant.
+
+    The descendants are frozen (SIGSTOP) until a look finds no new one, so none can fork past the kill, and killed
+    before the supervisor: while it lives, a subreaper, every orphan of the tree is still its child."""
     try:
-        tree = psutil.Process(pid).children(recursive=True)
+        root = psutil.Process(pid)
     except psutil.Error:
-        tree = []
-    _signal_group(pid, signal.SIGKILL)
-    for proc in tree:
+        root = None
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(100):
+        try:
+            tree = root.children(recursive=True) if root is not None else []
+        except psutil.Error:
+            tree = []
+        new = [p for p in tree if p.pid not in frozen]
+        if not new:
+            break
+        for proc in new:
+            frozen[proc.pid] = proc
+            try:
+                proc.suspend()
+            except psutil.Error:
+                pass
+    for proc in frozen.values():
         try:
             proc.kill()
         except psutil.Error:
             pass
+    _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

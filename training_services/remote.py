@@ -143,6 +143,7 @@ class _Trial:
     kill_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     pulls: int = 0                              # checkpoints being copied back
+    last_pull: asyncio.Task[None] | None = None  # the latest of them (each is reported after the one before)
     end: tuple[str, int | None, str | None] | None = None   # reported once the copies are done
 
 
@@ -1079,13 +1080,15 @@ class RemoteTrainingService(TrainingService):
 
     def _spawn_pull(self, run: _Run, report: dict[str, Any]) -> None:
         run.trial.pulls += 1
-        task = asyncio.get_running_loop().create_task(self._pull_checkpoint(run, report))
+        task = asyncio.get_running_loop().create_task(self._pull_checkpoint(run, report, run.trial.last_pull))
+        run.trial.last_pull = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _pull_checkpoint(self, run: _Run, report: dict[str, Any]) -> None:
+    async def _pull_checkpoint(self, run: _Run, report: dict[str, Any], before: asyncio.Task[None] | None) -> None:
         """Copy a checkpoint the trial wrote on its machine into the storage (under a partial name, then renamed),
-        remove the remote copy, then report it: the engine sees only checkpoints that are whole here."""
+        remove the remote copy, then report it (after the trial's checkpoint ``before``): the engine sees only
+        checkpoints that are whole here, in the order the trial saved them."""
         from hpo.trial_checkpoint import partial_name
         trial, uid = run.trial, report["uuid"]
         storage = getattr(self, "_storage", None)
@@ -1103,6 +1106,8 @@ class RemoteTrainingService(TrainingService):
                     log.warning("trial %s: could not copy checkpoint %s from %s: %s", trial.spec.trial_id, uid,
                                 run.host.label, exc)
                     await asyncio.to_thread(shutil.rmtree, partial, True)
+            if before is not None:
+                await asyncio.wait([before])
             self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
         finally:
             trial.pulls -= 1
