@@ -11,7 +11,7 @@ Each trial writes a folder of ``--size-mb`` MB, then, timed side by side in the 
   renamed, reported; the engine records it and applies the GC policy, defaults keep 2 per trial).
 
 With ``--s3`` the experiment's ``checkpoint_storage`` is ``type: s3`` on a moto S3 server on loopback (started
-by this script; ``pip install 'moto[server]' boto3``), and the two timed are:
+by this script in its own process; ``pip install 'moto[server]' boto3``), and the two timed are:
 
 * ``upload_file``: boto3's ``upload_file`` of each file of the folder (what a script without hpo does), and
 * ``report_checkpoint``: the folder saved through hpo until it is whole in the bucket (``metadata.json``, which
@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -75,7 +76,7 @@ for step in range(1, count + 1):
                         client.head_object(Bucket=bucket, Key=f"{prefix}/{uid}/metadata.json")
                         break
                     except client.exceptions.ClientError:
-                        time.sleep(0.002)
+                        time.sleep(0.01)
                 through_hpo.append(time.perf_counter() - t0)
 hpo.report_final_result({"default": 1.0, "plain": plain, "hpo": through_hpo})
 '''
@@ -95,19 +96,28 @@ def poll_api(port: int, stop: threading.Event, latencies: list[float]) -> None:
         stop.wait(0.1)
 
 
-def start_s3() -> tuple[object, str]:
-    """A moto S3 server on a free loopback port with a fresh bucket (dummy credentials in the environment, which
-    the engine and trials inherit); returns it and ``endpoint:bucket:prefix``."""
+def start_s3() -> tuple[subprocess.Popen[bytes], str]:
+    """A moto S3 server (its own process) on a free loopback port with a fresh bucket, dummy credentials in the
+    environment (which the engine and trials inherit); returns it and ``endpoint:bucket:prefix``."""
     import socket
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                sys.exit("the moto S3 server did not start (pip install 'moto[server]' boto3)")
+            time.sleep(0.1)
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="hpo-bench")
@@ -162,7 +172,8 @@ def main() -> None:
         on_disk = sum(f.stat().st_size for f in (exp.directory / "checkpoints").rglob("*") if f.is_file())
         exp.stop()
     if server is not None:
-        server.stop()
+        server.kill()
+        server.wait()
 
     plain = [t for trial in trials if trial["final"] for t in trial["final"]["plain"]]
     through = [t for trial in trials if trial["final"] for t in trial["final"]["hpo"]]

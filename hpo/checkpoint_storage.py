@@ -144,6 +144,7 @@ class S3Storage(CheckpointStorage):
 
     def save(self, uuid: str, folder: Path) -> str:
         from boto3.exceptions import Boto3Error
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
         from botocore.exceptions import BotoCoreError, ClientError
 
         location = self.location(uuid)
@@ -152,9 +153,11 @@ class S3Storage(CheckpointStorage):
         bucket, key = _split(location)
         names = sorted((os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
                         for root, _, files in os.walk(folder) for n in files), key=lambda n: (n == _METADATA, n))
-        try:
-            for name in names:  # managed transfer: multipart above 8 MB
-                self._client.upload_file(str(folder / name), bucket, f"{key}/{name}")
+        try:  # boto3's managed transfer: files in parallel, multipart above 8 MB; metadata.json once the rest is in
+            with create_transfer_manager(self._client, TransferConfig()) as manager:
+                for future in [manager.upload(str(folder / n), bucket, f"{key}/{n}") for n in names[:-1]]:
+                    future.result()
+            self._client.upload_file(str(folder / names[-1]), bucket, f"{key}/{names[-1]}")
         except (Boto3Error, BotoCoreError, ClientError, OSError) as exc:
             try:
                 self.delete(location)

@@ -847,10 +847,10 @@ def _remove_partials(folder: Path, pattern: str) -> None:
 
 
 def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str]) -> None:
-    storage.remove_leftovers(pattern)
-    for location in deleted:
+    """Resume: what a dead engine left unsaved, and the files of checkpoints recorded DELETED (best effort)."""
+    for remove, arg in [(storage.remove_leftovers, pattern), *((storage.delete, loc) for loc in deleted)]:
         try:
-            storage.delete(location)
+            remove(arg)
         except CheckpointStorageError as exc:
             log.warning("resume: %s", exc)
 
