@@ -43,11 +43,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from hpo.model_registry import ModelExists, ModelNotFound, ModelRegistry, VersionNotFound
 from hpo.registry import ExperimentNotFound, all_experiments, lookup
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore, engine_running
+
+if TYPE_CHECKING:
+    from hpo.checkpoint_storage import CheckpointStorage
 
 __all__ = ["create_experiment", "get_experiment", "get_trial", "get_checkpoint", "stream_trials_metrics",
            "create_model", "get_model", "get_models", "Experiment", "Trial", "Checkpoint",
@@ -183,6 +186,14 @@ class _Source:
     def maximize(self) -> bool:
         args = (self.info()["config"].get("tuner") or {}).get("class_args") or {}
         return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
+
+    def checkpoint_storage(self) -> CheckpointStorage:
+        """The experiment's checkpoint storage (as its config describes it)."""
+        from hpo.checkpoint_storage import CheckpointStorage
+        from hpo.config import CheckpointStorageConfig
+
+        config = CheckpointStorageConfig.model_validate(self.info()["config"].get("checkpoint_storage") or {})
+        return CheckpointStorage.for_config(config, self.directory)
 
     def searcher_metric(self) -> str | None:
         try:
@@ -606,7 +617,7 @@ class CheckpointTrainingMetadata:
 class Checkpoint:
     """A checkpoint (Determined's ``Checkpoint``): ``uuid``, ``report_time`` (ISO 8601, UTC), ``resources``
     (path -> bytes), ``metadata``, ``state``, ``training``; hpo adds ``steps_completed``, ``searcher_metric``
-    and ``location`` (its folder)."""
+    and ``location`` (its folder, or its ``s3://`` URL)."""
 
     def __init__(self, row: dict[str, Any], training: CheckpointTrainingMetadata, searcher_metric: float | None,
                  src: _Source) -> None:
@@ -616,7 +627,7 @@ class Checkpoint:
         self.metadata: dict[str, Any] = row["metadata"] or {}
         self.state = CheckpointState(row["state"])
         self.steps_completed: int = row["steps_completed"]
-        self.location = Path(row["location"])
+        self.location: Path | str = row["location"] if row["location"].startswith("s3://") else Path(row["location"])
         self.training = training
         self.searcher_metric = searcher_metric
         self._report_ts: float = row["report_time"]
@@ -635,15 +646,19 @@ class Checkpoint:
                                        f"can be downloaded")
         if (target / "metadata.json").exists():
             return str(target)
-        missing = [name for name in self.resources if not (self.location / name).is_file()]
-        if not self.location.is_dir() or missing:
-            what = "its folder is gone" if not self.location.is_dir() else \
+        storage = self._src.checkpoint_storage()
+        if isinstance(self.location, Path):
+            missing = [name for name in self.resources if not (self.location / name).is_file()]
+            what = "its folder is gone" if not self.location.is_dir() else None if not missing else \
                 f"{missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} missing"
+        else:
+            what = None if storage.exists(self.location) else "its metadata.json is gone"
+        if what is not None:
             raise CheckpointFilesMissing(f"checkpoint {self.uuid}: {what} in {self.location} (deleted outside hpo?)")
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.uuid}.", dir=target))
         try:
-            shutil.copytree(self.location, staging, dirs_exist_ok=True)
+            storage.download(str(self.location), staging)
             if not (staging / "metadata.json").exists():
                 (staging / "metadata.json").write_text(json.dumps(self.metadata))
             row = self._src.store.checkpoint(self.uuid)

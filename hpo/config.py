@@ -287,13 +287,20 @@ class CheckpointStorageConfig(_Base):
     """Where trials' checkpoints are kept (Determined's ``checkpoint_storage``) and how many are kept.
 
     ``shared_fs``: ``<host_path>[/<storage_path>]/<uuid>``; without ``host_path``, the experiment folder's
-    ``checkpoints``.  The three ``save_*`` counts are unioned: the N best over the experiment, the N best of each
+    ``checkpoints``.  ``s3``: ``s3://<bucket>[/<prefix>]/<uuid>/...`` (``endpoint_url`` for S3-compatible
+    servers; credentials from boto3's default chain, never from this config; needs ``pip install 'hpo[s3]'``).
+    The three ``save_*`` counts are unioned: the N best over the experiment, the N best of each
     trial and the N latest of each trial are kept (and any checkpoint registered as a model version)."""
 
     _default_where: ClassVar[str] = "config.checkpoint_storage"
-    type: Literal["shared_fs"] = Field("shared_fs", description="'shared_fs'")
+    type: Literal["shared_fs", "s3"] = Field("shared_fs", description="'shared_fs' or 's3'")
     host_path: Path | None = Field(None, description="a folder path, or null for the experiment folder")
     storage_path: str | None = Field(None, min_length=1, description="a sub-folder of host_path, or null")
+    bucket: str | None = Field(None, min_length=1, description="an S3 bucket name (type s3), or null")
+    prefix: str | None = Field(None, description="a key prefix inside the bucket (type s3), or null")
+    endpoint_url: str | None = Field(None, min_length=1, description="an S3 endpoint URL such as "
+                                     "'http://minio:9000' (type s3), or null for AWS")
+    region: str | None = Field(None, min_length=1, description="an AWS region such as 'us-east-1', or null")
     save_experiment_best: int = Field(0, ge=0, strict=True, description="an integer >= 0")
     save_trial_best: int = Field(1, ge=0, strict=True, description="an integer >= 0")
     save_trial_latest: int = Field(1, ge=0, strict=True, description="an integer >= 0")
@@ -530,6 +537,7 @@ class ExperimentConfig(_Base):
             if algo is not None and algo.code_directory is not None:
                 algo.code_directory = _existing_dir(algo.code_directory, f"{w}.{role}.code_directory")
         storage = self.checkpoint_storage
+        _check_storage_type(storage, f"{w}.checkpoint_storage")
         if storage.host_path is not None:
             storage.host_path = _absolute(storage.host_path)
             _writable_dir(storage.host_path, f"{w}.checkpoint_storage.host_path")
@@ -591,6 +599,23 @@ def _existing_dir(path: Path, where: str) -> Path:
 MAX_FILE_BYTES = 16 << 20  # config and search-space files larger than this are refused unread
 MAX_YAML_DEPTH = 128  # nesting levels (a 32-deep nested choice needs about 100)
 MAX_ALIAS_NODES = 100_000  # values that YAML aliases may add in all (a "billion laughs" adds billions)
+
+
+def _check_storage_type(storage: CheckpointStorageConfig, where: str) -> None:
+    """ConfigError unless the keys set fit the storage type (and boto3 is there for s3)."""
+    s3_keys = [k for k in ("bucket", "prefix", "endpoint_url", "region") if getattr(storage, k) is not None]
+    if storage.type == "shared_fs" and s3_keys:
+        raise ConfigError(f"{where}.{s3_keys[0]}: is for type 's3', but type is 'shared_fs'")
+    if storage.type != "s3":
+        return
+    if storage.bucket is None:
+        raise ConfigError(f"{where}.bucket: not set; type 's3' needs a bucket")
+    if storage.host_path is not None or storage.storage_path is not None:
+        raise ConfigError(f"{where}: host_path and storage_path are for type 'shared_fs', but type is 's3'")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{where}.type: 's3' needs boto3; install the extra: pip install 'hpo[s3]'") from None
 
 
 def _writable_dir(path: Path, where: str) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import errno
 import json
 import logging
-import os
 import re
 import secrets
 import shlex
@@ -33,10 +32,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
+from hpo.checkpoint_storage import CheckpointStorage, CheckpointStorageError
 from hpo.trial_checkpoint import partial_name
 from training_services.base import TrainingService, TrialSpec, tail_lines
 from hpo.early_stopping import threshold_reached
@@ -130,6 +130,8 @@ class Engine:
         self._resource_failures = 0
         self._store_failed = False
         self._unrecorded: list[tuple[Any, ...]] = []  # trial ends the store could not take, retried at the end
+        self._storage = CheckpointStorage.for_config(config.checkpoint_storage, self.directory)
+        self._storage_tasks: dict[asyncio.Task[None], int | None] = {}  # uploads (by trial seq) and deletions
         self.first_trial_started = asyncio.Event()
         self.running = asyncio.Event()  # set once trials may start (the service is up)
         self.start_error: str | None = None  # why the experiment could not start, if it could not
@@ -262,6 +264,7 @@ class Engine:
             heartbeat.cancel()
         if self._error is not None:
             await self._stop_service("experiment failed")
+            await self._drain_storage()
             if self._store_failed:  # the trials are stopped: nothing else writes now
                 self.store.release_reserve()
                 self._store_failed = False
@@ -275,6 +278,7 @@ class Engine:
                 self._set_status("ERROR", self._error)
         else:
             await self._stop_service("experiment ended")  # releases connections, GPUs
+            await self._drain_storage()
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
         return self.status
 
@@ -303,22 +307,26 @@ class Engine:
                 return
             if self._stopping:
                 await self._stop_service("experiment stopped")
+                await self._drain_storage()
                 self._set_status("STOPPED")
                 return
             if self._goal_reached is not None:
                 await self._stop_service(self._goal_reached)
+                await self._drain_storage()
                 self._finish(self._goal_reached)
                 return
             remaining = self._time_left()
             if remaining is not None and remaining <= 0:
                 self._deadline_hit = True
                 await self._stop_service("max_experiment_duration reached")
+                await self._drain_storage()
                 self._finish("max_experiment_duration reached")
                 return
             await self._fill_slots()
             if self._error is not None or self._stopping:  # changed while the tuner was asked: see above
                 continue
             if not self.active and self._launching == 0 and not self._can_submit():
+                await self._drain_storage()
                 self._finish(None)
                 return
             if not self._can_submit() and self.status == "RUNNING":
@@ -412,11 +420,8 @@ class Engine:
         folder = self.service.checkpoint_dir(spec, self._checkpoint_folder)
         if folder is not None:
             spec.env["HPO_CHECKPOINT_DIR"] = folder
-            restore = self._restore_point(rerun_of)
-            if restore is not None:
-                spec.env["HPO_RESTORE_CHECKPOINT"] = restore
         self._launching += 1
-        task = asyncio.get_running_loop().create_task(self._launch(spec))
+        task = asyncio.get_running_loop().create_task(self._launch(spec, rerun_of if folder is not None else None))
         task.add_done_callback(_log_task_error)
 
     def _command_for(self, params: dict[str, Any]) -> str:
@@ -424,8 +429,12 @@ class Engine:
             return f"{shlex.quote(sys.executable)} -m hpo.function_trial {shlex.quote(str(self.directory / FUNCTION_FILE))}"
         return render_command(self.config.trial_command, params)
 
-    async def _launch(self, spec: TrialSpec) -> None:
+    async def _launch(self, spec: TrialSpec, restore_from: int | None = None) -> None:
         try:
+            if restore_from is not None:
+                restore = await self._restore_point(restore_from, spec.trial_id)
+                if restore is not None:
+                    spec.env["HPO_RESTORE_CHECKPOINT"] = restore
             await self.service.launch(spec)
             self._resource_failures = 0
         except Exception as exc:
@@ -514,22 +523,36 @@ class Engine:
     # -- checkpoints ------------------------------------------------------------------------------------------------
     @property
     def _checkpoint_folder(self) -> Path:
-        return self.config.checkpoint_storage.folder(self.directory)
+        """Where trials write checkpoints (the storage's staging folder)."""
+        return self._storage.staging_folder()
 
     def _checkpoint(self, trial: _Active, report: dict[str, Any]) -> None:
-        """Record a checkpoint the trial reported (COMPLETED when its folder is whole in the storage), with the
-        trial's metric at its step, then apply the storage's save_* policy."""
+        """Save a checkpoint the trial reported, with the trial's metric at its step (the save runs in a worker
+        thread; its row is recorded when it ends, even if the trial ended first)."""
         meta = report["metadata"]
         steps = meta.get("steps_completed")
         steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else trial.steps
         value = trial.history[steps - 1] if 1 <= steps <= len(trial.history) else \
             (trial.history[-1] if trial.history else None)
-        location = self._checkpoint_folder / report["uuid"]
-        state, message = ("COMPLETED", None) if location.is_dir() else \
-            ("ERROR", f"its files are not in the checkpoint storage ({location})")
-        if not self._guarded(self.store.add_checkpoint, report["uuid"], trial.seq, steps, value,
+        earlier = [t for t, s in self._storage_tasks.items() if s == trial.seq]
+        self._storage_task(self._save_checkpoint(trial, report, steps, value, earlier), trial.seq)
+
+    async def _save_checkpoint(self, trial: _Active, report: dict[str, Any], steps: int, value: float | None,
+                               earlier: list[asyncio.Task[None]]) -> None:
+        """Store the checkpoint (after the trial's ``earlier`` ones: rows stay in report order), then record it
+        (COMPLETED, or ERROR with the reason) and apply the save_* policy."""
+        assert self._loop is not None
+        meta, uid = report["metadata"], report["uuid"]
+        if earlier:
+            await asyncio.wait(earlier)
+        try:
+            location = await self._loop.run_in_executor(None, self._storage.save, uid, self._checkpoint_folder / uid)
+            state, message = "COMPLETED", None
+        except Exception as exc:
+            location, state, message = self._storage.location(uid), "ERROR", _describe(exc)
+        if not self._guarded(self.store.add_checkpoint, uid, trial.seq, steps, value,
                              {"default": value} if value is not None else None, meta, report["resources"],
-                             str(location), state, message):
+                             location, state, message):
             return
         log.info("trial %s (#%d) checkpoint %s at step %d: %s", trial.trial_id, trial.seq, report["uuid"], steps,
                  state if message is None else f"{state}: {message}")
@@ -561,15 +584,45 @@ class Engine:
                                            "removed by the checkpoint storage's save_* policy"):
             return
         locations = [r["location"] for r in rows if r["uuid"] in doomed]
-        self._loop.run_in_executor(None, _remove_folders, locations)  # type: ignore[union-attr]
+        self._storage_task(self._delete_checkpoints(locations), None)
 
-    def _restore_point(self, rerun_of: int | None) -> str | None:
-        """The latest whole checkpoint of the trial a re-run continues (or of the one that trial re-ran)."""
-        seq = rerun_of
+    async def _delete_checkpoints(self, locations: list[str]) -> None:
+        assert self._loop is not None
+        for location in locations:
+            try:
+                await self._loop.run_in_executor(None, self._storage.delete, location)
+            except Exception as exc:  # recorded DELETED already; resume tries again
+                log.warning("checkpoint GC: %s", _describe(exc))
+
+    def _storage_task(self, coro: Coroutine[Any, Any, None], seq: int | None) -> None:
+        """Run a checkpoint upload (of trial ``seq``) or deletion (``seq`` None); the engine ends after them."""
+        async def tracked() -> None:
+            try:
+                await coro
+            finally:
+                self._storage_tasks.pop(task, None)
+        task = self._loop.create_task(tracked())  # type: ignore[union-attr]
+        task.add_done_callback(_log_task_error)
+        self._storage_tasks[task] = seq
+
+    async def _drain_storage(self, seq: int | None = None) -> None:
+        """Wait for the checkpoint uploads and deletions in flight (only trial ``seq``'s uploads, when given)."""
+        while pending := [t for t, s in self._storage_tasks.items() if seq is None or s == seq]:
+            await asyncio.wait(pending)
+
+    async def _restore_point(self, rerun_of: int, trial_id: str) -> str | None:
+        """The latest whole checkpoint of the trial a re-run continues (or of the one that trial re-ran), as a
+        local folder: a remote storage's is downloaded into the staging folder (removed when the trial ends)."""
+        assert self._loop is not None
+        seq: int | None = rerun_of
         while seq is not None:
+            await self._drain_storage(seq)  # its last checkpoint may still be uploading
             done = self.store.checkpoints(seq, state="COMPLETED")
             if done:
-                return max(done, key=lambda c: (c["steps_completed"], c["report_time"]))["location"]
+                latest = max(done, key=lambda c: (c["steps_completed"], c["report_time"]))
+                dest = self._checkpoint_folder / partial_name(self.experiment_id, trial_id, "restore")
+                folder = await self._loop.run_in_executor(None, self._storage.local_folder, latest["location"], dest)
+                return str(folder)
             rec = self.store.trial(seq)
             seq = rec["rerun_of"] if rec is not None else None
         return None
@@ -618,7 +671,7 @@ class Engine:
         if self.assessor is not None:
             self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
                                        status == "SUCCEEDED")
-        if status != "SUCCEEDED" and self._loop is not None:  # a checkpoint it was writing when it ended
+        if self._loop is not None:  # a checkpoint it was writing when it ended, the copy it restored from
             self._loop.run_in_executor(None, _remove_partials, self._checkpoint_folder,
                                        partial_name(self.experiment_id, trial_id, "*"))
         log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")
@@ -692,8 +745,8 @@ class Engine:
         self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped", keep=adopted))
         # checkpoints half-written when the engine died, and ones recorded DELETED but not yet removed
         deleted = [c["location"] for c in self.store.checkpoints(state="DELETED")]
-        self._loop.run_in_executor(None, _remove_leftover_checkpoints, self._checkpoint_folder,  # type: ignore[union-attr]
-                                   partial_name(self.experiment_id, "*", "*"), deleted)
+        await self._loop.run_in_executor(None, _remove_leftover_checkpoints, self._storage,  # type: ignore[union-attr]
+                                         partial_name(self.experiment_id, "*", "*"), deleted)
         goal = self.store.events_of_kind("goal_reached")
         if goal:  # an early-stopping goal was reached before the crash: the experiment is over
             self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
@@ -788,18 +841,18 @@ class Engine:
 NO_RESULT = "finished without reporting a final result"
 
 
-def _remove_folders(paths: list[str]) -> None:
-    for path in paths:
+def _remove_partials(folder: Path, pattern: str) -> None:
+    for path in folder.glob(pattern):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_partials(folder: Path, pattern: str) -> None:
-    _remove_folders([str(p) for p in folder.glob(pattern)])
-
-
-def _remove_leftover_checkpoints(folder: Path, pattern: str, deleted: list[str]) -> None:
-    _remove_partials(folder, pattern)
-    _remove_folders([path for path in deleted if os.path.isdir(path)])
+def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str]) -> None:
+    """Resume: what a dead engine left unsaved, and the files of checkpoints recorded DELETED (best effort)."""
+    for remove, arg in [(storage.remove_leftovers, pattern), *((storage.delete, loc) for loc in deleted)]:
+        try:
+            remove(arg)
+        except CheckpointStorageError as exc:
+            log.warning("resume: %s", exc)
 
 
 def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:
@@ -811,7 +864,7 @@ def _failure_percent(rules: list[dict[str, Any]] | None) -> float | None:
 
 
 def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, (StoreError, ValueError)) and str(exc):  # messages written for the user
+    if isinstance(exc, (StoreError, ValueError, CheckpointStorageError)) and str(exc):  # messages written for the user
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
 
