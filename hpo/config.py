@@ -612,10 +612,13 @@ def _check_storage_type(storage: CheckpointStorageConfig, where: str) -> None:
         raise ConfigError(f"{where}.bucket: not set; type 's3' needs a bucket")
     if storage.host_path is not None or storage.storage_path is not None:
         raise ConfigError(f"{where}: host_path and storage_path are for type 'shared_fs', but type is 's3'")
+    import importlib.util
     try:
-        import boto3  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"{where}.type: 's3' needs boto3; install the extra: pip install 'hpo[s3]'") from None
+        found = importlib.util.find_spec("boto3") is not None
+    except ValueError:  # in sys.modules as None: it cannot be imported
+        found = False
+    if not found:
+        raise ConfigError(f"{where}.type: 's3' needs boto3; install the extra: pip install 'hpo[s3]'")
 
 
 def _writable_dir(path: Path, where: str) -> None:
