@@ -10,7 +10,6 @@ import base64
 import contextlib
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -416,7 +415,8 @@ def test_job_delete_defaults_to_orphan_background_removes_pods(cluster: FakeClus
                                                                      "time.sleep(60)"))
             orph, bg = running_pod(cluster, "orph"), running_pod(cluster, "bg")
             pids = cluster.pod_processes(orph["metadata"]["name"])
-            assert pids and all(psutil.pid_exists(p) for p in pids)
+            bg_pids = cluster.pod_processes(bg["metadata"]["name"])
+            assert pids and all(psutil.pid_exists(p) for p in pids) and bg_pids
             status = await batch.delete_namespaced_job("orph", NS)
             assert status.status == "Success"
             await asyncio.sleep(0.5)
@@ -426,6 +426,7 @@ def test_job_delete_defaults_to_orphan_background_removes_pods(cluster: FakeClus
             assert cluster.pod_processes(orph["metadata"]["name"]) == pids
             await batch.delete_namespaced_job("bg", NS, propagation_policy="Background")
             await await_(lambda: not pods_of(cluster, "bg"), 10, "background GC")
+            await await_(lambda: not any(psutil.pid_exists(p) for p in bg_pids), 10, "the GC'd pod's processes")
             assert cluster.objects("jobs") == []
             # deleting the orphan pod itself: graceful, SIGTERM ends the sleep
             core = client.CoreV1Api(a)

@@ -31,7 +31,6 @@ from sshd import (SECOND_USER, SshServer, client_key, create_user, free_port, re
 from test_training_service_contract import Recorder
 from hpo.experiment import ExperimentError
 from training_services import code_package
-from training_services import remote as remote_mod
 from training_services.base import TrialSpec, create_training_service
 
 PASSPHRASE = "pp-" + secrets.token_hex(8)

@@ -275,7 +275,7 @@ class PodRun:
 
     def _field_ref(self, path: str) -> str:
         pod = self.pod() or {}
-        meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
+        meta, spec = pod.get("metadata", {}), pod.get("spec", {})
         m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
         if m:
             return (meta.get(m.group(1)) or {}).get(m.group(2), "")

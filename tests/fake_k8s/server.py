@@ -214,7 +214,7 @@ class Api:
                                                           ("pods", "eviction")}):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         raise ApiError(405, "MethodNotAllowed",
-                       f"the server does not allow this method on the requested resource")
+                       "the server does not allow this method on the requested resource")
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -255,7 +255,7 @@ class Api:
         if not meta.get("name") and meta.get("generateName"):
             probe["metadata"]["name"] = meta["generateName"] + "abcde"
         validate(resource, probe)
-        hook = None
+        hook: Callable[[dict[str, Any]], None] | None = None
         if resource == "pods":
             body["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             body["spec"].setdefault("terminationGracePeriodSeconds", 30)
@@ -271,7 +271,7 @@ class Api:
             spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
             body["status"] = {}
 
-            def hook(obj: dict[str, Any]) -> None:
+            def job_hook(obj: dict[str, Any]) -> None:
                 uid, name = obj["metadata"]["uid"], obj["metadata"]["name"]
                 sel = {"batch.kubernetes.io/controller-uid": uid}
                 obj["spec"].setdefault("selector", {"matchLabels": sel})
@@ -279,6 +279,7 @@ class Api:
                 tmeta.setdefault("labels", {}).update({
                     "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid,
                     "batch.kubernetes.io/job-name": name, "job-name": name})
+            hook = job_hook
         elif resource == "services":
             spec = body.setdefault("spec", {})
             if spec.get("clusterIP") != "None":
@@ -332,9 +333,9 @@ class Api:
                                f"in our request: {exc}") from None
         else:
             raise ApiError(415, "UnsupportedMediaType",
-                           f'the body of the request was in an unknown format - accepted media '
-                           f'types include: application/json-patch+json, application/merge-patch+'
-                           f'json, application/strategic-merge-patch+json')
+                           'the body of the request was in an unknown format - accepted media '
+                           'types include: application/json-patch+json, application/merge-patch+'
+                           'json, application/strategic-merge-patch+json')
         patched_rv = (new.get("metadata") or {}).get("resourceVersion")
         check = patched_rv is not None and patched_rv != old["metadata"]["resourceVersion"]
         new.setdefault("metadata", {}).update(name=name, namespace=ns)
