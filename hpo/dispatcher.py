@@ -131,6 +131,7 @@ class Engine:
         self._store_failed = False
         self._unrecorded: list[tuple[Any, ...]] = []  # trial ends the store could not take, retried at the end
         self._storage = CheckpointStorage.for_config(config.checkpoint_storage, self.directory)
+        self._writes_checkpoints: dict[str, bool] = {}  # trial id -> a re-run (it may have a restored copy)
         self._storage_tasks: dict[asyncio.Task[None], int | None] = {}  # uploads (by trial seq) and deletions
         self.first_trial_started = asyncio.Event()
         self.running = asyncio.Event()  # set once trials may start (the service is up)
@@ -420,6 +421,7 @@ class Engine:
         folder = self.service.checkpoint_dir(spec, self._checkpoint_folder)
         if folder is not None:
             spec.env["HPO_CHECKPOINT_DIR"] = folder
+            self._writes_checkpoints[trial_id] = rerun_of is not None
         self._launching += 1
         task = asyncio.get_running_loop().create_task(self._launch(spec, rerun_of if folder is not None else None))
         task.add_done_callback(_log_task_error)
@@ -671,7 +673,9 @@ class Engine:
         if self.assessor is not None:
             self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
                                        status == "SUCCEEDED")
-        if self._loop is not None:  # a checkpoint it was writing when it ended, the copy it restored from
+        rerun = self._writes_checkpoints.pop(trial_id, None)
+        if self._loop is not None and (rerun or (rerun is not None and status != "SUCCEEDED")):
+            # a checkpoint it was writing when it ended, the copy of a checkpoint it restored from
             self._loop.run_in_executor(None, _remove_partials, self._checkpoint_folder,
                                        partial_name(self.experiment_id, trial_id, "*"))
         log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")

@@ -205,10 +205,10 @@ hpo.report_final_result(1)
 """
     proc, exp_id, directory = launcher(body, max_trial_number=1)
 
-    def writing() -> list[Any]:
+    def writing() -> list[Any]:  # in the second checkpoint, once the engine has recorded the first
         with ExperimentStore(directory, readonly=True) as store:
-            return [t for t in store.trials(status="RUNNING")
-                    if "writing" in (directory / "trials" / t["id"] / "stdout.log").read_text()]
+            return [t for t in store.trials(status="RUNNING") if store.checkpoints(t["seq"])
+                    and "writing" in (directory / "trials" / t["id"] / "stdout.log").read_text()]
     first = wait_until(writing, 30, what="a trial in the middle of a checkpoint")[0]
     assert list((directory / "checkpoints").glob(f".{exp_id}-{first['id']}-*.partial"))
     proc.send_signal(signal.SIGKILL)

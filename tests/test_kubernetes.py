@@ -172,6 +172,21 @@ def test_twenty_trials_at_concurrency_four(make_experiment, target):
         assert target.jobs_created() - created_before == 20  # one Job per trial
 
 
+def test_finished_trials_jobs_are_deleted_while_the_experiment_runs(make_experiment, target):
+    body = ("import hpo, time\np = hpo.get_next_parameter()\nif hpo.get_sequence_id() == 4:\n    time.sleep(60)\n"
+            "hpo.report_final_result(p['x'])\n")
+    exp = _experiment(make_experiment, target, body, trial_concurrency=1, max_trial_number=4)
+    exp.start(port=0)
+    last = wait_until(lambda: [t for t in exp.list_trial_jobs(status="RUNNING") if t["seq"] == 4], 60,
+                      what="the fourth trial")[0]
+    wait_until(lambda: [j["metadata"]["labels"]["hpo.io/trial"] for j in
+                        target.objects("jobs", f"hpo.io/experiment={exp.id}")] == [last["id"]], 10,
+               what="the finished trials' Jobs deleted")
+    assert not [p for p in target.objects("pods", f"hpo.io/experiment={exp.id}")
+                if p["metadata"]["labels"]["hpo.io/trial"] != last["id"]]
+    exp.stop()
+
+
 def test_kill_one_trial_and_its_pod(make_experiment, target):
     exp = _experiment(make_experiment, target, STEPS_SCRIPT.format(steps=200, pause=0.1),
                       trial_concurrency=2, max_trial_number=2)

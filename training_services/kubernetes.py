@@ -4,7 +4,8 @@
   engine's ``max_trial_retries``), a ``podFailurePolicy`` that ignores ``DisruptionTarget`` (an evicted or
   preempted pod is run again, not counted as the trial's failure), ``activeDeadlineSeconds`` =
   ``max_trial_duration`` and a ``ttlSecondsAfterFinished`` that outlives an engine restart.  Jobs are always
-  deleted with ``propagationPolicy: Background`` (through the API a Job's pods are orphaned by default).
+  deleted with ``propagationPolicy: Background`` (through the API a Job's pods are orphaned by default); the Jobs
+  of trials that ended are deleted together, one request a second at most.
 * **Metrics travel in the pod's log**: the trial API prints ``HPO_*_RESULT=`` lines; the service follows
   each pod's log with timestamps, copies it to the trial's ``stdout.log`` as it streams (so ``hpo logs`` and the
   dashboard keep it after the Job is gone), and after a dropped stream or an engine restart resumes from the
@@ -51,6 +52,8 @@ __all__ = ["KubernetesTrainingService"]
 log = logging.getLogger("hpo.kubernetes")
 
 _RETRY_STATUSES = (0, 429, 500, 502, 503, 504)
+DELETE_BATCH_SECONDS = 1.0    # finished trials' Jobs are deleted together, at most this long after they end
+DELETE_BATCH_SIZE = 40        # trial ids in one label selector
 _PROBLEM_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "RunContainerError", "ErrImageNeverPull")
 
@@ -119,6 +122,8 @@ class KubernetesTrainingService(TrainingService):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pod_change = asyncio.Event()   # replaced by a fresh one after every pod event
         self._guard: asyncio.Task[None] | None = None
+        self._finished_jobs: dict[str, str] = {}   # trial id -> Job, deleted with the next batch
+        self._deleter: asyncio.Task[None] | None = None
         self._closing = False
         self._api_error: str | None = None
 
@@ -454,7 +459,7 @@ class KubernetesTrainingService(TrainingService):
         if not self._closing:
             self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
             if condition is not None or trial.kill_status is not None:
-                self._spawn(self._delete_job(trial.job))
+                self._delete_later(trial)
         else:
             self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
 
@@ -490,6 +495,27 @@ class KubernetesTrainingService(TrainingService):
             return []
         return [name for name, pod in self._pods.cache.items()
                 if (pod["metadata"].get("labels") or {}).get(TRIAL_LABEL) == trial.spec.trial_id]
+
+    def _delete_later(self, trial: _Trial) -> None:
+        """Delete a finished trial's Job with the next batch (one request for all the Jobs that ended within
+        DELETE_BATCH_SECONDS; their logs are copied, their ends recorded)."""
+        self._finished_jobs[trial.spec.trial_id] = trial.job
+        if self._deleter is None or self._deleter.done():
+            self._deleter = self._spawn(self._delete_finished())
+
+    async def _delete_finished(self) -> None:
+        await asyncio.sleep(DELETE_BATCH_SECONDS)
+        while self._finished_jobs:
+            batch = dict(list(self._finished_jobs.items())[:DELETE_BATCH_SIZE])
+            for trial_id in batch:
+                del self._finished_jobs[trial_id]
+            selector = f"{EXPERIMENT_LABEL}={self._experiment},{TRIAL_LABEL} in ({','.join(sorted(batch))})"
+            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+            try:
+                await self._call("DELETE", self.paths()["jobs"], {"labelSelector": selector}, body,
+                                 verb="deletecollection")
+            except KubeError as exc:
+                log.warning("could not delete the Jobs of finished trials %s: %s", ", ".join(sorted(batch)), exc)
 
     async def _delete_job(self, name: str, grace: float | None = None) -> None:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
