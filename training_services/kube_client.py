@@ -30,6 +30,11 @@ __all__ = ["KubeClient", "KubeError", "Reflector", "MISSING_EXTRA", "load_client
 
 log = logging.getLogger("hpo.kubernetes")
 
+try:  # watch events are whole objects, several per trial: orjson (in the kubernetes extra) decodes them ~3x faster
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the extra brings it
+    _loads = json.loads
+
 MISSING_EXTRA = ("the kubernetes training service needs the kubernetes extra: "
                  "pip install 'hpo[kubernetes]' (it installs kubernetes_asyncio)")
 WATCH_SECONDS = 240          # a watch is renewed this often (the server ends it; resumed from the last RV)
@@ -159,7 +164,7 @@ class KubeClient:
         if not 200 <= resp.status < 300:
             raise _error(resp.status, data)
         try:
-            return json.loads(data) if data else {}
+            return _loads(data) if data else {}
         except ValueError:
             raise KubeError(resp.status, "BadResponse", f"not JSON: {data[:200]!r}") from None
 
@@ -293,7 +298,7 @@ class Reflector:
             if not line.strip():
                 continue
             try:
-                event = json.loads(line)
+                event = _loads(line)
                 kind, obj = event["type"], event["object"]
             except (ValueError, KeyError, TypeError):
                 continue

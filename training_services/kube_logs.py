@@ -35,6 +35,7 @@ class PodLog:
     last: tuple[str, int] = ("", -1)   # (seconds part 'YYYY-MM-DDTHH:MM:SS', nanoseconds) of the last line
     at_last: int = 0                   # lines read that carried that timestamp
     seen: int = 0                      # intermediate results this pod printed
+    complete: bool = False             # read to the end of its container's output
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -119,7 +120,7 @@ class TrialLog:
             log.warning("trial %s: cannot save the log position: %s", self.trial_id, exc)
 
     def close(self) -> None:
-        self.save(force=True)
+        """Flush and close the copy (the trial has ended: no position is needed any more)."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -367,6 +367,7 @@ class KubernetesTrainingService(TrainingService):
                         return  # the pod is gone, and its log with it
                     dropped = True
                 if not dropped and await self._container_ended(trial, podlog.pod):
+                    podlog.complete = True
                     return
                 if dropped:
                     await asyncio.sleep(delay)
@@ -374,7 +375,7 @@ class KubernetesTrainingService(TrainingService):
                     if self._pod_gone(podlog.pod):
                         return
         finally:
-            if trial.log is not None:
+            if trial.log is not None and not podlog.complete:  # a whole log needs no position: it is not read again
                 trial.log.save(force=True)
             podlog.done.set()
 
