@@ -36,7 +36,7 @@ function checkpointRow(c) {
 
 export function checkpointsTable(rows) {
   return h('table.simple.checkpoints', { 'data-testid': 'checkpoints' },
-    h('thead', h('tr', ['step', 'value', 'size', 'state', 'saved', 'metadata', 'uuid', ''].map((t) => h('th', t)))),
+    h('thead', h('tr', ['step', 'value', 'size'].map((t) => h('th.num', t)), ['state', 'saved', 'metadata', 'uuid', ''].map((t) => h('th', t)))),
     h('tbody', rows.map(checkpointRow)));
 }
 

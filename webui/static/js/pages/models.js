@@ -5,7 +5,7 @@ import { shortUuid } from '../checkpoints.js';
 
 function versionsTable(ctx, versions) {
   return h('table.simple.versions', { 'data-testid': 'model-versions' },
-    h('thead', h('tr', ['version', 'checkpoint', 'trial', 'step', 'created'].map((t) => h('th', t)))),
+    h('thead', h('tr', ['version', 'checkpoint', 'trial'].map((t) => h('th', t)), h('th.num', 'step'), h('th', 'created'))),
     h('tbody', versions.map((v) => h('tr', { 'data-version': v.version },
       h('td', `v${v.version}`, v.name ? h('span.note', ` ${v.name}`) : null),
       h('td', h('code', { title: v.checkpoint_uuid }, shortUuid(v.checkpoint_uuid)),
