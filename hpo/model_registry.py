@@ -157,17 +157,20 @@ class ModelRegistry:
     releases the connection.
     """
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: Path | str | None = None, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else hpo_home() / DB_NAME
+        self.readonly = readonly  # opened with SQLite's mode=ro: every write fails
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
     # --- connections ----------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        target, uri = (f"{self.path.resolve().as_uri()}?mode=ro", True) if self.readonly else (str(self.path), False)
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, uri=uri)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA foreign_keys = ON")
+        if not self.readonly:
+            conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
     def _create_file(self) -> None:
@@ -198,6 +201,8 @@ class ModelRegistry:
         return self._conn
 
     def _writer(self) -> sqlite3.Connection:
+        if self.readonly:
+            raise ValueError(f"the model registry {self.path} is open read-only")
         if self._conn is None:
             if not self.path.exists():
                 self._create_file()
@@ -422,6 +427,12 @@ class ModelRegistry:
         if not rows:
             self.get_model(name)  # raises ModelNotFound
         return [_version_dict(row) for row in rows]
+
+    def all_versions(self) -> list[dict[str, Any]]:
+        """Every version of every model (one query), by model name, newest version first."""
+        return [_version_dict(row) for row in self._read(
+            f"SELECT {_VERSION_COLUMNS} FROM model_versions v JOIN models m ON m.id = v.model_id "
+            "ORDER BY m.name, v.version DESC")]
 
     def _update_version(self, name: str, version: int, sql: str, params: tuple) -> dict[str, Any] | None:
         _check_name(name)

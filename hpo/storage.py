@@ -482,11 +482,20 @@ class ExperimentStore:
         self._transaction(*[("UPDATE checkpoints SET state=?, message=? WHERE uuid=?", (state, message, u))
                             for u in uuids])
 
-    def checkpoints(self, seq: int | None = None, state: str | None = None) -> list[dict[str, Any]]:
-        """Checkpoints (of trial ``seq``, in ``state``) in the order they were reported, with the trial's id."""
+    def checkpoints(self, seq: int | None = None, state: str | None = None,
+                    uuids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Checkpoints (of trial ``seq``, in ``state``, among ``uuids``) in the order they were reported, with the
+        trial's id."""
         if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"):
             return []  # a store from before checkpoints, not opened for writing since
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
+        if uuids is not None:
+            wanted = sorted(set(uuids))[:10000]
+            if not wanted:
+                return []
+            where.append(f"c.uuid IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
         if seq is not None:
             where.append("c.trial_seq=?")
             args.append(seq)
@@ -503,6 +512,15 @@ class ExperimentStore:
                 rec[key] = json.loads(rec[key]) if rec[key] is not None else None
             out.append(rec)
         return out
+
+    def best_checkpoint(self, maximize: bool) -> dict[str, Any] | None:
+        """The COMPLETED checkpoint with the best value (the earliest of equals), or None."""
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"):
+            return None
+        rows = self._query("SELECT uuid FROM checkpoints WHERE state='COMPLETED' AND value IS NOT NULL "
+                           f"ORDER BY value {'DESC' if maximize else 'ASC'}, report_time, rowid LIMIT 1")
+        found = self.checkpoints(uuids=[rows[0][0]]) if rows else []
+        return found[0] if found else None
 
     def checkpoint(self, uuid: str) -> dict[str, Any] | None:
         rows = self._query("SELECT trial_seq FROM checkpoints WHERE uuid=?", (uuid,))

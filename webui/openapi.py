@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hpo.storage import TRIAL_STATES
+from hpo.storage import CHECKPOINT_STATES, TRIAL_STATES
 
 __all__ = ["openapi_document"]
 
@@ -80,6 +80,8 @@ _SCHEMAS: dict[str, Any] = {
             "elapsed_seconds": {"type": "number"}, "remaining_seconds": _NUM_OR_NULL,
             "trial_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "best_trial": {"allOf": [{"$ref": "#/components/schemas/Trial"}], "nullable": True},
+            "best_checkpoint": {"allOf": [{"$ref": "#/components/schemas/Checkpoint"}], "nullable": True,
+                                "description": "the best COMPLETED checkpoint by value (the experiment's mode)"},
             "read_only": {"type": "boolean"},
             "paused": {"type": "boolean", "description": "paused: no new trials are launched (the status stays RUNNING)"},
             "live": {"type": "boolean"}, "maximize": {"type": "boolean"},
@@ -95,6 +97,40 @@ _SCHEMAS: dict[str, Any] = {
                 "trial_concurrency": {"type": "integer", "nullable": True}}},
             "parameter_names": {"type": "array", "items": {"type": "string"}},
             "metric_keys": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Checkpoint": {
+        "type": "object",
+        "required": ["uuid", "trial_id", "trial_seq", "steps_completed", "state", "location", "size"],
+        "properties": {
+            "uuid": {"type": "string"}, "trial_id": {"type": "string"}, "trial_seq": {"type": "integer"},
+            "steps_completed": {"type": "integer"},
+            "value": {**_NUM_OR_NULL, "description": "the searcher metric at that step"},
+            "metrics": {"nullable": True, "description": "the metrics at that step (an object)"},
+            "metadata": {"type": "object", "nullable": True, "additionalProperties": True},
+            "resources": {"type": "object", "nullable": True, "additionalProperties": {"type": "integer"},
+                          "description": "file path -> bytes"},
+            "size": {"type": "integer", "description": "bytes of every file (the sum of resources)"},
+            "location": {"type": "string", "description": "a local folder or an s3:// URL, as stored"},
+            "state": {"type": "string", "enum": list(CHECKPOINT_STATES)},
+            "message": {"type": "string", "nullable": True, "description": "why it is ERROR or DELETED"},
+            "report_time": {"type": "number"},
+        },
+    },
+    "Model": {
+        "type": "object", "required": ["name", "num_versions", "versions"],
+        "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "labels": {"type": "array", "items": {"type": "string"}}, "archived": {"type": "boolean"},
+            "creation_time": {"type": "number"}, "last_updated_time": {"type": "number"},
+            "num_versions": {"type": "integer", "description": "every version of the model"},
+            "versions": {"type": "array", "description": "the versions on this experiment's checkpoints, newest first",
+                         "items": {"type": "object", "properties": {
+                             "version": {"type": "integer"}, "name": {"type": "string", "nullable": True},
+                             "comment": {"type": "string", "nullable": True}, "checkpoint_uuid": {"type": "string"},
+                             "creation_time": {"type": "number"}, "trial_id": {"type": "string"},
+                             "trial_seq": {"type": "integer"}, "steps_completed": {"type": "integer"},
+                             "checkpoint_state": {"type": "string", "enum": list(CHECKPOINT_STATES)}}}},
         },
     },
     "RegistryEntry": {
@@ -230,6 +266,19 @@ _READS: dict[str, Any] = {
                                                                 "default": 20}},
                        {"name": "bands", "in": "query", "schema": {"type": "boolean", "default": False}}],
         "responses": {"200": _json(_ref("Curves")), "400": _err("too many trials")}}},
+    "/checkpoints": {"get": {
+        "summary": "Checkpoints (of one trial, in some states), newest first",
+        "operationId": "listCheckpoints",
+        "parameters": [{"name": "trial", "in": "query", "schema": {"type": "string"}, "description": "a trial id"},
+                       {"name": "state", "in": "query", "schema": {"type": "string"},
+                        "description": f"comma-separated states: {', '.join(CHECKPOINT_STATES)}"}],
+        "responses": {"200": _json({"type": "array", "items": _ref("Checkpoint")}),
+                      "400": _err("a bad trial id or state"), "404": _err("no such trial")}}},
+    "/models": {"get": {
+        "summary": "Every registered model with its version count, and its versions on this experiment's checkpoints",
+        "operationId": "listModels",
+        "responses": {"200": _json({"type": "array", "items": _ref("Model")}),
+                      "503": _err("the model registry cannot be read")}}},
     "/importance": {"get": {
         "summary": "Parameter importance for the final metric (the method is named in the answer)",
         "operationId": "getImportance", "responses": {"200": _json(_ref("Importance"))}}},
@@ -292,7 +341,7 @@ _ACTIONS: dict[str, Any] = {
 _STREAMS: dict[str, Any] = {
     "/events": {"get": {
         "summary": "Server-sent events: `hello`, then `batch` {events: [[kind, data], ...]} with kinds trial, "
-                   "metric, status, config; `reset` when events were dropped. A read-only server sends only hello. "
+                   "metric, status, config, checkpoint; `reset` when events were dropped. A read-only server sends only hello. "
                    "Streams with and without the token are capped apart; past a cap the oldest of its kind is closed.",
         "operationId": "events", "x-stream": True,
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {

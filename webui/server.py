@@ -52,7 +52,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from hpo.storage import EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running
+from hpo.storage import CHECKPOINT_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running
 from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
@@ -146,10 +146,13 @@ class _Api:
         self.reader = Reader(directory)
         self.engine = engine        # None: read-only (view)
         self.experiment_id = str(self.store.experiment()["id"])
+        self._models: Any = None    # the model registry, opened read-only on first use
 
     def close(self) -> None:
         self.store.close()
         self.reader.close()
+        if self._models is not None:
+            self._models.close()
 
     @staticmethod
     async def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -190,6 +193,7 @@ class _Api:
             "status": status,
             "trial_counts": counts,
             "best_trial": _trial_json(best) if best else None,
+            "best_checkpoint": _checkpoint_json(self.store.best_checkpoint(maximize)),
             "read_only": self.engine is None,
             "paused": bool(getattr(self.engine, "paused", False)),
             "live": self.live(),
@@ -226,6 +230,45 @@ class _Api:
         out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
         out["log_sizes"] = {stream: _log_size(self.directory, rec["id"], stream) for stream in ("stdout", "stderr")}
         return out
+
+
+    def checkpoints(self, trial_id: str | None, states: list[str] | None) -> list[dict[str, Any]] | None:
+        """The checkpoints (of one trial, in ``states``), newest first; None if there is no such trial."""
+        seq = None
+        if trial_id is not None:
+            rec = self.store.trial(trial_id)
+            if rec is None:
+                return None
+            seq = rec["seq"]
+        rows = self.store.checkpoints(seq, states[0] if states and len(states) == 1 else None)
+        return [_checkpoint_json(r) for r in reversed(rows) if not states or r["state"] in states]
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every registered model with its version count, and the versions that point at this experiment's
+        checkpoints (others' versions are not shown: another experiment is served only with its own token)."""
+        from hpo.model_registry import ModelRegistry
+        from hpo.registry import hpo_home
+
+        if self._models is None:
+            self._models = ModelRegistry(hpo_home() / "models.db", readonly=True)
+        try:
+            models, versions = self._models.list_models(), self._models.all_versions()
+        except sqlite3.Error:
+            self._models.close()  # replaced or unreadable: reopened on the next request
+            raise
+        ours = {c["uuid"]: c for c in self.store.checkpoints(uuids=[v["checkpoint_uuid"] for v in versions])}
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for v in versions:
+            ckpt = ours.get(v["checkpoint_uuid"])
+            if ckpt is not None:
+                by_model.setdefault(v["model_name"], []).append({
+                    "version": v["version"], "name": v["name"], "comment": v["comment"],
+                    "checkpoint_uuid": v["checkpoint_uuid"], "creation_time": v["creation_time"],
+                    "trial_id": ckpt["trial_id"], "trial_seq": ckpt["trial_seq"],
+                    "steps_completed": ckpt["steps_completed"], "checkpoint_state": ckpt["state"]})
+        return [{"name": m["name"], "description": m["description"], "labels": m["labels"], "archived": m["archived"],
+                 "creation_time": m["creation_time"], "last_updated_time": m["last_updated_time"],
+                 "num_versions": m["num_versions"], "versions": by_model.get(m["name"], [])} for m in models]
 
 
 class _Client:
@@ -427,6 +470,31 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
         return web.json_response(data, dumps=_dumps)
 
+    async def checkpoints(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
+        q = request.query
+        trial_id = q.get("trial")
+        if trial_id is not None and not _ID_RE.match(trial_id):
+            raise web.HTTPBadRequest(text=f"trial must be a trial id (letters, digits, _ and -), got {trial_id[:50]!r}")
+        states = None
+        if "state" in q:
+            states = [s.strip().upper() for s in q["state"].split(",") if s.strip()]
+            bad = [s for s in states if s not in CHECKPOINT_STATES] or ([] if states else [q["state"][:50]])
+            if bad:
+                raise web.HTTPBadRequest(text=f"unknown state {bad[0]!r}; expected one of {', '.join(CHECKPOINT_STATES)}")
+        rows = await api.read(api.checkpoints, trial_id, states)
+        if rows is None:
+            raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
+        return web.json_response(rows, dumps=_dumps)
+
+    async def models(self, request: web.Request) -> web.Response:
+        api = await self.api_for(request)
+        try:
+            rows = await api.read(api.models)
+        except sqlite3.Error as exc:
+            raise web.HTTPServiceUnavailable(text=f"the model registry cannot be read: {_one_line(exc)}")
+        return web.json_response(rows, dumps=_dumps)
+
     async def _log_target(self, request: web.Request) -> tuple[_Api, str, str]:
         api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
@@ -525,7 +593,7 @@ class Dashboard:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: ``hello`` once, then ``batch`` events ``{events: [[kind, data], ...]}``
-        gathered over 100 ms (kinds: trial, metric, status, config), ``reset`` when a slow reader
+        gathered over 100 ms (kinds: trial, metric, status, config, checkpoint), ``reset`` when a slow reader
         missed some (reload everything), and a comment every 15 s to keep the connection open."""
         api = self.main
         client = self.hub.add(wants_events=api.live(), tokened=self.credentials_given(request))
@@ -751,6 +819,17 @@ def _trial_json(rec: dict[str, Any]) -> dict[str, Any]:
             "created_at": rec["created_at"], "started_at": rec["started_at"], "ended_at": rec["ended_at"],
             "exit_code": rec["exit_code"], "message": rec["message"], "final": rec["final"],
             "value": _finite(rec["final_value"]), "gpus": rec["gpus"], "rerun_of": rec["rerun_of"]}
+
+
+def _checkpoint_json(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint row as served, with ``size``: the bytes of its files (``location`` as stored)."""
+    if rec is None:
+        return None
+    resources = rec["resources"] if isinstance(rec["resources"], dict) else {}
+    size = sum(v for v in resources.values() if isinstance(v, int) and not isinstance(v, bool))
+    return {**{k: rec[k] for k in ("uuid", "trial_id", "trial_seq", "steps_completed", "metrics", "metadata",
+                                   "resources", "location", "state", "message", "report_time")},
+            "value": _finite(rec["value"]), "size": size}
 
 
 def _finite(v: Any) -> Any:
@@ -1075,6 +1154,8 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
         r.add_get(f"{prefix}/chart-data", dash.chart_data)
         r.add_get(f"{prefix}/metrics", dash.metrics)
         r.add_get(f"{prefix}/importance", dash.importance)
+        r.add_get(f"{prefix}/checkpoints", dash.checkpoints)
+        r.add_get(f"{prefix}/models", dash.models)
 
     async def on_shutdown(_app: web.Application) -> None:
         dash.hub.close()

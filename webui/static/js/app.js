@@ -7,9 +7,10 @@ const PAGES = {
   trials: () => import('./pages/trials.js'),
   trial: () => import('./pages/trial.js'),
   charts: () => import('./pages/charts.js'),
+  models: () => import('./pages/models.js'),
   experiments: () => import('./pages/experiments.js'),
 };
-const NAV = [['overview', 'Overview'], ['trials', 'Trials'], ['charts', 'Charts'], ['experiments', 'Experiments']];
+const NAV = [['overview', 'Overview'], ['trials', 'Trials'], ['charts', 'Charts'], ['models', 'Models'], ['experiments', 'Experiments']];
 
 const state = { page: null, route: null, ctx: null, events: null, mainExp: null };
 window.__hpo = { state, ready: {} };
@@ -110,7 +111,7 @@ function connectEvents(ctx) {
     const { events } = JSON.parse(e.data);
     let expChanged = false;
     for (const [kind, data] of events) {
-      if (kind === 'status' || kind === 'config' || kind === 'trial' || (kind === 'metric' && data.kind === 'final')) expChanged = true;
+      if (['status', 'config', 'trial', 'checkpoint'].includes(kind) || (kind === 'metric' && data.kind === 'final')) expChanged = true;
       if (kind === 'status' && END_STATES.includes(data.status)) setLive('ended', false);
     }
     ctx.bus.emit('events', events);

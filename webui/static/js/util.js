@@ -55,6 +55,7 @@ const ICONS = {
   open: 'M14 3h7v7h-2V6.4l-9.3 9.3-1.4-1.4L17.6 5H14zM5 5h6v2H7v10h10v-4h2v6H5z',
   copy: 'M8 3h11v13h-2V5H8zM5 7h10v14H5z',
   save: 'M5 3h11l3 3v15H5zM8 5v4h7V5zM8 13v6h8v-6z',
+  models: 'M12 2 21 7v10l-9 5-9-5V7zm0 2.3L5.2 8 12 11.7 18.8 8zM5 9.7v6.1l6 3.3v-6.1zm8 9.4 6-3.3V9.7l-6 3.3z',
 };
 
 /** An inline SVG icon (no icon font, nothing fetched). */
@@ -89,6 +90,15 @@ export function fmtNum(v, digits = 5) {
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-4 || a >= 1e7)) return v.toExponential(digits - 2);
   return String(Number(v.toPrecision(digits)));
+}
+
+/** Bytes as B / KiB / MiB / GiB / TiB ('' when unknown). */
+export function fmtBytes(n) {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return i === 0 ? `${n} B` : `${n < 10 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 }
 
 export function fmtValue(v) {
@@ -226,6 +236,17 @@ export function toast(text, kind = 'info') {
   const el = h(`div.toast.${kind}`, { role: kind === 'error' ? 'alert' : 'status' }, text);
   box.append(el);
   setTimeout(() => el.remove(), kind === 'error' ? 8000 : 3500);
+}
+
+/** Put text on the clipboard and say so in a toast (or say why it could not). */
+export async function copyText(text, what = 'Copied') {
+  try {
+    if (!navigator.clipboard) throw new Error('the clipboard is not available on this page');
+    await navigator.clipboard.writeText(text);
+    toast(`${what}: ${text}`);
+  } catch (err) {
+    toast(`Could not copy: ${err.message}`, 'error');
+  }
 }
 
 /** A tiny event bus. */

@@ -3,6 +3,7 @@
 import { h, clear, fill, card, kv, button, fmtNum, fmtDuration, fmtTime, fmtClock, fmtValue, statusPill, throttle, toast,
   api, errorReason, trialsOfMax, TRIAL_STATES, STATUS_COLORS } from '../util.js';
 import { MetricChart, ImportanceCard } from '../charts.js';
+import { bestCheckpoint } from '../checkpoints.js';
 
 export async function mount(root, ctx) {
   const disposers = [];
@@ -80,12 +81,16 @@ export async function mount(root, ctx) {
   function renderBest(exp) {
     const b = exp.best_trial;
     clear(best);
-    if (!b) { best.append(h('p.note', 'No final result yet.')); return; }
-    best.append(
-      h('div.big-value', { title: String(b.value), 'data-testid': 'best-value' }, fmtNum(b.value)),
-      h('p', h('a', { href: ctx.link('trial', b.id) }, `trial #${b.sequence_id} (${b.id})`), ` · ${exp.maximize ? 'maximize' : 'minimize'}`),
-      kv(Object.entries(b.parameters || {}).map(([k, v]) => [k, h('span', { title: JSON.stringify(v) }, fmtValue(v))])),
-    );
+    if (!b) best.append(h('p.note', 'No final result yet.'));
+    else {
+      best.append(
+        h('div.big-value', { title: String(b.value), 'data-testid': 'best-value' }, fmtNum(b.value)),
+        h('p', h('a', { href: ctx.link('trial', b.id) }, `trial #${b.sequence_id} (${b.id})`), ` · ${exp.maximize ? 'maximize' : 'minimize'}`),
+        kv(Object.entries(b.parameters || {}).map(([k, v]) => [k, h('span', { title: JSON.stringify(v) }, fmtValue(v))])),
+      );
+    }
+    const ckpt = bestCheckpoint(ctx, exp.best_checkpoint);
+    if (ckpt) best.append(ckpt);
   }
 
   function field(label, key, value, type, hint) {

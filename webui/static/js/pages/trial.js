@@ -3,6 +3,7 @@
 import { h, clear, fill, card, kv, button, fmtNum, fmtDuration, fmtTime, fmtValue, statusPill, throttle, toast, api,
   withToken } from '../util.js';
 import { makeChart, curvesOption } from '../charts.js';
+import { CheckpointsCard } from '../checkpoints.js';
 
 const TAIL = 500;
 const MAX_LINES = 5000;
@@ -32,12 +33,16 @@ export async function mount(root, ctx, route) {
   const tabs = h('div.tabs', { role: 'tablist' }, ['stdout', 'stderr'].map((s) => h('button.tab', { type: 'button', role: 'tab',
     'aria-selected': String(s === stream), 'data-stream': s, onclick: () => { stream = s; for (const t of tabs.children) t.setAttribute('aria-selected', String(t.dataset.stream === s)); openLog(); } }, s)));
   const follow = h('input', { type: 'checkbox', checked: true });
+  const checkpoints = new CheckpointsCard(ctx, id);
+  const reloadCheckpoints = throttle(() => checkpoints.load().catch(() => {}), 300);
+  disposers.push(() => reloadCheckpoints.cancel());
   root.append(
     head,
     h('div.grid.trial-grid',
       card('Parameters', paramsBox),
       card('Result', resultBox),
       h('section.card.span2', h('h2.card-title', 'Intermediate results'), noCurve, chartEl, reported)),
+    checkpoints.el,
     h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, logInfo, h('label.toggle', follow, ' follow')), logEmpty, logBox),
   );
 
@@ -141,6 +146,7 @@ export async function mount(root, ctx, route) {
   disposers.push(ctx.bus.on('events', (events) => {
     for (const [kind, d] of events) {
       if (d.id !== id) continue;
+      if (kind === 'checkpoint') { reloadCheckpoints(); continue; }
       if (kind === 'metric' && d.kind !== 'final' && chart) {
         trial.metrics.push({ kind: 'intermediate', step: d.step, value: d.value, data: d.value, ts: Date.now() / 1000 });
       }
@@ -148,7 +154,7 @@ export async function mount(root, ctx, route) {
     }
   }));
   render();
-  await openLog();
+  await Promise.all([openLog(), checkpoints.load().catch((err) => toast(`Checkpoints: ${err.message}`, 'error'))]);
   window.__hpo.ready.trial = performance.now();
   return { destroy() { for (const d of disposers) d(); } };
 }
