@@ -182,8 +182,9 @@ def test_finished_trials_jobs_are_deleted_while_the_experiment_runs(make_experim
     wait_until(lambda: [j["metadata"]["labels"]["hpo.io/trial"] for j in
                         target.objects("jobs", f"hpo.io/experiment={exp.id}")] == [last["id"]], 10,
                what="the finished trials' Jobs deleted")
-    assert not [p for p in target.objects("pods", f"hpo.io/experiment={exp.id}")
-                if p["metadata"]["labels"]["hpo.io/trial"] != last["id"]]
+    wait_until(lambda: not [p for p in target.objects("pods", f"hpo.io/experiment={exp.id}")
+                            if p["metadata"]["labels"]["hpo.io/trial"] != last["id"]], 10,
+               what="their pods removed (deleted in the background)")
     exp.stop()
 
 
