@@ -22,7 +22,7 @@ from typing import Any
 
 from hpo.config import CheckpointStorageConfig
 
-__all__ = ["CheckpointStorage", "CheckpointStorageError", "SharedFsStorage", "S3Storage"]
+__all__ = ["CheckpointStorage", "CheckpointStorageError", "SharedFsStorage", "S3Storage", "remove_matching"]
 
 S3_STAGING = "checkpoint-staging"
 _METADATA = "metadata.json"
@@ -109,8 +109,7 @@ class SharedFsStorage(CheckpointStorage):
         return os.path.isdir(location)
 
     def remove_leftovers(self, partial_pattern: str) -> None:
-        for path in self.folder.glob(partial_pattern):
-            shutil.rmtree(path, ignore_errors=True)
+        remove_matching(self.folder, partial_pattern)
 
     def local_folder(self, location: str, dest: Path) -> Path:
         return Path(location)
@@ -225,6 +224,12 @@ class S3Storage(CheckpointStorage):
     def _objects(self, bucket: str, key: str) -> list[dict[str, Any]]:
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
         return [obj for page in pages for obj in page.get("Contents", [])]
+
+
+def remove_matching(folder: Path, pattern: str) -> None:
+    """Remove every folder in ``folder`` whose name matches ``pattern`` (checkpoints left half-written)."""
+    for path in folder.glob(pattern):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _split(location: str) -> tuple[str, str]:

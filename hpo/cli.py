@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from hpo.registry import all_experiments, hpo_home, lookup
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, StoreError, \
-    StoreLocked, engine_running
+    StoreLocked, engine_running, maximizes
 
 __all__ = ["main", "build_parser"]
 
@@ -378,8 +378,7 @@ def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
     try:
         with ExperimentStore(str(entry["directory"]), readonly=True) as store:
             info, counts = store.experiment(), store.status_counts()
-            args = (info["config"].get("tuner") or {}).get("class_args") or {}
-            best = store.best_trial(str(args.get("optimize_mode", "maximize")).lower() != "minimize")
+            best = store.best_trial(maximizes(info["config"]))
     except Exception:  # a deleted or unreadable folder
         return [entry["id"], entry["name"], "MISSING", None, None, _when(entry["created_at"]), None], False  # type: ignore
     status = info["status"]
@@ -416,8 +415,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if args.best is not None:
         if args.best < 1:
             raise CliError(f"--best: got {args.best}, expected an integer >= 1")
-        tuner = (store.experiment()["config"].get("tuner") or {}).get("class_args") or {}
-        maximize = str(tuner.get("optimize_mode", "maximize")).lower() != "minimize"
+        maximize = maximizes(store.experiment()["config"])
         best: dict[int, dict[str, Any]] = {}
         for c in rows:
             if c["value"] is not None and c["state"] == "COMPLETED":

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from hpo.model_registry import ModelExists, ModelNotFound, ModelRegistry, VersionNotFound
 from hpo.registry import ExperimentNotFound, all_experiments, lookup
-from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore, engine_running
+from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore, engine_running, maximizes
 
 if TYPE_CHECKING:
     from hpo.checkpoint_storage import CheckpointStorage
@@ -184,8 +184,7 @@ class _Source:
         return info["status"] not in EXPERIMENT_END_STATES and engine_running(self.directory, info.get("pid"))
 
     def maximize(self) -> bool:
-        args = (self.info()["config"].get("tuner") or {}).get("class_args") or {}
-        return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
+        return maximizes(self.info()["config"])
 
     def checkpoint_storage(self) -> CheckpointStorage:
         """The experiment's checkpoint storage (as its config describes it)."""

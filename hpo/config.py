@@ -612,13 +612,17 @@ def _check_storage_type(storage: CheckpointStorageConfig, where: str) -> None:
         raise ConfigError(f"{where}.bucket: not set; type 's3' needs a bucket")
     if storage.host_path is not None or storage.storage_path is not None:
         raise ConfigError(f"{where}: host_path and storage_path are for type 'shared_fs', but type is 's3'")
+    if not installed("boto3"):
+        raise ConfigError(f"{where}.type: 's3' needs boto3; install the extra: pip install 'hpo[s3]'")
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` (an optional extra's) can be imported, found without importing it."""
     import importlib.util
     try:
-        found = importlib.util.find_spec("boto3") is not None
+        return importlib.util.find_spec(module) is not None
     except ValueError:  # in sys.modules as None: it cannot be imported
-        found = False
-    if not found:
-        raise ConfigError(f"{where}.type: 's3' needs boto3; install the extra: pip install 'hpo[s3]'")
+        return False
 
 
 def _writable_dir(path: Path, where: str) -> None:

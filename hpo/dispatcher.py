@@ -25,7 +25,6 @@ import logging
 import re
 import secrets
 import shlex
-import shutil
 import string
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any, Callable, Coroutine
 
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
 from hpo.trial import scalar
-from hpo.checkpoint_storage import CheckpointStorage, CheckpointStorageError
+from hpo.checkpoint_storage import CheckpointStorage, CheckpointStorageError, remove_matching
 from hpo.trial_checkpoint import partial_name
 from training_services.base import TrainingService, TrialSpec, tail_lines
 from hpo.early_stopping import threshold_reached
@@ -265,7 +264,6 @@ class Engine:
             heartbeat.cancel()
         if self._error is not None:
             await self._stop_service("experiment failed")
-            await self._drain_storage()
             if self._store_failed:  # the trials are stopped: nothing else writes now
                 self.store.release_reserve()
                 self._store_failed = False
@@ -279,15 +277,16 @@ class Engine:
                 self._set_status("ERROR", self._error)
         else:
             await self._stop_service("experiment ended")  # releases connections, GPUs
-            await self._drain_storage()
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
         return self.status
 
     async def _stop_service(self, reason: str) -> None:
+        """Stop every trial, then wait for the checkpoint uploads and deletions they left in flight."""
         try:
             await self.service.stop("SYS_CANCELED", reason)
         except Exception as exc:  # the experiment ends anyway; what could not be stopped is in the log
             log.error("training service failed to stop: %s", _describe(exc))
+        await self._drain_storage()
 
     async def _heartbeat(self) -> None:
         """Persist the running time every HEARTBEAT_SECONDS (a crash costs at most that much budget)."""
@@ -308,19 +307,16 @@ class Engine:
                 return
             if self._stopping:
                 await self._stop_service("experiment stopped")
-                await self._drain_storage()
                 self._set_status("STOPPED")
                 return
             if self._goal_reached is not None:
                 await self._stop_service(self._goal_reached)
-                await self._drain_storage()
                 self._finish(self._goal_reached)
                 return
             remaining = self._time_left()
             if remaining is not None and remaining <= 0:
                 self._deadline_hit = True
                 await self._stop_service("max_experiment_duration reached")
-                await self._drain_storage()
                 self._finish("max_experiment_duration reached")
                 return
             await self._fill_slots()
@@ -676,7 +672,7 @@ class Engine:
         rerun = self._writes_checkpoints.pop(trial_id, None)
         if self._loop is not None and (rerun or (rerun is not None and status != "SUCCEEDED")):
             # a checkpoint it was writing when it ended, the copy of a checkpoint it restored from
-            self._loop.run_in_executor(None, _remove_partials, self._checkpoint_folder,
+            self._loop.run_in_executor(None, remove_matching, self._checkpoint_folder,
                                        partial_name(self.experiment_id, trial_id, "*"))
         log.info("trial %s (#%d) %s%s", trial_id, trial.seq, status, f": {message}" if message else "")
         self._tuner_submit(self.tuner.trial_end, trial.seq, status == "SUCCEEDED")
@@ -739,13 +735,14 @@ class Engine:
         """Trials the dead engine left WAITING/RUNNING: those the service takes over (their platform kept them
         running) stay active here; the others are ended as interrupted, cleaned up and queued to run again."""
         leftovers = self.store.trials(status=ACTIVE_STATES)
+        reported = {rec["seq"]: self.store.metrics(rec["seq"], "intermediate") for rec in leftovers}
         for rec in leftovers:
-            rec["steps"] = len(self.store.metrics(rec["seq"], "intermediate"))
+            rec["steps"] = len(reported[rec["seq"]])
             rec["trial_dir"] = self.directory / "trials" / rec["id"]
         adopted = await self.service.adopt(self.experiment_id, leftovers)
         for rec in leftovers:
             if rec["id"] in adopted:
-                self._adopt(rec)
+                self._adopt(rec, [m["value"] for m in reported[rec["seq"]] if m["value"] is not None])
         self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped", keep=adopted))
         # checkpoints half-written when the engine died, and ones recorded DELETED but not yet removed
         deleted = [c["location"] for c in self.store.checkpoints(state="DELETED")]
@@ -759,10 +756,10 @@ class Engine:
                 self._rerun.append((rec["seq"], rec["parameters"]))
         self.store.add_event("resume", None, {"rerun": [s for s, _ in self._rerun]})
 
-    def _adopt(self, rec: dict[str, Any]) -> None:
-        """Make a trial that kept running across an engine restart active again, with what the store has."""
-        trial = _Active(rec["seq"], rec["id"], rec["parameters"], steps=rec["steps"])
-        trial.history = [m["value"] for m in self.store.metrics(rec["seq"], "intermediate") if m["value"] is not None]
+    def _adopt(self, rec: dict[str, Any], history: list[float]) -> None:
+        """Make a trial that kept running across an engine restart active again, with what the store has
+        (``history``: its stored intermediate values)."""
+        trial = _Active(rec["seq"], rec["id"], rec["parameters"], steps=rec["steps"], history=history)
         if rec["final"] is not None:
             trial.final_seen, trial.final_value = True, rec["final_value"]
         self.active[rec["id"]] = trial
@@ -843,11 +840,6 @@ class Engine:
 
 
 NO_RESULT = "finished without reporting a final result"
-
-
-def _remove_partials(folder: Path, pattern: str) -> None:
-    for path in folder.glob(pattern):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str]) -> None:

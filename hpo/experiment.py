@@ -26,7 +26,7 @@ from typing import Any, Callable
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
 from hpo.registry import hpo_home, lookup, register
-from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
+from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running, maximizes
 from training_services.base import create_training_service
 from tuners.base import Tuner
 
@@ -677,8 +677,7 @@ def _load_function(path: Path) -> Callable[..., Any]:
 def _maximize(exp: Experiment) -> bool:
     if exp._tuner is not None:
         return exp._tuner.maximize
-    args = exp.config.tuner.class_args or {}
-    return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
+    return maximizes(exp.config.to_dict())
 
 
 class _EngineLogHandler(logging.FileHandler):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
-           "EXPERIMENT_END_STATES", "StoreError", "StoreWriteError", "StoreLocked", "engine_running"]
+           "EXPERIMENT_END_STATES", "StoreError", "StoreWriteError", "StoreLocked", "engine_running", "maximizes"]
 
 TRIAL_STATES = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 ACTIVE_STATES = ("WAITING", "RUNNING")
@@ -209,6 +209,12 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
+def maximizes(config: dict[str, Any]) -> bool:
+    """Whether an experiment's tuner maximizes its metric, from its config as stored."""
+    args = (config.get("tuner") or {}).get("class_args") or {}
+    return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
+
+
 def _event(kind: str, trial_seq: int | None, data: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     """The statement recording an event (for :meth:`ExperimentStore._write` or a transaction)."""
     return ("INSERT INTO events (ts, kind, trial_seq, data) VALUES (?, ?, ?, ?)",
@@ -238,6 +244,7 @@ class ExperimentStore:
         self.readonly = readonly
         self._lock_fd: int | None = None
         self._lock = threading.Lock()  # a read-only store may be shared by reader threads
+        self._checkpoints_table = not readonly  # the writer creates it; a reader looks (once it is there, it stays)
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
@@ -486,8 +493,8 @@ class ExperimentStore:
                     uuids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Checkpoints (of trial ``seq``, in ``state``, among ``uuids``) in the order they were reported, with the
         trial's id."""
-        if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"):
-            return []  # a store from before checkpoints, not opened for writing since
+        if not self._has_checkpoints():
+            return []
         where: list[str] = []
         args: list[Any] = []
         if uuids is not None:
@@ -515,7 +522,7 @@ class ExperimentStore:
 
     def best_checkpoint(self, maximize: bool) -> dict[str, Any] | None:
         """The COMPLETED checkpoint with the best value (the earliest of equals), or None."""
-        if not self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"):
+        if not self._has_checkpoints():
             return None
         rows = self._query("SELECT uuid FROM checkpoints WHERE state='COMPLETED' AND value IS NOT NULL "
                            f"ORDER BY value {'DESC' if maximize else 'ASC'}, report_time, rowid LIMIT 1")
@@ -523,10 +530,15 @@ class ExperimentStore:
         return found[0] if found else None
 
     def checkpoint(self, uuid: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT trial_seq FROM checkpoints WHERE uuid=?", (uuid,))
-        if not rows:
-            return None
-        return next((c for c in self.checkpoints(rows[0][0]) if c["uuid"] == uuid), None)
+        found = self.checkpoints(uuids=[uuid])
+        return found[0] if found else None
+
+    def _has_checkpoints(self) -> bool:
+        """Whether the store has its checkpoints table (one from before checkpoints, read-only, has not)."""
+        if not self._checkpoints_table:
+            self._checkpoints_table = bool(
+                self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"))
+        return self._checkpoints_table
 
     def trials(self, status: str | Iterable[str] | None = None, limit: int | None = None, offset: int = 0,
                order_by: str = "seq", descending: bool = False) -> list[TrialRecord]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import itertools
 import tempfile
 from pathlib import Path
@@ -17,7 +16,8 @@ _current: str | None = None
 
 def unavailable() -> str | None:
     """Why the Kubernetes tests cannot run here (the optional extra is missing), or None."""
-    if importlib.util.find_spec("kubernetes_asyncio") is None:
+    from hpo.config import installed
+    if not installed("kubernetes_asyncio"):
         return "kubernetes_asyncio is not installed (pip install 'hpo[kubernetes]')"
     return None
 

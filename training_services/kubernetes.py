@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -76,8 +75,8 @@ class _Trial:
     finishing: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     log: TrialLog | None = None       # stdout.log and the positions in the pods' logs
-    collecting: set[asyncio.Task[None]] = field(default_factory=set)   # checkpoints being moved into the storage
-    last_collect: asyncio.Task[None] | None = None   # the latest (each is reported after the one before)
+    last_collect: asyncio.Task[None] | None = None   # the latest checkpoint move (reported after the one before
+                                                     # it, so it ends last)
 
 
 class KubernetesTrainingService(TrainingService):
@@ -126,6 +125,8 @@ class KubernetesTrainingService(TrainingService):
         self._deleter: asyncio.Task[None] | None = None
         self._closing = False
         self._api_error: str | None = None
+        self._paths: dict[str, str] = {}  # the namespace's collections, once start() knows it
+        self._storage: Path | None = None  # where checkpoints moved from the claim go (checkpoint_dir tells)
 
     def __repr__(self) -> str:
         return f"KubernetesTrainingService(namespace={self.namespace!r}, image={self.image!r})"
@@ -133,11 +134,8 @@ class KubernetesTrainingService(TrainingService):
     # -- checks and lifecycle ----------------------------------------------------------------------------------
     def precheck(self, gpu_number: int) -> None:
         """What can be checked without the cluster: the extra is installed, the pvc folder exists."""
-        try:
-            found = importlib.util.find_spec("kubernetes_asyncio") is not None
-        except ValueError:  # in sys.modules as None: it cannot be imported
-            found = False
-        if not found:
+        from hpo.config import installed
+        if not installed("kubernetes_asyncio"):
             raise ValueError(MISSING_EXTRA)
         if self.code_delivery == "pvc":
             local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser()
@@ -145,30 +143,23 @@ class KubernetesTrainingService(TrainingService):
                 raise ValueError(f"pvc.local_path: {local} is not a folder here; the claim {self.pvc['claim_name']!r} "
                                  "must be mounted on this machine too (code_delivery 'pvc')")
 
-    def paths(self) -> dict[str, str]:
-        ns = self.namespace
-        return {"jobs": f"/apis/batch/v1/namespaces/{ns}/jobs", "pods": f"/api/v1/namespaces/{ns}/pods",
-                "configmaps": f"/api/v1/namespaces/{ns}/configmaps"}
-
     async def start(self, events: TrialEvents) -> None:
         self.precheck(0)
         self._events = events
-        self.client = await load_client(self.kubeconfig, self.context)
-        self.namespace = self.namespace or self.client.namespace
+        client = self.client = await load_client(self.kubeconfig, self.context)
+        self.namespace = self.namespace or client.namespace
+        ns = self.namespace
+        self._paths = {"jobs": f"/apis/batch/v1/namespaces/{ns}/jobs", "pods": f"/api/v1/namespaces/{ns}/pods",
+                       "configmaps": f"/api/v1/namespaces/{ns}/configmaps"}
         try:
-            await self._call("GET", self.paths()["jobs"], {"limit": "1"}, verb="list", retry_for=5)
+            await self._call("GET", self._paths["jobs"], {"limit": "1"}, verb="list", retry_for=5)
         except KubeError as exc:
-            where = self._where()
-            await self.client.close()
+            await client.close()
             self.client = None
             if exc.status == 0:
-                raise ValueError(f"{exc.message} ({where.split(' (', 1)[1]}") from None
-            raise ValueError(f"cannot list Jobs in namespace {self.namespace!r} at {where}: {exc}") from None
+                raise ValueError(f"{exc.message} ({client.where})") from None
+            raise ValueError(f"cannot list Jobs in namespace {ns!r} at {client.server} ({client.where}): {exc}") from None
         self._guard = asyncio.get_running_loop().create_task(self._pending_guard())
-
-    def _where(self) -> str:
-        assert self.client is not None
-        return f"{self.client.server} ({self.client.where})"
 
     async def _watch(self, experiment_id: str) -> None:
         """Start listing and watching the experiment's Jobs and Pods (once); returns when both are listed."""
@@ -176,8 +167,8 @@ class KubernetesTrainingService(TrainingService):
         if self._experiment is None:
             self._experiment = experiment_id
             selector = f"{EXPERIMENT_LABEL}={experiment_id}"
-            self._jobs = Reflector(self.client, self.paths()["jobs"], selector, self._on_job, self._on_api_error)
-            self._pods = Reflector(self.client, self.paths()["pods"], selector, self._on_pod, self._on_api_error)
+            self._jobs = Reflector(self.client, self._paths["jobs"], selector, self._on_job, self._on_api_error)
+            self._pods = Reflector(self.client, self._paths["pods"], selector, self._on_pod, self._on_api_error)
             self._jobs.start()
             self._pods.start()
         assert self._jobs is not None and self._pods is not None
@@ -221,7 +212,7 @@ class KubernetesTrainingService(TrainingService):
             ttl_seconds=self.job_ttl, image_pull_policy=self.image_pull_policy, python=self.python, env=spec.env)
         trial = self._register(spec, manifest["metadata"]["name"])
         try:
-            await self._call("POST", self.paths()["jobs"], body=manifest, verb="create")
+            await self._call("POST", self._paths["jobs"], body=manifest, verb="create")
         except KubeError as exc:
             existing = self._jobs.cache.get(trial.job) if self._jobs else None
             if exc.status == 409 and existing and existing["metadata"]["labels"].get(TRIAL_LABEL) == spec.trial_id:
@@ -284,7 +275,7 @@ class KubernetesTrainingService(TrainingService):
     async def _create_configmap(self, experiment_id: str, version: str, tarball: bytes) -> None:
         body = code_configmap(experiment_id, version, self.namespace, tarball)
         try:
-            await self._call("POST", self.paths()["configmaps"], body=body, verb="create")
+            await self._call("POST", self._paths["configmaps"], body=body, verb="create")
         except KubeError as exc:
             if exc.status != 409:  # 409: the same version, created before (a resume, a dropped answer)
                 raise ValueError(f"could not create ConfigMap {body['metadata']['name']}: {exc}") from None
@@ -350,7 +341,7 @@ class KubernetesTrainingService(TrainingService):
     async def _follow(self, trial: _Trial, podlog: PodLog) -> None:
         """Copy a pod's log and pass on its reports until its container has ended; reconnects when dropped."""
         assert self.client is not None
-        path = f"{self.paths()['pods']}/{podlog.pod}/log"
+        path = f"{self._paths['pods']}/{podlog.pod}/log"
         delay = 0.2
         try:
             while True:
@@ -397,10 +388,7 @@ class KubernetesTrainingService(TrainingService):
                     trial.reported = podlog.seen
                     self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
             elif kind == "checkpoint":
-                task = self._spawn(self._collect_checkpoint(trial, value, trial.last_collect))
-                trial.last_collect = task
-                trial.collecting.add(task)
-                task.add_done_callback(trial.collecting.discard)
+                trial.last_collect = self._spawn(self._collect_checkpoint(trial, value, trial.last_collect))
             elif not trial.final_sent:
                 trial.final_sent = True
                 self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
@@ -445,8 +433,8 @@ class KubernetesTrainingService(TrainingService):
         followers = [p.done.wait() for p in trial.log.pods.values()] if trial.log is not None else []
         if followers:
             await asyncio.wait([asyncio.ensure_future(f) for f in followers], timeout=30)
-        if trial.collecting:  # its checkpoints are reported before its end
-            await asyncio.wait(trial.collecting)
+        if trial.last_collect is not None:  # its checkpoints are reported before its end
+            await asyncio.wait([trial.last_collect])
         if trial.kill_status is not None:
             await self._wait_pods(lambda: not self._pods_of(trial), self.kill_grace + 30)
         status, code, message = self._outcome(trial, condition)
@@ -511,19 +499,15 @@ class KubernetesTrainingService(TrainingService):
             for trial_id in batch:
                 del self._finished_jobs[trial_id]
             selector = f"{EXPERIMENT_LABEL}={self._experiment},{TRIAL_LABEL} in ({','.join(sorted(batch))})"
-            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
             try:
-                await self._call("DELETE", self.paths()["jobs"], {"labelSelector": selector}, body,
+                await self._call("DELETE", self._paths["jobs"], {"labelSelector": selector}, _background(),
                                  verb="deletecollection")
             except KubeError as exc:
                 log.warning("could not delete the Jobs of finished trials %s: %s", ", ".join(sorted(batch)), exc)
 
     async def _delete_job(self, name: str, grace: float | None = None) -> None:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
-        if grace is not None:
-            body["gracePeriodSeconds"] = max(0, round(grace))
         try:
-            await self._call("DELETE", f"{self.paths()['jobs']}/{name}", body=body, verb="delete")
+            await self._call("DELETE", f"{self._paths['jobs']}/{name}", body=_background(grace), verb="delete")
         except KubeError as exc:
             if exc.status != 404:
                 log.warning("could not delete Job %s: %s", name, exc)
@@ -562,11 +546,9 @@ class KubernetesTrainingService(TrainingService):
                 if trial.kill_status is None:
                     trial.kill_status, trial.kill_reason = status, reason
             selector = f"{EXPERIMENT_LABEL}={self._experiment}"
-            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
-                    "gracePeriodSeconds": max(0, round(self.kill_grace))}
             try:
-                await self._call("DELETE", self.paths()["jobs"], {"labelSelector": selector}, body,
-                                 verb="deletecollection", retry_for=30)
+                await self._call("DELETE", self._paths["jobs"], {"labelSelector": selector},
+                                 _background(self.kill_grace), verb="deletecollection", retry_for=30)
             except KubeError as exc:
                 log.error("could not delete the experiment's Jobs: %s", exc)
             for trial in list(self._trials.values()):
@@ -576,7 +558,7 @@ class KubernetesTrainingService(TrainingService):
                 log.warning("stopped, but %d pod(s) still terminating: %s", len(left), ", ".join(left[:10]))
             await asyncio.gather(*(t.ended.wait() for t in list(self._trials.values())))
             try:
-                await self._call("DELETE", self.paths()["configmaps"], {"labelSelector": selector},
+                await self._call("DELETE", self._paths["configmaps"], {"labelSelector": selector},
                                  {"kind": "DeleteOptions", "apiVersion": "v1"}, verb="deletecollection", retry_for=10)
             except KubeError as exc:
                 log.warning("could not delete the experiment's ConfigMaps: %s", exc)
@@ -602,7 +584,7 @@ class KubernetesTrainingService(TrainingService):
     async def _collect_checkpoint(self, trial: _Trial, report: dict[str, Any],
                                   before: asyncio.Task[None] | None) -> None:
         from hpo.trial_checkpoint import partial_name
-        uid, storage = report["uuid"], getattr(self, "_storage", None)
+        uid, storage = report["uuid"], self._storage
         if storage is not None and self.pvc is not None:
             local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser()
             source = local / trial.spec.experiment_id / "checkpoints" / uid
@@ -696,6 +678,14 @@ class KubernetesTrainingService(TrainingService):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("kubernetes service task failed", exc_info=task.exception())
+
+
+def _background(grace: float | None = None) -> dict[str, Any]:
+    """DeleteOptions for Jobs: their pods go too (through the API a Job's pods are orphaned by default)."""
+    body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+    if grace is not None:
+        body["gracePeriodSeconds"] = max(0, round(grace))
+    return body
 
 
 def _container_state(statuses: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:

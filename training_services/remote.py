@@ -142,8 +142,8 @@ class _Trial:
     kill_status: str | None = None
     kill_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    pulls: int = 0                              # checkpoints being copied back
-    last_pull: asyncio.Task[None] | None = None  # the latest of them (each is reported after the one before)
+    last_pull: asyncio.Task[None] | None = None  # the latest checkpoint copy (reported after the one before it,
+                                                 # so it ends last: while it runs, copies are in flight)
     end: tuple[str, int | None, str | None] | None = None   # reported once the copies are done
 
 
@@ -598,6 +598,7 @@ class RemoteTrainingService(TrainingService):
         self._change: asyncio.Event | None = None
         self._closing = False
         self._packer = CodePacker("every remote machine")
+        self._storage: Path | None = None  # where checkpoints are copied back (checkpoint_dir tells)
         self._leftovers: list[dict[str, Any]] = []
         self._guard: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -1068,7 +1069,7 @@ class RemoteTrainingService(TrainingService):
         if trial.done.is_set():
             return
         self._release(trial)
-        if trial.pulls:  # its checkpoints are reported first
+        if trial.last_pull is not None and not trial.last_pull.done():  # its checkpoints are reported first
             trial.end = (status, code, message)
             return
         self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
@@ -1079,7 +1080,6 @@ class RemoteTrainingService(TrainingService):
         return ""  # each copy writes into its own remote folder (set at launch), pulled back over SFTP
 
     def _spawn_pull(self, run: _Run, report: dict[str, Any]) -> None:
-        run.trial.pulls += 1
         task = asyncio.get_running_loop().create_task(self._pull_checkpoint(run, report, run.trial.last_pull))
         run.trial.last_pull = task
         self._tasks.add(task)
@@ -1091,7 +1091,7 @@ class RemoteTrainingService(TrainingService):
         checkpoints that are whole here, in the order the trial saved them."""
         from hpo.trial_checkpoint import partial_name
         trial, uid = run.trial, report["uuid"]
-        storage = getattr(self, "_storage", None)
+        storage = self._storage
         try:
             if storage is not None and run.host.conn is not None:
                 remote = f"{run.remote_dir}/checkpoints/{uid}"
@@ -1110,8 +1110,7 @@ class RemoteTrainingService(TrainingService):
                 await asyncio.wait([before])
             self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
         finally:
-            trial.pulls -= 1
-            if trial.pulls == 0 and trial.end is not None:
+            if trial.last_pull is asyncio.current_task() and trial.end is not None:
                 end, trial.end = trial.end, None
                 self._events.ended(trial.spec.trial_id, *end)  # type: ignore[union-attr]
 

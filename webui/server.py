@@ -52,7 +52,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from hpo.storage import CHECKPOINT_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running
+from hpo.storage import (CHECKPOINT_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running,
+                         maximizes)
 from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
@@ -166,7 +167,7 @@ class _Api:
             tuner = getattr(self.engine, "tuner", None)
             if tuner is not None and isinstance(getattr(tuner, "maximize", None), bool):
                 return tuner.maximize
-        return _maximize(config if config is not None else self.store.experiment()["config"])
+        return maximizes(config if config is not None else self.store.experiment()["config"])
 
     def experiment(self) -> dict[str, Any]:
         exp = self.store.experiment()
@@ -757,11 +758,6 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
 
 
-def _maximize(config: dict[str, Any]) -> bool:
-    args = (config.get("tuner") or {}).get("class_args") or {}
-    return str(args.get("optimize_mode", "maximize")).lower() != "minimize"
-
-
 def _duration_seconds(value: Any) -> float | None:
     from hpo.config import parse_duration
     try:
@@ -784,7 +780,7 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
             with ExperimentStore(str(entry["directory"]), readonly=True) as store:
                 info = store.experiment()
                 counts = store.status_counts()
-                maximize = _maximize(info["config"])
+                maximize = maximizes(info["config"])
                 best = store.best_trial(maximize)
         except Exception as exc:  # a deleted or unreadable folder
             row.update({"status": "MISSING", "error": str(exc)})
