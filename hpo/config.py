@@ -30,7 +30,7 @@ from hpo.registry import hpo_home
 from hpo.search_space import SearchSpace, SearchSpaceError, is_finite_number, parse_search_space
 
 __all__ = ["ConfigError", "AlgorithmConfig", "LocalConfig", "RemoteConfig", "RemoteMachineConfig",
-           "TrainingServiceConfig", "ExperimentConfig", "load_config_files", "parse_duration"]
+           "TrainingServiceConfig", "TrialRoleConfig", "ExperimentConfig", "load_config_files", "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -78,13 +78,16 @@ def _model_in(tp: Any) -> type[BaseModel] | None:
 
 def _walk(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[str, Any, type[BaseModel] | None]:
     """Map a pydantic error location to (snake_case path suffix, FieldInfo at its end or None, model at its end)."""
-    path, field, model = "", None, cls
+    path, field, model, keyed = "", None, cls, False
     for part in loc:
         fields = model.model_fields if model is not None else {}
         name = part if part in fields else next((n for n, f in fields.items() if f.alias == part), None)
-        if name is not None:
+        if keyed and isinstance(part, str):  # a key of a mapping of models (trial_roles)
+            path, keyed = f"{path}.{part}", False
+        elif name is not None:
             field = fields[name]
             path, model = f"{path}.{name}", _model_in(field.annotation)
+            keyed = getattr(field.annotation, "__origin__", None) is dict or "dict[" in str(field.annotation)
         elif part in _PLATFORMS:  # a discriminated-union tag
             model = _PLATFORMS[part]
         elif isinstance(part, int) and model is not None:  # an item of a list of models
@@ -112,7 +115,8 @@ def _convert(err: ValidationError, cls: type[BaseModel], where: str) -> ConfigEr
     if isinstance(error, ValueError):
         text, sub = str(error), sub + getattr(error, "sub", "")
     elif field is not None and field.description:
-        text = f"got {_show(e['input'])}, expected {field.description}"
+        got = "missing" if e["type"] == "missing" else f"got {_show(e['input'])}"
+        text = f"{got}, expected {field.description}"
     else:
         text = f"got {_show(e['input'])}: {e['msg'][:1].lower()}{e['msg'][1:]}"
     return ConfigError(f"{where}{sub}: {text}{more}", (err, cls))
@@ -312,6 +316,52 @@ class CheckpointStorageConfig(_Base):
         return Path(self.host_path) / (self.storage_path or "")
 
 
+_ROLE_NAME = r"^[a-z][a-z0-9_]{0,30}$"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DISTRIBUTIONS = ("tensorflow", "pytorch", "mpi")
+
+
+class TrialRoleConfig(_Base):
+    """One role of a distributed trial (``trial_roles``): how many processes run it and what each runs."""
+
+    _default_where: ClassVar[str] = "config.trial_roles"
+    count: int = Field(1, ge=1, le=1024, strict=True, description="an integer from 1 to 1024")
+    command: str | None = Field(None, min_length=1, description="a non-empty shell command, or null for trial_command")
+    gpu_number: int | None = Field(None, ge=0, strict=True, description="an integer >= 0, or null for trial_gpu_number")
+    port: int | None = Field(None, ge=1, le=65535, strict=True,
+                             description="a port number (1-65535), or null for a free port chosen at launch")
+
+
+def _roles(v: Any) -> Any:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or not v:
+        raise _Problem(f"got {_show(v)}, expected a mapping of role names to roles like "
+                       "{'worker': {'count': 2}, 'ps': {'count': 1, 'command': 'python ps.py'}}, or null")
+    for name, role in v.items():
+        if not isinstance(name, str) or not re.fullmatch(_ROLE_NAME, name):
+            raise _Problem(f"role name {_show(name)}: expected lowercase letters, digits and '_', starting with a "
+                           "letter (like 'worker' or 'ps')")
+        if role is not None and not isinstance(role, (Mapping, TrialRoleConfig)):
+            raise _Problem(f"got {_show(role)}, expected a mapping like {{'count': 2}}", f".{name}")
+    return {name: TrialRoleConfig() if role is None else role for name, role in v.items()}
+
+
+def _trial_env(v: Any) -> Any:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise _Problem(f"got {_show(v)}, expected a mapping of environment variable names to values")
+    out = {}
+    for key, value in v.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise _Problem(f"{_show(key)} is not an environment variable name; expected letters, digits and '_'")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise _Problem(f"got {_show(value)}, expected a string or a number", f".{key}")
+        out[key] = str(value)
+    return out
+
+
 class LocalConfig(_Base):
     """The local training service: trials run as subprocesses on this machine."""
 
@@ -474,6 +524,11 @@ class ExperimentConfig(_Base):
     early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None
     checkpoint_storage: CheckpointStorageConfig = Field(
         default_factory=CheckpointStorageConfig, description="a mapping like {'type': 'shared_fs', 'host_path': '/mnt/ckpt'}")
+    trial_roles: Annotated[dict[str, TrialRoleConfig] | None, BeforeValidator(_roles)] = None
+    distribution: Literal["tensorflow", "pytorch", "mpi"] = Field(
+        "tensorflow", description="'tensorflow', 'pytorch' or 'mpi' (the environment a distributed trial's processes get)")
+    trial_env: Annotated[dict[str, str] | None, BeforeValidator(_trial_env)] = None
+    project: str | None = Field(None, min_length=1, max_length=200, description="a project name, or null")
 
     @model_validator(mode="after")
     def _attach(self) -> ExperimentConfig:
@@ -481,6 +536,8 @@ class ExperimentConfig(_Base):
         for role in ("tuner", "assessor", "training_service", "checkpoint_storage"):
             if getattr(self, role) is not None:
                 getattr(self, role)._where = f"{self._location()}.{role}"
+        for name, role_config in (self.trial_roles or {}).items():
+            role_config._where = f"{self._location()}.trial_roles.{name}"
         return self
 
     @property
@@ -562,11 +619,51 @@ class ExperimentConfig(_Base):
             if self.trial_function is not None:
                 raise ConfigError(f"{w}.trial_function: the remote training service runs a trial_command; "
                                   "put the function in a script in trial_code_directory")
+        if self.trial_roles:
+            self._check_roles(w)
         gpus = getattr(self.training_service, "gpu_indices", None)
         if gpus is not None and self.trial_gpu_number > len(gpus):
             raise ConfigError(f"{w}.trial_gpu_number: got {self.trial_gpu_number}, expected at most "
                               f"{len(gpus)} (the number of training_service.gpu_indices {gpus})")
         return self
+
+    def _check_roles(self, w: str) -> None:
+        roles = self.trial_roles or {}
+        if self.trial_function is not None:
+            raise ConfigError(f"{w}.trial_roles: a distributed trial runs commands; set trial_command (or each "
+                              "role's command) instead of trial_function")
+        for name, role in roles.items():
+            if role.command is None and self.trial_command is None:
+                raise ConfigError(f"{w}.trial_roles.{name}.command: not set and there is no trial_command")
+        ports: dict[int, str] = {}
+        for name, role in roles.items():
+            if role.port is None:
+                continue
+            if role.port in ports:
+                raise ConfigError(f"{w}.trial_roles.{name}.port: {role.port} is also role {ports[role.port]!r}'s "
+                                  "port; expected a different port per role (or null for free ports)")
+            ports[role.port] = name
+            if role.count > 1 and isinstance(self.training_service, (LocalConfig, KubernetesConfig)):
+                where = "this machine" if isinstance(self.training_service, LocalConfig) else "one pod network"
+                raise ConfigError(f"{w}.trial_roles.{name}.port: {role.count} processes on {where} cannot all "
+                                  f"listen on port {role.port}; expected null (a free port for each)")
+        if not isinstance(self.training_service, LocalConfig):  # TODO(issue 11): SSH hosts and Kubernetes
+            raise ConfigError(f"{w}.trial_roles: distributed trials run on the local training service only so far; "
+                              f"not on {self.training_service.platform!r}")
+        if isinstance(self.training_service, RemoteConfig):
+            machines = self.training_service.machine_list
+            for name, role in roles.items():
+                if role.port is not None and role.count > len(machines):
+                    raise ConfigError(f"{w}.trial_roles.{name}: {role.count} processes on fixed port {role.port} need "
+                                      f"{role.count} machines, but machine_list has {len(machines)}")
+
+    @property
+    def trial_gpu_total(self) -> int:
+        """GPUs one trial holds: trial_gpu_number, or for a distributed trial the sum over its processes."""
+        if not self.trial_roles:
+            return self.trial_gpu_number
+        return sum(role.count * (self.trial_gpu_number if role.gpu_number is None else role.gpu_number)
+                   for role in self.trial_roles.values())
 
     def check_update(self, **changes: Any) -> None:
         """Raise ConfigError if applying ``changes`` would be invalid; this config is left unchanged."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ import string
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
@@ -38,6 +39,7 @@ from hpo.trial import scalar
 from hpo.checkpoint_storage import CheckpointStorage, CheckpointStorageError, remove_matching
 from hpo.trial_checkpoint import partial_name
 from training_services.base import TrainingService, TrialSpec, tail_lines
+from training_services.gang import GangProcess, gang_processes
 from hpo.early_stopping import threshold_reached
 from tuners.assessor import Assessor, AssessResult
 from tuners.base import NoMoreTrials, Tuner, TryLater
@@ -239,7 +241,7 @@ class Engine:
             await self.service.start(self)
             check = getattr(self.service, "check_gpu_request", None)
             if check is not None:
-                check(self.config.trial_gpu_number)
+                check(self.config.trial_gpu_total)
             if resume:
                 await self._prepare_resume()
                 # replay every trial that ran (value None: ended without a usable result)
@@ -412,8 +414,12 @@ class Engine:
             return
         spec = TrialSpec(self.experiment_id, trial_id, seq, params, command, Path(self.config.trial_code_directory),
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
-                         self.config.max_trial_duration_seconds,
-                         attempt=self._attempts(seq) if rerun_of is not None else 0)
+                         self.config.max_trial_duration_seconds, dict(self.config.trial_env or {}),
+                         attempt=self._attempts(seq) if rerun_of is not None else 0,
+                         distribution=self.config.distribution)
+        if self.config.trial_roles:
+            spec.processes = [replace(p, command=None if p.command is None else render_command(p.command, params))
+                              for p in self._gang]
         folder = self.service.checkpoint_dir(spec, self._checkpoint_folder)
         if folder is not None:
             spec.env["HPO_CHECKPOINT_DIR"] = folder
@@ -425,7 +431,17 @@ class Engine:
     def _command_for(self, params: dict[str, Any]) -> str:
         if self.config.trial_function is not None:
             return f"{shlex.quote(sys.executable)} -m hpo.function_trial {shlex.quote(str(self.directory / FUNCTION_FILE))}"
+        if self.config.trial_command is None:  # a distributed trial whose roles each have their command
+            return self._gang[0].command or ""
         return render_command(self.config.trial_command, params)
+
+    @functools.cached_property
+    def _gang(self) -> list[GangProcess]:
+        """The processes of each trial, commands not yet rendered (empty: one process per trial)."""
+        roles = self.config.trial_roles
+        if not roles:
+            return []
+        return gang_processes(roles, self.config.trial_command, self.config.trial_gpu_number, self.config.distribution)
 
     async def _launch(self, spec: TrialSpec, restore_from: int | None = None) -> None:
         try:
@@ -463,11 +479,11 @@ class Engine:
 
     # -- TrialEvents (called by the training service on the loop) ---------------------------------------
     def started(self, trial_id: str, pid: int | None, pgid: int | None, host: str | None,
-                gpus: list[int] | None) -> None:
+                gpus: list[int] | None, processes: list[dict[str, Any]] | None = None) -> None:
         trial = self.active.get(trial_id)
         if trial is None:
             return
-        if not self._guarded(self.store.trial_started, trial.seq, pid, pgid, host, gpus):
+        if not self._guarded(self.store.trial_started, trial.seq, pid, pgid, host, gpus, processes):
             return
         log.info("trial %s (#%d) running: pid %s on %s%s", trial_id, trial.seq, pid, host,
                  f", GPUs {gpus}" if gpus else "")
@@ -517,6 +533,15 @@ class Engine:
                 self._goal_reached = f"{reason} in trial {trial_id} (#{trial.seq})"
                 self._guarded(self.store.add_event, "goal_reached", trial.seq, {"reason": self._goal_reached})
                 self._poke()
+
+    def process_metric(self, trial_id: str, process: str, kind: str, value: Any) -> None:
+        trial = self.active.get(trial_id)
+        if trial is None or kind not in ("intermediate", "final"):
+            return
+        number = scalar(value)
+        if self._guarded(self.store.add_process_metric, trial.seq, process, kind, number, value):
+            self._publish("metric", {"id": trial_id, "seq": trial.seq, "kind": kind, "value": number,
+                                     "process": process})
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     @property

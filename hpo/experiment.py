@@ -580,7 +580,7 @@ def _make_service(config: ExperimentConfig) -> Any:
     precheck = getattr(service, "precheck", None)
     if precheck is not None:
         try:
-            precheck(config.trial_gpu_number)
+            precheck(config.trial_gpu_total)
         except ValueError as exc:
             raise ConfigError(f"config.training_service: {exc}") from None
     return service
@@ -588,11 +588,16 @@ def _make_service(config: ExperimentConfig) -> Any:
 
 def check_command_template(config: ExperimentConfig) -> None:
     """ConfigError if the trial command's ``{{ name }}`` placeholders name a parameter the space lacks."""
-    if config.trial_command is not None and config.search_space is not None:
+    if config.search_space is None:
+        return
+    commands = {"trial_command": config.trial_command}
+    commands.update({f"trial_roles.{name}.command": role.command for name, role in (config.trial_roles or {}).items()})
+    for where, command in commands.items():
         try:
-            render_command(config.trial_command, dict.fromkeys(config.search_space, ""))
+            if command is not None:
+                render_command(command, dict.fromkeys(config.search_space, ""))
         except KeyError as exc:
-            raise ConfigError(f"config.trial_command: {exc.args[0]}") from None
+            raise ConfigError(f"config.{where}: {exc.args[0]}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -150,7 +150,8 @@ CREATE TABLE IF NOT EXISTS trials (
     host TEXT,
     gpus TEXT,
     rerun_of INTEGER,
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    processes TEXT
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials(status);
 CREATE INDEX IF NOT EXISTS trials_final ON trials(final_value);
@@ -184,13 +185,24 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     report_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_trial ON checkpoints(trial_seq, steps_completed);
+CREATE TABLE IF NOT EXISTS process_metrics (
+    trial_seq INTEGER NOT NULL,
+    process TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL,
+    data TEXT,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS process_metrics_trial ON process_metrics(trial_seq, process, kind, step);
 """
 CHECKPOINT_STATES = ("COMPLETED", "ERROR", "DELETED")
 _CHECKPOINT_COLUMNS = ("uuid", "trial_seq", "steps_completed", "value", "metrics", "metadata", "resources", "location",
                        "state", "message", "report_time")
 
 _TRIAL_COLUMNS = ("seq", "id", "parameters", "status", "created_at", "started_at", "ended_at", "exit_code",
-                  "message", "final", "final_value", "pid", "pgid", "host", "gpus", "rerun_of", "interrupted")
+                  "message", "final", "final_value", "pid", "pgid", "host", "gpus", "rerun_of", "interrupted",
+                  "processes")
 
 
 class TrialRecord(dict):
@@ -202,6 +214,7 @@ class TrialRecord(dict):
         rec["parameters"] = json.loads(rec["parameters"])
         rec["final"] = json.loads(rec["final"]) if rec["final"] is not None else None
         rec["gpus"] = json.loads(rec["gpus"]) if rec["gpus"] else None
+        rec["processes"] = json.loads(rec["processes"]) if rec["processes"] else None
         return rec
 
 
@@ -244,7 +257,7 @@ class ExperimentStore:
         self.readonly = readonly
         self._lock_fd: int | None = None
         self._lock = threading.Lock()  # a read-only store may be shared by reader threads
-        self._checkpoints_table = not readonly  # the writer creates it; a reader looks (once it is there, it stays)
+        self._tables: set[str] = set()  # tables newer than some stores, seen (a reader looks; once there, they stay)
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
@@ -255,6 +268,8 @@ class ExperimentStore:
                 raise self._unreadable(exc) from None
             self._query("SELECT id FROM experiment LIMIT 1")  # a corrupt or foreign file fails here, in one line
             self._has_resumed_at = "resumed_at" in self._experiment_columns()
+            present = {row[1] for row in self._query("PRAGMA table_info(trials)")}
+            self._trial_columns = ", ".join(c if c in present else f"NULL AS {c}" for c in _TRIAL_COLUMNS)
             return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -272,6 +287,9 @@ class ExperimentStore:
             for column in ("elapsed_seconds", "resumed_at"):  # a store written before these columns existed
                 if column not in columns:
                     self._conn.execute(f"ALTER TABLE experiment ADD COLUMN {column} REAL")
+            if "processes" not in {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}:
+                self._conn.execute("ALTER TABLE trials ADD COLUMN processes TEXT")
+            self._trial_columns = ", ".join(_TRIAL_COLUMNS)
             self._has_resumed_at = True
         except sqlite3.Error as exc:
             self.close()
@@ -432,9 +450,11 @@ class ExperimentStore:
             self._transaction(insert, ("UPDATE trials SET interrupted=2 WHERE seq=?", (rerun_of,)))
 
     def trial_started(self, seq: int, pid: int | None, pgid: int | None, host: str | None = None,
-                      gpus: list[int] | None = None) -> None:
-        self._write("UPDATE trials SET status='RUNNING', started_at=?, pid=?, pgid=?, host=?, gpus=?, message=NULL "
-                    "WHERE seq=?", (time.time(), pid, pgid, host, _dumps(gpus) if gpus is not None else None, seq))
+                      gpus: list[int] | None = None, processes: list[dict[str, Any]] | None = None) -> None:
+        """The trial runs (``processes``: a distributed trial's, each with name, host, port, pid, gpus)."""
+        self._write("UPDATE trials SET status='RUNNING', started_at=?, pid=?, pgid=?, host=?, gpus=?, processes=?, "
+                    "message=NULL WHERE seq=?", (time.time(), pid, pgid, host, _dumps(gpus) if gpus is not None else None,
+                                                 _dumps(processes) if processes is not None else None, seq))
 
     def trial_waiting(self, seq: int, message: str | None) -> None:
         """Why a WAITING trial is not running yet (an unschedulable pod, an image that cannot be pulled)."""
@@ -474,6 +494,21 @@ class ExperimentStore:
         else:
             self._write(*insert)
 
+    def add_process_metric(self, seq: int, process: str, kind: str, value: float | None, data: Any) -> None:
+        """Record a result that process ``process`` of distributed trial ``seq`` (not its chief) reported."""
+        self._write("INSERT INTO process_metrics (trial_seq, process, kind, step, value, data, ts) VALUES "
+                    "(?, ?, ?, (SELECT COUNT(*) + 1 FROM process_metrics WHERE trial_seq=? AND process=? AND kind=?), "
+                    "?, ?, ?)", (seq, process, kind, seq, process, kind, value, _dumps(data), time.time()))
+
+    def process_metrics(self, seq: int) -> list[dict[str, Any]]:
+        """The results a distributed trial's other processes reported, by process, kind and step."""
+        if not self._has_table("process_metrics"):
+            return []
+        rows = self._query("SELECT process, kind, step, value, data, ts FROM process_metrics WHERE trial_seq=? "
+                           "ORDER BY process, kind, step", (seq,))
+        return [{"process": p, "kind": k, "step": s, "value": v, "data": json.loads(d), "ts": t}
+                for p, k, s, v, d, t in rows]
+
     def add_checkpoint(self, uuid: str, seq: int, steps_completed: int, value: float | None, metrics: Any,
                        metadata: dict[str, Any], resources: dict[str, int], location: str, state: str,
                        message: str | None = None) -> None:
@@ -493,7 +528,7 @@ class ExperimentStore:
                     uuids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Checkpoints (of trial ``seq``, in ``state``, among ``uuids``) in the order they were reported, with the
         trial's id."""
-        if not self._has_checkpoints():
+        if not self._has_table("checkpoints"):
             return []
         where: list[str] = []
         args: list[Any] = []
@@ -522,7 +557,7 @@ class ExperimentStore:
 
     def best_checkpoint(self, maximize: bool) -> dict[str, Any] | None:
         """The COMPLETED checkpoint with the best value (the earliest of equals), or None."""
-        if not self._has_checkpoints():
+        if not self._has_table("checkpoints"):
             return None
         rows = self._query("SELECT uuid FROM checkpoints WHERE state='COMPLETED' AND value IS NOT NULL "
                            f"ORDER BY value {'DESC' if maximize else 'ASC'}, report_time, rowid LIMIT 1")
@@ -533,12 +568,14 @@ class ExperimentStore:
         found = self.checkpoints(uuids=[uuid])
         return found[0] if found else None
 
-    def _has_checkpoints(self) -> bool:
-        """Whether the store has its checkpoints table (one from before checkpoints, read-only, has not)."""
-        if not self._checkpoints_table:
-            self._checkpoints_table = bool(
-                self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='checkpoints'"))
-        return self._checkpoints_table
+    def _has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (one written before it existed, opened read-only, has not)."""
+        if not self.readonly or name in self._tables:
+            return True
+        if self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)):
+            self._tables.add(name)
+            return True
+        return False
 
     def trials(self, status: str | Iterable[str] | None = None, limit: int | None = None, offset: int = 0,
                order_by: str = "seq", descending: bool = False) -> list[TrialRecord]:
@@ -549,7 +586,7 @@ class ExperimentStore:
             states = [status] if isinstance(status, str) else list(status)
             where = f"WHERE status IN ({','.join('?' * len(states))})"
             args.extend(states)
-        sql = f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials {where} ORDER BY {order_by} {'DESC' if descending else 'ASC'}"
+        sql = f"SELECT {self._trial_columns} FROM trials {where} ORDER BY {order_by} {'DESC' if descending else 'ASC'}"
         if order_by != "seq":
             sql += ", seq"
         if limit is not None:
@@ -559,7 +596,7 @@ class ExperimentStore:
 
     def trial(self, key: str | int) -> TrialRecord | None:
         column = "seq" if isinstance(key, int) else "id"
-        rows = self._query(f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE {column}=?", (key,))
+        rows = self._query(f"SELECT {self._trial_columns} FROM trials WHERE {column}=?", (key,))
         return TrialRecord.from_row(rows[0]) if rows else None
 
     def metrics(self, seq: int, kind: str | None = None) -> list[dict[str, Any]]:
@@ -588,7 +625,7 @@ class ExperimentStore:
         """The trial with the best final value (``finished_only``: among trials that have ended)."""
         order = "DESC" if maximize else "ASC"
         ended = f"AND status IN ({', '.join(repr(s) for s in FINISHED_STATES)}) " if finished_only else ""
-        rows = self._query(f"SELECT {', '.join(_TRIAL_COLUMNS)} FROM trials WHERE final_value IS NOT NULL "
+        rows = self._query(f"SELECT {self._trial_columns} FROM trials WHERE final_value IS NOT NULL "
                            f"AND interrupted=0 {ended}ORDER BY final_value {order}, seq LIMIT 1")
         return TrialRecord.from_row(rows[0]) if rows else None
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
+from training_services.gang import GangProcess
+
 __all__ = ["TrialSpec", "TrialEvents", "TrainingService", "register_training_service", "create_training_service",
            "tail_lines", "failure_message"]
 
@@ -33,15 +35,23 @@ class TrialSpec:
     max_duration: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     attempt: int = 0              # how many earlier trials this one re-runs (``max_trial_retries``)
+    processes: list[GangProcess] = field(default_factory=list)  # a distributed trial's gang (chief first); empty:
+    distribution: str = "tensorflow"                              # one process running ``command``
 
 
 class TrialEvents(Protocol):
     """The engine's side: called from the engine's event loop, in order per trial."""
 
     def started(self, trial_id: str, pid: int | None, pgid: int | None, host: str | None,
-                gpus: list[int] | None) -> None: ...
+                gpus: list[int] | None, processes: list[dict[str, Any]] | None = None) -> None:
+        """The trial runs (a gang: every process runs; ``pid``/``host`` are the chief's and ``processes`` has
+        ``name``, ``host``, ``port``, ``pid``, ``gpus`` of each)."""
 
-    def metric(self, trial_id: str, kind: str, value: Any) -> None: ...
+    def metric(self, trial_id: str, kind: str, value: Any) -> None:
+        """A report of the trial (of its chief, for a gang)."""
+
+    def process_metric(self, trial_id: str, process: str, kind: str, value: Any) -> None:
+        """A result reported by a gang's process other than the chief: stored and shown, not tuned on."""
 
     def ended(self, trial_id: str, status: str, exit_code: int | None, message: str | None) -> None: ...
 

@@ -28,6 +28,8 @@ import psutil
 import hpo
 from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
+from training_services.gang import (GangProcess, Placement, finishers, free_ports, gang_environment, merged_line,
+                                    mpi_hostfile)
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 
 __all__ = ["LocalTrainingService"]
@@ -114,16 +116,29 @@ class _LineReader(asyncio.Protocol):
 
 @dataclass
 class _Run:
+    """One process of a trial (the only one, or a member of its gang)."""
+
     spec: TrialSpec
-    proc: asyncio.subprocess.Process  # the trial's supervisor (its pid is also its process group)
+    proc: asyncio.subprocess.Process  # the process's supervisor (its pid is also its process group)
     gpus: list[int]
     lifeline: int                     # write end of the pipe the supervisor watches; closed once it exited
-    stdout_file: Any
+    files: list[Any]                  # stdout.log (and for a gang member its own stderr.log and merged writers)
+    process: GangProcess | None = None
+    merged: list[Any] | None = None   # a gang's merged stdout.log and stderr.log
     readers: list[_LineReader] = field(default_factory=list)
+    report_error: str | None = None
+    log_error: str | None = None      # why a log stopped being written
+    partial: list[bytes] = field(default_factory=lambda: [b"", b""])  # a line not yet ended, per stream
+
+
+@dataclass
+class _Trial:
+    spec: TrialSpec
+    runs: list[_Run] = field(default_factory=list)
+    gpus: list[int] = field(default_factory=list)
+    merged: list[Any] = field(default_factory=list)
     kill_status: str | None = None
     kill_reason: str | None = None
-    report_error: str | None = None
-    log_error: str | None = None      # why stdout.log stopped being written
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -147,7 +162,7 @@ class LocalTrainingService(TrainingService):
         self.kill_grace = kill_grace
         self.allocator = GpuAllocator([])
         self._events: TrialEvents | None = None
-        self._runs: dict[str, _Run] = {}
+        self._trials: dict[str, _Trial] = {}
         self._gpu_freed: asyncio.Condition | None = None
 
     async def start(self, events: TrialEvents) -> None:
@@ -199,7 +214,7 @@ class LocalTrainingService(TrainingService):
     def _own_pids(self) -> set[int]:
         """Every process of every running trial (supervisors and what runs below them)."""
         pids = set()
-        for run in self._runs.values():
+        for run in (run for trial in self._trials.values() for run in trial.runs):
             pids.add(run.proc.pid)
             try:
                 pids.update(p.pid for p in psutil.Process(run.proc.pid).children(recursive=True))
@@ -209,63 +224,138 @@ class LocalTrainingService(TrainingService):
 
     async def launch(self, spec: TrialSpec) -> None:
         assert self._events is not None, "start() must be called first"
-        gpus = await self._acquire_gpus(spec.gpu_number)
-        fds: list[int] = []
+        # a gang's GPUs are taken at once: no partial gang holds a GPU while the rest waits
+        gpus = await self._acquire_gpus(sum(p.gpu_number for p in spec.processes) if spec.processes
+                                        else spec.gpu_number)
+        trial = _Trial(spec, gpus=gpus)
         try:  # everything the trial needs is acquired before it starts: a failure (EMFILE) leaves nothing behind
             spec.trial_dir.mkdir(parents=True, exist_ok=True)
             params_file = spec.trial_dir / "parameters.json"
             params_file.write_text(json.dumps(spec.parameters))
-            for _ in range(3):
-                fds.extend(os.pipe())
+            env = self._environment(spec, params_file)
+            if spec.processes:
+                placements = await self._launch_gang(trial, env)
+            else:
+                trial.runs.append(await self._spawn(spec, None, env, gpus, spec.command, spec.trial_dir))
         except BaseException:
-            for fd in fds:
-                os.close(fd)
-            self.allocator.release(gpus)
+            await self._discard(trial)
             raise
-        # not inheritable: the supervisor gets only the read end of the lifeline (pass_fds)
-        report_r, report_w, out_r, out_w, life_r, life_w = fds
+        self._trials[spec.trial_id] = trial
+        chief = trial.runs[0]
+        gang: dict[str, Any] = {}  # passed only for a gang: events sinks written before gangs need not take it
+        if spec.processes:
+            pids = {run.process.name: run.proc.pid for run in trial.runs if run.process is not None}
+            gang["processes"] = [{"name": p.name, "host": pl.host, "port": pl.port, "pid": pids.get(p.name),
+                                  "gpus": run_gpus} for p, pl, run_gpus in zip(spec.processes, placements,
+                                                                               _split(gpus, spec.processes))]
+        self._events.started(spec.trial_id, chief.proc.pid, chief.proc.pid, "localhost", gpus, **gang)
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._follow(trial))
+
+    @staticmethod
+    def _environment(spec: TrialSpec, params_file: Path) -> dict[str, str]:
         env = dict(os.environ)
         env.update(spec.env)
         env.update({
             "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
             "HPO_SEQUENCE_ID": str(spec.sequence_id), "HPO_TRIAL_DIR": str(spec.trial_dir),
-            "HPO_PARAMETERS_FILE": str(params_file), "HPO_REPORT_FD": str(report_w),
+            "HPO_PARAMETERS_FILE": str(params_file),
             "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), _HPO_ROOT) if p),
             "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
             # `python3 train.py` finds the interpreter hpo runs in (its venv) before the system's
             "PATH": os.pathsep.join(p for p in (_INTERPRETER_DIR, env.get("PATH", os.defpath)) if p),
         })
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-        stdout_file = None
+        return env
+
+    async def _launch_gang(self, trial: _Trial, env: dict[str, str]) -> list[Placement]:
+        """Start every process of a distributed trial on this machine; its output is kept per process under
+        ``processes/<role>-<index>/`` and merged, each line prefixed ``[role-index]``, in the trial's logs."""
+        spec, processes = trial.spec, trial.spec.processes
+        ports = iter(free_ports(sum(p.port is None for p in processes)))
+        placements = [Placement("127.0.0.1", next(ports) if p.port is None else p.port) for p in processes]
+        hostfile = None
+        if spec.distribution == "mpi":
+            hostfile = spec.trial_dir / "hostfile"
+            hostfile.write_text(mpi_hostfile(placements))
+        trial.merged = [open(spec.trial_dir / name, "wb", buffering=0) for name in ("stdout.log", "stderr.log")]
+        for i, (process, gpus) in enumerate(zip(processes, _split(trial.gpus, processes))):
+            if process.command is None:  # an MPI holder: rank 0's mpirun starts it, with rank 0's GPUs
+                continue
+            if spec.distribution == "mpi":
+                gpus = trial.gpus
+            penv = {**env, **gang_environment(processes, placements, spec.distribution, i,
+                                              None if hostfile is None else str(hostfile))}
+            trial.runs.append(await self._spawn(spec, process, penv, gpus, process.command,
+                                                spec.trial_dir / "processes" / process.name, trial.merged))
+        return placements
+
+    async def _spawn(self, spec: TrialSpec, process: GangProcess | None, env: dict[str, str], gpus: list[int],
+                     command: str, folder: Path, merged: list[Any] | None = None) -> _Run:
+        """Start one process under its supervisor, its output followed; on failure nothing is left open."""
+        fds: list[int] = []
+        files: list[Any] = []
+        stderr_file = None
         try:
-            stdout_file = open(spec.trial_dir / "stdout.log", "wb", buffering=0)
-            with open(spec.trial_dir / "stderr.log", "wb") as stderr_file:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-I", "-S", _SUPERVISOR, repr(float(self.kill_grace)), str(life_r), spec.command,
-                    cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=stderr_file,
-                    pass_fds=(report_w, life_r), start_new_session=True)
+            for _ in range(3 if merged is None else 4):
+                fds.extend(os.pipe())
+            folder.mkdir(parents=True, exist_ok=True)
+            files.append(open(folder / "stdout.log", "wb", buffering=0))
+            if merged is None:
+                stderr_file = open(folder / "stderr.log", "wb")
+            else:
+                files.append(open(folder / "stderr.log", "wb", buffering=0))
         except BaseException:
-            for fd in (report_r, out_r, life_w):
+            for fd in fds:
                 os.close(fd)
-            if stdout_file is not None:
-                stdout_file.close()
-            self.allocator.release(gpus)
+            for fh in files:
+                fh.close()
+            raise
+        # not inheritable: the supervisor gets only the read end of the lifeline (pass_fds)
+        report_r, report_w, out_r, out_w, life_r, life_w, *err = fds
+        env = {**env, "HPO_REPORT_FD": str(report_w), "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", _SUPERVISOR, repr(float(self.kill_grace)), str(life_r), command,
+                cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out_w,
+                stderr=stderr_file if stderr_file is not None else err[1],
+                pass_fds=(report_w, life_r), start_new_session=True)
+        except BaseException:
+            for fd in (report_r, out_r, life_w, *err[:1]):
+                os.close(fd)
+            for fh in files:
+                fh.close()
             raise
         finally:
-            for fd in (report_w, out_w, life_r):
+            for fd in (report_w, out_w, life_r, *err[1:]):
                 os.close(fd)
-        run = _Run(spec, proc, gpus, life_w, stdout_file)
-        self._runs[spec.trial_id] = run
-        self._events.started(spec.trial_id, proc.pid, proc.pid, "localhost", gpus)
+            if stderr_file is not None:
+                stderr_file.close()
+        run = _Run(spec, proc, gpus, life_w, files, process, merged)
         loop = asyncio.get_running_loop()
         readers = [_LineReader(lambda line: self._on_report(run, line), lambda head: self._on_long_line(run, head)),
                    _LineReader(lambda line: self._on_stdout_line(run, line),
                                lambda head: self._on_long_line(run, head, printed=True),
-                               lambda data: self._log_stdout(run, data), prefix=b"HPO_")]
-        await loop.connect_read_pipe(lambda: readers[0], os.fdopen(report_r, "rb", buffering=0))
-        await loop.connect_read_pipe(lambda: readers[1], os.fdopen(out_r, "rb", buffering=0))
+                               lambda data: self._log(run, 0, data), prefix=b"HPO_")]
+        pipes = [report_r, out_r]
+        if err:
+            readers.append(_LineReader(_ignore, _ignore, lambda data: self._log(run, 1, data), prefix=b"\0\0"))
+            pipes.append(err[0])
+        for reader, fd in zip(readers, pipes):
+            await loop.connect_read_pipe(lambda reader=reader: reader, os.fdopen(fd, "rb", buffering=0))
         run.readers = readers
-        loop.create_task(self._follow(run))
+        return run
+
+    async def _discard(self, trial: _Trial) -> None:
+        """Undo a launch that failed part way: end the processes already started, close and release the rest."""
+        for run in trial.runs:
+            _kill_tree(run.proc.pid)
+            await run.proc.wait()
+            os.close(run.lifeline)
+            for fh in run.files:
+                fh.close()
+        for fh in trial.merged:
+            fh.close()
+        self.allocator.release(trial.gpus)
 
     def _on_report(self, run: _Run, line: bytes) -> None:
         try:
@@ -291,7 +381,11 @@ class LocalTrainingService(TrainingService):
         self._report_error(run, f"bad report from trial: a line longer than {MAX_LINE} bytes ({start!r}...)")
 
     def _metric(self, run: _Run, kind: str, value: Any) -> None:
-        self._events.metric(run.spec.trial_id, kind, value)  # type: ignore[union-attr]
+        assert self._events is not None
+        if run.process is None or run.process.chief or kind == "checkpoint":
+            self._events.metric(run.spec.trial_id, kind, value)
+        else:
+            self._events.process_metric(run.spec.trial_id, run.process.name, kind, value)
 
     @staticmethod
     def _report_error(run: _Run, message: str) -> None:
@@ -301,57 +395,93 @@ class LocalTrainingService(TrainingService):
             run.report_error = message
 
     @staticmethod
-    def _log_stdout(run: _Run, data: bytes) -> None:
-        """Append to stdout.log; on an error (disk full) stop writing it and remember why."""
+    def _log(run: _Run, stream: int, data: bytes) -> None:
+        """Append a process's output to its log (and, for a gang, its complete lines to the trial's merged log);
+        on an error (disk full) stop writing and remember why."""
         if run.log_error is not None:
             return
-        view = memoryview(data)
         try:
-            while view:
-                view = view[run.stdout_file.write(view):]
+            _write_all(run.files[stream], data)
+            if run.merged is not None:
+                text = run.partial[stream] + data
+                end = text.rfind(b"\n") + 1
+                run.partial[stream] = text[end:]
+                if end:
+                    _write_all(run.merged[stream], _prefixed(run, text[:end]))
         except OSError as exc:
-            run.log_error = f"stdout.log is incomplete: {exc.strerror or exc}"
+            run.log_error = f"{'stdout' if stream == 0 else 'stderr'}.log is incomplete: {exc.strerror or exc}"
             log.warning("trial %s: %s", run.spec.trial_id, run.log_error)
 
-    async def _follow(self, run: _Run) -> None:
-        spec = run.spec
+    async def _follow(self, trial: _Trial) -> None:
+        """Wait for the trial's end: its processes that finish it (every process of a one-process trial; a gang's
+        chief role) exited, any process failed, a kill, or the timeout.  Then end every process left."""
+        spec = trial.spec
+        loop = asyncio.get_running_loop()
+        waits = {loop.create_task(run.proc.wait()): run for run in trial.runs}
+        ending = finishers(spec.processes) if spec.processes else set()
+        to_finish = {id(run) for run in trial.runs if run.process is None or run.process.name in ending}
+        failed: _Run | None = None
+        deadline = None if spec.max_duration is None else loop.time() + spec.max_duration
         try:
-            try:
-                await asyncio.wait_for(run.proc.wait(), timeout=spec.max_duration)
-            except asyncio.TimeoutError:
-                run.kill_status = run.kill_status or "FAILED"
-                run.kill_reason = run.kill_reason or f"exceeded max_trial_duration ({spec.max_duration:g} s)"
-                await self._terminate(run)
-            # the supervisor ended every process below it; after a kill, stop or timeout, a last resort for any
-            # that escaped it (a trial that exits by itself leaves nothing: the subreaper ends its leftovers)
-            if run.kill_status is not None:
+            pending = set(waits)
+            while pending and to_finish and failed is None:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    trial.kill_status = trial.kill_status or "FAILED"
+                    trial.kill_reason = trial.kill_reason or f"exceeded max_trial_duration ({spec.max_duration:g} s)"
+                    break
+                for task in done:
+                    run = waits[task]
+                    to_finish.discard(id(run))
+                    if failed is None and run.proc.returncode != 0:
+                        failed = run
+            await asyncio.gather(*(self._terminate(run) for run in trial.runs))
+            # the supervisors ended every process below them; after a kill, stop or timeout, a last resort for any
+            # that escaped (a trial that exits by itself leaves nothing: the subreapers end its leftovers)
+            if trial.kill_status is not None:
                 try:
                     await asyncio.to_thread(_kill_by_environment, {(spec.trial_id, str(spec.sequence_id))})
                 except OSError as exc:  # e.g. no descriptor left to read /proc: the trial still ends
                     log.warning("trial %s: could not sweep for leftover processes: %s", spec.trial_id, exc)
-            await asyncio.wait([r.closed for r in run.readers], timeout=2.0)
+            await asyncio.wait([r.closed for run in trial.runs for r in run.readers], timeout=2.0)
         finally:
-            os.close(run.lifeline)
-            run.stdout_file.close()
-            self._runs.pop(spec.trial_id, None)
-            if run.gpus:
-                self.allocator.release(run.gpus)
+            for run in trial.runs:
+                os.close(run.lifeline)
+                for stream, fh in enumerate(run.files):
+                    if run.merged is not None and run.partial[stream] and run.log_error is None:
+                        try:
+                            _write_all(run.merged[stream], _prefixed(run, run.partial[stream] + b"\n"))
+                        except OSError:
+                            pass
+                    fh.close()
+            for fh in trial.merged:
+                fh.close()
+            self._trials.pop(spec.trial_id, None)
+            if trial.gpus:
+                self.allocator.release(trial.gpus)
                 assert self._gpu_freed is not None
                 async with self._gpu_freed:
                     self._gpu_freed.notify_all()
-        code = run.proc.returncode
-        if run.kill_status is not None:
-            status, message = run.kill_status, run.kill_reason
-        elif code == 0 and run.report_error is None:
+        if failed is None and trial.kill_status is None:  # a bad report fails the trial even when it exits 0
+            failed = next((run for run in trial.runs if run.report_error is not None), None)
+        code = trial.runs[0].proc.returncode
+        if trial.kill_status is not None:
+            status, message = trial.kill_status, trial.kill_reason
+        elif failed is None:
             status, message = "SUCCEEDED", None
         else:
-            status = "FAILED"
-            message = run.report_error or failure_message(spec.trial_dir / "stderr.log", code)
-        self._events.ended(spec.trial_id, status, code, message or run.log_error)  # type: ignore[union-attr]
-        run.done.set()
+            status, code = "FAILED", failed.proc.returncode
+            folder = spec.trial_dir if failed.process is None else spec.trial_dir / "processes" / failed.process.name
+            message = failed.report_error or failure_message(folder / "stderr.log", code)
+            if failed.process is not None:
+                message = f"{failed.process.name}: {message}"
+        log_error = next((run.log_error for run in trial.runs if run.log_error is not None), None)
+        self._events.ended(spec.trial_id, status, code, message or log_error)  # type: ignore[union-attr]
+        trial.done.set()
 
     async def _terminate(self, run: _Run) -> None:
-        """SIGTERM the supervisor (it gives the trial ``kill_grace``); SIGKILL it and its tree ``BACKSTOP`` s later."""
+        """SIGTERM the supervisor (it gives the process ``kill_grace``); SIGKILL it and its tree ``BACKSTOP`` s later."""
         if run.proc.returncode is not None:
             return
         _signal_group(run.proc.pid, signal.SIGTERM)
@@ -363,35 +493,59 @@ class LocalTrainingService(TrainingService):
             await run.proc.wait()
 
     async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
-        run = self._runs.get(trial_id)
-        if run is None:
+        trial = self._trials.get(trial_id)
+        if trial is None:
             return
-        if run.kill_status is None:
-            run.kill_status, run.kill_reason = status, reason
-        await self._terminate(run)
-        await run.done.wait()
+        if trial.kill_status is None:
+            trial.kill_status, trial.kill_reason = status, reason
+        await asyncio.gather(*(self._terminate(run) for run in trial.runs))
+        await trial.done.wait()
 
     async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
-        runs = list(self._runs.values())
-        await asyncio.gather(*(self.kill(r.spec.trial_id, status, reason) for r in runs))
+        trials = list(self._trials.values())
+        await asyncio.gather(*(self.kill(t.spec.trial_id, status, reason) for t in trials))
 
     def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
         return str(storage)  # trials run here: they write checkpoints straight into the storage
 
     def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
         for rec in records:
-            pgid, started = rec.get("pgid"), rec.get("started_at")
-            if not pgid:
-                continue
-            try:
-                if started and psutil.Process(pgid).create_time() > started + 5:  # pid reused by an unrelated process
+            started = rec.get("started_at")
+            groups = {rec.get("pgid")} | {p.get("pid") for p in rec.get("processes") or []}  # a gang's supervisors
+            for pgid in filter(None, groups):
+                try:
+                    if started and psutil.Process(pgid).create_time() > started + 5:  # pid reused by another process
+                        continue
+                except psutil.Error:
                     continue
-            except psutil.Error:
-                continue
-            _kill_tree(pgid)
+                _kill_tree(pgid)
         # A trial the dead engine had started but not yet recorded (no pgid), and processes that left the
         # supervisor's tree, are found by the environment every trial process inherits.
         _kill_by_environment({(str(rec["id"]), str(rec["seq"])) for rec in records if rec.get("id")})
+
+
+def _split(gpus: list[int], processes: list[GangProcess]) -> list[list[int]]:
+    """A gang's GPUs, dealt out in rank order: each process its ``gpu_number``."""
+    out, start = [], 0
+    for p in processes:
+        out.append(gpus[start:start + p.gpu_number])
+        start += p.gpu_number
+    return out
+
+
+def _prefixed(run: _Run, lines: bytes) -> bytes:
+    name = run.process.name if run.process is not None else ""
+    return b"".join(merged_line(name, line) for line in lines.splitlines(keepends=True))
+
+
+def _write_all(fh: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view):]
+
+
+def _ignore(_data: bytes) -> None:
+    pass
 
 
 def _kill_by_environment(trials: set[tuple[str, str]]) -> None:
