@@ -9,6 +9,7 @@ import json
 import os
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,8 @@ from typing import Any, Callable
 
 import psutil
 import pytest
+
+from hpo.storage import ExperimentStore
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -200,3 +203,45 @@ def browser():
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+# -- an engine in a child process (so that it can be killed -9) ------------------------------------------------
+class Spawned:
+    def __init__(self, proc: subprocess.Popen[str], exp_id: str, directory: Path) -> None:
+        self.proc, self.id, self.directory = proc, exp_id, directory
+
+    def store(self) -> ExperimentStore:
+        return ExperimentStore(self.directory, readonly=True)
+
+    def crash(self) -> None:
+        """SIGKILL the engine and wait until it has exited (reaped: no zombie)."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn(launcher):
+    """``spawn(trial_body, **config)``: an experiment started by a separate Python process."""
+    made: list[Spawned] = []
+
+    def start(trial_body: str, **config: Any) -> Spawned:
+        config.setdefault("search_space", {"x": {"_type": "uniform", "_value": [0, 1]}})
+        made.append(Spawned(*launcher(trial_body, **config)))
+        return made[-1]
+
+    yield start
+    for s in made:
+        kill_all(_processes_of(s.id))
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:  # it ended meanwhile
+            pass
+
+
+def _processes_of(experiment_id: str) -> list[Any]:
+    from test_engine import processes_of
+    return processes_of(experiment_id)

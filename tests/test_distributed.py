@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, ROOT, wait_until
+from conftest import PY, ROOT, kill_all, wait_until
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.storage import ExperimentStore
 from test_engine import processes_of
-from test_reliability import kill_all, spawn  # noqa: F401  (a fixture)
+
 from training_services.gang import Placement, gang_environment, gang_processes, mpi_hostfile
 
 PS_JOB = ROOT / "examples" / "distributed" / "ps_job.py"
@@ -146,16 +146,24 @@ def test_kill_and_timeout_end_every_process_of_the_gang(make_experiment, how):
         exp.stop()
 
 
-def test_no_gang_process_outlives_a_crashed_engine(spawn):
+def test_no_gang_process_outlives_a_crashed_engine(spawn, tmp_path):
     from hpo import Experiment
 
-    s = spawn(STAYING, max_trial_number=1, trial_roles={"worker": {"count": 2}, "ps": {"count": 1}})
+    # the processes ignore SIGTERM and their supervisors' grace is long: only the resume can end them in time
+    stubborn = tmp_path / "code" / "stubborn"  # while it exists, trial processes ignore SIGTERM
+    stubborn.parent.mkdir(exist_ok=True)
+    stubborn.touch()
+    s = spawn("import os, signal\nif os.path.exists('stubborn'):\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              + STAYING, max_trial_number=1,
+              trial_roles={"worker": {"count": 2}, "ps": {"count": 1}},
+              training_service={"platform": "local", "kill_grace": 120})
     with s.store() as store:
         wait_until(lambda: store.trials(status="RUNNING"), 30, what="the gang running")
     wait_until(lambda: len(processes_of(s.id)) >= 6, 30, what="all processes up")
     s.crash()
     survivors = processes_of(s.id)
-    assert survivors, "the gang should outlive the engine until the supervisors notice"
+    assert len(survivors) >= 6
+    stubborn.unlink()  # the re-run the resume starts can be stopped quickly
     resumed = Experiment.resume(s.id, port=0, wait_completion=False)
     try:
         wait_until(lambda: not [p for p in survivors if p.is_running() and p.status() != "zombie"], 20,

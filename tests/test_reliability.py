@@ -20,48 +20,11 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import ROOT, experiment_script, wait_until, write_script
+from conftest import ROOT, Spawned, experiment_script, kill_all, wait_until, write_script
 from hpo import Experiment
 from hpo.experiment import ExperimentError
 from hpo.storage import ExperimentStore, StoreLocked, engine_running
 from test_engine import alive, processes_of, run_guarded
-
-
-# -- an engine in a child process (so that it can be killed -9) ------------------------------------------------
-class Spawned:
-    def __init__(self, proc: subprocess.Popen[str], exp_id: str, directory: Path) -> None:
-        self.proc, self.id, self.directory = proc, exp_id, directory
-
-    def store(self) -> ExperimentStore:
-        return ExperimentStore(self.directory, readonly=True)
-
-    def crash(self) -> None:
-        """SIGKILL the engine and wait until it has exited (reaped: no zombie)."""
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def spawn(launcher):
-    """``spawn(trial_body, **config)``: an experiment started by a separate Python process."""
-    made: list[Spawned] = []
-
-    def start(trial_body: str, **config: Any) -> Spawned:
-        config.setdefault("search_space", {"x": {"_type": "uniform", "_value": [0, 1]}})
-        made.append(Spawned(*launcher(trial_body, **config)))
-        return made[-1]
-
-    yield start
-    for s in made:
-        kill_all(processes_of(s.id))
-
-
-def kill_all(procs: list[psutil.Process]) -> None:
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:  # it ended meanwhile
-            pass
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
