@@ -647,9 +647,9 @@ class ExperimentConfig(_Base):
                 where = "this machine" if isinstance(self.training_service, LocalConfig) else "one pod network"
                 raise ConfigError(f"{w}.trial_roles.{name}.port: {role.count} processes on {where} cannot all "
                                   f"listen on port {role.port}; expected null (a free port for each)")
-        if not isinstance(self.training_service, LocalConfig):  # TODO(issue 11): SSH hosts and Kubernetes
-            raise ConfigError(f"{w}.trial_roles: distributed trials run on the local training service only so far; "
-                              f"not on {self.training_service.platform!r}")
+        if isinstance(self.training_service, KubernetesConfig):  # TODO(issue 11): an Indexed Job per trial
+            raise ConfigError(f"{w}.trial_roles: distributed trials run on the local and remote training services "
+                              "so far; not on 'kubernetes'")
         if isinstance(self.training_service, RemoteConfig):
             machines = self.training_service.machine_list
             for name, role in roles.items():

@@ -239,8 +239,10 @@ class Engine:
             self.store.set_config(self.config.to_dict())
             await self._tuner_call(self.tuner.update_search_space, self.config.search_space)
             await self.service.start(self)
-            check = getattr(self.service, "check_gpu_request", None)
-            if check is not None:
+            check, check_gang = (getattr(self.service, name, None) for name in ("check_gpu_request", "check_gang"))
+            if self._gang and check_gang is not None:  # can the gang ever be placed at once?
+                check_gang(self._gang)
+            elif check is not None:
                 check(self.config.trial_gpu_total)
             if resume:
                 await self._prepare_resume()

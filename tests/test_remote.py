@@ -174,8 +174,8 @@ class HostRecorder(Recorder):
         super().__init__()
         self.hosts: dict[str, list[str]] = {}
 
-    def started(self, trial_id, pid, pgid, host, gpus) -> None:
-        super().started(trial_id, pid, pgid, host, gpus)
+    def started(self, trial_id, pid, pgid, host, gpus, processes=None) -> None:
+        super().started(trial_id, pid, pgid, host, gpus, processes)
         self.hosts.setdefault(trial_id, []).append(host)
 
 
@@ -895,3 +895,104 @@ hpo.report_final_result(1)
         assert r["resources"]["weights.bin"] == 300_000
     assert not list(remote.rglob("checkpoints/*-*-*"))  # the remote copies were removed once pulled
     assert not list((exp.directory / "checkpoints").glob(".*"))
+
+
+# -- distributed trials (trial_roles) -------------------------------------------------------------------------------
+PS_JOB = Path(__file__).resolve().parent.parent / "examples" / "distributed" / "ps_job.py"
+
+
+def test_a_parameter_server_job_spreads_over_two_hosts(tmp_path, keys, second_user, servers, rdir, make_experiment):
+    a, b = servers(), servers(user=SECOND_USER, password_auth=True)
+    make_experiment.code.mkdir(exist_ok=True)
+    shutil.copy(PS_JOB, make_experiment.code / "ps_job.py")
+    exp = make_experiment(command="python3 ps_job.py", max_trial_number=2, trial_concurrency=1,
+                          search_space={"lr": {"_type": "choice", "_value": [0.2, 0.5]}}, trial_env={"STEPS": 6},
+                          trial_roles={"worker": {"count": 2}, "ps": {"count": 1}},
+                          training_service={"platform": "remote", "machine_list": [host_a(a, keys), host_b(b)],
+                                            "known_hosts_file": str(known_hosts(tmp_path, a, b)),
+                                            "remote_directory": rdir})
+    exp.start(port=0)
+    assert exp.wait(90)
+    assert exp.get_status() == "DONE", exp.get_experiment_profile()["message"]
+    from hpo.storage import ExperimentStore
+    with ExperimentStore(exp.directory, readonly=True) as store:
+        for t in store.trials():
+            assert t["status"] == "SUCCEEDED", t["message"]
+            machines = {p["name"]: p["machine"] for p in t["processes"]}
+            assert machines["worker-0"] != machines["worker-1"], machines  # spread: least-loaded machine first
+            assert set(machines.values()) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+            assert len(store.metrics(t["seq"], "intermediate")) == 6
+            assert {m["process"] for m in store.process_metrics(t["seq"])} == {"worker-1"}
+            merged = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
+            assert "[ps-0] parameter server on port" in merged and "[worker-1] worker 1 done" in merged, merged
+    exp.stop()
+    assert_none_left(f"{os.path.expanduser('~')}/{rdir}", f"{second_user.pw_dir}/{rdir}")
+
+
+GANG_FAILS = """
+import os, sys, time
+if os.environ["HPO_PROCESS"] == "worker-1":
+    time.sleep(0.5)
+    sys.exit("worker 1 gave up")
+time.sleep(300)
+"""
+
+
+def test_a_failing_process_on_one_host_stops_the_gang_on_the_other(tmp_path, keys, servers):
+    a, b = servers(), servers()
+    roles = {"worker": SimpleNamespace(count=2, command=None, gpu_number=None, port=None),
+             "ps": SimpleNamespace(count=1, command=None, gpu_number=None, port=None)}
+    from training_services.gang import gang_processes
+
+    async def main() -> Recorder:
+        rec = Recorder()
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b)
+        await svc.start(rec)
+        s = spec(tmp_path, "gang1", GANG_FAILS)
+        s.processes = gang_processes(roles, s.command, 0, "tensorflow")
+        t0 = time.monotonic()
+        await svc.launch(s)
+        await until(lambda: rec.ended_status.get("gang1"), 30, "the gang's end")
+        assert time.monotonic() - t0 < 20
+        await svc.stop()
+        return rec
+
+    rec = asyncio.run(main())
+    assert (rec.ended_status["gang1"], rec.messages["gang1"]) == ("FAILED", "worker-1: worker 1 gave up")
+    assert {p["machine"] for p in rec.processes["gang1"]} == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+    assert_none_left(str(tmp_path / "remote"))
+
+
+def test_gang_placement_is_all_or_nothing_and_checked_at_start(tmp_path, keys, servers):
+    a = servers()
+    from training_services.gang import gang_processes
+
+    def roles(count: int, port: int | None = None) -> dict[str, Any]:
+        return {"worker": SimpleNamespace(count=count, command=None, gpu_number=None, port=port)}
+
+    async def main() -> None:
+        rec = Recorder()
+        svc = service(tmp_path, [host_a(a, keys, max_trials=2)], a)
+        await svc.start(rec)
+        with pytest.raises(ValueError, match="can never be placed at once on the 1 machine"):
+            svc.check_gang(gang_processes(roles(3), "x", 0, "pytorch"))
+        with pytest.raises(ValueError, match="no room for worker-1"):
+            svc.check_gang(gang_processes(roles(2, port=7000), "x", 0, "pytorch"))
+        svc.check_gang(gang_processes(roles(2), "x", 0, "pytorch"))
+        # one trial holds the machine's two slots: a second gang waits whole, holding nothing
+        first = spec(tmp_path, "g1", "import time\ntime.sleep(300)\n")
+        first.processes = gang_processes(roles(2), first.command, 0, "pytorch")
+        await svc.launch(first)
+        second = spec(tmp_path, "g2", "print('ran')\n", seq=2)
+        second.processes = gang_processes(roles(2), second.command, 0, "pytorch")
+        waiting = asyncio.ensure_future(svc.launch(second))
+        await asyncio.sleep(1.0)
+        assert not waiting.done() and svc.hosts[0].assigned == 2
+        await svc.kill("g1")
+        await asyncio.wait_for(waiting, 20)
+        await until(lambda: rec.ended_status.get("g2"), 20, "the second gang's end")
+        assert rec.ended_status["g2"] == "SUCCEEDED", rec.messages["g2"]
+        await svc.stop()
+
+    asyncio.run(main())
+    assert_none_left(str(tmp_path / "remote"))

@@ -80,14 +80,20 @@ class Recorder:
         self.host_of: dict[str, str | None] = {}
         self.ended_status: dict[str, str] = {}
         self.messages: dict[str, str | None] = {}
+        self.processes: dict[str, list[dict[str, Any]]] = {}
 
-    def started(self, trial_id, pid, pgid, host, gpus) -> None:
+    def started(self, trial_id, pid, pgid, host, gpus, processes=None) -> None:
         self.events.append(("started", trial_id, gpus))
         self.pids[trial_id] = pid
         self.host_of[trial_id] = host
+        if processes is not None:
+            self.processes[trial_id] = processes
 
     def metric(self, trial_id, kind, value) -> None:
         self.events.append(("metric", trial_id, (kind, value)))
+
+    def process_metric(self, trial_id, process, kind, value) -> None:
+        self.events.append(("process_metric", trial_id, (process, kind, value)))
 
     def ended(self, trial_id, status, exit_code, message) -> None:
         self.events.append(("ended", trial_id, status))

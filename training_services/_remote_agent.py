@@ -24,6 +24,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -327,6 +328,9 @@ class Agent:
                 raise
         with open(os.path.join(tdir, "parameters.json"), "w") as fh:
             fh.write(msg["params"])
+        for name, text in (msg.get("files") or {}).items():  # e.g. a distributed trial's MPI hostfile
+            with open(os.path.join(tdir, os.path.basename(name)), "w") as fh:
+                fh.write(text)
         for name in STREAMS:
             open(os.path.join(tdir, name), "ab").close()
         t = Trial(tid, tdir)
@@ -371,6 +375,19 @@ class Agent:
         t.kill_tree = descendants(t.pid)
         signal_tree(t.pgid, t.kill_tree, signal.SIGTERM)
         t.kill_at = time.time() + grace
+
+    def do_ports(self, msg):
+        """``n`` distinct ports free here now (for a distributed trial's processes)."""
+        socks = []
+        try:
+            for _ in range(int(msg["n"])):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind(("", 0))
+                socks.append(sock)
+            self.send(ev="reply", req=msg["req"], ports=[sock.getsockname()[1] for sock in socks])
+        finally:
+            for sock in socks:
+                sock.close()
 
     def do_cleanup(self, msg):
         """A dead engine's leftover: kill group ``pgid`` if one of its processes is trial ``id``."""

@@ -66,7 +66,9 @@ from typing import Any, Mapping
 from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
 from training_services.code_package import CodePacker, trial_api_files
+from training_services.gang import GangProcess
 from training_services.gpu import GpuAllocator, GpuInfo
+from training_services.remote_gang import RemoteGangs, _Gang, member_folder
 
 __all__ = ["RemoteTrainingService", "RemoteMachine"]
 
@@ -145,6 +147,12 @@ class _Trial:
     last_pull: asyncio.Task[None] | None = None  # the latest checkpoint copy (reported after the one before it,
                                                  # so it ends last: while it runs, copies are in flight)
     end: tuple[str, int | None, str | None] | None = None   # reported once the copies are done
+    gang: _Gang | None = None                   # for a process of a distributed trial (a member, see remote_gang):
+    process: GangProcess | None = None          # which one; it reports to its gang, not to the engine
+    extra_env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] | None = None         # written into its remote folder before it starts
+    merge_partial: list[bytes] = field(default_factory=lambda: [b"", b""])
+    end_status: tuple[str, int | None, str | None] | None = None
 
 
 @dataclass
@@ -550,7 +558,7 @@ class _Host:
 
 
 # -- the service ------------------------------------------------------------------------------------------------
-class RemoteTrainingService(TrainingService):
+class RemoteTrainingService(RemoteGangs, TrainingService):
     """Runs trials on remote machines over SSH.
 
     Args:
@@ -593,6 +601,7 @@ class RemoteTrainingService(TrainingService):
         self.hosts = [_Host(self, m, i) for i, m in enumerate(machines)]
         self._events: TrialEvents | None = None
         self._trials: dict[str, _Trial] = {}
+        self._gangs: dict[str, _Gang] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, tuple[str, str | None] | None] = {}
         self._change: asyncio.Event | None = None
@@ -655,13 +664,15 @@ class RemoteTrainingService(TrainingService):
         for trial_id in list(self._waiting):
             self._waiting[trial_id] = (status, reason)
         self._notify()
-        kills = [asyncio.ensure_future(self.kill(trial_id, status, reason)) for trial_id in list(self._trials)]
+        kills = [asyncio.ensure_future(self.kill(trial_id, status, reason))
+                 for trial_id in [*self._trials, *self._gangs]]
         kills.append(asyncio.ensure_future(self._replaced_copies_ended()))
         limit = self.kill_grace + 10 + (self.reconnect_timeout if any(h.state == "reconnecting"
                                                                       for h in self.hosts) else 0)
         await asyncio.wait(kills, timeout=limit)
         for pending in kills:
             pending.cancel()
+        self._abandon_gangs(status, reason)
         for trial in list(self._trials.values()):  # a machine we could not reach again: give up on it
             assert trial.current is not None  # kill() ends a trial without a copy at once
             where = trial.current.host.label
@@ -686,7 +697,7 @@ class RemoteTrainingService(TrainingService):
     def leftover_cleanup(self, records: list[dict[str, Any]]) -> None:
         """Remembered here, done in :meth:`start` once connected: a dead engine's trials are killed on
         their machine if a process of that group still carries the trial's id."""
-        self._leftovers = [r for r in records if r.get("pgid") and r.get("host")]
+        self._leftovers = [r for r in self._gang_leftovers(records) if r.get("pgid") and r.get("host")]
 
     async def _cleanup_leftovers(self) -> None:
         by_label = {h.label: h for h in self.hosts}
@@ -702,6 +713,9 @@ class RemoteTrainingService(TrainingService):
     # launching ------------------------------------------------------------------------------------------------
     async def launch(self, spec: TrialSpec) -> None:
         assert self._events is not None, "start() must be called first"
+        if spec.processes:
+            await self._launch_gang(spec)
+            return
         trial: _Trial | None = None
         for attempt in range(5):
             picked = await self._acquire(spec)
@@ -789,10 +803,11 @@ class RemoteTrainingService(TrainingService):
             if restarting is None:
                 self._waiting.pop(trial_id, None)
 
-    def _new_run(self, trial: _Trial, host: _Host, gpus: list[int]) -> _Run:
+    def _new_run(self, trial: _Trial, host: _Host, gpus: list[int], key: str | None = None) -> _Run:
         """A new copy of ``trial`` on ``host`` (slot already taken), from now on the one whose reports count."""
         spec = trial.spec
-        key = spec.trial_id if trial.restarts == 0 else f"{spec.trial_id}.{trial.restarts}"
+        if key is None:
+            key = spec.trial_id if trial.restarts == 0 else f"{spec.trial_id}.{trial.restarts}"
         run = _Run(trial, host, gpus, key, f"{host.root}/{spec.experiment_id}/trials/{key}")
         host.runs[key] = run
         trial.current = run
@@ -808,15 +823,18 @@ class RemoteTrainingService(TrainingService):
             "PYTHONUNBUFFERED": spec.env.get("PYTHONUNBUFFERED", "1"),
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, run.gpus)),
         })
+        env.update(run.trial.extra_env)
         if "HPO_CHECKPOINT_DIR" in spec.env:
             env["HPO_CHECKPOINT_DIR"] = f"{run.remote_dir}/checkpoints"
         env.pop("HPO_RESTORE_CHECKPOINT", None)  # a path on this machine: restoring on a remote one is to come
         if host.state != "up":
             return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
         with contextlib.suppress(ConnectionError):  # likewise
+            process = run.trial.process
             host.send({"op": "launch", "id": run.key, "dir": run.remote_dir,
-                       "cwd": run.code_remote,
-                       "cmd": spec.command, "env": env, "params": json.dumps(spec.parameters),
+                       "cwd": run.code_remote, "files": run.trial.files,
+                       "cmd": process.command if process is not None else spec.command, "env": env,
+                       "params": json.dumps(spec.parameters),
                        "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace})
         if run.trial.kill_status is not None:
             self._send_kill(run)
@@ -826,6 +844,11 @@ class RemoteTrainingService(TrainingService):
         trial = run.trial
         run.pid = pid
         run.started_sent = True
+        if trial.gang is not None:
+            if not trial.started.done():
+                trial.started.set_result(None)
+            self._gang_started(trial.gang)
+            return
         self._events.started(trial.spec.trial_id, pid, pid, run.host.label, run.gpus)  # type: ignore[union-attr]
         if not trial.started.done():
             trial.started.set_result(None)
@@ -840,11 +863,12 @@ class RemoteTrainingService(TrainingService):
         if not data:
             return
         run.off[stream] = max(have, offset) + len(data)
-        if stream == 2:
-            run.trial.stderr_file.write(data)
-            return
-        if stream == 1:
-            run.trial.stdout_file.write(data)
+        if stream:
+            (run.trial.stdout_file if stream == 1 else run.trial.stderr_file).write(data)
+            if run.trial.gang is not None:
+                self._member_output(run.trial, stream, data)
+            if stream == 2:
+                return
         lines = (run.partial[stream] + data).split(b"\n")
         run.partial[stream] = lines.pop()
         for line in lines:
@@ -879,6 +903,9 @@ class RemoteTrainingService(TrainingService):
         elif kind == "checkpoint":
             self._spawn_pull(run, value)
             return
+        if trial.gang is not None:
+            self._member_metric(trial, kind, value)
+            return
         self._events.metric(trial.spec.trial_id, kind, value)  # type: ignore[union-attr]
 
     def _on_exit(self, run: _Run, msg: dict[str, Any]) -> None:
@@ -893,7 +920,7 @@ class RemoteTrainingService(TrainingService):
         elif trial.kill_status is not None:
             self._finish(trial, trial.kill_status, code, trial.kill_reason)
         elif msg.get("error"):
-            if not run.started_sent and not trial.started.done():
+            if not run.started_sent and not trial.started.done() and trial.gang is None:
                 trial.launch_error = f"on {run.host.label}: {msg['error']}"
                 self._release(trial)
             else:
@@ -907,7 +934,7 @@ class RemoteTrainingService(TrainingService):
             self._finish(trial, "SUCCEEDED", 0, None)
         else:
             self._finish(trial, "FAILED", code,
-                         run.report_error or failure_message(trial.spec.trial_dir / "stderr.log", code))
+                         run.report_error or failure_message(member_folder(trial) / "stderr.log", code))
 
     # restarts (trials lost to the platform) ---------------------------------------------------------------------
     def _on_lost(self, run: _Run, reason: str) -> None:
@@ -919,7 +946,9 @@ class RemoteTrainingService(TrainingService):
             return
         trial.current = None
         limit = self._max_restarts()
-        if trial.kill_status is not None or self._closing:
+        if trial.gang is not None:  # a gang is not restarted one process at a time
+            self._finish(trial, trial.kill_status or "FAILED", None, trial.kill_reason or f"lost: {reason}")
+        elif trial.kill_status is not None or self._closing:
             self._finish(trial, trial.kill_status or "SYS_CANCELED", None, trial.kill_reason or reason)
         elif trial.restart is not None:
             pass  # already waiting for a machine to restart on
@@ -940,7 +969,8 @@ class RemoteTrainingService(TrainingService):
         limit = self._max_restarts()
         for run in list(host.runs.values()):
             trial = run.trial
-            if run is not trial.current or trial.kill_status is not None or trial.restart is not None:
+            if run is not trial.current or trial.kill_status is not None or trial.restart is not None \
+                    or trial.gang is not None:  # a gang's process waits for its machine (or its loss)
                 continue
             if trial.restarts >= limit:
                 log.warning("trial %s: machine %s unreachable; no restart left (max_trial_restarts %d): waiting "
@@ -1019,6 +1049,9 @@ class RemoteTrainingService(TrainingService):
 
     # killing ------------------------------------------------------------------------------------------------------
     async def kill(self, trial_id: str, status: str = "USER_CANCELED", reason: str | None = None) -> None:
+        if trial_id in self._gangs:
+            await self._kill_gang(self._gangs[trial_id], status, reason)
+            return
         if trial_id in self._waiting:
             self._waiting[trial_id] = (status, reason)
             self._notify()
@@ -1072,7 +1105,13 @@ class RemoteTrainingService(TrainingService):
         if trial.last_pull is not None and not trial.last_pull.done():  # its checkpoints are reported first
             trial.end = (status, code, message)
             return
-        self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
+        self._ended(trial, status, code, message)
+
+    def _ended(self, trial: _Trial, status: str, code: int | None, message: str | None) -> None:
+        if trial.gang is not None:
+            self._member_ended(trial, status, code, message)
+        else:
+            self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
 
     # checkpoints ----------------------------------------------------------------------------------------------------
     def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
@@ -1112,7 +1151,7 @@ class RemoteTrainingService(TrainingService):
         finally:
             if trial.last_pull is asyncio.current_task() and trial.end is not None:
                 end, trial.end = trial.end, None
-                self._events.ended(trial.spec.trial_id, *end)  # type: ignore[union-attr]
+                self._ended(trial, *end)
 
     def _notify(self) -> None:
         if self._change is not None:
