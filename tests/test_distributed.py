@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,36 @@ def test_a_gang_needing_more_gpus_than_this_machine_has_is_refused_before_it_sta
                            trial_roles={"worker": {"count": 2, "gpu_number": 64}})
     with pytest.raises(ConfigError, match=r"config.training_service: trial_gpu_number=128 but only \d+ GPU"):
         exp.run(port=0)
+
+
+# -- the dashboard ----------------------------------------------------------------------------------------------
+def test_the_dashboard_shows_each_process_and_its_log(make_experiment, tmp_path, browser):
+    from browser_support import get_json, open_page, request, serve_app
+
+    exp = _gang_experiment(make_experiment, tmp_path, max_trial_number=1)
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    with serve_app(Path(exp.directory)) as base:
+        api = f"{base}/api/v1/trials/{trial['id']}"
+        detail = get_json(api)
+        assert [p["name"] for p in detail["processes"]] == ["worker-0", "worker-1", "ps-0"]
+        assert {m["process"] for m in detail["process_metrics"]} == {"worker-1"}
+        ps_log = get_json(f"{api}/logs?process=ps-0")["lines"]
+        assert ps_log[0].startswith("parameter server on port") and not any("[" in line for line in ps_log)
+        merged = get_json(f"{api}/logs")["lines"]
+        assert {line.split("]")[0] + "]" for line in merged} == {"[worker-0]", "[worker-1]", "[ps-0]"}
+        for bad in ("../../x", "worker-9", "ps-0/../../token"):  # only the trial's own processes are served
+            status, _, body = request(f"{api}/logs?process={urllib.parse.quote(bad)}")
+            assert status == 400, (bad, status, body)
+        page = open_page(browser)
+        page.goto(f"{base}/#/trial/{trial['id']}")
+        table = page.locator("[data-testid=processes]")
+        table.locator("tbody tr").nth(2).wait_for()
+        rows = table.locator("tbody tr").all_inner_texts()
+        assert rows[0].startswith("worker-0 (chief") and rows[2].startswith("ps-0")
+        page.locator("[data-testid=log] .line").first.wait_for()
+        page.select_option("[data-testid=log-process]", "worker-1")
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=log] .line')]"
+                               ".some((l) => l.textContent.startsWith('worker 1 done'))")
+        assert not page.errors, page.errors
+        page.context.close()

@@ -64,6 +64,17 @@ _SCHEMAS: dict[str, Any] = {
                 "metrics": {"type": "array", "items": {"$ref": "#/components/schemas/Metric"}},
                 "log_sizes": {"type": "object", "properties": {"stdout": {"type": "integer", "nullable": True},
                                                                "stderr": {"type": "integer", "nullable": True}}},
+                "processes": {"type": "array", "description": "a distributed trial's processes, chief first (its logs: "
+                              "?process=<name> on the logs routes)", "items": {
+                                  "type": "object", "properties": {
+                                      "name": {"type": "string", "description": "<role>-<index>"},
+                                      "host": {"type": "string"}, "port": {"type": "integer"},
+                                      "machine": {"type": "string", "description": "the SSH machine (remote)"},
+                                      "pid": {"type": "integer", "nullable": True},
+                                      "gpus": {"type": "array", "items": {"type": "integer"}}}}},
+                "process_metrics": {"type": "array", "description": "results the other processes reported (not tuned "
+                                    "on)", "items": {"allOf": [{"$ref": "#/components/schemas/Metric"}, {
+                                        "type": "object", "properties": {"process": {"type": "string"}}}]}},
             },
         }],
     },
@@ -205,6 +216,8 @@ _P = {
                       "schema": {"type": "string"}, "description": "another experiment in the registry (read-only)"},
     "stream": {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"],
                                                            "default": "stdout"}},
+    "process": {"name": "process", "in": "query", "schema": {"type": "string"},
+                "description": "one process of a distributed trial (<role>-<index>); default: all, merged"},
 }
 
 _TRIALS_PARAMS = [
@@ -241,7 +254,7 @@ _READS: dict[str, Any] = {
     "/trials/{trial_id}/logs": {"get": {
         "summary": "Lines of a trial's stdout or stderr: [line, line+limit), or the last `tail` lines",
         "operationId": "getTrialLogs",
-        "parameters": [_P["trial_id"], _P["stream"],
+        "parameters": [_P["trial_id"], _P["stream"], _P["process"],
                        {"name": "line", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 1000000000, "default": 0}},
                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000,
@@ -349,7 +362,7 @@ _STREAMS: dict[str, Any] = {
     "/trials/{trial_id}/logs/stream": {"get": {
         "summary": "Follow a trial's log as server-sent events: `lines` {line, lines}, then `end` when it ended",
         "operationId": "streamTrialLogs", "x-stream": True,
-        "parameters": [_P["trial_id"], _P["stream"],
+        "parameters": [_P["trial_id"], _P["stream"], _P["process"],
                        {"name": "line", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                                  "maximum": 1000000000, "default": 0}}],
         "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {

@@ -63,6 +63,7 @@ API = "/api/v1"
 STATIC = Path(__file__).resolve().parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PROCESS_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}-[0-9]{1,4}$")  # a distributed trial's process: <role>-<index>
 _KEEPALIVE = 15.0
 # Limits (module constants, so that tests can lower them).
 MAX_CONNECTIONS = 256   # open connections at most (and at most a quarter of the open-files limit)
@@ -230,6 +231,9 @@ class _Api:
         started, ended = rec["started_at"], rec["ended_at"]
         out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
         out["log_sizes"] = {stream: _log_size(self.directory, rec["id"], stream) for stream in ("stdout", "stderr")}
+        if rec.get("processes"):  # a distributed trial: where each process runs and what it reported
+            out["processes"] = rec["processes"]
+            out["process_metrics"] = self.store.process_metrics(rec["seq"])
         return out
 
 
@@ -496,7 +500,8 @@ class Dashboard:
             raise web.HTTPServiceUnavailable(text=f"the model registry cannot be read: {_one_line(exc)}")
         return web.json_response(rows, dumps=_dumps)
 
-    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str]:
+    async def _log_target(self, request: web.Request) -> tuple[_Api, str, str, str | None]:
+        """The log a request names: trial, stream and (for a distributed trial) one process, else the merged log."""
         api = await self.api_for(request)
         trial_id = request.match_info["trial_id"]
         stream = request.query.get("stream", "stdout")
@@ -505,15 +510,21 @@ class Dashboard:
         rec = await api.read(api.store.trial, trial_id)
         if rec is None:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
-        return api, rec["id"], stream
+        process = request.query.get("process") or None
+        names = [p.get("name") for p in rec.get("processes") or []]
+        if process is not None and process not in names:
+            raise web.HTTPBadRequest(text=f"process must be one of the trial's processes ({', '.join(names) or 'none'}), "
+                                          f"got {process[:50]!r}")
+        return api, rec["id"], stream, process
 
     async def logs(self, request: web.Request) -> web.Response:
-        api, trial_id, stream = await self._log_target(request)
+        api, trial_id, stream, process = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
         limit = _int_arg(request.query, "limit", 1000, 1, 100000)
         tail = _int_arg(request.query, "tail", 0, 0, 100000) if "tail" in request.query else None
         try:
-            start, lines, total = await api.read(_read_log, api.directory, trial_id, stream, line, limit, tail)
+            start, lines, total = await api.read(_read_log, api.directory, trial_id, stream, line, limit, tail,
+                                                   process)
         except _UnsafeLog as exc:
             raise web.HTTPForbidden(text=str(exc))
         return web.json_response({"trial_id": trial_id, "stream": stream, "line": start, "lines": lines,
@@ -521,10 +532,10 @@ class Dashboard:
 
     async def logs_stream(self, request: web.Request) -> web.StreamResponse:
         """Follow a trial's log as server-sent events: ``lines`` events ``{line, lines}``, then ``end``."""
-        api, trial_id, stream = await self._log_target(request)
+        api, trial_id, stream, process = await self._log_target(request)
         line = _int_arg(request.query, "line", 0, 0, 10**9)
         try:
-            offset = await api.read(_log_line_offset, api.directory, trial_id, stream, line)
+            offset = await api.read(_log_line_offset, api.directory, trial_id, stream, line, process)
         except _UnsafeLog as exc:
             raise web.HTTPForbidden(text=str(exc))
         client = self.hub.add(wants_events=False, tokened=self.credentials_given(request))
@@ -532,7 +543,7 @@ class Dashboard:
         try:
             pending, next_line, checked = b"", line, 0.0
             while not client.closing:
-                chunk = await api.read(_read_log_chunk, api.directory, trial_id, stream, offset, 1 << 20)
+                chunk = await api.read(_read_log_chunk, api.directory, trial_id, stream, offset, 1 << 20, process)
                 offset += len(chunk)
                 finished = False
                 if not chunk and time.monotonic() - checked > 0.5:
@@ -864,21 +875,23 @@ def _line_text(raw: bytes) -> str:
 
 
 @contextlib.contextmanager
-def _log_file(directory: Path, trial_id: str, stream: str) -> Iterator[int | None]:
+def _log_file(directory: Path, trial_id: str, stream: str, process: str | None = None) -> Iterator[int | None]:
     """A read-only descriptor of a trial's log (None while there is none).
 
     The trials folder, the trial's folder and the log are opened one below the other without following
     links and without blocking (a FIFO), and the log must be a regular file with a single link: a trial can
     replace its log by a link (symbolic or hard) to the experiment's token or to any file it can name.
     Raises :class:`_UnsafeLog` otherwise."""
-    if not _ID_RE.match(trial_id):
-        raise _UnsafeLog(f"trial id {trial_id!r} cannot name a log")
+    if not _ID_RE.match(trial_id) or (process is not None and not _PROCESS_RE.match(process)):
+        raise _UnsafeLog(f"trial id {trial_id!r} (process {process!r}) cannot name a log")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     fds: list[int] = []
     try:
         try:
             fds.append(os.open(Path(directory) / "trials", flags | os.O_DIRECTORY))
             fds.append(os.open(trial_id, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+            for folder in ("processes", process) if process is not None else ():  # one process of a gang
+                fds.append(os.open(folder, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
             fds.append(os.open(f"{stream}.log", flags, dir_fd=fds[-1]))
         except FileNotFoundError:
             yield None
@@ -906,23 +919,24 @@ def _log_size(directory: Path, trial_id: str, stream: str) -> int | None:
 
 
 def _read_log(directory: Path, trial_id: str, stream: str, start: int, limit: int,
-              tail: int | None) -> tuple[int, list[str], int]:
+              tail: int | None, process: str | None = None) -> tuple[int, list[str], int]:
     """:func:`_read_lines` of a trial's log (nothing while there is none)."""
-    with _log_file(directory, trial_id, stream) as fd:
+    with _log_file(directory, trial_id, stream, process) as fd:
         if fd is None:
             return (0 if tail is not None else start), [], 0
         return _read_lines(fd, start, limit, tail)
 
 
-def _log_line_offset(directory: Path, trial_id: str, stream: str, line: int) -> int:
+def _log_line_offset(directory: Path, trial_id: str, stream: str, line: int, process: str | None = None) -> int:
     """Byte offset where line ``line`` of a trial's log starts (its end if it has fewer lines; 0 if none)."""
-    with _log_file(directory, trial_id, stream) as fd:
+    with _log_file(directory, trial_id, stream, process) as fd:
         return 0 if fd is None else _line_offset(fd, line)
 
 
-def _read_log_chunk(directory: Path, trial_id: str, stream: str, offset: int, size: int) -> bytes:
+def _read_log_chunk(directory: Path, trial_id: str, stream: str, offset: int, size: int,
+                    process: str | None = None) -> bytes:
     """Up to ``size`` bytes of a trial's log from ``offset`` (none while there is no log)."""
-    with _log_file(directory, trial_id, stream) as fd:
+    with _log_file(directory, trial_id, stream, process) as fd:
         return b"" if fd is None else os.pread(fd, size, offset)
 
 

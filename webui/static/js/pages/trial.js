@@ -32,6 +32,12 @@ export async function mount(root, ctx, route) {
   let stream = trial.status === 'FAILED' && sizes.stderr ? 'stderr' : 'stdout';
   const tabs = h('div.tabs', { role: 'tablist' }, ['stdout', 'stderr'].map((s) => h('button.tab', { type: 'button', role: 'tab',
     'aria-selected': String(s === stream), 'data-stream': s, onclick: () => { stream = s; for (const t of tabs.children) t.setAttribute('aria-selected', String(t.dataset.stream === s)); openLog(); } }, s)));
+  // a distributed trial: its log is every process's, merged (lines prefixed [role-index]), or one process's
+  let process = '';
+  const processPick = trial.processes ? h('select', { 'aria-label': 'process', 'data-testid': 'log-process',
+    onchange: (e) => { process = e.target.value; openLog(); } },
+  h('option', { value: '' }, 'all processes'), trial.processes.map((p) => h('option', { value: p.name }, p.name))) : null;
+  const processBox = h('div');
   const follow = h('input', { type: 'checkbox', checked: true });
   const checkpoints = new CheckpointsCard(ctx, id);
   const reloadCheckpoints = throttle(() => checkpoints.load().catch(() => {}), 300);
@@ -42,8 +48,9 @@ export async function mount(root, ctx, route) {
       card('Parameters', paramsBox),
       card('Result', resultBox),
       h('section.card.span2', h('h2.card-title', 'Intermediate results'), noCurve, chartEl, reported)),
+    trial.processes ? card('Processes', processBox) : null,
     checkpoints.el,
-    h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, logInfo, h('label.toggle', follow, ' follow')), logEmpty, logBox),
+    h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, processPick, logInfo, h('label.toggle', follow, ' follow')), logEmpty, logBox),
   );
 
   function render() {
@@ -80,6 +87,7 @@ export async function mount(root, ctx, route) {
       t.rerun_of ? ['Re-run of', `#${t.rerun_of}`] : null,
       t.gpus && t.gpus.length ? ['GPUs', t.gpus.join(', ')] : null,
     ]));
+    if (t.processes) renderProcesses(t);
     const inter = t.metrics.filter((m) => m.kind === 'intermediate');
     fill(reported, t.metrics.length > 0 && h('details', h('summary', `${t.metrics.length} reported values (with times)`),
       h('table.simple', h('thead', h('tr', h('th', 'kind'), h('th', 'step'), h('th', 'value'), h('th', 'reported'), h('th', 'data'))),
@@ -91,10 +99,28 @@ export async function mount(root, ctx, route) {
     if (inter.length) drawCurve(inter);
   }
 
+  function renderProcesses(t) {
+    const last = {};
+    for (const m of t.process_metrics || []) last[m.process] = m;
+    const chief = t.processes[0] && t.processes[0].name;
+    fill(processBox, h('table.simple', { 'data-testid': 'processes' },
+      h('thead', h('tr', h('th', 'process'), h('th', 'address'), h('th', 'machine'), h('th', 'pid'), h('th', 'GPUs'), h('th', 'last reported'))),
+      h('tbody', t.processes.map((p) => h('tr',
+        h('td', p.name, p.name === chief ? h('span.note', ' (chief: the trial\'s results)') : null),
+        h('td', h('code', `${p.host}:${p.port}`)), h('td', p.machine || 'this machine'), h('td.num', p.pid ?? '—'),
+        h('td', (p.gpus || []).join(', ') || '—'),
+        h('td.num', p.name === chief ? fmtNum(t.value ?? (t.intermediate || []).at(-1))
+          : (last[p.name] ? `${fmtNum(last[p.name].value)} (${last[p.name].kind}${last[p.name].kind === 'final' ? '' : ` ${last[p.name].step}`})` : '—')))))));
+  }
+
   let chart = null;
   async function drawCurve(inter) {
     if (!chart) { const c = await makeChart(chartEl); chart = c; disposers.push(() => c.dispose()); }
-    chart.chart.setOption(curvesOption([{ id: trial.id, seq: trial.sequence_id, steps: inter.map((m) => m.step), values: inter.map((m) => m.value) }], { maxLegend: 0 }), true);
+    const curves = [{ id: trial.processes ? trial.processes[0].name : trial.id, seq: trial.sequence_id, steps: inter.map((m) => m.step), values: inter.map((m) => m.value) }];
+    const others = {};  // a distributed trial: each other process's own curve beside the chief's
+    for (const m of trial.process_metrics || []) if (m.kind === 'intermediate') (others[m.process] ||= []).push(m);
+    for (const [name, ms] of Object.entries(others)) curves.push({ id: name, seq: trial.sequence_id, steps: ms.map((m) => m.step), values: ms.map((m) => m.value) });
+    chart.chart.setOption(curvesOption(curves, { maxLegend: curves.length > 1 ? curves.length : 0 }), true);
   }
 
   async function reload() {
@@ -128,16 +154,16 @@ export async function mount(root, ctx, route) {
     const s = stream;
     let res;
     try {
-      res = await ctx.get(`/trials/${encodeURIComponent(id)}/logs?stream=${s}&tail=${TAIL}`);
+      res = await ctx.get(`/trials/${encodeURIComponent(id)}/logs?stream=${s}&tail=${TAIL}${process ? `&process=${encodeURIComponent(process)}` : ''}`);
     } catch (err) { logInfo.textContent = err.message; return; }
-    if (s !== stream) return;
+    if (s !== stream || (processPick && processPick.value !== process)) return;
     logInfo.textContent = res.total_lines > res.lines.length ? `last ${res.lines.length} of ${res.total_lines} lines` : `${res.total_lines} lines`;
     showEmpty(!res.lines.length);
     appendLines(res.lines);
     logBox.scrollTop = logBox.scrollHeight;
     const live = !ctx.readOnly && ['RUNNING', 'WAITING'].includes(trial.status) && !ctx.other;
     if (!live) return;
-    es = new EventSource(withToken(`/api/v1/trials/${encodeURIComponent(id)}/logs/stream?stream=${s}&line=${res.next_line}`));
+    es = new EventSource(withToken(`/api/v1/trials/${encodeURIComponent(id)}/logs/stream?stream=${s}&line=${res.next_line}${process ? `&process=${encodeURIComponent(process)}` : ''}`));
     es.addEventListener('lines', (e) => { const d = JSON.parse(e.data); appendLines(d.lines); logInfo.textContent = `${d.line + d.lines.length} lines · following`; });
     es.addEventListener('end', () => { es.close(); es = null; logInfo.textContent = `${lines} lines shown · the trial ended`; });
   }
