@@ -610,7 +610,43 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_space(config)
     if config.training_service.platform == "kubernetes":
         _print_kubernetes_objects(config, dumper)
+    if config.training_service.platform == "remote" and config.trial_roles:
+        _check_remote_gang(config)
     return 0
+
+
+def _check_remote_gang(config: Any) -> None:
+    """A distributed trial over SSH: connect, check the gang fits the machines and that they reach each other."""
+    import asyncio
+    from hpo.config import ConfigError
+    from hpo.experiment import _make_service
+    from training_services.gang import gang_processes
+
+    service = _make_service(config)
+
+    class _Quiet:  # nothing runs: no event comes
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None
+
+    async def run() -> list[str]:
+        await service.start(_Quiet())
+        try:
+            service.check_gang(gang_processes(config.trial_roles, config.trial_command, config.trial_gpu_number,
+                                              config.distribution))
+            return await service.check_reachable()
+        finally:
+            await service.stop()
+
+    try:
+        lines = asyncio.run(run())
+    except ValueError as exc:
+        raise ConfigError(f"config.training_service: {exc}") from None
+    print("\n# Machines reaching each other (a distributed trial's processes connect to each other):")
+    print("\n".join(f"  {line}" for line in lines) or "  one machine: nothing to check")
+    bad = [line for line in lines if "cannot reach" in line]
+    if bad:
+        raise ConfigError(f"config.training_service.machine_list: {bad[0]}; the machines of a distributed trial "
+                          "must reach each other at their host over TCP")
 
 
 def _print_kubernetes_objects(config: Any, dumper: Any) -> None:

@@ -996,3 +996,36 @@ def test_gang_placement_is_all_or_nothing_and_checked_at_start(tmp_path, keys, s
 
     asyncio.run(main())
     assert_none_left(str(tmp_path / "remote"))
+
+
+def test_hpo_check_places_the_gang_and_tests_the_machines_reach_each_other(tmp_path, keys, servers, rdir):
+    import yaml
+
+    a, b = servers(), servers()
+    config = {
+        "trialCommand": "python3 ps_job.py", "trialCodeDirectory": str(tmp_path), "tuner": {"name": "random"},
+        "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
+        "trialRoles": {"worker": {"count": 2}, "ps": {"count": 1}},
+        "trainingService": {"platform": "remote", "knownHostsFile": str(known_hosts(tmp_path, a, b)),
+                            "remoteDirectory": rdir, "machineList": [
+                                {"host": s.host, "port": s.port, "user": s.user, "sshKeyFile": str(keys.key),
+                                 "pythonPath": sys.executable, "maxTrials": 2} for s in (a, b)]},
+    }
+    path = tmp_path / "gang.yml"
+    env = {**os.environ, "HPO_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def check() -> subprocess.CompletedProcess[str]:
+        path.write_text(yaml.safe_dump(config))
+        return subprocess.run([sys.executable, "-m", "hpo", "check", "-f", str(path)], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    proc = check()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pairs = [line.strip() for line in proc.stdout.splitlines() if " -> " in line]
+    assert len(pairs) == 2 and all(line.endswith("reached") for line in pairs), proc.stdout
+    config["trialRoles"]["worker"]["count"] = 4  # 5 processes, 4 slots
+    proc = check()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "can never be placed at once on the 2 machine(s): no room for ps-0" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_none_left(f"{os.path.expanduser('~')}/{rdir}")

@@ -246,6 +246,7 @@ class Agent:
     def __init__(self, out_fd=1):
         self.out_fd = out_fd
         self.trials = {}
+        self.listeners = []        # (until, socket) of do_listen
         self.buf = b""
         self.pending = []
 
@@ -389,6 +390,23 @@ class Agent:
             for sock in socks:
                 sock.close()
 
+    def do_listen(self, msg):
+        """Listen on a free port for ``hold`` seconds (the kernel completes connections: nothing is accepted), so
+        that other machines can test they reach this one (``probe``)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("", 0))
+        sock.listen(16)
+        self.listeners.append((time.time() + float(msg.get("hold", 30)), sock))
+        self.send(ev="reply", req=msg["req"], port=sock.getsockname()[1])
+
+    def do_probe(self, msg):
+        """Whether a TCP connection to host:port succeeds from here within ``timeout`` seconds."""
+        try:
+            socket.create_connection((msg["host"], int(msg["port"])), timeout=float(msg.get("timeout", 3))).close()
+            self.send(ev="reply", req=msg["req"], ok=True)
+        except OSError as exc:
+            self.send(ev="reply", req=msg["req"], ok=False, reason=exc.strerror or str(exc) or type(exc).__name__)
+
     def do_cleanup(self, msg):
         """A dead engine's leftover: kill group ``pgid`` if one of its processes is trial ``id``."""
         pgid, tid = msg.get("pgid"), msg["id"]
@@ -467,6 +485,9 @@ class Agent:
         t.waiter_gone = True
 
     def step(self, now):
+        for entry in [e for e in self.listeners if e[0] <= now]:
+            entry[1].close()
+            self.listeners.remove(entry)
         for t in list(self.trials.values()):
             if t.kill_at is not None and now >= t.kill_at:
                 signal_tree(t.pgid, t.kill_tree + descendants(t.pid), signal.SIGKILL)

@@ -64,6 +64,20 @@ class RemoteGangs:
             if p.port is not None:
                 best[2].add(p.port)
 
+    async def check_reachable(self: "RemoteTrainingService") -> list[str]:
+        """After :meth:`start`: whether every machine reaches every other one at its ``host`` over TCP (what a
+        distributed trial's processes need); one line per pair, problems first marked ``cannot reach``."""
+        lines = []
+        for target in self.hosts:
+            port = (await target.request({"op": "listen", "hold": 30}))["port"]
+            for source in self.hosts:
+                if source is target:
+                    continue
+                reply = await source.request({"op": "probe", "host": target.m.host, "port": port, "timeout": 3})
+                where = f"{source.label} -> {target.m.host}:{port} ({target.label})"
+                lines.append(f"{where}: reached" if reply.get("ok") else f"{where}: cannot reach ({reply.get('reason')})")
+        return sorted(lines, key=lambda line: "cannot reach" not in line)
+
     async def _launch_gang(self: "RemoteTrainingService", spec: TrialSpec) -> None:
         from training_services.remote import _HostError, _Trial
 
