@@ -1029,3 +1029,56 @@ def test_hpo_check_places_the_gang_and_tests_the_machines_reach_each_other(tmp_p
     assert "can never be placed at once on the 2 machine(s): no room for ps-0" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert_none_left(f"{os.path.expanduser('~')}/{rdir}")
+
+
+def test_a_killed_or_orphaned_gang_ends_on_every_machine(tmp_path, keys, servers):
+    """kill() ends every process of the gang on both machines; after an engine's death, the resume's cleanup finds
+    each process of the gang on its own machine by the record the engine kept."""
+    a, b = servers(), servers()
+    from training_services.gang import gang_processes
+    roles = {"worker": SimpleNamespace(count=2, command=None, gpu_number=None, port=None)}
+    script = "import subprocess, time\nsubprocess.Popen(['sleep', '300'])\ntime.sleep(300)\n"
+
+    async def killed() -> Recorder:
+        rec = Recorder()
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b)
+        await svc.start(rec)
+        s = spec(tmp_path, "gk", script)
+        s.processes = gang_processes(roles, s.command, 0, "pytorch")
+        await svc.launch(s)
+        await until(lambda: rec.processes.get("gk"), 20, "the gang running")
+        await svc.kill("gk", "USER_CANCELED", "killed by the test")
+        await svc.stop()
+        return rec
+
+    rec = asyncio.run(killed())
+    assert rec.ended_status["gk"] == "USER_CANCELED"
+    assert len({p["machine"] for p in rec.processes["gk"]}) == 2
+    assert_none_left(str(tmp_path / "remote"))
+
+    async def crashed_engine() -> dict[str, Any]:
+        rec = Recorder()
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b)
+        await svc.start(rec)
+        s = spec(tmp_path, "go", script, seq=2)
+        s.processes = gang_processes(roles, s.command, 0, "pytorch")
+        await svc.launch(s)
+        await until(lambda: rec.processes.get("go"), 20, "the gang running")
+        for host in svc.hosts:  # the engine dies: connections go, the gang stays
+            await host.close()
+        return {"id": "go", "pgid": rec.pids["go"], "host": None, "processes": rec.processes["go"],
+                "started_at": time.time()}
+
+    record = asyncio.run(crashed_engine())
+    groups = [p["pid"] for p in record["processes"]]
+    assert all(group_alive(g) for g in groups)
+
+    async def resumed_engine() -> None:
+        svc = service(tmp_path, [host_a(a, keys), host_a(b, keys)], a, b)
+        svc.leftover_cleanup([record])
+        await svc.start(Recorder())
+        await svc.stop()
+
+    asyncio.run(resumed_engine())
+    assert not [g for g in groups if group_alive(g)]
+    assert_none_left(str(tmp_path / "remote"))
