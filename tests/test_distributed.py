@@ -229,3 +229,48 @@ def test_the_dashboard_shows_each_process_and_its_log(make_experiment, tmp_path,
                                ".some((l) => l.textContent.startsWith('worker 1 done'))")
         assert not page.errors, page.errors
         page.context.close()
+
+
+def test_a_pytorch_ddp_example_trains_on_two_ranks(make_experiment, tmp_path):
+    """examples/distributed/ddp_train.py with the real torch (gloo on CPU), when torch is installed."""
+    pytest.importorskip("torch", reason="the DDP example needs torch (pip install torch)")
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "examples" / "distributed" / "ddp_train.py", code)
+    exp = make_experiment(command=f"{PY} ddp_train.py", search_space={"lr": {"_type": "choice", "_value": [0.05]}},
+                          trial_roles={"worker": {"count": 2}}, distribution="pytorch", max_trial_number=1,
+                          trial_env={"EPOCHS": 3, "OMP_NUM_THREADS": 1})
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert trial["status"] == "SUCCEEDED", trial["message"]
+    merged = (exp.directory / "trials" / trial["id"] / "stdout.log").read_text()
+    for rank in (0, 1):
+        assert f"[worker-{rank}] rank {rank}/2: loss" in merged and "weights identical on every rank: True" in merged
+    with ExperimentStore(exp.directory, readonly=True) as store:
+        assert len(store.metrics(trial["seq"], "intermediate")) == 3
+        assert {m["process"] for m in store.process_metrics(trial["seq"])} == {"worker-1"}
+    assert trial["final"] < 1.0
+
+
+MPI_MASTER = """
+import os
+print("hostfile", os.environ["HPO_MPI_HOSTFILE"], repr(open(os.environ["OMPI_MCA_orte_default_hostfile"]).read()))
+print("gpus", repr(os.environ["CUDA_VISIBLE_DEVICES"]), os.environ["HPO_RANK"], os.environ["HPO_WORLD_SIZE"])
+import hpo
+hpo.report_final_result(1.0)
+"""
+
+
+def test_mpi_runs_rank_0_with_a_hostfile_and_holds_the_other_ranks(make_experiment, tmp_path):
+    """mpirun is not installed here: rank 0's command (what would call it) sees the hostfile; the other ranks run
+    nothing but count (3 ranks, 3 slots on this machine)."""
+    exp = make_experiment(MPI_MASTER, max_trial_number=1, distribution="mpi",
+                          trial_roles={"master": {"count": 1}, "worker": {"count": 2}})
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert trial["status"] == "SUCCEEDED", trial["message"]
+    folder = exp.directory / "trials" / trial["id"]
+    out = (folder / "stdout.log").read_text()
+    assert f"[master-0] hostfile {folder / 'hostfile'} '127.0.0.1 slots=3\\n'" in out, out
+    assert "[master-0] gpus '' 0 3" in out
+    assert sorted(p.name for p in (folder / "processes").iterdir()) == ["master-0"]  # holders start nothing
