@@ -495,6 +495,52 @@ def test_indexed_job_env_hostname_and_replacement(cluster: FakeCluster) -> None:
     run(main())
 
 
+def test_cluster_dns_names_pods_of_a_headless_service(cluster: FakeCluster) -> None:
+    """Index 1 reaches index 0 at ``idx-0.peers`` (and the longer forms) once the Service exists; a name under no
+    Service does not resolve."""
+    async def main() -> None:
+        async with api(cluster) as a:
+            batch, core = client.BatchV1Api(a), client.CoreV1Api(a)
+            await core.create_namespaced_service(NS, {"metadata": {"name": "peers"}, "spec": {
+                "clusterIP": "None", "selector": {"job-name": "dns"}}})
+            script = (
+                "import os, socket, time\n"
+                "i = int(os.environ['JOB_COMPLETION_INDEX'])\n"
+                "if i == 0:\n"
+                "    s = socket.socket(); s.bind(('', int(os.environ['PORT']))); s.listen()\n"
+                "    for _ in range(2):\n"
+                "        c, _ = s.accept(); print('served', c.recv(100).decode())\n"
+                "else:\n"
+                "    for name in ('dns-0.peers.default.svc.cluster.local', 'dns-0.peers'):\n"
+                "        for _ in range(200):\n"
+                "            try:\n"
+                "                c = socket.create_connection((name, int(os.environ['PORT'])), timeout=5); break\n"
+                "            except OSError:\n"
+                "                time.sleep(0.05)\n"
+                "        c.sendall(name.encode()); c.close()\n"
+                "    try:\n"
+                "        socket.getaddrinfo('dns-0.nothing', 80); print('resolved')\n"
+                "    except OSError:\n"
+                "        print('unknown name refused')\n")
+            import socket as socket_module
+            with socket_module.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            body = job_body("dns", script, completionMode="Indexed", completions=2, parallelism=2,
+                            container={"env": [{"name": "PORT", "value": str(port)}]},
+                            pod_spec={"subdomain": "peers"})
+            await batch.create_namespaced_job(NS, body)
+            cond = await await_(lambda: job_condition(cluster, "dns"), 30, "the job")
+            assert cond["type"] == "Complete", cond
+            logs = {}
+            for p in pods_of(cluster, "dns"):
+                idx = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                logs[idx] = await core.read_namespaced_pod_log(p["metadata"]["name"], NS)
+            assert logs == {"0": "served dns-0.peers.default.svc.cluster.local\nserved dns-0.peers\n",
+                            "1": "unknown name refused\n"}
+    run(main())
+
+
 def test_active_deadline_kills_processes(cluster: FakeCluster) -> None:
     async def main() -> None:
         async with api(cluster) as a:

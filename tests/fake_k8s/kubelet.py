@@ -9,12 +9,16 @@ Contracts:
 * Pod deletion: SIGTERM to every process group, SIGKILL after the grace period, then the object is
   removed. Eviction: condition DisruptionTarget, processes killed, phase Failed (object kept).
 * Memory limits: the group's RSS is sampled every ~100 ms and SIGKILLed above the limit (OOMKilled).
+* Cluster DNS, for Python programs only: a running pod with ``hostname`` and ``subdomain`` naming a Service of its
+  namespace is listed in ``root/hosts.json``; ``dns/sitecustomize.py`` (first on every container's PYTHONPATH)
+  resolves those names to 127.0.0.1, the loopback all pods share (so pods of one gang need distinct ports).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -31,6 +35,7 @@ from .runtime import Runtime, parse_quantity
 from .store import now_rfc3339
 
 TERMINAL = ("Succeeded", "Failed")
+DNS_DIR = Path(__file__).resolve().parent / "dns"
 
 
 class ConfigError(Exception):
@@ -173,6 +178,7 @@ class PodRun:
             self.initialized = True
             if self.stopping.is_set():
                 return
+            self.k.register_names(self)
             codes = await asyncio.gather(*(self._run_container(c, volumes, init=False)
                                            for c in self.spec.get("containers") or []))
             self.phase = "Succeeded" if all(c == 0 for c in codes) else "Failed"
@@ -188,6 +194,7 @@ class PodRun:
                 if not log.closed:
                     log.close()
             self.done = True
+            self.k.register_names(self, remove=True)
             try:
                 self.publish()
             finally:
@@ -367,6 +374,8 @@ class PodRun:
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                     "HOME": os.environ.get("HOME", "/root"),
                     "HOSTNAME": self.spec.get("hostname") or self.name, **env}
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(DNS_DIR), full_env.get("PYTHONPATH")) if p)
+        full_env["HPO_FAKE_K8S_HOSTS"] = str(self.k.hosts_file)
         cwd = self.root
         if c.get("workingDir"):
             wd = map_paths(c["workingDir"], mounts)
@@ -481,6 +490,24 @@ class Kubelet:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.runs: dict[str, PodRun] = {}       # pod uid -> run
+        self.names: dict[str, set[str]] = {}    # pod uid -> its DNS names (see the module's docstring)
+        self.hosts_file = rt.root / "hosts.json"
+
+    def register_names(self, run: PodRun, remove: bool = False) -> None:
+        """List (or drop) a pod's DNS names: ``<hostname>.<subdomain>...`` when a Service ``<subdomain>`` exists."""
+        host, sub = run.spec.get("hostname"), run.spec.get("subdomain")
+        if remove:
+            changed = self.names.pop(run.uid, None) is not None
+        elif host and sub and self.rt.store.find("services", run.ns, sub) is not None:
+            base = f"{host}.{sub}"
+            self.names[run.uid] = {base, f"{base}.{run.ns}", f"{base}.{run.ns}.svc", f"{base}.{run.ns}.svc.cluster.local"}
+            changed = True
+        else:
+            changed = False
+        if changed:
+            tmp = self.hosts_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(n for names in self.names.values() for n in names)))
+            os.replace(tmp, self.hosts_file)
 
     def run_for(self, namespace: str, name: str) -> PodRun | None:
         pod = self.rt.store.find("pods", namespace, name)
