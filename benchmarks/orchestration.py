@@ -215,6 +215,9 @@ def main() -> None:
                     help="also run the trials through the remote service (sshd on loopback) and compare with local")
     ap.add_argument("--kubernetes", action="store_true",
                     help="also run the trials as Jobs on the fake cluster (tests/fake_k8s) and compare with local")
+    ap.add_argument("--gang", type=int, default=0, metavar="N",
+                    help="only: distributed-trial start, a gang of N processes against one (benchmarks/gang_start.py); "
+                         "with --remote also over SSH; --trials per round (default here 20)")
     ap.add_argument("--side", choices=["hpo", "rss"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--kubeconfig", help=argparse.SUPPRESS)
@@ -225,6 +228,17 @@ def main() -> None:
         return
     if args.side == "rss":
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
+        return
+    if args.gang:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("gang_start", HERE / "gang_start.py")
+        gang_start = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(gang_start)  # type: ignore[union-attr]
+        trials = args.trials if "--trials" in sys.argv else 20
+        with tempfile.TemporaryDirectory(prefix="hpo-bench-gang-") as tmp:
+            lines = gang_start.compare(args.gang, trials, Path(tmp), args.remote, run_child)
+        print(f"\nDistributed-trial start (trial chosen -> every process running), gang of {args.gang}, "
+              f"{os.cpu_count()} CPUs:\n" + "\n".join(lines))
         return
 
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:

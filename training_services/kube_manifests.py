@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 __all__ = ["EXPERIMENT_LABEL", "TRIAL_LABEL", "ATTEMPT_LABEL", "MANAGED_BY", "job_name", "job_manifest",
+           "gang_job", "headless_service", "gang_host", "INDEX_LABEL",
            "code_configmap", "configmap_name", "merge_patch", "resources_of", "CONFIGMAP_LIMIT", "WORK", "TRIAL_CONTAINER"]
 
 EXPERIMENT_LABEL = "hpo.io/experiment"
@@ -37,6 +38,13 @@ ARCHIVE = "/hpo/archive"             # the ConfigMap volume
 TRIAL_CONTAINER = "trial"
 _UNPACK = ("import sys, tarfile; t = tarfile.open(sys.argv[1]); "
            "t.extractall(sys.argv[2], filter='data') if hasattr(tarfile, 'data_filter') else t.extractall(sys.argv[2])")
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# A distributed trial's pod: its process (by JOB_COMPLETION_INDEX) in HPO_GANG, its environment added, then its
+# command exec'd (a holder, an MPI rank that rank 0's mpirun starts, waits for the end of the trial instead).
+_GANG_BOOT = ("import json, os, signal, sys; g = json.loads(os.environ.pop('HPO_GANG')); "
+              "p = g[int(os.environ['JOB_COMPLETION_INDEX'])]; os.environ.update(p['env']); "
+              "os.makedirs(os.environ['HPO_TRIAL_DIR'], exist_ok=True); "
+              "c = p['command']; os.execvp('sh', ['sh', '-c', c]) if c else [signal.pause() for _ in iter(int, 1)]")
 _SHELL_SYNTAX = re.compile(r"[;&|<>()`$\n]|\b(if|for|while|case)\b")
 
 
@@ -107,6 +115,39 @@ def _shell(command: str) -> str:
     """A simple command is exec'd, so the trial process itself gets SIGTERM when the pod stops (a shell as
     PID 1 of a container ignores it); anything with shell syntax runs as written."""
     return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
+
+
+def gang_host(experiment_id: str, seq: int, trial_id: str, index: int) -> str:
+    """The DNS name of a distributed trial's pod ``index``: ``<job>-<index>.<service>`` (the Service is named as
+    the Job), resolvable in the trial's namespace once both exist."""
+    name = job_name(experiment_id, seq, trial_id)
+    return f"{name}-{index}.{name}"
+
+
+def headless_service(job: dict[str, Any]) -> dict[str, Any]:
+    """The headless Service that gives a distributed trial's pods their DNS names (named as its Job)."""
+    meta = job["metadata"]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta["labels"])},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {TRIAL_LABEL: meta["labels"][TRIAL_LABEL],
+                                  EXPERIMENT_LABEL: meta["labels"][EXPERIMENT_LABEL]}}}
+
+
+def gang_job(job: dict[str, Any], processes: list[dict[str, Any]], python: str = "python3") -> dict[str, Any]:
+    """``job`` (from :func:`job_manifest`) made an Indexed Job running one pod per process, the chief at index 0.
+
+    ``processes``: per index, ``{"env": {...}, "command": str | None}``.  Each pod's hostname is ``<job>-<index>``
+    under the headless Service of the same name (:func:`headless_service`); a failing pod fails the Job
+    (``backoffLimit`` 0); the engine ends it once the chief's role is done."""
+    job = copy.deepcopy(job)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    spec.update({"completionMode": "Indexed", "completions": len(processes), "parallelism": len(processes)})
+    pod["subdomain"] = job["metadata"]["name"]
+    container = next(c for c in pod["containers"] if c["name"] == TRIAL_CONTAINER)
+    container["command"] = [python, "-c", _GANG_BOOT]
+    container["env"] = container["env"] + [{"name": "HPO_GANG", "value": json.dumps(processes, separators=(",", ":"))}]
+    return job
 
 
 def job_manifest(*, experiment_id: str, trial_id: str, seq: int, attempt: int, namespace: str, command: str,
