@@ -236,6 +236,8 @@ class LocalTrainingService(TrainingService):
             "PATH": os.pathsep.join(p for p in (_INTERPRETER_DIR, env.get("PATH", os.defpath)) if p),
         })
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        if spec.restore_checkpoint is not None:  # on this machine: the trial reads it where it is
+            env["HPO_RESTORE_CHECKPOINT"] = str(spec.restore_checkpoint)
         stdout_file = None
         try:
             stdout_file = open(spec.trial_dir / "stdout.log", "wb", buffering=0)
