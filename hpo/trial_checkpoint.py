@@ -54,9 +54,8 @@ def partial_name(experiment_id: str, trial_id: str, uid: str) -> str:
 
 
 def checked_tree(folder: Path, copy_to: Path | None = None) -> dict[str, int]:
-    """``{relative path: size in bytes}`` of every file under ``folder`` (copied into ``copy_to`` on the way, when
-    given, in the same walk).  ValueError (one line) for what a checkpoint cannot hold: a symbolic link that leads
-    outside ``folder`` (nothing of what it points to is read), or a pipe, socket or device."""
+    """``{relative path: size}`` of the files under ``folder`` (copied into ``copy_to`` in the same walk, if given).
+    ValueError for a link leading outside ``folder`` (never followed) or a pipe, socket or device."""
     out: dict[str, int] = {}
     base = os.path.realpath(folder)
     stack = [""]
@@ -65,31 +64,29 @@ def checked_tree(folder: Path, copy_to: Path | None = None) -> dict[str, int]:
         with os.scandir(os.path.join(folder, rel)) as entries:
             for entry in entries:
                 name = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if os.path.commonpath([base, target]) != base:
-                        raise ValueError(f"checkpoint: {name} is a symbolic link to {os.readlink(entry.path)}, outside "
-                                         "the checkpoint; save a copy of what it points to instead")
-                    if copy_to is not None:
-                        os.symlink(os.readlink(entry.path), os.path.join(copy_to, name))
-                    out[name] = entry.stat(follow_symlinks=False).st_size
-                elif entry.is_dir(follow_symlinks=False):
-                    if copy_to is not None:
-                        os.mkdir(os.path.join(copy_to, name))
+                dest = os.path.join(copy_to, name) if copy_to is not None else None
+                if entry.is_dir(follow_symlinks=False):
                     stack.append(name)
-                elif entry.is_file(follow_symlinks=False):
-                    if copy_to is not None:
-                        shutil.copyfile(entry.path, os.path.join(copy_to, name), follow_symlinks=False)
-                    out[name] = entry.stat(follow_symlinks=False).st_size
-                else:
-                    raise ValueError(f"checkpoint: {name} is not a file or a folder (a pipe, socket or device)")
+                    if dest:
+                        os.mkdir(dest)
+                    continue
+                if entry.is_symlink():
+                    link = os.readlink(entry.path)
+                    if os.path.commonpath([base, os.path.realpath(entry.path)]) != base:
+                        raise ValueError(f"checkpoint: {name} is a symbolic link to {link}, outside the checkpoint")
+                    if dest:
+                        os.symlink(link, dest)
+                elif not entry.is_file(follow_symlinks=False):
+                    raise ValueError(f"checkpoint: {name} is not a file or a folder")
+                elif dest:
+                    shutil.copyfile(entry.path, dest)
+                out[name] = entry.stat(follow_symlinks=False).st_size
     return dict(sorted(out.items()))
 
 
 @contextlib.contextmanager
 def _saving(metadata: Any) -> Iterator[tuple[Path, str, dict[str, int]]]:
-    """The folder to write a checkpoint into, its uuid, and a map the writer may fill with the resources it wrote
-    (else the folder is walked for them)."""
+    """The folder to write into, the uuid, and a map of the files written (if left empty, the folder is walked)."""
     meta = _checked_metadata(metadata)
     root = _root()
     uid = str(uuid.uuid4())
@@ -111,7 +108,6 @@ def _saving(metadata: Any) -> Iterator[tuple[Path, str, dict[str, int]]]:
         shutil.rmtree(partial, ignore_errors=True)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        # a full disk costs the checkpoint, not the training: recorded as ERROR, and the trial goes on
         report.update(resources={}, error=f"not saved: {exc.strerror} (in {root})")
         print(f"hpo: checkpoint {uid} {report['error']}; the trial goes on", file=sys.stderr, flush=True)
     except BaseException:
@@ -125,17 +121,15 @@ def _saving(metadata: Any) -> Iterator[tuple[Path, str, dict[str, int]]]:
 def checkpoint_path(metadata: dict[str, Any] | None = None) -> Iterator[Path]:
     """A fresh, empty folder to write a checkpoint into; when the block ends it is saved and reported with
     ``metadata`` (JSON; ``steps_completed`` says which step it holds, by default the number of intermediate
-    results reported so far).  An exception in the block discards the folder; so does a full disk (ENOSPC,
-    EDQUOT), which is not raised: the checkpoint is recorded as ERROR, a line on stderr says so, the trial goes on.
-    A symbolic link in the folder that leads outside it is refused (ValueError)."""
+    results reported so far).  An exception in the block discards the folder; so does a full disk, which is not
+    raised: the checkpoint is recorded as ERROR and the trial goes on.  A link leading out is refused (ValueError)."""
     with _saving(metadata) as (folder, _, _):
         yield folder
 
 
 def report_checkpoint(folder: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
-    """Save a copy of ``folder`` (written by the trial) as a checkpoint; returns its uuid.  Like
-    :func:`checkpoint_path`: a full disk is recorded, not raised; a link leading outside ``folder`` is refused
-    (ValueError) before what it points to is read."""
+    """Save a copy of ``folder`` (written by the trial) as a checkpoint; returns its uuid.  Errors as for
+    :func:`checkpoint_path`."""
     source = Path(folder)
     if not source.is_dir():
         raise ValueError(f"report_checkpoint: {source} is not a folder")
