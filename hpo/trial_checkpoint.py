@@ -29,7 +29,7 @@ def _root() -> Path:
         return Path(folder)
     if "HPO_TRIAL_ID" in os.environ:
         raise RuntimeError("this trial's training service does not collect checkpoints yet (HPO_CHECKPOINT_DIR is "
-                           "not set); local trials can save them")
+                           "not set; Kubernetes needs a pvc for them)")
     return Path("checkpoints")
 
 

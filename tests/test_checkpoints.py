@@ -148,7 +148,7 @@ def test_bad_metadata_is_a_clear_error_in_the_trial(tmp_path, monkeypatch):
     assert hpo.restore_checkpoint() is None
 
 
-def test_remote_trials_are_told_checkpoints_are_not_collected_yet(tmp_path):
+def test_a_trial_whose_service_does_not_collect_checkpoints_is_told(tmp_path):
     env = {**os.environ, "HPO_TRIAL_ID": "t1", "HPO_EXPERIMENT_ID": "e1", "PYTHONPATH": str(ROOT)}
     env.pop("HPO_CHECKPOINT_DIR", None)
     out = subprocess.run([sys.executable, "-c", "import hpo\nwith hpo.checkpoint_path(): pass"], env=env,
