@@ -17,10 +17,12 @@ import abc
 import os
 import shutil
 import threading
+import uuid as _uuid
 from pathlib import Path
 from typing import Any
 
 from hpo.config import CheckpointStorageConfig
+from hpo.trial_checkpoint import checked_tree
 
 __all__ = ["CheckpointStorage", "CheckpointStorageError", "SharedFsStorage", "S3Storage", "remove_matching"]
 
@@ -42,7 +44,7 @@ class CheckpointStorage(abc.ABC):
             assert config.bucket is not None, "validate_for_start checks that s3 has a bucket"
             return S3Storage(config.bucket, config.prefix, config.endpoint_url, config.region,
                              Path(experiment_directory) / S3_STAGING)
-        return SharedFsStorage(config.folder(experiment_directory))
+        return SharedFsStorage(config.folder(experiment_directory), own=config.host_path is None)
 
     @abc.abstractmethod
     def staging_folder(self) -> Path:
@@ -55,7 +57,11 @@ class CheckpointStorage(abc.ABC):
     @abc.abstractmethod
     def save(self, uuid: str, folder: Path) -> str:
         """Store the whole checkpoint in ``folder`` (``staging_folder() / uuid``); returns its location.
-        CheckpointStorageError when it cannot, leaving nothing that looks whole."""
+        CheckpointStorageError when it cannot, leaving nothing that looks whole.  ``folder`` stays until
+        :meth:`recorded` (an engine that dies before it records the checkpoint leaves it for :meth:`remove_leftovers`)."""
+
+    def recorded(self, uuid: str) -> None:
+        """The checkpoint's row is written: drop what only saving it needed."""
 
     @abc.abstractmethod
     def delete(self, location: str) -> None:
@@ -70,9 +76,10 @@ class CheckpointStorage(abc.ABC):
         """Whether a whole checkpoint is at ``location``."""
 
     @abc.abstractmethod
-    def remove_leftovers(self, partial_pattern: str) -> None:
+    def remove_leftovers(self, partial_pattern: str, recorded: set[str]) -> None:
         """After an engine crash: remove what it left in the staging folder unsaved (half-written checkpoints,
-        matched by the glob ``partial_pattern``; for s3 also unfinished uploads and their objects)."""
+        matched by the glob ``partial_pattern``, and whole ones whose uuid is not among the ``recorded`` ones; for
+        s3 also their uploads, finished or not)."""
 
     def local_folder(self, location: str, dest: Path) -> Path:
         """A local folder holding the checkpoint at ``location``: downloaded into ``dest`` unless it is local."""
@@ -85,8 +92,9 @@ class CheckpointStorage(abc.ABC):
 class SharedFsStorage(CheckpointStorage):
     """Checkpoints in a folder on a file system the trials see (a location is the checkpoint's folder)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, own: bool = True) -> None:
         self.folder = Path(folder)
+        self.own = own  # the folder is this experiment's alone (not a host_path other experiments share)
 
     def staging_folder(self) -> Path:
         return self.folder
@@ -95,8 +103,7 @@ class SharedFsStorage(CheckpointStorage):
         return str(self.folder / uuid)
 
     def save(self, uuid: str, folder: Path) -> str:
-        if not folder.is_dir():
-            raise CheckpointStorageError(f"its files are not in the checkpoint storage ({folder})")
+        _check_staged(folder)
         return str(folder)
 
     def delete(self, location: str) -> None:
@@ -108,8 +115,12 @@ class SharedFsStorage(CheckpointStorage):
     def exists(self, location: str) -> bool:
         return os.path.isdir(location)
 
-    def remove_leftovers(self, partial_pattern: str) -> None:
+    def remove_leftovers(self, partial_pattern: str, recorded: set[str]) -> None:
         remove_matching(self.folder, partial_pattern)
+        if self.own and self.folder.is_dir():  # saved by a trial, never recorded (in a shared folder: unknowable)
+            for path in self.folder.iterdir():
+                if _is_uuid(path.name) and path.name not in recorded:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def local_folder(self, location: str, dest: Path) -> Path:
         return Path(location)
@@ -147,11 +158,8 @@ class S3Storage(CheckpointStorage):
         from botocore.exceptions import BotoCoreError, ClientError
 
         location = self.location(uuid)
-        if not (folder / _METADATA).is_file():
-            raise CheckpointStorageError(f"its files are not in the staging folder ({folder})")
         bucket, key = _split(location)
-        names = sorted((os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
-                        for root, _, files in os.walk(folder) for n in files), key=lambda n: (n == _METADATA, n))
+        names = sorted(_check_staged(folder), key=lambda n: (n == _METADATA, n))
         try:  # boto3's managed transfer: files in parallel, multipart above 8 MB; metadata.json once the rest is in
             with create_transfer_manager(self._client, TransferConfig()) as manager:
                 for future in [manager.upload(str(folder / n), bucket, f"{key}/{n}") for n in names[:-1]]:
@@ -162,10 +170,12 @@ class S3Storage(CheckpointStorage):
                 self.delete(location)
             except CheckpointStorageError:
                 pass  # nothing without metadata.json looks whole; resume removes the rest
-            raise CheckpointStorageError(f"upload to {location} failed: {_one_line(exc)}") from None
-        finally:
             shutil.rmtree(folder, ignore_errors=True)
+            raise CheckpointStorageError(f"upload to {location} failed: {_one_line(exc)}") from None
         return location
+
+    def recorded(self, uuid: str) -> None:
+        shutil.rmtree(self.staging / uuid, ignore_errors=True)
 
     def delete(self, location: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -213,11 +223,11 @@ class S3Storage(CheckpointStorage):
                 return False
             raise CheckpointStorageError(f"cannot read {location}: {_one_line(exc)}") from None
 
-    def remove_leftovers(self, partial_pattern: str) -> None:
+    def remove_leftovers(self, partial_pattern: str, recorded: set[str]) -> None:
         if not self.staging.is_dir():
             return
         for path in self.staging.iterdir():  # the staging folder is this experiment's alone
-            if not path.name.startswith("."):  # a whole checkpoint whose upload never finished
+            if not path.name.startswith(".") and path.name not in recorded:  # uploaded (or not) but never recorded
                 self.delete(self.location(path.name))
             shutil.rmtree(path, ignore_errors=True)
 
@@ -226,10 +236,32 @@ class S3Storage(CheckpointStorage):
         return [obj for page in pages for obj in page.get("Contents", [])]
 
 
+def _check_staged(folder: Path) -> dict[str, int]:
+    """The files of a checkpoint a trial reported (``{path: size}``).  CheckpointStorageError, and the folder
+    removed, when it is not whole or holds what the trial API refuses (a link leading outside it, a pipe): the
+    engine reads nothing a trial could not have saved through ``hpo.checkpoint_path``."""
+    if not (folder / _METADATA).is_file():
+        raise CheckpointStorageError(f"its files are not in the checkpoint storage ({folder})")
+    try:
+        return checked_tree(folder)
+    except ValueError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise CheckpointStorageError(f"refused: {exc}") from None
+    except OSError as exc:
+        raise CheckpointStorageError(f"cannot read {folder}: {exc.strerror or exc}") from None
+
+
 def remove_matching(folder: Path, pattern: str) -> None:
     """Remove every folder in ``folder`` whose name matches ``pattern`` (checkpoints left half-written)."""
     for path in folder.glob(pattern):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        return str(_uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def _split(location: str) -> tuple[str, str]:

@@ -448,9 +448,7 @@ class Engine:
     async def _launch(self, spec: TrialSpec, restore_from: int | None = None) -> None:
         try:
             if restore_from is not None:
-                restore = await self._restore_point(restore_from, spec.trial_id)
-                if restore is not None:
-                    spec.env["HPO_RESTORE_CHECKPOINT"] = restore
+                spec.restore_checkpoint = await self._restore_point(restore_from, spec.trial_id)
             await self.service.launch(spec)
             self._resource_failures = 0
         except Exception as exc:
@@ -570,11 +568,13 @@ class Engine:
         meta, uid = report["metadata"], report["uuid"]
         if earlier:
             await asyncio.wait(earlier)
-        try:
-            location = await self._loop.run_in_executor(None, self._storage.save, uid, self._checkpoint_folder / uid)
-            state, message = "COMPLETED", None
-        except Exception as exc:
-            location, state, message = self._storage.location(uid), "ERROR", _describe(exc)
+        location, state, message = self._storage.location(uid), "ERROR", report.get("error")
+        if message is None:  # else the trial or the service could not bring its files into the storage
+            try:
+                location = await self._loop.run_in_executor(None, self._storage.save, uid, self._checkpoint_folder / uid)
+                state = "COMPLETED"
+            except Exception as exc:
+                message = _describe(exc)
         if not self._guarded(self.store.add_checkpoint, uid, trial.seq, steps, value,
                              {"default": value} if value is not None else None, meta, report["resources"],
                              location, state, message):
@@ -584,6 +584,7 @@ class Engine:
         self._publish("checkpoint", {"id": trial.trial_id, "seq": trial.seq, "uuid": report["uuid"], "state": state})
         if state == "COMPLETED":
             self._collect_checkpoint_garbage()
+            await self._loop.run_in_executor(None, self._storage.recorded, uid)
 
     def _collect_checkpoint_garbage(self) -> None:
         """Delete the checkpoints the save_* policy no longer keeps (recorded DELETED first, then removed in a
@@ -635,7 +636,7 @@ class Engine:
         while pending := [t for t, s in self._storage_tasks.items() if seq is None or s == seq]:
             await asyncio.wait(pending)
 
-    async def _restore_point(self, rerun_of: int, trial_id: str) -> str | None:
+    async def _restore_point(self, rerun_of: int, trial_id: str) -> Path | None:
         """The latest whole checkpoint of the trial a re-run continues (or of the one that trial re-ran), as a
         local folder: a remote storage's is downloaded into the staging folder (removed when the trial ends)."""
         assert self._loop is not None
@@ -646,8 +647,7 @@ class Engine:
             if done:
                 latest = max(done, key=lambda c: (c["steps_completed"], c["report_time"]))
                 dest = self._checkpoint_folder / partial_name(self.experiment_id, trial_id, "restore")
-                folder = await self._loop.run_in_executor(None, self._storage.local_folder, latest["location"], dest)
-                return str(folder)
+                return await self._loop.run_in_executor(None, self._storage.local_folder, latest["location"], dest)
             rec = self.store.trial(seq)
             seq = rec["rerun_of"] if rec is not None else None
         return None
@@ -772,9 +772,10 @@ class Engine:
                 self._adopt(rec, [m["value"] for m in reported[rec["seq"]] if m["value"] is not None])
         self.service.leftover_cleanup(self.store.end_leftovers("interrupted: the engine stopped", keep=adopted))
         # checkpoints half-written when the engine died, and ones recorded DELETED but not yet removed
-        deleted = [c["location"] for c in self.store.checkpoints(state="DELETED")]
+        rows = self.store.checkpoints()
+        deleted = [c["location"] for c in rows if c["state"] == "DELETED"]
         await self._loop.run_in_executor(None, _remove_leftover_checkpoints, self._storage,  # type: ignore[union-attr]
-                                         partial_name(self.experiment_id, "*", "*"), deleted)
+                                         partial_name(self.experiment_id, "*", "*"), deleted, {c["uuid"] for c in rows})
         goal = self.store.events_of_kind("goal_reached")
         if goal:  # an early-stopping goal was reached before the crash: the experiment is over
             self._goal_reached = goal[0]["data"].get("reason") or "early-stopping goal reached"
@@ -869,11 +870,13 @@ class Engine:
 NO_RESULT = "finished without reporting a final result"
 
 
-def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str]) -> None:
-    """Resume: what a dead engine left unsaved, and the files of checkpoints recorded DELETED (best effort)."""
-    for remove, arg in [(storage.remove_leftovers, pattern), *((storage.delete, loc) for loc in deleted)]:
+def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str],
+                                 recorded: set[str]) -> None:
+    """Resume: what a dead engine left unsaved or unrecorded (checkpoints not among the ``recorded`` uuids), and
+    the files of checkpoints recorded DELETED (best effort)."""
+    for remove, args in [(storage.remove_leftovers, (pattern, recorded)), *((storage.delete, (loc,)) for loc in deleted)]:
         try:
-            remove(arg)
+            remove(*args)
         except CheckpointStorageError as exc:
             log.warning("resume: %s", exc)
 

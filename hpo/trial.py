@@ -210,7 +210,7 @@ def parse_stdout_report(line: str | bytes) -> tuple[str, Any] | None:
 
 
 def validate_checkpoint(report: Any) -> dict[str, Any]:
-    """A checkpoint report ``{"uuid", "metadata", "resources"}`` as the trial API sends it; ValueError otherwise
+    """A checkpoint report ``{"uuid", "metadata", "resources"[, "error"]}`` as the trial API sends it; ValueError otherwise
     (the uuid names a folder: anything but a canonical uuid is refused)."""
     if not isinstance(report, dict) or not isinstance(report.get("uuid"), str):
         raise ValueError("bad checkpoint report: expected an object with a 'uuid'")
@@ -222,4 +222,7 @@ def validate_checkpoint(report: Any) -> dict[str, Any]:
     if not isinstance(metadata, dict) or not isinstance(resources, dict) or \
             not all(isinstance(k, str) and isinstance(v, int) for k, v in resources.items()):
         raise ValueError("bad checkpoint report: metadata must be an object, resources an object of sizes")
-    return {"uuid": uid, "metadata": metadata, "resources": resources}
+    out = {"uuid": uid, "metadata": metadata, "resources": resources}
+    if report.get("error") is not None:  # the trial could not write it (a full disk): recorded as ERROR
+        out["error"] = " ".join(str(report["error"]).split())[:500]
+    return out

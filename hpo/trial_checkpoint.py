@@ -11,14 +11,16 @@ Outside an experiment checkpoints go to ``./checkpoints/<uuid>``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["checkpoint_path", "report_checkpoint", "restore_checkpoint", "resources_of", "partial_name"]
+__all__ = ["checkpoint_path", "report_checkpoint", "restore_checkpoint", "checked_tree", "partial_name"]
 
 
 def _root() -> Path:
@@ -27,7 +29,7 @@ def _root() -> Path:
         return Path(folder)
     if "HPO_TRIAL_ID" in os.environ:
         raise RuntimeError("this trial's training service does not collect checkpoints yet (HPO_CHECKPOINT_DIR is "
-                           "not set); local trials can save them")
+                           "not set; Kubernetes needs a pvc for them)")
     return Path("checkpoints")
 
 
@@ -51,53 +53,88 @@ def partial_name(experiment_id: str, trial_id: str, uid: str) -> str:
     return f".{experiment_id}-{trial_id}-{uid}.partial"
 
 
-def resources_of(folder: Path) -> dict[str, int]:
-    """``{relative path: size in bytes}`` of every file under ``folder``."""
-    out = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, folder).replace(os.sep, "/")] = os.lstat(path).st_size
+def checked_tree(folder: Path, copy_to: Path | None = None) -> dict[str, int]:
+    """``{relative path: size}`` of the files under ``folder`` (copied into ``copy_to`` in the same walk, if given).
+    ValueError for a link leading outside ``folder`` (never followed) or a pipe, socket or device."""
+    out: dict[str, int] = {}
+    base = os.path.realpath(folder)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(folder, rel)) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                dest = os.path.join(copy_to, name) if copy_to is not None else None
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(name)
+                    if dest:
+                        os.mkdir(dest)
+                    continue
+                if entry.is_symlink():
+                    link = os.readlink(entry.path)
+                    if os.path.commonpath([base, os.path.realpath(entry.path)]) != base:
+                        raise ValueError(f"checkpoint: {name} is a symbolic link to {link}, outside the checkpoint")
+                    if dest:
+                        os.symlink(link, dest)
+                elif not entry.is_file(follow_symlinks=False):
+                    raise ValueError(f"checkpoint: {name} is not a file or a folder")
+                elif dest:
+                    shutil.copyfile(entry.path, dest)
+                out[name] = entry.stat(follow_symlinks=False).st_size
     return dict(sorted(out.items()))
 
 
 @contextlib.contextmanager
-def _saving(metadata: Any) -> Iterator[tuple[Path, str]]:
+def _saving(metadata: Any) -> Iterator[tuple[Path, str, dict[str, int]]]:
+    """The folder to write into, the uuid, and a map of the files written (if left empty, the folder is walked)."""
     meta = _checked_metadata(metadata)
     root = _root()
-    root.mkdir(parents=True, exist_ok=True)
     uid = str(uuid.uuid4())
     partial = root / partial_name(os.environ.get("HPO_EXPERIMENT_ID", "STANDALONE"),
                                   os.environ.get("HPO_TRIAL_ID", "STANDALONE"), uid)
-    partial.mkdir()
+    report: dict[str, Any] = {"uuid": uid, "metadata": meta}
+    written: dict[str, int] = {}
     try:
-        yield partial, uid
-        (partial / "metadata.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        resources = resources_of(partial)
+        root.mkdir(parents=True, exist_ok=True)
+        partial.mkdir()
+        yield partial, uid, written
+        with open(partial / "metadata.json", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+            size = fh.tell()
+        report["resources"] = dict(sorted({**written, "metadata.json": size}.items())) if written \
+            else checked_tree(partial)
         os.rename(partial, root / uid)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        report.update(resources={}, error=f"not saved: {exc.strerror} (in {root})")
+        print(f"hpo: checkpoint {uid} {report['error']}; the trial goes on", file=sys.stderr, flush=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     from hpo.trial import _send
-    _send("checkpoint", {"uuid": uid, "metadata": meta, "resources": resources})
+    _send("checkpoint", report)
 
 
 @contextlib.contextmanager
 def checkpoint_path(metadata: dict[str, Any] | None = None) -> Iterator[Path]:
     """A fresh, empty folder to write a checkpoint into; when the block ends it is saved and reported with
     ``metadata`` (JSON; ``steps_completed`` says which step it holds, by default the number of intermediate
-    results reported so far).  An exception in the block discards the folder."""
-    with _saving(metadata) as (folder, _):
+    results reported so far).  An exception in the block discards the folder; so does a full disk, which is not
+    raised: the checkpoint is recorded as ERROR and the trial goes on.  A link leading out is refused (ValueError)."""
+    with _saving(metadata) as (folder, _, _):
         yield folder
 
 
 def report_checkpoint(folder: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
-    """Save a copy of ``folder`` (written by the trial) as a checkpoint; returns its uuid."""
+    """Save a copy of ``folder`` (written by the trial) as a checkpoint; returns its uuid.  Errors as for
+    :func:`checkpoint_path`."""
     source = Path(folder)
     if not source.is_dir():
         raise ValueError(f"report_checkpoint: {source} is not a folder")
-    with _saving(metadata) as (target, uid):
-        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    with _saving(metadata) as (target, uid, written):
+        written.update(checked_tree(source, copy_to=target))
     return uid
 
 

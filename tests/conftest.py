@@ -245,3 +245,19 @@ def kill_all(procs: list[psutil.Process]) -> None:
 def _processes_of(experiment_id: str) -> list[Any]:
     from test_engine import processes_of
     return processes_of(experiment_id)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB tmpfs mounted on a fresh folder (root only; skipped where mounting is not permitted), for full-disk
+    tests; unmounted afterwards."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

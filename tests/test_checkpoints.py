@@ -148,7 +148,7 @@ def test_bad_metadata_is_a_clear_error_in_the_trial(tmp_path, monkeypatch):
     assert hpo.restore_checkpoint() is None
 
 
-def test_remote_trials_are_told_checkpoints_are_not_collected_yet(tmp_path):
+def test_a_trial_whose_service_does_not_collect_checkpoints_is_told(tmp_path):
     env = {**os.environ, "HPO_TRIAL_ID": "t1", "HPO_EXPERIMENT_ID": "e1", "PYTHONPATH": str(ROOT)}
     env.pop("HPO_CHECKPOINT_DIR", None)
     out = subprocess.run([sys.executable, "-c", "import hpo\nwith hpo.checkpoint_path(): pass"], env=env,
@@ -224,3 +224,111 @@ hpo.report_final_result(1)
     kept = [r for r in rows if r["state"] == "COMPLETED"]
     assert {r["trial_id"] for r in rows} >= {first["id"]} and all(Path(r["location"]).is_dir() for r in kept)
     assert not [r for r in rows if r["state"] == "DELETED" and Path(r["location"]).exists()]
+
+
+def test_a_full_disk_costs_the_checkpoint_not_the_trial(make_experiment, small_disk):
+    body = """
+import hpo, os
+for step, size in ((1, 3 * 2**20), (2, 1000)):  # the first does not fit on the 1 MiB disk, the second does
+    hpo.report_intermediate_result(step)
+    with hpo.checkpoint_path({"steps_completed": step}) as path:
+        (path / "weights.bin").write_bytes(os.urandom(size))
+import tempfile
+big = tempfile.mkdtemp()
+with open(os.path.join(big, "weights.bin"), "wb") as fh:
+    fh.write(os.urandom(3 * 2**20))
+hpo.report_checkpoint(big, {"steps_completed": 3})
+hpo.report_final_result(1)
+"""
+    exp = make_experiment(body, max_trial_number=2, checkpoint_storage={"host_path": str(small_disk),
+                                                                      "save_trial_latest": 3})
+    exp.run(port=0)
+    assert exp.get_status() == "DONE"
+    trials = exp.list_trial_jobs()
+    assert [t["status"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]
+    rows = _checkpoints(exp)
+    for trial in trials:
+        mine = [(r["steps_completed"], r["state"]) for r in rows if r["trial_id"] == trial["id"]]
+        assert mine == [(1, "ERROR"), (2, "COMPLETED"), (3, "ERROR")]
+        stderr = (exp.directory / "trials" / trial["id"] / "stderr.log").read_text()
+        assert stderr.count("not saved: No space left on device") == 2 and "Traceback" not in stderr
+    for r in rows:
+        if r["state"] == "ERROR":
+            assert r["message"] == f"not saved: No space left on device (in {small_disk})" and r["resources"] == {}
+            assert not Path(r["location"]).exists()
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted(r["uuid"] for r in rows if r["state"] == "COMPLETED")
+
+
+def test_links_leading_out_of_a_checkpoint_are_refused(make_experiment, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the checkpoint")
+    body = f"""
+import hpo, os
+import tempfile
+os.chdir(tempfile.mkdtemp())
+os.makedirs("mine/sub")
+open("mine/sub/w.bin", "w").write("w")
+os.symlink("sub/w.bin", "mine/inside")          # inside the folder: kept as a link
+uid = hpo.report_checkpoint("mine", {{"steps_completed": 1}})
+os.symlink({str(secret)!r}, "mine/leak")
+for attempt in ("report", "path"):
+    try:
+        if attempt == "report":
+            hpo.report_checkpoint("mine")
+        else:
+            with hpo.checkpoint_path() as path:
+                os.symlink("../../", path / "up")
+    except ValueError as exc:
+        print("refused:", exc, flush=True)
+# a trial that goes around the API: its own folder in the storage, with a link out, reported by hand
+import json, uuid
+fake = str(uuid.uuid4())
+folder = os.path.join(os.environ["HPO_CHECKPOINT_DIR"], fake)
+os.makedirs(folder)
+open(os.path.join(folder, "metadata.json"), "w").write("{{}}")
+os.symlink({str(secret)!r}, os.path.join(folder, "leak"))
+print("HPO_CHECKPOINT=" + json.dumps({{"uuid": fake, "metadata": {{}}, "resources": {{}}}}), flush=True)
+hpo.report_final_result(1)
+"""
+    exp = make_experiment(body, max_trial_number=1)
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert trial["status"] == "SUCCEEDED", trial["message"]
+    out = (exp.directory / "trials" / trial["id"] / "stdout.log").read_text().splitlines()
+    refused = [line for line in out if line.startswith("refused:")]
+    assert refused == [f"refused: checkpoint: leak is a symbolic link to {secret}, outside the checkpoint",
+                       "refused: checkpoint: up is a symbolic link to ../../, outside the checkpoint"]
+    good, bypass = _checkpoints(exp)
+    assert good["state"] == "COMPLETED" and good["resources"]["inside"] == len("sub/w.bin")
+    assert os.readlink(Path(good["location"]) / "inside") == "sub/w.bin"
+    assert bypass["state"] == "ERROR" and bypass["message"].startswith("refused: checkpoint: leak is a symbolic link")
+    assert not Path(bypass["location"]).exists()  # removed, never read
+    left = sorted(p.name for p in (exp.directory / "checkpoints").iterdir())
+    assert left == [good["uuid"]]  # no partial folder of the refused ones
+
+
+def test_checkpoints_a_dead_engine_never_recorded_are_swept_on_resume(tmp_path):
+    """Saved by a trial (or uploaded) but never recorded: removed from the experiment's own folder on resume; in
+    a host_path other experiments share, only this experiment's partial folders are touched."""
+    import uuid
+
+    from hpo.checkpoint_storage import SharedFsStorage
+    from hpo.dispatcher import _remove_leftover_checkpoints
+
+    def populate(folder: Path) -> dict[str, Path]:
+        names = {"recorded": str(uuid.uuid4()), "orphan": str(uuid.uuid4()), "partial": ".e1-t1-x.partial",
+                 "other-experiment": ".e2-t1-x.partial", "not-a-checkpoint": "notes"}
+        for name in names.values():
+            (folder / name).mkdir(parents=True)
+            (folder / name / "metadata.json").write_text("{}")
+        return {k: folder / v for k, v in names.items()}
+
+    own = populate(tmp_path / "own")
+    _remove_leftover_checkpoints(SharedFsStorage(tmp_path / "own", own=True), ".e1-*-*.partial", [],
+                                 {own["recorded"].name})
+    assert {k for k, p in own.items() if p.exists()} == {"recorded", "other-experiment", "not-a-checkpoint"}
+    shared = populate(tmp_path / "shared")
+    _remove_leftover_checkpoints(SharedFsStorage(tmp_path / "shared", own=False), ".e1-*-*.partial", [],
+                                 {shared["recorded"].name})
+    assert {k for k, p in shared.items() if p.exists()} == {"recorded", "orphan", "other-experiment",
+                                                          "not-a-checkpoint"}

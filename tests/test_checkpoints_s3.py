@@ -214,3 +214,73 @@ def test_without_boto3_hpo_check_names_the_extra(tmp_path, monkeypatch, capsys):
     assert main(["check", "-f", str(tmp_path / "config.yml")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "needs boto3" in err and "pip install 'hpo[s3]'" in err
+
+
+def test_ssh_trials_checkpoints_go_to_s3_and_a_retry_restores_from_there(make_experiment, s3, tmp_path):
+    """Written on the SSH host, pulled back, uploaded by the engine (the host needs no boto3), recorded COMPLETED
+    once whole in the bucket; the retry gets the failed trial's latest one, downloaded from S3 and copied over."""
+    from sshd import SharedServer, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    ssh = SharedServer.get()
+    remote = tmp_path / "remote"
+    exp = make_experiment(EPOCHS, search_space={"x": {"_type": "choice", "_value": [0.5]},
+                                                "crash": {"_type": "choice", "_value": [True]}},
+                          max_trial_number=1, max_trial_retries=1, checkpoint_storage=s3.storage, training_service={
+        "platform": "remote", "machine_list": [ssh.server.machine(ssh.key, python_path="/usr/bin/python3")],
+        "known_hosts_file": str(ssh.known_hosts), "remote_directory": str(remote)})
+    exp.run(port=0)
+    first, retry = exp.list_trial_jobs()
+    assert (first["status"], retry["status"], retry["rerun_of"]) == ("FAILED", "SUCCEEDED", first["seq"])
+    assert "restored at epoch 2" in (exp.directory / "trials" / retry["id"] / "stdout.log").read_text()
+    rows = exp._store().checkpoints()
+    assert [(r["trial_id"], r["steps_completed"], r["state"]) for r in rows] == \
+        [(first["id"], 1, "DELETED"), (first["id"], 2, "COMPLETED"), (retry["id"], 3, "COMPLETED")]
+    expected = {f"runs/ckpt/{r['uuid']}/{name}": size for r in rows if r["state"] == "COMPLETED"
+                for name, size in r["resources"].items()}
+    assert _objects(s3) == expected
+    body = s3.client.get_object(Bucket=s3.bucket, Key=f"runs/ckpt/{rows[2]['uuid']}/sub/weights.bin")["Body"].read()
+    assert body == _weights(0.5, 3)
+    assert _staging(exp.directory) == []  # uploaded copies and the restored one are gone here
+    assert not list(remote.rglob("checkpoints/*-*")) and not list(remote.rglob("restore*"))  # and on the host
+
+
+def test_uploads_a_dead_engine_never_recorded_are_swept_on_resume(s3, tmp_path):
+    """Between the end of an upload and its row: the staged copy is still there, so resume deletes the objects
+    of any uuid the store does not know (and only drops the local copy of one it does)."""
+    from hpo.checkpoint_storage import S3Storage
+    from hpo.dispatcher import _remove_leftover_checkpoints
+
+    staging = tmp_path / "checkpoint-staging"
+    storage = S3Storage(s3.bucket, "runs/ckpt", s3.endpoint, None, staging)
+    uids = [str(uuid.uuid4()) for _ in range(2)]
+    for uid in uids:
+        (staging / uid).mkdir(parents=True)
+        (staging / uid / "w.bin").write_bytes(b"w" * 100)
+        (staging / uid / "metadata.json").write_text("{}")
+        storage.save(uid, staging / uid)
+    assert sorted(_objects(s3)) == sorted(f"runs/ckpt/{u}/{n}" for u in uids for n in ("metadata.json", "w.bin"))
+    _remove_leftover_checkpoints(storage, ".e1-*-*.partial", [], {uids[0]})
+    assert sorted(_objects(s3)) == [f"runs/ckpt/{uids[0]}/metadata.json", f"runs/ckpt/{uids[0]}/w.bin"]
+    assert _staging(tmp_path) == []
+
+
+def test_a_staged_checkpoint_with_a_link_out_is_never_uploaded(make_experiment, s3, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("engine-side secret")
+    body = f"""
+import hpo, json, os, uuid
+fake = str(uuid.uuid4())  # around the API: a staged folder linking out, reported by hand
+folder = os.path.join(os.environ["HPO_CHECKPOINT_DIR"], fake)
+os.makedirs(folder)
+open(os.path.join(folder, "metadata.json"), "w").write("{{}}")
+os.symlink({str(secret)!r}, os.path.join(folder, "leak"))
+print("HPO_CHECKPOINT=" + json.dumps({{"uuid": fake, "metadata": {{}}, "resources": {{}}}}), flush=True)
+hpo.report_final_result(1)
+"""
+    exp = make_experiment(body, max_trial_number=1, checkpoint_storage=s3.storage)
+    exp.run(port=0)
+    (row,) = exp._store().checkpoints()
+    assert row["state"] == "ERROR" and row["message"].startswith("refused: checkpoint: leak is a symbolic link to")
+    assert _objects(s3) == {} and _staging(exp.directory) == []

@@ -655,3 +655,37 @@ def test_in_cluster_service_account_config(make_experiment, tmp_path, monkeypatc
         from hpo.experiment import ExperimentError
         with pytest.raises(ExperimentError, match=r"\(the in-cluster service account\): 401 Unauthorized"):
             bad.start(port=0)
+
+
+def test_a_retry_restores_its_checkpoint_through_the_claim(make_experiment, target, tmp_path):
+    fake = target.fake_only()
+    shared = tmp_path / "claim"
+    shared.mkdir()
+    fake.add_pvc("ckpt", shared, target.namespace)
+    body = """
+import hpo, json, sys
+prev = hpo.restore_checkpoint()
+start = json.loads((prev / "state.json").read_text())["epoch"] if prev is not None else 0
+if prev is not None:
+    print("restored at epoch", start, "from", prev, flush=True)
+for epoch in range(start + 1, 4):
+    hpo.report_intermediate_result(epoch)
+    with hpo.checkpoint_path({"steps_completed": epoch}) as path:
+        (path / "state.json").write_text(json.dumps({"epoch": epoch}))
+    if epoch == 2 and prev is None:
+        sys.exit("crash after epoch 2")
+hpo.report_final_result(1)
+"""
+    exp = _experiment(make_experiment, target, body, max_trial_number=1, max_trial_retries=1,
+                      training_service=target.service(pvc={"claim_name": "ckpt", "mount_path": "/mnt/ckpt",
+                                                           "local_path": str(shared)}))
+    exp.run(port=0)
+    first, retry = exp.list_trial_jobs()
+    assert (first["status"], retry["status"]) == ("FAILED", "SUCCEEDED")
+    out = (exp.directory / "trials" / retry["id"] / "stdout.log").read_text()
+    assert "restored at epoch 2 from " in out  # the pod's mount of the claim (the fake kubelet maps it to a folder)
+    assert f"/mnt/ckpt/{exp.id}/checkpoints/.{exp.id}-{retry['id']}-restore.partial\n" in out
+    assert [(r["trial_id"], r["steps_completed"]) for r in exp._store().checkpoints()] == \
+        [(first["id"], 1), (first["id"], 2), (retry["id"], 3)]
+    assert not [p for p in (shared / exp.id / "checkpoints").iterdir()]  # the restored copy went with the trial
+

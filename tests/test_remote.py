@@ -1082,3 +1082,65 @@ def test_a_killed_or_orphaned_gang_ends_on_every_machine(tmp_path, keys, servers
     asyncio.run(resumed_engine())
     assert not [g for g in groups if group_alive(g)]
     assert_none_left(str(tmp_path / "remote"))
+
+
+RESUMING = """
+import hpo, json, os, sys
+p = hpo.get_next_parameter()
+prev = hpo.restore_checkpoint()
+start = json.loads((prev / "state.json").read_text())["epoch"] if prev is not None else 0
+if prev is not None:
+    print("restored at epoch", start, "from", prev, flush=True)
+for epoch in range(start + 1, 4):
+    hpo.report_intermediate_result(epoch)
+    with hpo.checkpoint_path({"steps_completed": epoch}) as path:
+        (path / "state.json").write_text(json.dumps({"epoch": epoch}))
+        os.makedirs(path / "sub")
+        (path / "sub" / "weights.bin").write_bytes(bytes([epoch]) * 200_000)
+    if epoch == 2 and prev is None:
+        sys.exit("crash after epoch 2")
+hpo.report_final_result(1)
+"""
+
+
+def test_a_retry_on_an_ssh_host_resumes_from_the_failed_trials_checkpoint(tmp_path, keys, servers, make_experiment):
+    a = servers()
+    remote = tmp_path / "remote"
+    exp = make_experiment(RESUMING, max_trial_number=1, max_trial_retries=1, checkpoint_storage={
+        "save_trial_latest": 3}, training_service={
+        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
+        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+    exp.run(port=0)
+    first, retry = exp.list_trial_jobs()
+    assert (first["status"], retry["status"], retry["rerun_of"]) == ("FAILED", "SUCCEEDED", first["seq"])
+    stdout = (exp.directory / "trials" / retry["id"] / "stdout.log").read_text()
+    restored_at = f"{remote}/{exp.id}/trials/{retry['id']}/restore"
+    assert f"restored at epoch 2 from {restored_at}\n" in stdout  # a copy on the host, not the engine's folder
+    rows = exp._store().checkpoints()
+    assert [(r["trial_id"], r["steps_completed"], r["state"]) for r in rows] == \
+        [(first["id"], 1, "COMPLETED"), (first["id"], 2, "COMPLETED"), (retry["id"], 3, "COMPLETED")]
+    assert (Path(rows[2]["location"]) / "sub" / "weights.bin").read_bytes() == bytes([3]) * 200_000
+    assert not os.path.exists(restored_at) and not list(remote.rglob("restore*"))  # removed when the trial ended
+
+
+def test_a_full_disk_on_the_engines_side_is_an_error_checkpoint(tmp_path, keys, servers, make_experiment, small_disk):
+    a = servers()
+    body = """
+import hpo
+for step, size in ((1, 3 * 2**20), (2, 1000)):  # the first does not fit on the engine's 1 MiB disk
+    hpo.report_intermediate_result(step)
+    with hpo.checkpoint_path({"steps_completed": step}) as path:
+        (path / "weights.bin").write_bytes(b"w" * size)
+hpo.report_final_result(1)
+"""
+    remote = tmp_path / "remote"
+    exp = make_experiment(body, max_trial_number=1, checkpoint_storage={"host_path": str(small_disk)},
+                          training_service={
+        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
+        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+    exp.run(port=0)
+    assert exp.get_status() == "DONE" and exp.list_trial_jobs()[0]["status"] == "SUCCEEDED"
+    failed, saved = exp._store().checkpoints()
+    assert failed["state"] == "ERROR" and saved["state"] == "COMPLETED"
+    assert failed["message"] == f"could not copy it from 127.0.0.1:{a.port}: No space left on device"
+    assert [p.name for p in small_disk.iterdir()] == [saved["uuid"]]  # the half-copied one is gone

@@ -180,6 +180,8 @@ def waiter(msg, notify):
             proc = subprocess.Popen(["/bin/sh", "-c", msg["cmd"]], cwd=msg["cwd"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True)
     except Exception as exc:  # noqa: BLE001 - reported to the engine
+        if msg.get("remove_after"):
+            shutil.rmtree(msg["remove_after"], ignore_errors=True)
         write_json(os.path.join(tdir, "exit.json"), {"code": None, "error": "%s: %s" % (type(exc).__name__, exc)})
         return
     write_json(os.path.join(tdir, "pid.json"), {"pid": proc.pid, "pgid": proc.pid, "waiter": os.getpid(),
@@ -200,6 +202,8 @@ def waiter(msg, notify):
             kill_tree(proc.pid, proc.pid, grace, lambda: proc.poll() is not None)
     if group_alive(proc.pid):  # the main process is gone: end what it left in its group
         kill_tree(0, proc.pid, 0.5)
+    if msg.get("remove_after"):  # the copy of the checkpoint it restored
+        shutil.rmtree(msg["remove_after"], ignore_errors=True)
     write_json(os.path.join(tdir, "exit.json"), {"code": code, "timeout": timed_out})
 
 

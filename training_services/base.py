@@ -37,6 +37,7 @@ class TrialSpec:
     attempt: int = 0              # how many earlier trials this one re-runs (``max_trial_retries``)
     processes: list[GangProcess] = field(default_factory=list)  # a distributed trial's gang (chief first); empty:
     distribution: str = "tensorflow"                              # one process running ``command``
+    restore_checkpoint: Path | None = None  # a local folder: the checkpoint a re-run continues from
 
 
 class TrialEvents(Protocol):
@@ -86,7 +87,12 @@ class TrainingService(ABC):
     def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
         """Where the trial writes its checkpoints (``HPO_CHECKPOINT_DIR``), or None when this service cannot
         collect them yet.  ``storage`` is the experiment's checkpoint folder on the engine's machine; a service
-        whose trials see this machine's files returns it (checkpoints are then complete where they belong)."""
+        whose trials see this machine's files returns it (checkpoints are then complete where they belong).
+
+        A service that collects checkpoints moves them both ways: each one the trial reports is reported on
+        (``metric(id, "checkpoint", report)``) once its files are whole in ``storage``, or with ``"error"`` in the
+        report saying why they could not be brought there; and when ``spec.restore_checkpoint`` is set, the
+        launch makes a copy of that folder readable to the trial and points ``HPO_RESTORE_CHECKPOINT`` at it."""
         return None
 
     async def adopt(self, experiment_id: str, records: list[dict[str, Any]]) -> set[str]:

@@ -202,6 +202,11 @@ class KubernetesTrainingService(TrainingService):
             raise RuntimeError("the service is stopping")
         await self._watch(spec.experiment_id)
         code_ref = await self._code_ref(spec)
+        env = spec.env
+        if spec.restore_checkpoint is not None and self.pvc is not None:
+            local, in_pod = self._on_claim(spec.experiment_id, _restore_name(spec))
+            await asyncio.to_thread(_copy_whole, spec.restore_checkpoint, local.with_name(local.name + ".copy"), local)
+            env = {**spec.env, "HPO_RESTORE_CHECKPOINT": in_pod}
         manifest = job_manifest(
             experiment_id=spec.experiment_id, trial_id=spec.trial_id, seq=spec.sequence_id, attempt=spec.attempt,
             namespace=self.namespace, command=spec.command, parameters=spec.parameters, image=self.image,
@@ -209,7 +214,7 @@ class KubernetesTrainingService(TrainingService):
             node_selector=self.node_selector, tolerations=self.tolerations,
             service_account_name=self.service_account_name, pod_template_patch=self.pod_template_patch, pvc=self.pvc,
             working_dir=self.working_dir, max_duration=spec.max_duration, kill_grace=self.kill_grace,
-            ttl_seconds=self.job_ttl, image_pull_policy=self.image_pull_policy, python=self.python, env=spec.env)
+            ttl_seconds=self.job_ttl, image_pull_policy=self.image_pull_policy, python=self.python, env=env)
         trial = self._register(spec, manifest["metadata"]["name"])
         try:
             await self._call("POST", self._paths["jobs"], body=manifest, verb="create")
@@ -444,6 +449,9 @@ class KubernetesTrainingService(TrainingService):
             except OSError:
                 pass
         self._unregister(trial)
+        if trial.spec.restore_checkpoint is not None and self.pvc is not None:  # its copy on the claim
+            await asyncio.to_thread(shutil.rmtree, self._on_claim(trial.spec.experiment_id, _restore_name(trial.spec))[0],
+                                    True)
         trial.ended.set()
         if not self._closing:
             self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
@@ -581,18 +589,25 @@ class KubernetesTrainingService(TrainingService):
         self._storage = storage
         return f"{self.pvc['mount_path'].rstrip('/')}/{spec.experiment_id}/checkpoints"
 
+    def _on_claim(self, experiment_id: str, name: str) -> tuple[Path, str]:
+        """Checkpoint folder ``name`` on the claim: its path here and in the pods."""
+        assert self.pvc is not None
+        rel = f"{experiment_id}/checkpoints/{name}"
+        return (Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser() / rel,
+                f"{self.pvc['mount_path'].rstrip('/')}/{rel}")
+
     async def _collect_checkpoint(self, trial: _Trial, report: dict[str, Any],
                                   before: asyncio.Task[None] | None) -> None:
         from hpo.trial_checkpoint import partial_name
         uid, storage = report["uuid"], self._storage
-        if storage is not None and self.pvc is not None:
-            local = Path(self.pvc.get("local_path") or self.pvc["mount_path"]).expanduser()
-            source = local / trial.spec.experiment_id / "checkpoints" / uid
+        if storage is not None and self.pvc is not None and "error" not in report:
+            source = self._on_claim(trial.spec.experiment_id, uid)[0]
             partial = Path(storage) / partial_name(trial.spec.experiment_id, trial.spec.trial_id, uid)
             try:
                 await asyncio.to_thread(_move_whole, source, partial, Path(storage) / uid)
             except OSError as exc:
-                log.warning("trial %s: could not move checkpoint %s from the claim: %s", trial.spec.trial_id, uid, exc)
+                report = {**report, "error": f"could not move it from the claim: {exc.strerror or exc}"}
+                log.warning("trial %s: checkpoint %s %s", trial.spec.trial_id, uid, report["error"])
         if before is not None:
             await asyncio.wait([before])  # reported in the order the trial saved them
         self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
@@ -714,19 +729,30 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
-def _move_whole(source: Path, partial: Path, target: Path) -> None:
-    """Move a checkpoint folder into the storage: a rename on the same file system, else a copy under a partial
-    name renamed when whole (then the source is removed)."""
+def _restore_name(spec: TrialSpec) -> str:
+    from hpo.trial_checkpoint import partial_name
+    return partial_name(spec.experiment_id, spec.trial_id, "restore")
+
+
+def _copy_whole(source: Path, partial: Path, target: Path) -> None:
+    """Copy a checkpoint folder to ``target``: under the name ``partial``, renamed when whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(source, target)
-        return
-    except OSError:
-        pass
     try:
         shutil.copytree(source, partial, symlinks=True)
         os.rename(partial, target)
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _move_whole(source: Path, partial: Path, target: Path) -> None:
+    """Move a checkpoint folder into the storage: a rename on the same file system, else a copy (see
+    :func:`_copy_whole`), then the source is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+        return
+    except OSError:
+        pass
+    _copy_whole(source, partial, target)
     shutil.rmtree(source, ignore_errors=True)

@@ -265,6 +265,8 @@ class LocalTrainingService(TrainingService):
             # `python3 train.py` finds the interpreter hpo runs in (its venv) before the system's
             "PATH": os.pathsep.join(p for p in (_INTERPRETER_DIR, env.get("PATH", os.defpath)) if p),
         })
+        if spec.restore_checkpoint is not None:  # on this machine: the trial reads it where it is
+            env["HPO_RESTORE_CHECKPOINT"] = str(spec.restore_checkpoint)
         return env
 
     async def _launch_gang(self, trial: _Trial, env: dict[str, str]) -> list[Placement]:

@@ -75,6 +75,7 @@ __all__ = ["RemoteTrainingService", "RemoteMachine"]
 log = logging.getLogger("hpo.remote")
 
 AGENT_FILE = Path(__file__).with_name("_remote_agent.py")
+RESTORE_FOLDER = "restore"  # in a copy's remote folder: the checkpoint it restores, while it runs
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
 
 
@@ -556,6 +557,30 @@ class _Host:
             raise _HostError(f"cannot unpack the trial code on {self.label}: {reply.get('error')}")
         return dest
 
+    async def upload_folder(self, local: Path, dest: str) -> None:
+        """Copy the folder ``local`` to ``dest`` here (under a partial name, renamed when whole).  ConnectionError
+        when the connection drops, _HostError (one line) when the machine refuses it (a full disk)."""
+        import asyncssh
+
+        if self.conn is None:
+            raise ConnectionError(f"not connected to {self.label}")
+        partial = f"{dest}.partial"
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                await sftp.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+                for stale in (partial, dest):  # a copy started before a dropped connection
+                    await _sftp_rmtree(sftp, stale)
+                try:
+                    await sftp.put(str(local), partial, recurse=True)
+                    await sftp.rename(partial, dest)
+                except BaseException:
+                    await _sftp_rmtree(sftp, partial)
+                    raise
+        except asyncssh.DisconnectError as exc:
+            raise ConnectionError(f"{self.label}: {exc}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise _HostError(f"cannot copy the checkpoint to restore to {self.label}: {_describe(exc)}") from None
+
 
 # -- the service ------------------------------------------------------------------------------------------------
 class RemoteTrainingService(RemoteGangs, TrainingService):
@@ -733,7 +758,7 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
                 self._trials[spec.trial_id] = trial
             run = self._new_run(trial, host, gpus)
             try:
-                run.code_remote = await host.ensure_code(spec.code_dir, spec.experiment_id)
+                await self._prepare(run)
             except ConnectionError:  # the machine dropped meanwhile: pick one again
                 self._detach(run)
                 trial.current = None
@@ -813,6 +838,13 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         trial.current = run
         return run
 
+    async def _prepare(self, run: _Run) -> None:
+        """Bring what the copy needs onto its machine: the trial code, and the checkpoint it restores (if any)."""
+        spec, host = run.trial.spec, run.host
+        run.code_remote = await host.ensure_code(spec.code_dir, spec.experiment_id)
+        if spec.restore_checkpoint is not None:
+            await host.upload_folder(spec.restore_checkpoint, f"{run.remote_dir}/{RESTORE_FOLDER}")
+
     def _send_launch(self, run: _Run) -> None:
         spec, host = run.trial.spec, run.host
         env = dict(spec.env)
@@ -826,16 +858,19 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         env.update(run.trial.extra_env)
         if "HPO_CHECKPOINT_DIR" in spec.env:
             env["HPO_CHECKPOINT_DIR"] = f"{run.remote_dir}/checkpoints"
-        env.pop("HPO_RESTORE_CHECKPOINT", None)  # a path on this machine: restoring on a remote one is to come
+        process = run.trial.process
+        if spec.restore_checkpoint is not None and (process is None or process.chief):
+            # uploaded by _prepare (a gang's: to its chief); the agent removes it when the trial ends
+            env["HPO_RESTORE_CHECKPOINT"] = f"{run.remote_dir}/{RESTORE_FOLDER}"
         if host.state != "up":
             return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
         with contextlib.suppress(ConnectionError):  # likewise
-            process = run.trial.process
             host.send({"op": "launch", "id": run.key, "dir": run.remote_dir,
                        "cwd": run.code_remote, "files": run.trial.files,
                        "cmd": process.command if process is not None else spec.command, "env": env,
                        "params": json.dumps(spec.parameters),
-                       "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace})
+                       "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace,
+                       "remove_after": env.get("HPO_RESTORE_CHECKPOINT")})
         if run.trial.kill_status is not None:
             self._send_kill(run)
 
@@ -1006,7 +1041,7 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         trial.stderr_file.write(f"\n[hpo] {note}\n".encode())
         run = self._new_run(trial, host, gpus)  # a copy on an unreachable machine is now replaced
         try:
-            run.code_remote = await host.ensure_code(trial.spec.code_dir, trial.spec.experiment_id)
+            await self._prepare(run)
         except Exception as exc:  # noqa: BLE001 - that machine failed too: lost again
             self._on_lost(run, f"could not start on {host.label}: {_describe(exc)}")
             return
@@ -1132,18 +1167,22 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         trial, uid = run.trial, report["uuid"]
         storage = self._storage
         try:
-            if storage is not None and run.host.conn is not None:
+            if "error" in report:
+                pass  # the trial could not write it: nothing to copy
+            elif storage is None or run.host.conn is None:
+                report = {**report, "error": f"not copied from {run.host.label}: the connection was lost"}
+            else:
                 remote = f"{run.remote_dir}/checkpoints/{uid}"
                 partial = Path(storage) / partial_name(trial.spec.experiment_id, trial.spec.trial_id, uid)
                 try:
-                    Path(storage).mkdir(parents=True, exist_ok=True)
+                    await asyncio.to_thread(Path(storage).mkdir, parents=True, exist_ok=True)
                     async with run.host.conn.start_sftp_client() as sftp:
                         await sftp.get(remote, str(partial), recurse=True)
                         os.rename(partial, Path(storage) / uid)
                         await _sftp_rmtree(sftp, remote)
                 except Exception as exc:  # noqa: BLE001 - reported as a checkpoint that could not be saved
-                    log.warning("trial %s: could not copy checkpoint %s from %s: %s", trial.spec.trial_id, uid,
-                                run.host.label, exc)
+                    report = {**report, "error": f"could not copy it from {run.host.label}: {_reason(exc)}"}
+                    log.warning("trial %s: checkpoint %s %s", trial.spec.trial_id, uid, report["error"])
                     await asyncio.to_thread(shutil.rmtree, partial, True)
             if before is not None:
                 await asyncio.wait([before])
@@ -1216,6 +1255,13 @@ async def _sftp_rmtree(sftp: Any, path: str) -> None:
         await sftp.rmtree(path)
     except Exception:  # noqa: BLE001 - best effort
         pass
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or SFTP error in one line, without the exception's class when it names the cause itself."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return " ".join(_describe(exc).split())
 
 
 def _describe(exc: BaseException | None) -> str:

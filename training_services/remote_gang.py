@@ -79,7 +79,7 @@ class RemoteGangs:
         return sorted(lines, key=lambda line: "cannot reach" not in line)
 
     async def _launch_gang(self: "RemoteTrainingService", spec: TrialSpec) -> None:
-        from training_services.remote import _HostError, _Trial
+        from training_services.remote import RESTORE_FOLDER, _HostError, _Trial
 
         plan = await self._acquire_gang(spec)
         if plan is None:
@@ -99,6 +99,10 @@ class RemoteGangs:
                                for (host, _), p in zip(plan, spec.processes)]
             code = {host.label: await host.ensure_code(spec.code_dir, spec.experiment_id)
                     for host in {host.label: host for host, _ in plan}.values()}
+            if spec.restore_checkpoint is not None:  # the chief continues from it (it reports the checkpoints)
+                chief_host = plan[0][0]
+                folder = f"{chief_host.root}/{spec.experiment_id}/trials/{spec.trial_id}.{spec.processes[0].name}"
+                await chief_host.upload_folder(spec.restore_checkpoint, f"{folder}/{RESTORE_FOLDER}")
         except BaseException as exc:
             for host, gpus in plan:
                 self._free_slot(host, gpus)
