@@ -647,9 +647,11 @@ class ExperimentConfig(_Base):
                 where = "this machine" if isinstance(self.training_service, LocalConfig) else "one pod network"
                 raise ConfigError(f"{w}.trial_roles.{name}.port: {role.count} processes on {where} cannot all "
                                   f"listen on port {role.port}; expected null (a free port for each)")
-        if isinstance(self.training_service, KubernetesConfig):  # TODO(issue 11): an Indexed Job per trial
-            raise ConfigError(f"{w}.trial_roles: distributed trials run on the local and remote training services "
-                              "so far; not on 'kubernetes'")
+        if isinstance(self.training_service, KubernetesConfig):  # one Indexed Job: one pod template for all
+            gpus = {name: self.trial_gpu_number if r.gpu_number is None else r.gpu_number for name, r in roles.items()}
+            if len(set(gpus.values())) > 1:
+                raise ConfigError(f"{w}.trial_roles: on kubernetes every process of a trial gets the same resources "
+                                  f"(one Indexed Job), but the roles ask different GPU numbers {gpus}")
         if isinstance(self.training_service, RemoteConfig):
             machines = self.training_service.machine_list
             for name, role in roles.items():

@@ -689,3 +689,87 @@ hpo.report_final_result(1)
         [(first["id"], 1), (first["id"], 2), (retry["id"], 3)]
     assert not [p for p in (shared / exp.id / "checkpoints").iterdir()]  # the restored copy went with the trial
 
+
+
+# -- distributed trials (trial_roles): one Indexed Job and a headless Service per trial ------------------------------
+def _gang(make_experiment: Any, target: Target, script: str | None, **config: Any) -> Any:
+    import shutil
+    config.setdefault("training_service", target.service())
+    if script is None:  # the parameter-server example
+        make_experiment.code.mkdir(exist_ok=True)
+        shutil.copy(ROOT / "examples" / "distributed" / "ps_job.py", make_experiment.code / "ps_job.py")
+        return make_experiment(command=f"{target.python} ps_job.py", **config)
+    return make_experiment(script, command=f"{target.python} trial.py", **config)
+
+
+def test_a_parameter_server_job_runs_as_an_indexed_job(make_experiment, target):
+    seen = ManifestRecorder(target)
+    exp = _gang(make_experiment, target, None, max_trial_number=2, trial_concurrency=1,
+                search_space={"lr": {"_type": "choice", "_value": [0.2, 0.5]}}, trial_env={"STEPS": 5},
+                trial_roles={"worker": {"count": 2}, "ps": {"count": 1}})
+    exp.run(port=0)
+    manifests = seen.stop()
+    from hpo.storage import ExperimentStore
+    with ExperimentStore(exp.directory, readonly=True) as store:
+        trials = store.trials()
+        for t in trials:
+            assert t["status"] == "SUCCEEDED", t["message"]  # the ps is ended once both workers are done
+            assert [p["name"] for p in t["processes"]] == ["worker-0", "worker-1", "ps-0"]
+            assert len(store.metrics(t["seq"], "intermediate")) == 5
+            assert {m["process"] for m in store.process_metrics(t["seq"])} == {"worker-1"}
+            merged = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
+            assert "[ps-0] parameter server on port" in merged and "[worker-1] worker 1 done" in merged, merged
+            own = (exp.directory / "trials" / t["id"] / "processes" / "worker-1" / "stdout.log").read_text()
+            assert "worker 1 done" in own and "[" not in own, own
+    jobs = [m for (kind, _), m in manifests.items() if kind == "jobs"]
+    assert {(j["spec"]["completionMode"], j["spec"]["completions"], j["spec"]["template"]["spec"]["subdomain"])
+            for j in jobs} == {("Indexed", 3, j["metadata"]["name"]) for j in jobs}
+    exp.stop()
+    assert not target.objects("pods", f"hpo.io/experiment={exp.id}")
+    assert not target.objects("services", f"hpo.io/experiment={exp.id}")  # each trial's Service goes with it
+
+
+GANG_WORKER_FAILS = """
+import os, sys, time
+if os.environ["JOB_COMPLETION_INDEX"] == "1":
+    time.sleep(0.5)
+    sys.exit("worker 1 lost its shard")
+time.sleep(120)
+"""
+
+
+def test_a_failing_pod_fails_the_distributed_trial_and_ends_its_gang(make_experiment, target):
+    exp = _gang(make_experiment, target, GANG_WORKER_FAILS, max_trial_number=1,
+                trial_roles={"worker": {"count": 2}, "ps": {"count": 1}})
+    t0 = time.monotonic()
+    exp.run(port=0)
+    trial = exp.list_trial_jobs()[0]
+    assert (trial["status"], trial["message"]) == ("FAILED", "worker-1: worker 1 lost its shard")
+    assert time.monotonic() - t0 < 60
+    assert not target.objects("pods", f"hpo.io/trial={trial['id']}")
+
+
+def test_a_distributed_trial_is_not_adopted_but_re_run_whole_after_a_crash(launcher, target):
+    from hpo import Experiment
+    from hpo.storage import ExperimentStore
+
+    proc, exp_id, directory = _launch_k8s(launcher, target, STEPS_SCRIPT.format(steps=6, pause=0.3),
+                                          trial_concurrency=1, max_trial_number=1,
+                                          trial_roles={"worker": {"count": 2}})
+
+    def running() -> list[Any]:
+        with ExperimentStore(directory, readonly=True) as store:
+            return store.trials(status="RUNNING")
+    first = wait_until(running, 60, what="the gang running")[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
+    try:
+        assert resumed.wait(90)
+    finally:
+        resumed.stop()
+    trials = resumed.list_trial_jobs()
+    assert [t["status"] for t in trials] == ["SYS_CANCELED", "SUCCEEDED"]
+    assert trials[1]["rerun_of"] == first["seq"]
+    assert not target.objects("pods", f"hpo.io/experiment={exp_id}")
+    assert not target.objects("services", f"hpo.io/experiment={exp_id}")

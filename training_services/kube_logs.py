@@ -36,6 +36,9 @@ class PodLog:
     at_last: int = 0                   # lines read that carried that timestamp
     seen: int = 0                      # intermediate results this pod printed
     complete: bool = False             # read to the end of its container's output
+    index: int | None = None           # a distributed trial's pod: its process (JOB_COMPLETION_INDEX) ...
+    prefix: bytes = b""                # ... its lines go to the merged log as [role-index] ...
+    copy: Any = None                   # ... and as they are to the process's own stdout.log (an open file)
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -89,7 +92,12 @@ class TrialLog:
         if text.endswith(b"\r"):
             text = text[:-1]
         self._dirty = True
-        self._write(text)
+        self._write(podlog.prefix + text)
+        if podlog.copy is not None:
+            try:
+                podlog.copy.write(text + b"\n")
+            except OSError as exc:
+                log.warning("trial %s: %s: %s", self.trial_id, podlog.copy.name, exc)
         return text, skip
 
     def note(self, text: str) -> None:
@@ -112,6 +120,9 @@ class TrialLog:
         try:
             if self._file is not None:
                 self._file.flush()
+            for podlog in self.pods.values():
+                if podlog.copy is not None:
+                    podlog.copy.flush()
             data = {p.pod: {"second": p.last[0], "nanos": p.last[1], "at_last": p.at_last, "seen": p.seen}
                     for p in self.pods.values()}
             with open(self.trial_dir / POSITION_FILE, "a", encoding="utf-8") as fh:
@@ -120,10 +131,13 @@ class TrialLog:
             log.warning("trial %s: cannot save the log position: %s", self.trial_id, exc)
 
     def close(self) -> None:
-        """Flush and close the copy (the trial has ended: no position is needed any more)."""
+        """Flush and close the copies (the trial has ended: no position is needed any more)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        for podlog in self.pods.values():
+            if podlog.copy is not None:
+                podlog.copy.close()
 
 
 def timestamp_key(stamp: bytes) -> tuple[str, int] | None:

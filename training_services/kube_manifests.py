@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 __all__ = ["EXPERIMENT_LABEL", "TRIAL_LABEL", "ATTEMPT_LABEL", "MANAGED_BY", "job_name", "job_manifest",
-           "gang_job", "headless_service", "gang_host", "INDEX_LABEL",
+           "gang_job", "headless_service", "gang_host", "exec_command", "INDEX_LABEL",
            "code_configmap", "configmap_name", "merge_patch", "resources_of", "CONFIGMAP_LIMIT", "WORK", "TRIAL_CONTAINER"]
 
 EXPERIMENT_LABEL = "hpo.io/experiment"
@@ -111,7 +111,7 @@ def merge_patch(base: Any, patch: Any) -> Any:
     return copy.deepcopy(patch)
 
 
-def _shell(command: str) -> str:
+def exec_command(command: str) -> str:
     """A simple command is exec'd, so the trial process itself gets SIGTERM when the pod stops (a shell as
     PID 1 of a container ignores it); anything with shell syntax runs as written."""
     return command if _SHELL_SYNTAX.search(command) else f"exec {command}"
@@ -194,7 +194,7 @@ def job_manifest(*, experiment_id: str, trial_id: str, seq: int, attempt: int, n
         variables.setdefault("CUDA_VISIBLE_DEVICES", "")  # no GPU asked for: none used, even on a GPU node
     container: dict[str, Any] = {
         "name": TRIAL_CONTAINER, "image": image,
-        "command": ["sh", "-c", f'mkdir -p "$HPO_TRIAL_DIR" && {_shell(command)}'],
+        "command": ["sh", "-c", f'mkdir -p "$HPO_TRIAL_DIR" && {exec_command(command)}'],
         "env": [{"name": k, "value": v} for k, v in variables.items()],
         "volumeMounts": mounts, "terminationMessagePolicy": "FallbackToLogsOnError"}
     if workdir:

@@ -43,8 +43,10 @@ from training_services.base import TrainingService, TrialEvents, TrialSpec
 from training_services.code_package import CodePacker, pack_code, trial_api_files, unpack_once
 from training_services.kube_client import KubeClient, KubeError, MISSING_EXTRA, Reflector, load_client
 from training_services.kube_logs import PodLog, TrialLog
-from training_services.kube_manifests import (EXPERIMENT_LABEL, TRIAL_CONTAINER, TRIAL_LABEL, code_configmap,
-                                              configmap_name, job_manifest, job_name, resources_of)
+from training_services.gang import Placement, finishers, free_ports, gang_environment, merged_line
+from training_services.kube_manifests import (EXPERIMENT_LABEL, INDEX_LABEL, TRIAL_CONTAINER, TRIAL_LABEL, exec_command,
+                                              code_configmap, configmap_name, gang_host, gang_job, headless_service,
+                                              job_manifest, job_name, resources_of)
 
 __all__ = ["KubernetesTrainingService"]
 
@@ -77,6 +79,13 @@ class _Trial:
     log: TrialLog | None = None       # stdout.log and the positions in the pods' logs
     last_collect: asyncio.Task[None] | None = None   # the latest checkpoint move (reported after the one before
                                                      # it, so it ends last)
+    # a distributed trial (spec.processes): one pod per process, by index; results per index
+    placements: list[Placement] = field(default_factory=list)
+    gang_running: set[int] = field(default_factory=set)
+    gang_reported: dict[int, int] = field(default_factory=dict)
+    gang_final: set[int] = field(default_factory=set)
+    gang_done: set[str] = field(default_factory=set)           # finishers (process names) that exited 0
+    failed_process: tuple[str, dict[str, Any]] | None = None   # the first process that failed, its terminated state
 
 
 class KubernetesTrainingService(TrainingService):
@@ -127,6 +136,7 @@ class KubernetesTrainingService(TrainingService):
         self._api_error: str | None = None
         self._paths: dict[str, str] = {}  # the namespace's collections, once start() knows it
         self._storage: Path | None = None  # where checkpoints moved from the claim go (checkpoint_dir tells)
+        self._services: set[str] = set()  # distributed trials' headless Services not deleted yet
 
     def __repr__(self) -> str:
         return f"KubernetesTrainingService(namespace={self.namespace!r}, image={self.image!r})"
@@ -150,7 +160,8 @@ class KubernetesTrainingService(TrainingService):
         self.namespace = self.namespace or client.namespace
         ns = self.namespace
         self._paths = {"jobs": f"/apis/batch/v1/namespaces/{ns}/jobs", "pods": f"/api/v1/namespaces/{ns}/pods",
-                       "configmaps": f"/api/v1/namespaces/{ns}/configmaps"}
+                       "configmaps": f"/api/v1/namespaces/{ns}/configmaps",
+                       "services": f"/api/v1/namespaces/{ns}/services"}
         try:
             await self._call("GET", self._paths["jobs"], {"limit": "1"}, verb="list", retry_for=5)
         except KubeError as exc:
@@ -207,16 +218,24 @@ class KubernetesTrainingService(TrainingService):
             local, in_pod = self._on_claim(spec.experiment_id, _restore_name(spec))
             await asyncio.to_thread(_copy_whole, spec.restore_checkpoint, local.with_name(local.name + ".copy"), local)
             env = {**spec.env, "HPO_RESTORE_CHECKPOINT": in_pod}
+        gpu_number = spec.processes[0].gpu_number if spec.processes else spec.gpu_number
         manifest = job_manifest(
             experiment_id=spec.experiment_id, trial_id=spec.trial_id, seq=spec.sequence_id, attempt=spec.attempt,
             namespace=self.namespace, command=spec.command, parameters=spec.parameters, image=self.image,
-            code_delivery=self.code_delivery, code_ref=code_ref, resources=self.resources, gpu_number=spec.gpu_number,
+            code_delivery=self.code_delivery, code_ref=code_ref, resources=self.resources, gpu_number=gpu_number,
             node_selector=self.node_selector, tolerations=self.tolerations,
             service_account_name=self.service_account_name, pod_template_patch=self.pod_template_patch, pvc=self.pvc,
             working_dir=self.working_dir, max_duration=spec.max_duration, kill_grace=self.kill_grace,
             ttl_seconds=self.job_ttl, image_pull_policy=self.image_pull_policy, python=self.python, env=env)
+        placements: list[Placement] = []
+        if spec.processes:
+            manifest, placements = self._gang_manifest(spec, manifest)
         trial = self._register(spec, manifest["metadata"]["name"])
+        trial.placements = placements
         try:
+            if spec.processes:  # its pods' DNS names exist once the Service does
+                self._services.add(trial.job)
+                await self._call("POST", self._paths["services"], body=headless_service(manifest), verb="create")
             await self._call("POST", self._paths["jobs"], body=manifest, verb="create")
         except KubeError as exc:
             existing = self._jobs.cache.get(trial.job) if self._jobs else None
@@ -225,6 +244,18 @@ class KubernetesTrainingService(TrainingService):
             self._unregister(trial)
             raise ValueError(f"could not create Job {trial.job} in namespace {self.namespace}: {exc}") from None
         # the watch reports the rest: Pending reasons, RUNNING, the log, the end
+
+    def _gang_manifest(self, spec: TrialSpec, job: dict[str, Any]) -> tuple[dict[str, Any], list[Placement]]:
+        """A distributed trial's Indexed Job: each pod reaches the others at ``<job>-<index>.<job>`` (the headless
+        Service) and a port of its own (distinct within the gang, so pods may share a network, as on the fake)."""
+        processes = spec.processes
+        ports = iter(free_ports(sum(p.port is None for p in processes)))
+        placements = [Placement(gang_host(spec.experiment_id, spec.sequence_id, spec.trial_id, i),
+                                p.port if p.port is not None else next(ports)) for i, p in enumerate(processes)]
+        per_index = [{"env": gang_environment(processes, placements, spec.distribution, i),
+                      "command": exec_command(p.command) if p.command is not None else None}
+                     for i, p in enumerate(processes)]
+        return gang_job(job, per_index, self.python), placements
 
     def _register(self, spec: TrialSpec, job: str) -> _Trial:
         os.makedirs(spec.trial_dir, exist_ok=True)
@@ -316,17 +347,29 @@ class KubernetesTrainingService(TrainingService):
             if term and term.get("exitCode", 0) != 0:
                 trial.init_failure = (f"init container {init.get('name')} failed (exit code {term.get('exitCode')}): "
                                       f"{_last_line(term.get('message')) or term.get('reason') or ''}").rstrip(": ")
+        index = _index(pod) if trial.spec.processes else None
         if "terminated" in state:
             trial.terminated = state["terminated"]
+            if index is not None:
+                self._gang_exit(trial, index, pod, state["terminated"])
         assert trial.log is not None
         if ("running" in state or "terminated" in state) and name not in trial.log.pods and not trial.finishing:
-            if not trial.started_sent:
+            if index is not None:
+                self._gang_running(trial, index, name)
+            elif not trial.started_sent:
                 trial.started_sent = True
                 trial.waiting_reason = None
                 self._events.started(trial.spec.trial_id, None, None, name, None)  # type: ignore[union-attr]
-            if trial.log.pods:
+            if trial.log.pods and index is None:
                 trial.log.note(f"hpo: the trial runs again in pod {name} (the Job replaced its pod)")
             podlog = trial.log.pod(name)
+            podlog.index = index
+            if index is not None:
+                process = trial.spec.processes[index].name
+                podlog.prefix = merged_line(process, b"")
+                folder = trial.spec.trial_dir / "processes" / process
+                folder.mkdir(parents=True, exist_ok=True)
+                podlog.copy = open(folder / "stdout.log", "ab")
             podlog.task = self._spawn(self._follow(trial, podlog))
         elif status.get("phase") == "Pending" and not trial.started_sent:
             reason = _pending_reason(pod)
@@ -341,6 +384,39 @@ class KubernetesTrainingService(TrainingService):
                 trial.disrupted.add(name)
                 trial.log.note(f"hpo: pod {name} was disrupted ({status.get('reason') or 'evicted'}); "
                                   "the Job runs the trial again")
+
+    def _gang_running(self, trial: _Trial, index: int, pod: str) -> None:
+        """A distributed trial's pod runs: once every index has one, the trial runs."""
+        trial.gang_running.add(index)
+        if trial.started_sent or len(trial.gang_running) < len(trial.spec.processes):
+            return
+        trial.started_sent = True
+        trial.waiting_reason = None
+        processes = [{"name": p.name, "host": pl.host, "port": pl.port, "pid": None, "gpus": []}
+                     for p, pl in zip(trial.spec.processes, trial.placements)]
+        self._events.started(trial.spec.trial_id, None, None, pod, None,  # type: ignore[union-attr]
+                             processes=processes)
+
+    def _gang_exit(self, trial: _Trial, index: int, pod: dict[str, Any], term: dict[str, Any]) -> None:
+        """A distributed trial's process ended: the first failure names the trial's (the Job fails with it); once
+        the chief's role is done, the trial succeeded and the rest (parameter servers) is ended with the Job."""
+        process = trial.spec.processes[index].name
+        disrupted = any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+                        for c in (pod.get("status") or {}).get("conditions") or [])
+        done = finishers(trial.spec.processes)
+        if term.get("exitCode") != 0:  # after the chief's role is done, the rest is ended: no failure
+            if not disrupted and trial.failed_process is None and trial.kill_status is None and trial.gang_done < done:
+                trial.failed_process = (process, term)
+            return
+        if process in done:
+            trial.gang_done.add(process)
+        if trial.gang_done >= done and not trial.finishing and trial.failed_process is None:
+            trial.finishing = True
+            self._spawn(self._gang_succeeded(trial))
+
+    async def _gang_succeeded(self, trial: _Trial) -> None:
+        await self._delete_job(trial.job, self.kill_grace)  # processes still running (a parameter server) end
+        await self._finish(trial, {"type": "Complete", "reason": "ChiefRoleCompleted"})
 
     # -- logs and metrics --------------------------------------------------------------------------------------
     async def _follow(self, trial: _Trial, podlog: PodLog) -> None:
@@ -385,7 +461,20 @@ class KubernetesTrainingService(TrainingService):
         except ValueError as exc:
             trial.report_error = trial.report_error or str(exc)
             parsed = None
-        if parsed is not None:
+        index = podlog.index
+        if parsed is not None and index:  # a distributed trial's other process: stored apart, not tuned on
+            kind, value = parsed
+            podlog.seen += kind == "intermediate"
+            name = trial.spec.processes[index].name
+            if kind == "intermediate" and podlog.seen > trial.gang_reported.get(index, 0):
+                trial.gang_reported[index] = podlog.seen
+                self._events.process_metric(trial.spec.trial_id, name, kind, value)  # type: ignore[union-attr]
+            elif kind == "final" and index not in trial.gang_final:
+                trial.gang_final.add(index)
+                self._events.process_metric(trial.spec.trial_id, name, kind, value)  # type: ignore[union-attr]
+            elif kind == "checkpoint":
+                trial.last_collect = self._spawn(self._collect_checkpoint(trial, value, trial.last_collect))
+        elif parsed is not None:
             kind, value = parsed
             if kind == "intermediate":
                 podlog.seen += 1
@@ -449,6 +538,8 @@ class KubernetesTrainingService(TrainingService):
             except OSError:
                 pass
         self._unregister(trial)
+        if trial.job in self._services and not self._closing:
+            self._spawn(self._delete_service(trial.job))
         if trial.spec.restore_checkpoint is not None and self.pvc is not None:  # its copy on the claim
             await asyncio.to_thread(shutil.rmtree, self._on_claim(trial.spec.experiment_id, _restore_name(trial.spec))[0],
                                     True)
@@ -461,6 +552,11 @@ class KubernetesTrainingService(TrainingService):
             self._events.ended(trial.spec.trial_id, status, code, message)  # type: ignore[union-attr]
 
     def _outcome(self, trial: _Trial, condition: dict[str, Any] | None) -> tuple[str, int | None, str | None]:
+        if trial.failed_process is not None and trial.kill_status is None:  # a distributed trial's process
+            process, term = trial.failed_process
+            trial.terminated = term
+            status, code, message = self._failure(trial, term, condition or {})
+            return status, code, f"{process}: {message}"
         term = trial.terminated or {}
         code = term.get("exitCode")
         if trial.kill_status is not None:
@@ -469,7 +565,13 @@ class KubernetesTrainingService(TrainingService):
         if condition.get("type") == "Complete":
             if trial.report_error is not None:
                 return "FAILED", code, trial.report_error
-            return "SUCCEEDED", 0 if code is None else code, None
+            return "SUCCEEDED", 0 if code is None or trial.spec.processes else code, None
+        return self._failure(trial, term, condition)
+
+    def _failure(self, trial: _Trial, term: dict[str, Any],
+                 condition: dict[str, Any]) -> tuple[str, int | None, str | None]:
+        """Why a trial (or a distributed trial's process, ended with ``term``) failed."""
+        code = term.get("exitCode")
         reason = condition.get("reason") or ""
         if reason == "DeadlineExceeded":
             return "FAILED", code, f"exceeded max_trial_duration ({trial.spec.max_duration or 0:g} s)"
@@ -512,6 +614,16 @@ class KubernetesTrainingService(TrainingService):
                                  verb="deletecollection")
             except KubeError as exc:
                 log.warning("could not delete the Jobs of finished trials %s: %s", ", ".join(sorted(batch)), exc)
+
+    async def _delete_service(self, name: str) -> None:
+        """A distributed trial's headless Service (named as its Job)."""
+        try:
+            await self._call("DELETE", f"{self._paths['services']}/{name}", verb="delete")
+        except KubeError as exc:
+            if exc.status != 404:
+                log.warning("could not delete Service %s: %s", name, exc)
+                return
+        self._services.discard(name)
 
     async def _delete_job(self, name: str, grace: float | None = None) -> None:
         try:
@@ -565,6 +677,7 @@ class KubernetesTrainingService(TrainingService):
                 left = sorted(self._pods.cache) if self._pods else []
                 log.warning("stopped, but %d pod(s) still terminating: %s", len(left), ", ".join(left[:10]))
             await asyncio.gather(*(t.ended.wait() for t in list(self._trials.values())))
+            await asyncio.gather(*(self._delete_service(name) for name in list(self._services)))
             try:
                 await self._call("DELETE", self._paths["configmaps"], {"labelSelector": selector},
                                  {"kind": "DeleteOptions", "apiVersion": "v1"}, verb="deletecollection", retry_for=10)
@@ -654,12 +767,20 @@ class KubernetesTrainingService(TrainingService):
                 await self._delete_job(name)
         for rec in records:
             name = job_name(experiment_id, rec["seq"], rec["id"])
-            if name in self._jobs.cache:
+            if name in self._jobs.cache and self._jobs.cache[name]["spec"].get("completionMode") == "Indexed":
+                await self._delete_job(name)  # a distributed trial: not taken over; it is re-run whole
+            elif name in self._jobs.cache:
                 adopted.add(rec["id"])
                 replay.append((rec, name))
             elif rec["status"] == "RUNNING":
                 adopted.add(rec["id"])  # ended as FAILED below: the engine decides whether it runs again
                 replay.append((rec, None))
+        try:  # distributed trials' Services: none is taken over
+            found = await self._call("GET", self._paths["services"], {"labelSelector": f"{EXPERIMENT_LABEL}={experiment_id}"},
+                                     verb="list")
+            await asyncio.gather(*(self._delete_service(svc["metadata"]["name"]) for svc in found.get("items") or []))
+        except KubeError as exc:
+            log.warning("could not list the experiment's Services: %s", exc)
         if replay:  # after the engine has made them active again (it does so as soon as this returns)
             asyncio.get_running_loop().call_soon(self._replay, experiment_id, replay)
         return adopted
@@ -701,6 +822,13 @@ def _background(grace: float | None = None) -> dict[str, Any]:
     if grace is not None:
         body["gracePeriodSeconds"] = max(0, round(grace))
     return body
+
+
+def _index(pod: dict[str, Any]) -> int | None:
+    """An Indexed Job's pod's completion index (which process of a distributed trial it runs)."""
+    meta = pod["metadata"]
+    value = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
+    return int(value) if value is not None and str(value).isdigit() else None
 
 
 def _container_state(statuses: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
