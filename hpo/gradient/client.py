@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from hpo.config import ConfigError
+from hpo.experiment import Experiment  # (its import installs the excepthook printing our errors as one line)
 from hpo.gradient.constants import MULTI_NODE_EXPERIMENT_TYPES_MAP, ExperimentType
 from hpo.gradient.errors import GradientSdkError, UnhonouredFieldWarning
 from hpo.gradient.logs import LogReader
@@ -101,8 +103,6 @@ class ExperimentsClient:
         return self._create("mpi", _arguments(locals()), start=False)
 
     def _create(self, method: str, params: dict[str, Any], start: bool) -> str:
-        from hpo.config import ConfigError
-        from hpo.experiment import Experiment
         kind = _kind(method, params)
         if method == "multi" and kind == ExperimentType.MPI_MULTI_NODE:  # the parameter server is the master
             params = {re.sub(r"^parameter_server_", "master_", k): v for k, v in params.items()}
