@@ -218,11 +218,12 @@ class Experiment:
             return status
         elif self._client is not None:
             self._client.post("/experiment/stop")
-        elif self._abandoned():  # its engine died: end what it left behind
+        elif self._abandoned():  # created and never started, or its engine died: end what it left behind
             from hpo.abandoned import end_abandoned
+            created = self.get_status() == CREATED
             status, ended = end_abandoned(self.directory)  # type: ignore[arg-type]
-            print(f"hpo: experiment {self.id} {status} (its engine had died; {ended} leftover trial(s) ended)",
-                  file=sys.stderr)
+            why = "it had not been started" if created else f"its engine had died; {ended} leftover trial(s) ended"
+            print(f"hpo: experiment {self.id} {status} ({why})", file=sys.stderr)
             return status
         return None
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from hpo.gradient import (ExperimentsClient, GradientSdkError, InvalidParameters
 from hpo.gradient.translate import translate
 from hpo.registry import all_experiments
 from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, engine_running
-from tests.conftest import PY, ROOT, wait_until
+from browser_support import open_page, serve_app
+from conftest import PY, ROOT, wait_until
 
 State = constants.ExperimentState
 PS_JOB = ROOT / "examples" / "distributed" / "ps_job.py"
@@ -260,6 +262,34 @@ def test_list_filters_by_project_and_tags_and_pages(gradient, code):
     assert [line.split()[0] for line in listed[1:]] == [ids[0], ids[2]]
     assert "no experiment in project 'zzz'" in hpo_cli("list", "--all", "--project", "zzz").stdout
     assert [e.id for e in sdk.list_experiments(project_id="b")] == [ids[1]]
+    assert hpo_cli("stop", ids[1]).stdout == f"experiment {ids[1]} STOPPED (it had not been started)\n"
+    assert gradient.get(ids[1]).state == State.CANCELLED
+
+
+def test_the_dashboards_experiments_page_shows_and_filters_projects(gradient, code, browser):
+    ids = [single(gradient, code, "true", run=False, project_id=p) for p in ("alpha", "beta", "alpha")]
+    with serve_app(sdk.get_experiment(ids[0])._src.directory) as base:
+        with urllib.request.urlopen(f"{base}/api/v1/experiments?project=alpha") as resp:
+            rows = json.loads(resp.read())
+        assert sorted(r["id"] for r in rows) == sorted([ids[0], ids[2]])
+        assert {r["project"] for r in rows} == {"alpha"} and {r["status"] for r in rows} == {"CREATED"}
+        page = open_page(browser, 1280, 800)
+        try:
+            page.goto(f"{base}/#/experiments?project=beta")
+            table = page.locator("[data-testid=experiments-table]")
+            table.locator(f"tr[data-id='{ids[1]}']").wait_for()
+            assert table.locator("tbody tr[data-id]").count() == 1
+            assert table.locator("[data-testid=project]").all_inner_texts() == ["beta"]
+            page.select_option("[data-testid=project-filter]", "alpha")
+            table.locator(f"tr[data-id='{ids[2]}']").wait_for()
+            assert table.locator("[data-testid=project]").all_inner_texts() == ["alpha", "alpha"]
+            assert page.evaluate("location.hash") == "#/experiments?project=alpha"
+            page.select_option("[data-testid=project-filter]", "")
+            table.locator(f"tr[data-id='{ids[1]}']").wait_for()
+            assert table.locator("tbody tr[data-id]").count() == 3
+            assert not page.errors, page.errors
+        finally:
+            page.context.close()
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------
@@ -273,6 +303,8 @@ BAD = [
     ("create_single_node", dict(experiment_env={"E": [1]}), "experiment_env.E: got [1], expected a string or a number"),
     ("create_single_node", dict(working_directory="/no/such/dir"), "working_directory: '/no/such/dir' does not exist"),
     ("create_mpi_multi_node", dict(master_command=None), "master_command: got None, expected a shell command"),
+    ("create_single_node", dict(tags="x"), "tags: got 'x', expected a list of strings"),
+    ("create_multi_node", dict(parameter_server_command=None), "parameter_server_command: got None, expected a shell"),
 ]
 
 

@@ -29,7 +29,7 @@ from hpo.gradient.models import BaseExperiment, LogRow
 from hpo.gradient.record import experiment_model, is_live, read_record, write_record
 from hpo.gradient.translate import gradient_names, translate
 from hpo.registry import ExperimentNotFound, all_experiments, lookup, unregister
-from hpo.storage import CREATED, EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
+from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running
 
 __all__ = ["ExperimentsClient"]
 
@@ -162,14 +162,15 @@ class ExperimentsClient:
                 except ApiError as exc:
                     raise GradientSdkError(f"experiment {experiment_id}: {exc}") from None
             _wait(store.experiment, lambda i: i["status"] in EXPERIMENT_END_STATES, f"experiment {experiment_id} to stop")
-            _wait(lambda: engine_running(directory), lambda running: not running,
-                  f"experiment {experiment_id}'s engine to exit")
+        _exited(experiment_id, directory)
 
     def delete(self, experiment_id: str) -> None:
         """Stop the experiment if it runs, then remove it: its folder (store, logs, checkpoints kept there) and
         its registry entry.  Checkpoints saved under ``model_path`` are the user's and are kept."""
         self.stop(experiment_id)
-        _remove(experiment_id, lookup(experiment_id))
+        directory = lookup(experiment_id)
+        _exited(experiment_id, directory)  # an engine that has just ended may still be closing its files
+        _remove(experiment_id, directory)
 
     # -- reads ----------------------------------------------------------------------------------------------------
     def get(self, experiment_id: str) -> BaseExperiment:
@@ -318,7 +319,7 @@ def _follow(directory: Path, first: int) -> Iterator[LogRow]:
         reader = LogReader(directory, store)
         while True:
             info = store.experiment()
-            finished = info["status"] == CREATED or not is_live(directory, info)  # before reading: nothing missed
+            finished = not is_live(directory, info)  # (created, ended or crashed) before reading: nothing is missed
             start = reader.lines + 1
             for n, message in enumerate(reader.read(), start):
                 if n >= first:
@@ -336,6 +337,11 @@ def _wait(read: Callable[[], Any], done: Callable[[Any], bool], what: str) -> An
             raise GradientSdkError(f"timed out waiting for {what}")
         time.sleep(0.05)
     return value
+
+
+def _exited(experiment_id: str, directory: Path) -> None:
+    """Return once no engine holds the experiment (its writer lock is free)."""
+    _wait(lambda: engine_running(directory), lambda running: not running, f"experiment {experiment_id}'s engine to exit")
 
 
 def _remove(experiment_id: str, directory: Path) -> None:

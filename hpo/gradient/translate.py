@@ -40,6 +40,9 @@ def translate(kind: int, params: Mapping[str, Any], training_service: Any) -> tu
     command = _COMMAND[kind]
     if not isinstance(p.get(command), str) or not p[command].strip():
         raise GradientSdkError(f"{command}: got {p.get(command)!r:.80}, expected a shell command")
+    tags = p.get("tags")
+    if tags is not None and (not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags)):
+        raise GradientSdkError(f"tags: got {tags!r:.80}, expected a list of strings")
     if p.get("model_path") and not p.get("model_type"):
         raise InvalidParametersError("model_path: is set without model_type; expected model_type too "
                                      "('Tensorflow', 'ONNX' or 'Custom')")
