@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore
+from hpo.storage import ACTIVE_STATES, CREATED, EXPERIMENT_END_STATES, ExperimentStore
 
 __all__ = ["end_abandoned"]
 
@@ -47,7 +47,8 @@ def end_abandoned(directory: Path, trial_id: str | None = None) -> tuple[str, in
             if info["status"] in EXPERIMENT_END_STATES:
                 return info["status"], 0
             records = store.end_leftovers("interrupted: its engine had died")
-            store.set_status("STOPPED", "stopped after its engine died", store.elapsed_seconds())
+            why = "stopped before it was started" if info["status"] == CREATED else "stopped after its engine died"
+            store.set_status("STOPPED", why, store.elapsed_seconds())
         else:
             records = [r for r in store.trials(status=ACTIVE_STATES) if r["id"] == trial_id]
             for rec in records:

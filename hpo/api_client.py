@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ApiClient", "ApiError"]
@@ -19,6 +20,16 @@ class ApiClient:
         self.base = f"http://{host}:{port}/api/v1"
         self.token = token
         self.timeout = timeout
+
+    @classmethod
+    def for_experiment(cls, directory: str | Path, info: dict[str, Any], timeout: float = 15.0) -> ApiClient:
+        """A client on the engine of the experiment in ``directory`` whose store row is ``info`` (host, port);
+        the token is the experiment's ``.token`` file (none if it cannot be read)."""
+        try:
+            token: str | None = (Path(directory) / ".token").read_text().strip()
+        except OSError:
+            token = None
+        return cls(info.get("host") or "127.0.0.1", info["port"], token, timeout)
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None

@@ -14,22 +14,19 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hpo.registry import all_experiments, hpo_home, lookup
-from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, StoreError, \
+from hpo.registry import all_experiments, lookup
+from hpo.storage import ACTIVE_STATES, CREATED, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, StoreError, \
     StoreLocked, engine_running, maximizes
 
 __all__ = ["main", "build_parser"]
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-_READY_TIMEOUT, _STOP_TIMEOUT, _GRID_ROWS, _VIEW_PORT = 120.0, 60.0, 50, 8080
+_STOP_TIMEOUT, _GRID_ROWS, _VIEW_PORT = 60.0, 50, 8080
 
 
 class CliError(Exception):
@@ -73,11 +70,7 @@ def _client(experiment_id: str, action: str) -> tuple[Any, dict[str, Any]]:
         state = info["status"] if info["status"] in EXPERIMENT_END_STATES else "its engine is not running"
         raise CliError(f"experiment {experiment_id} is not running ({state}); only a running experiment can "
                        f"{action} (`hpo resume {experiment_id}` continues it)")
-    try:
-        token = (directory / ".token").read_text().strip()
-    except OSError:
-        token = None
-    return ApiClient(info.get("host") or "127.0.0.1", info["port"], token, timeout=15.0), info
+    return ApiClient.for_experiment(directory, info), info
 
 
 def _trial(store: ExperimentStore, experiment_id: str, key: str) -> dict[str, Any]:
@@ -141,42 +134,18 @@ def _load_config(paths: list[str]) -> Any:
 
 
 # -- detached mode ---------------------------------------------------------------------------------
-def _spawn(kind: str, argv: list[str], port: int) -> int:
-    """Run ``hpo <argv> --foreground`` in a new session and wait for its ready/error line."""
-    from hpo.experiment import _bind
-    _bind("127.0.0.1", port).close()  # a busy port is reported before anything is written
-    logs = hpo_home() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p))
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", *argv, "--port", str(port),
-                                 "--foreground", "--ready-fd", str(write_fd)],
-                                stdin=devnull, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                                start_new_session=True, env=env)
-    os.close(write_fd)
-    data, deadline = b"", time.monotonic() + _READY_TIMEOUT
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while b"\n" not in data and time.monotonic() < deadline:
-            if select.select([pipe], [], [], 0.5)[0]:
-                chunk = pipe.read(4096)
-                if not chunk:
-                    break
-                data += chunk
-    word, _, rest = data.decode("utf-8", "replace").partition("\n")[0].partition(" ")
-    if word == "ready":
-        experiment_id, port = rest.split()
-        print(f"experiment {experiment_id} {'resumed' if kind == 'resume' else 'started'} in the background "
-              f"(pid {proc.pid})\ndashboard: http://localhost:{port}\n"
-              f"logs: hpo logs {experiment_id}    stop: hpo stop {experiment_id}")
-        return 0
-    if word == "error":
-        raise CliError(rest)
-    if proc.poll() is None:
-        proc.kill()
-        raise CliError(f"the background process did not start within {_READY_TIMEOUT:g} s; see {log_path}")
-    raise CliError(f"the background process exited (code {proc.wait()}) before it was ready; see {log_path}")
+def _spawn(kind: str, argv: list[str], port: int, done: str = "started") -> int:
+    """Run ``hpo <argv> --foreground`` in a new session and wait for its ready/error line (``done``: what to
+    say it did)."""
+    from hpo.detached import DetachedStartError, spawn
+    try:
+        started = spawn(kind, argv, port)
+    except DetachedStartError as exc:
+        raise CliError(str(exc)) from None
+    print(f"experiment {started.experiment_id} {done} in the background "
+          f"(pid {started.pid})\ndashboard: http://localhost:{started.port}\n"
+          f"logs: hpo logs {started.experiment_id}    stop: hpo stop {started.experiment_id}")
+    return 0
 
 
 @contextlib.contextmanager
@@ -286,7 +255,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise CliError(f"experiment {args.id} is still running (pid {info['pid']}); stop it first")
         from hpo.config import ExperimentConfig
         ExperimentConfig.from_dict(info["config"]).check_update(**limits)  # a bad value fails here, in one line
-        return _spawn("resume", ["resume", args.id, *_limit_options(args)], args.port)
+        return _spawn("resume", ["resume", args.id, *_limit_options(args)], args.port,
+                      "started" if info["status"] == CREATED else "resumed")
     return _foreground(args, lambda wait: Experiment.resume(args.id, port=args.port, wait_completion=wait, **limits))
 
 
@@ -367,36 +337,43 @@ def _end_abandoned(experiment_id: str, directory: Path, info: dict[str, Any], tr
         if not ended:
             raise CliError(f"trial {trial_id} of experiment {experiment_id} is not running")
         print(f"trial {trial_id} of experiment {experiment_id} killed (its engine had died)")
+    elif info["status"] == CREATED:
+        print(f"experiment {experiment_id} {status} (it had not been started)")
     else:
         print(f"experiment {experiment_id} {status} (its engine had died; "
               f"{ended} leftover trial{'s' * (ended != 1)} ended)")
     return True
 
 
-def _row(entry: dict[str, Any]) -> tuple[list[Any], bool]:
-    """A `list` row for a registry entry, and whether its engine runs."""
+def _row(entry: dict[str, Any]) -> tuple[list[Any], bool, str | None]:
+    """A `list` row for a registry entry, whether its engine runs, and its project."""
     try:
         with ExperimentStore(str(entry["directory"]), readonly=True) as store:
             info, counts = store.experiment(), store.status_counts()
             best = store.best_trial(maximizes(info["config"]))
     except Exception:  # a deleted or unreadable folder
-        return [entry["id"], entry["name"], "MISSING", None, None, _when(entry["created_at"]), None], False  # type: ignore
-    status = info["status"]
+        return [entry["id"], entry["name"], None, "MISSING", None, None, _when(entry["created_at"]), None], False, None
+    status, project = info["status"], info["config"].get("project")
     running = _engine_alive(str(entry["directory"]), info)
-    status = "CRASHED" if status not in EXPERIMENT_END_STATES and not running else status  # `hpo resume` continues it
+    if status not in EXPERIMENT_END_STATES and status != CREATED and not running:
+        status = "CRASHED"  # `hpo resume` continues it
     done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "EARLY_STOPPED", "USER_CANCELED"))
     total = info["config"].get("max_trial_number")
     trials = f"{done}/{total}" if total and done <= total else f"{done}(max{total})" if total else done
-    return [info["id"], info["name"], status, trials, None if best is None else _value(best["final_value"]),
-            _when(info["started_at"] or info["created_at"]), info["port"] if running else None], running
+    return [info["id"], info["name"], project, status, trials, None if best is None else _value(best["final_value"]),
+            _when(info["started_at"] or info["created_at"]), info["port"] if running else None], running, project
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [row for row, running in map(_row, all_experiments()) if running or args.all]
+    """Running experiments and created ones not yet started (--all: every one); --project: only that project's."""
+    rows = [row for row, running, project in map(_row, all_experiments())
+            if (running or args.all or row[3] == CREATED) and (args.project is None or project == args.project)]
     if rows:
-        _table(["ID", "NAME", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"], rows)
+        _table(["ID", "NAME", "PROJECT", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"], rows)
     else:
-        print("no experiment" if args.all else "no running experiment (`hpo list --all` shows every one)")
+        where = f" in project {_printable(args.project)!r}" if args.project is not None else ""
+        print(f"no experiment{where}" if args.all else
+              f"no running experiment{where} (`hpo list --all` shows every one)")
     return 0
 
 
@@ -744,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "with --all.")
     p.add_argument("id", nargs="?")
     p.add_argument("--all", action="store_true", help="stop every running experiment")
-    p = command("list", cmd_list, "List running experiments (--all: every one).")
+    p = command("list", cmd_list, "List running experiments and created ones not yet started (--all: every one).")
     p.add_argument("--all", action="store_true", help="list every experiment")
+    p.add_argument("--project", metavar="NAME", help="only the experiments of this project (config key project)")
     p = command("trials", cmd_trials, "List an experiment's trials.", "id")
     p.add_argument("--status", type=str.upper, choices=TRIAL_STATES, help="only trials in this state")
     p = command("checkpoints", cmd_checkpoints, "List an experiment's checkpoints (kept ones; --all: every one).", "id")

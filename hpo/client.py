@@ -16,7 +16,7 @@ a trial may be named ``"EXPID/TRIALID"`` where a bare id is ambiguous across exp
 
 State maps (hpo -> Determined):
 
-* experiment: INITIALIZED -> QUEUED; RUNNING, NO_MORE_TRIAL -> ACTIVE (PAUSED while paused);
+* experiment: CREATED (recorded, never started) -> PAUSED; INITIALIZED -> QUEUED; RUNNING, NO_MORE_TRIAL -> ACTIVE (PAUSED while paused);
   STOPPING -> STOPPING_CANCELED; DONE -> COMPLETED; STOPPED -> CANCELED; ERROR -> ERROR; an experiment
   whose engine died before it ended -> ERROR.
 * trial: WAITING, RUNNING -> ACTIVE; SUCCEEDED, EARLY_STOPPED -> COMPLETED; FAILED -> ERROR;
@@ -47,12 +47,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from hpo.model_registry import ModelExists, ModelNotFound, ModelRegistry, VersionNotFound
 from hpo.registry import ExperimentNotFound, all_experiments, lookup
-from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, ExperimentStore, engine_running, maximizes
+from hpo.storage import ACTIVE_STATES, CREATED, EXPERIMENT_END_STATES, ExperimentStore, StoreError, engine_running, \
+    maximizes
 
 if TYPE_CHECKING:
     from hpo.checkpoint_storage import CheckpointStorage
 
-__all__ = ["create_experiment", "get_experiment", "get_trial", "get_checkpoint", "stream_trials_metrics",
+__all__ = ["create_experiment", "get_experiment", "list_experiments", "get_trial", "get_checkpoint", "stream_trials_metrics",
            "create_model", "get_model", "get_models", "Experiment", "Trial", "Checkpoint",
            "CheckpointTrainingMetadata", "TrialMetrics", "Model", "ModelVersion", "ExperimentState", "TrialState",
            "CheckpointState", "CheckpointSortBy", "OrderBy", "ModelSortBy", "TrialNotFound", "CheckpointNotFound",
@@ -154,7 +155,7 @@ class ExperimentNotActive(ValueError):
     """An action (kill, pause, activate) on an experiment whose engine is not running."""
 
 
-_EXPERIMENT_STATES = {"INITIALIZED": ExperimentState.QUEUED, "RUNNING": ExperimentState.ACTIVE,
+_EXPERIMENT_STATES = {CREATED: ExperimentState.PAUSED, "INITIALIZED": ExperimentState.QUEUED, "RUNNING": ExperimentState.ACTIVE,
                       "NO_MORE_TRIAL": ExperimentState.ACTIVE, "STOPPING": ExperimentState.STOPPING_CANCELED,
                       "DONE": ExperimentState.COMPLETED, "STOPPED": ExperimentState.CANCELED,
                       "ERROR": ExperimentState.ERROR}
@@ -208,11 +209,7 @@ class _Source:
         if not self.live(info) or not info.get("port"):
             state = _experiment_state(self, info).value
             raise ExperimentNotActive(f"experiment {self.experiment_id} is not running ({state}); cannot {action} it")
-        try:
-            token = (self.directory / ".token").read_text().strip()
-        except OSError:
-            token = None
-        return ApiClient(info.get("host") or "127.0.0.1", info["port"], token, timeout=15.0)
+        return ApiClient.for_experiment(self.directory, info)
 
 
 _sources: dict[tuple[str, str], _Source] = {}
@@ -235,7 +232,7 @@ def _all_sources() -> Iterator[_Source]:
 
 def _experiment_state(src: _Source, info: dict[str, Any]) -> ExperimentState:
     state = _EXPERIMENT_STATES.get(info["status"], ExperimentState.ERROR)
-    if state in TERMINAL_STATES:
+    if state in TERMINAL_STATES or info["status"] == CREATED:
         return state
     if not src.live(info):
         return ExperimentState.ERROR  # its engine died before the experiment ended
@@ -272,6 +269,11 @@ class Experiment:
     @property
     def name(self) -> str | None:
         return self._src.info()["name"]
+
+    @property
+    def project(self) -> str | None:
+        """The experiment's project (config key ``project``), or None."""
+        return self._src.info()["config"].get("project")
 
     @property
     def state(self) -> ExperimentState:
@@ -385,7 +387,7 @@ _DETERMINED_ONLY = {"entrypoint": "use trial_command", "hyperparameters": "use s
                     "checkpoint_policy": "use checkpoint_storage.save_*", "data": None, "debug": "use log_level",
                     "description": None, "labels": None, "min_checkpoint_period": None,
                     "min_validation_period": None, "perform_initial_validation": None, "profiling": None,
-                    "project": None, "workspace": None, "records_per_epoch": None, "reproducibility": None,
+                    "workspace": None, "records_per_epoch": None, "reproducibility": None,
                     "scheduling_unit": None, "optimizations": None, "notes": None, "log_policies": None,
                     "integrations": None, "preemption_timeout": None}
 _SEARCHER_KEYS = ("metric", "smaller_is_better", "max_trials", "max_concurrent_trials")
@@ -443,6 +445,24 @@ def _translate_determined(data: dict[str, Any]) -> str | None:
 def get_experiment(experiment_id: str) -> Experiment:
     """A handle on any registered experiment (running here, in another process, or finished)."""
     return Experiment(str(experiment_id))
+
+
+def list_experiments(name: str | None = None, project_id: str | None = None,
+                     states: list[ExperimentState] | None = None) -> list[Experiment]:
+    """The registered experiments (oldest first), only those named ``name``, of project ``project_id`` (hpo's
+    projects are names: config key ``project``) and in one of ``states``, when given."""
+    found = []
+    for entry in all_experiments():
+        try:
+            src = _source(str(entry["id"]))
+            info = src.info()
+        except (LookupError, StoreError):  # a removed or damaged experiment is left out of a listing
+            continue
+        if (name is None or info["name"] == name) and (project_id is None or
+                                                       info["config"].get("project") == project_id):
+            if states is None or _experiment_state(src, info) in states:
+                found.append(Experiment(src.experiment_id))
+    return found
 
 
 # -- trials ---------------------------------------------------------------------------------------------------

@@ -583,6 +583,10 @@ class ExperimentConfig(_Base):
             self.search_space, self.search_space_file = data, None  # loaded: later updates are not conflicts
         if self.search_space is None:
             raise ConfigError(f"{w}: neither search_space nor search_space_file is set; expected one")
+        if not self.search_space and self.max_trial_number is None:
+            raise ConfigError(f"{w}.search_space: is empty and max_trial_number is not set; expected at least one "
+                              "parameter, or max_trial_number (an empty space runs the trial command that many "
+                              "times with no parameters: 1 for a single run)")
         for role in ("tuner", "assessor"):
             algo: AlgorithmConfig | None = getattr(self, role)
             if algo is not None and algo.name is not None and algo.class_name is not None:

@@ -26,7 +26,8 @@ from typing import Any, Callable
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
 from hpo.registry import hpo_home, lookup, register
-from hpo.storage import EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running, maximizes
+from hpo.storage import CREATED, EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running, \
+    maximizes
 from training_services.base import create_training_service
 from tuners.base import Tuner
 
@@ -100,38 +101,59 @@ class Experiment:
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, port: int = 8080, debug: bool = False, host: str = "127.0.0.1") -> None:
         """Start the experiment in the background and serve its dashboard on ``host:port``."""
-        if self._runner is not None:
-            raise ExperimentError(f"experiment {self.id} is already started")
-        if self.id is not None:
-            raise ExperimentError(f"this Experiment object already ran experiment {self.id}; create a new "
-                                  f"Experiment for another run, or continue this one with "
-                                  f"Experiment.resume({self.id!r})")
-        self.config.validate_for_start()
-        check_command_template(self.config)
-        tuner = self._make_tuner()
-        assessor = self._make_assessor()
-        service = _make_service(self.config)
+        tuner, assessor, service = self._check_new()
         sock = _bind(host, port)
-        experiment_id = new_id()
-        root = Path(self.config.experiment_working_directory or hpo_home()).expanduser()
-        directory = root / experiment_id
-        store = None
         try:
-            store = ExperimentStore(directory)
-            store.create_experiment(experiment_id, self.config.experiment_name, self.config.to_dict())
-            if self.config.trial_function is not None:
-                _save_function(self.config.trial_function, directory / FUNCTION_FILE)
-            register(experiment_id, self.config.experiment_name, directory)
+            experiment_id, directory, store = self._record("INITIALIZED")
         except BaseException:
             sock.close()
-            if store is not None:
-                store.close()
             raise
         self._launch(experiment_id, directory, tuner, service, store, sock, host, resume=False, debug=debug,
                      assessor=assessor)
 
+    def create(self) -> str:
+        """Record the experiment without starting it and return its id: status CREATED, no engine (a script
+        may exit).  Every check :meth:`start` makes is made first.  ``Experiment.resume(id)`` (``hpo resume ID``)
+        starts it, from any process."""
+        self._check_new()
+        experiment_id, directory, store = self._record(CREATED)
+        store.close()
+        self.id, self.directory = experiment_id, directory
+        self._reader = ExperimentStore(directory, readonly=True)
+        return experiment_id
+
+    def _check_new(self) -> tuple[Tuner, Any, Any]:
+        """Validate a new experiment (config, command template, tuner, assessor, training service)."""
+        if self._runner is not None:
+            raise ExperimentError(f"experiment {self.id} is already started")
+        if self.id is not None:
+            raise ExperimentError(f"this Experiment object already ran experiment {self.id}; create a new "
+                                  f"Experiment for another run, or continue (or start) this one with "
+                                  f"Experiment.resume({self.id!r})")
+        self.config.validate_for_start()
+        check_command_template(self.config)
+        return self._make_tuner(), self._make_assessor(), _make_service(self.config)
+
+    def _record(self, status: str) -> tuple[str, Path, ExperimentStore]:
+        """Create the experiment's folder and store (with ``status``) and register it; nothing is left on failure
+        but what a resume can read.  Returns its id, folder and the open (writer) store."""
+        experiment_id = new_id()
+        root = Path(self.config.experiment_working_directory or hpo_home()).expanduser()
+        directory = root / experiment_id
+        store = ExperimentStore(directory)
+        try:
+            store.create_experiment(experiment_id, self.config.experiment_name, self.config.to_dict(), status)
+            if self.config.trial_function is not None:
+                _save_function(self.config.trial_function, directory / FUNCTION_FILE)
+            register(experiment_id, self.config.experiment_name, directory)
+        except BaseException:
+            store.close()
+            raise
+        return experiment_id, directory, store
+
     def _launch(self, experiment_id: str, directory: Path, tuner: Tuner, service: Any, store: ExperimentStore,
-                sock: socket.socket, host: str, resume: bool, debug: bool = False, assessor: Any = None) -> None:
+                sock: socket.socket, host: str, resume: bool, debug: bool = False, assessor: Any = None,
+                first_start: bool = False) -> None:
         self.id, self.directory = experiment_id, directory
         self.port = sock.getsockname()[1]
         try:
@@ -152,7 +174,7 @@ class Experiment:
             raise ExperimentError(f"experiment {experiment_id} could not {what}: {engine.start_error}"
                                   f"{f' (it stays {status})' if resume else ''}") from None
         self._runner = runner
-        print(f"hpo: experiment {experiment_id} {'resumed' if resume else 'started'}; "
+        print(f"hpo: experiment {experiment_id} {'resumed' if resume and not first_start else 'started'}; "
               f"dashboard at {_dashboard_url(host, self.port, token)}", file=sys.stderr)
 
     def run(self, port: int = 8080, wait_completion: bool = True, debug: bool = False,
@@ -196,11 +218,12 @@ class Experiment:
             return status
         elif self._client is not None:
             self._client.post("/experiment/stop")
-        elif self._abandoned():  # its engine died: end what it left behind
+        elif self._abandoned():  # created and never started, or its engine died: end what it left behind
             from hpo.abandoned import end_abandoned
+            created = self.get_status() == CREATED
             status, ended = end_abandoned(self.directory)  # type: ignore[arg-type]
-            print(f"hpo: experiment {self.id} {status} (its engine had died; {ended} leftover trial(s) ended)",
-                  file=sys.stderr)
+            why = "it had not been started" if created else f"its engine had died; {ended} leftover trial(s) ended"
+            print(f"hpo: experiment {self.id} {status} ({why})", file=sys.stderr)
             return status
         return None
 
@@ -325,7 +348,8 @@ class Experiment:
                host: str = "127.0.0.1", *, max_trial_number: int | None = None,
                max_experiment_duration: str | int | float | None = None,
                trial_concurrency: int | None = None) -> "Experiment":
-        """Continue a stopped, crashed or finished experiment: finished trials are kept and replayed into
+        """Start a created experiment (:meth:`create`), or continue a stopped, crashed or finished one: finished
+        trials are kept and replayed into
         the tuner, interrupted ones re-run, sequence numbers continue.  ``max_trial_number``,
         ``max_experiment_duration`` and ``trial_concurrency`` change its limits first, which is how a
         finished search is extended (``Experiment.resume(id, max_trial_number=600)``)."""
@@ -355,7 +379,7 @@ class Experiment:
             sock.close()
             raise
         exp._launch(experiment_id, directory, tuner, service, store, sock, host, resume=True, debug=debug,
-                    assessor=assessor)
+                    assessor=assessor, first_start=info["status"] == CREATED)
         if wait_completion:
             exp._wait_and_stop()
         return exp
@@ -561,7 +585,9 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
     from hpo.registry import ExperimentNotFound
     from hpo.search_space import SearchSpaceError
 
-    if issubclass(exc_type, USER_ERRORS + (ApiError, ExperimentNotFound, SearchSpaceError)):
+    gradient = sys.modules.get("hpo.gradient.errors")  # the Gradient client's, once it is in use
+    extra = (gradient.GradientSdkError,) if gradient is not None else ()
+    if issubclass(exc_type, USER_ERRORS + (ApiError, ExperimentNotFound, SearchSpaceError) + extra):
         print(f"hpo: error: {exc}", file=sys.stderr)
         return
     _previous_excepthook(exc_type, exc, tb)

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["hpo_home", "register", "lookup", "all_experiments", "ExperimentNotFound"]
+__all__ = ["hpo_home", "register", "unregister", "lookup", "all_experiments", "ExperimentNotFound"]
 
 
 class ExperimentNotFound(LookupError):
@@ -40,6 +40,16 @@ def register(experiment_id: str, name: str | None, directory: Path) -> None:
                      (experiment_id, name, str(Path(directory).resolve()), time.time()))
     finally:
         conn.close()
+
+
+def unregister(experiment_id: str) -> None:
+    """Forget experiment ``experiment_id`` (its folder is the caller's to remove); no error if it is not there."""
+    conn = _connect(create=False)
+    if conn is not None:
+        try:
+            conn.execute("DELETE FROM experiments WHERE id=?", (experiment_id,))
+        finally:
+            conn.close()
 
 
 def lookup(experiment_id: str) -> Path:

@@ -337,13 +337,14 @@ def is_finite_number(v: Any) -> bool:
 
 
 def parse_search_space(raw: Any, *, where: str = "search_space") -> SearchSpace:
-    """Parse and validate a search space; raises :class:`SearchSpaceError` on any problem."""
+    """Parse and validate a search space; raises :class:`SearchSpaceError` on any problem.
+
+    ``{}`` is the empty space: its one point is ``{}`` (a run of the trial command with no parameters;
+    the config asks for ``max_trial_number`` with it, see ``ExperimentConfig.validate_for_start``)."""
     if isinstance(raw, SearchSpace):
         return raw
     if not isinstance(raw, Mapping):
         raise SearchSpaceError(f"{where}: expected a mapping of parameter name to spec, got {type(raw).__name__}")
-    if not raw:
-        raise SearchSpaceError(f"{where}: is empty; expected at least one parameter")
     for name in raw:
         if not isinstance(name, str) or not name:
             raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {_show(name)}")

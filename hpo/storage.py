@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
-           "EXPERIMENT_END_STATES", "StoreError", "StoreWriteError", "StoreLocked", "engine_running", "maximizes"]
+           "EXPERIMENT_END_STATES", "CREATED", "StoreError", "StoreWriteError", "StoreLocked", "engine_running", "maximizes"]
 
 TRIAL_STATES = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 ACTIVE_STATES = ("WAITING", "RUNNING")
 EXPERIMENT_END_STATES = ("DONE", "STOPPED", "ERROR")  # an experiment in one of these has ended
+CREATED = "CREATED"  # recorded by Experiment.create(), never started: no engine, not crashed (a resume starts it)
 FINISHED_STATES = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 DB_NAME = "experiment.db"
 LOCK_NAME = ".engine.lock"
@@ -363,9 +364,11 @@ class ExperimentStore:
                 raise self._unreadable(exc) from None
 
     # -- experiment ------------------------------------------------------------------------------
-    def create_experiment(self, experiment_id: str, name: str | None, config: dict[str, Any]) -> None:
+    def create_experiment(self, experiment_id: str, name: str | None, config: dict[str, Any],
+                          status: str = "INITIALIZED") -> None:
+        """Record the experiment: INITIALIZED (its engine starts now) or CREATED (started later by a resume)."""
         self._write("INSERT INTO experiment (id, name, config, status, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (experiment_id, name, _dumps(config), "INITIALIZED", time.time()))
+                    (experiment_id, name, _dumps(config), status, time.time()))
 
     def experiment(self) -> dict[str, Any]:
         """The experiment row: id, name, config, status, message, created_at, started_at (first start),

@@ -298,6 +298,14 @@ def test_validate_for_start_needs_search_space(tmp_path):
     assert "neither search_space nor search_space_file" in raises(c.validate_for_start)
 
 
+def test_an_empty_search_space_needs_max_trial_number(tmp_path):
+    c = startable(tmp_path, search_space={})
+    msg = raises(c.validate_for_start)
+    assert msg.startswith("config.search_space: is empty and max_trial_number is not set") and "\n" not in msg
+    c.max_trial_number = 1
+    assert c.validate_for_start().search_space == {}
+
+
 def test_validate_for_start_rechecks_in_place_edits(tmp_path):
     c = startable(tmp_path, early_stopping=[])
     c.search_space["lr"] = {"_type": "uniform", "_value": [1, 0]}

@@ -185,9 +185,9 @@ def test_hpo_list_shows_the_best_value_and_keeps_the_first_start_time(make_exper
     time.sleep(1.1)  # a resume a second later must not move STARTED
     Experiment.resume(exp.id, port=0, max_trial_number=3)
     header, row = cli("list", "--all").stdout.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"]
+    assert header.split() == ["ID", "NAME", "PROJECT", "STATUS", "TRIALS", "BEST", "STARTED", "PORT"]
     best = exp.best_trial()
-    assert row.split()[:5] == [exp.id, "-", "DONE", "3/3", f"{best['final_value']:.6g}"]
-    assert row.split()[5:7] == first.strip().splitlines()[1].split()[5:7]  # date and time of the first start
+    assert row.split()[:6] == [exp.id, "-", "-", "DONE", "3/3", f"{best['final_value']:.6g}"]
+    assert row.split()[6:8] == first.strip().splitlines()[1].split()[6:8]  # date and time of the first start
     durations = [line.split()[5] for line in cli("trials", exp.id).stdout.strip().splitlines()[1:]]
     assert all(d.endswith("s") and "." in d for d in durations), durations  # sub-second trials: 0.08s, not 0s

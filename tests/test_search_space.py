@@ -78,10 +78,16 @@ def test_invalid_dimension_rejected_naming_the_parameter(spec, needle):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("raw", [[{"_type": "choice"}], "x", None, 3, {}])
-def test_space_that_is_not_a_nonempty_mapping_is_rejected(raw):
+@pytest.mark.parametrize("raw", [[{"_type": "choice"}], "x", None, 3])
+def test_space_that_is_not_a_mapping_is_rejected(raw):
     with pytest.raises(SearchSpaceError, match=r"^search_space: "):
         parse_search_space(raw)
+
+
+def test_empty_space_has_one_point_the_empty_one():
+    space = parse_search_space({})
+    assert len(space) == 0 and space.is_discrete and space.grid_size() == 1
+    assert list(space.iter_grid()) == [{}] and space.contains({}) and not space.contains({"x": 1})
 
 
 def test_nested_choice_error_names_the_nested_parameter():

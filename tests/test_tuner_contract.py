@@ -163,3 +163,18 @@ def test_grid_does_not_repeat_points_that_ran_without_a_result():
     assert tuner.generate_parameters(1) == {"a": 2}
     with pytest.raises(NoMoreTrials):
         tuner.generate_parameters(2)
+
+
+def test_the_empty_space_gives_its_one_point(tuner_name):
+    """``{}`` (a run with no parameters): every tuner suggests ``{}``; then it stops (NoMoreTrials) or, sampling
+    with replacement (random), suggests ``{}`` again."""
+    tuner = _make(tuner_name, {}, seed=0)
+    assert tuner.generate_parameters(1) == {}
+    tuner.receive_trial_result(1, {}, 1.0)
+    tuner.trial_end(1, True)
+    try:
+        again = tuner.generate_parameters(2)
+    except NoMoreTrials:
+        assert tuner_name != "random"
+    else:
+        assert tuner_name == "random" and again == {}

@@ -188,7 +188,9 @@ class HyperoptTuner(Tuner):
         if old is not None and old.dimensions == self.space.dimensions and self._trials is not None:
             return  # the same space again (for example on resume): keep the history
         hyperopt = self._hyperopt
-        self._domain = hyperopt.base.Domain(lambda params: 0.0, _hp_space(hyperopt.hp, self.space))
+        # hyperopt cannot build a domain of no parameters: the empty space has no model (its one point is {})
+        self._domain = hyperopt.base.Domain(lambda params: 0.0, _hp_space(hyperopt.hp, self.space)) \
+            if len(self.space) else None
         self._trials = hyperopt.Trials()
         self._pending.clear()
         self._unseen = UnseenPoints(self.space) if self.space.is_discrete else None
@@ -224,7 +226,7 @@ class HyperoptTuner(Tuner):
         for point, value in items:
             if self._unseen is not None:
                 self._unseen.add(point)
-            if value is None:
+            if value is None or self._domain is None:
                 continue
             try:
                 docs = self._doc_for(point)
@@ -246,6 +248,10 @@ class HyperoptTuner(Tuner):
             raise NoMoreTrials("every point of the (finite) search space has been suggested")
         docs: list[dict] | None = None
         point: dict[str, Any] | None = None
+        if self._domain is None:  # the empty space: its one point, once
+            assert unseen is not None
+            unseen.add({})
+            return {}
         for _ in range(_MODEL_ATTEMPTS if unseen is not None else 1):
             ids = self._trials.new_trial_ids(1)
             docs = self._algo(ids, self._domain, self._trials, int(self._rng.integers(2 ** 31 - 1)))

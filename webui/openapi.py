@@ -148,6 +148,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["id", "status"],
         "properties": {
             "id": {"type": "string"}, "name": {"type": "string", "nullable": True}, "status": {"type": "string"},
+            "project": {"type": "string", "nullable": True, "description": "the experiment's project (config key)"},
             "message": {"type": "string", "nullable": True,
                         "description": "why it ended (for ERROR: the reason, then the first failure's stderr lines)"},
             "running": {"type": "boolean"}, "port": {"type": "integer", "nullable": True},
@@ -397,6 +398,8 @@ def openapi_document(include_streams: bool = True) -> dict[str, Any]:
     paths["/api/v1/experiments"] = {"get": {
         "summary": "Every experiment in the registry, with status, trial counts and best value",
         "operationId": "listExperiments", "tags": ["registry"],
+        "parameters": [{"name": "project", "in": "query", "schema": {"type": "string"},
+                        "description": "only the experiments of this project"}],
         "responses": {"200": _json({"type": "array", "items": _ref("RegistryEntry")}), **common}}}
     paths["/api/v1/openapi.json"] = {"get": {"summary": "This document", "operationId": "openapi",
                                              "responses": {"200": _json({"type": "object"})}}}

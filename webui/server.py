@@ -52,7 +52,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from hpo.storage import (CHECKPOINT_STATES, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running,
+from hpo.storage import (CHECKPOINT_STATES, CREATED, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running,
                          maximizes)
 from webui.queries import QueryError, Reader
 
@@ -440,6 +440,8 @@ class Dashboard:
 
     async def experiments(self, request: web.Request) -> web.Response:
         rows = await _Api.read(_registry_rows, self.main.experiment_id, only_current=self.public)
+        if "project" in request.query:
+            rows = [row for row in rows if row.get("project") == request.query["project"]]
         return web.json_response(rows, dumps=_dumps)
 
     async def trials(self, request: web.Request) -> web.Response:
@@ -799,12 +801,13 @@ def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:
             continue
         status = info["status"]
         running = status not in EXPERIMENT_END_STATES and engine_running(str(entry["directory"]), info.get("pid"))
-        if status not in EXPERIMENT_END_STATES and not running:
+        if status not in EXPERIMENT_END_STATES and status != CREATED and not running:
             status = "CRASHED"
         config = info["config"]
         tuner = config.get("tuner") or {}
         row.update({
-            "name": info["name"], "status": status, "message": info["message"], "running": running,
+            "name": info["name"], "project": config.get("project"), "status": status, "message": info["message"],
+            "running": running,
             "port": info["port"] if running else None,
             "host": info["host"] if running else None, "started_at": info["started_at"], "ended_at": info["ended_at"],
             "trial_counts": counts, "trials": sum(counts.values()), "max_trial_number": config.get("max_trial_number"),
