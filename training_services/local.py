@@ -280,6 +280,7 @@ class LocalTrainingService(TrainingService):
             hostfile = spec.trial_dir / "hostfile"
             hostfile.write_text(mpi_hostfile(placements))
         trial.merged = [open(spec.trial_dir / name, "wb", buffering=0) for name in ("stdout.log", "stderr.log")]
+        spawns = []
         for i, (process, gpus) in enumerate(zip(processes, _split(trial.gpus, processes))):
             if process.command is None:  # an MPI holder: rank 0's mpirun starts it, with rank 0's GPUs
                 continue
@@ -287,8 +288,13 @@ class LocalTrainingService(TrainingService):
                 gpus = trial.gpus
             penv = {**env, **gang_environment(processes, placements, spec.distribution, i,
                                               None if hostfile is None else str(hostfile))}
-            trial.runs.append(await self._spawn(spec, process, penv, gpus, process.command,
-                                                spec.trial_dir / "processes" / process.name, trial.merged))
+            spawns.append(self._spawn(spec, process, penv, gpus, process.command,
+                                      spec.trial_dir / "processes" / process.name, trial.merged))
+        started = await asyncio.gather(*spawns, return_exceptions=True)  # all at once: the gang starts together
+        trial.runs.extend(run for run in started if isinstance(run, _Run))  # (in rank order: the chief first)
+        failure = next((exc for exc in started if isinstance(exc, BaseException)), None)
+        if failure is not None:
+            raise failure
         return placements
 
     async def _spawn(self, spec: TrialSpec, process: GangProcess | None, env: dict[str, str], gpus: list[int],
