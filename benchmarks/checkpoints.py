@@ -6,7 +6,8 @@
 
 Each trial writes a folder of ``--size-mb`` MB, then, timed side by side in the same process on the same files:
 
-* ``copytree``: ``shutil.copytree`` of that folder to a scratch folder (what a script without hpo does), and
+* ``copytree``: ``shutil.copytree`` of that folder to a folder beside the checkpoint storage (what a script without
+  hpo does; on the same filesystem, and kept until both copies of the step are timed, as hpo's is), and
 * ``report_checkpoint``: the same folder saved through hpo (copied under a partial name, ``metadata.json``,
   renamed, reported; the engine records it and applies the GC policy, defaults keep 2 per trial).
 
@@ -58,6 +59,7 @@ for step in range(1, count + 1):
             with open(os.path.join(src, f"part{part}.bin"), "wb") as fh:
                 for _ in range(size // 2**20 // 2):
                     fh.write(block)
+        copy = os.path.join(os.path.dirname(os.environ["HPO_CHECKPOINT_DIR"]), "plain-copies", hpo.get_trial_id())
         for which in ((0, 1) if step % 2 else (1, 0)):  # alternate the order: neither always goes first
             os.sync()
             t0 = time.perf_counter()
@@ -65,10 +67,9 @@ for step in range(1, count + 1):
                 for name in sorted(os.listdir(src)):
                     client.upload_file(os.path.join(src, name), bucket, f"plain/{hpo.get_trial_id()}/{step}/{name}")
                 plain.append(time.perf_counter() - t0)
-            elif which == 0:
-                shutil.copytree(src, os.path.join(tmp, "copy"))
+            elif which == 0:  # onto the storage's filesystem, kept until both are timed (as hpo's copy is)
+                shutil.copytree(src, copy)
                 plain.append(time.perf_counter() - t0)
-                shutil.rmtree(os.path.join(tmp, "copy"))
             else:
                 uid = hpo.report_checkpoint(src, {"steps_completed": step})
                 while s3:  # whole in the bucket once metadata.json (uploaded last) is there
@@ -78,6 +79,7 @@ for step in range(1, count + 1):
                     except client.exceptions.ClientError:
                         time.sleep(0.01)
                 through_hpo.append(time.perf_counter() - t0)
+        shutil.rmtree(copy, ignore_errors=True)
 hpo.report_final_result({"default": 1.0, "plain": plain, "hpo": through_hpo})
 '''
 
