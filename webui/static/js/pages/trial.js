@@ -107,7 +107,7 @@ export async function mount(root, ctx, route) {
       h('thead', h('tr', h('th', 'process'), h('th', 'address'), h('th', 'machine'), h('th', 'pid'), h('th', 'GPUs'), h('th', 'last reported'))),
       h('tbody', t.processes.map((p) => h('tr',
         h('td', p.name, p.name === chief ? h('span.note', ' (chief: the trial\'s results)') : null),
-        h('td', h('code', `${p.host}:${p.port}`)), h('td', p.machine || 'this machine'), h('td.num', p.pid ?? '—'),
+        h('td', h('code', `${p.host}:${p.port}`)), h('td', p.machine || (p.host === '127.0.0.1' ? 'this machine' : '—')), h('td.num', p.pid ?? '—'),
         h('td', (p.gpus || []).join(', ') || '—'),
         h('td.num', p.name === chief ? fmtNum(t.value ?? (t.intermediate || []).at(-1))
           : (last[p.name] ? `${fmtNum(last[p.name].value)} (${last[p.name].kind}${last[p.name].kind === 'final' ? '' : ` ${last[p.name].step}`})` : '—')))))));
