@@ -101,7 +101,7 @@ export async function mount(root, ctx, route) {
 
   function renderProcesses(t) {
     const last = {};
-    for (const m of t.process_metrics || []) last[m.process] = m;
+    for (const m of t.process_metrics || []) if (!last[m.process] || last[m.process].kind !== 'final') last[m.process] = m;  // its final result, else its latest
     const chief = t.processes[0] && t.processes[0].name;
     fill(processBox, h('table.simple', { 'data-testid': 'processes' },
       h('thead', h('tr', h('th', 'process'), h('th', 'address'), h('th', 'machine'), h('th', 'pid'), h('th', 'GPUs'), h('th', 'last reported'))),
