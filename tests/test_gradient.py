@@ -359,3 +359,29 @@ def test_on_kubernetes_a_container_is_the_image_and_not_a_warning(code):
     with pytest.warns(UnhonouredFieldWarning, match=r"platform 'local'.*: cluster_id, container, machine_type$"):
         translate(1, params, None)
     assert json.dumps(record)  # what is kept beside the store is plain JSON
+
+
+def test_a_grpc_multi_node_run_on_kubernetes_runs_as_one_indexed_job():
+    """The same client against the fake cluster: the gang is one Indexed Job and its Service, the log merged."""
+    from kube_support import shared_cluster
+    fake, namespace = shared_cluster()
+    code = Path(fake.root) / f"code-{namespace}"
+    code.mkdir()
+    shutil.copy(PS_JOB, code / "ps_job.py")
+    client = ExperimentsClient(training_service={"platform": "kubernetes", "kubeconfig": str(fake.kubeconfig),
+                                                 "namespace": namespace, "python": sys.executable, "kill_grace": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnhonouredFieldWarning)
+        eid = client.run_multi_node(
+            project_id="vision", experiment_type_id="GRPC", worker_container=sys.executable, worker_machine_type="K80",
+            worker_command=f"{sys.executable} ps_job.py", worker_count=2, parameter_server_container=sys.executable,
+            parameter_server_machine_type="K80", parameter_server_command=f"{sys.executable} ps_job.py",
+            parameter_server_count=1, experiment_env={"STEPS": 3}, working_directory=str(code))
+    try:
+        assert wait_state(client, eid, TERMINAL, 120) == State.STOPPED
+    finally:
+        if client.get(eid).state not in TERMINAL:
+            client.stop(eid)
+    messages = " ".join(r.message for r in client.logs(eid))
+    assert "[ps-0] parameter server on port" in messages and "[worker-1] worker 1 done" in messages
+    assert not fake.objects("pods", namespace) and not fake.objects("services", namespace)
