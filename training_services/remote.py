@@ -66,6 +66,7 @@ from typing import Any, Mapping
 from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
 from training_services.code_package import CodePacker, trial_api_files
+from training_services.nni_env import nni_environment
 from training_services.gang import GangProcess
 from training_services.gpu import GpuAllocator, GpuInfo
 from training_services.remote_gang import RemoteGangs, _Gang, member_folder
@@ -855,6 +856,7 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
             "PYTHONUNBUFFERED": spec.env.get("PYTHONUNBUFFERED", "1"),
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, run.gpus)),
         })
+        env.update(nni_environment("remote", spec.experiment_id, spec.trial_id, spec.sequence_id, run.remote_dir))
         env.update(run.trial.extra_env)
         if "HPO_CHECKPOINT_DIR" in spec.env:
             env["HPO_CHECKPOINT_DIR"] = f"{run.remote_dir}/checkpoints"
