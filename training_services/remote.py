@@ -285,7 +285,8 @@ class _Host:
             self.agent_dir = f"{self.root}/.agent-{svc._agent_digest}"
             if not await sftp.exists(f"{self.agent_dir}/agent.py"):
                 tmp = f"{self.agent_dir}.tmp{secrets.token_hex(4)}"
-                await sftp.makedirs(f"{tmp}/lib/hpo", exist_ok=True)
+                for folder in sorted({rel.rpartition("/")[0] for rel in svc._agent_files if "/" in rel}):
+                    await sftp.makedirs(f"{tmp}/{folder}", exist_ok=True)
                 for rel, data in svc._agent_files.items():
                     async with sftp.open(f"{tmp}/{rel}", "wb") as fh:
                         await fh.write(data)
