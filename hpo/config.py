@@ -62,7 +62,21 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# NNI v2 config fields hpo does not take, and why (named in the one-line refusal; README's audit table)
+_NNI_ONLY = {
+    "experiment_type": "hpo runs hyperparameter searches only; remove it",
+    "nni_manager_ip": "trials never connect to the engine (reports travel over SSH or pod logs); remove it",
+    "use_annotation": "call nni.get_next_parameter() in the trial instead of annotations",
+    "debug": "use logLevel: debug",
+    "tuner_gpu_indices": "tuners run in the engine's process, on the CPU",
+    "advisor": "use a tuner with the ASHA assessor instead of Hyperband/BOHB",
+    "shared_storage": "use checkpointStorage for outputs; trial code is shipped with each trial",
+}
+
+
 def _unknown_key(key: Any, names: Sequence[str]) -> str:
+    if _to_snake(str(key)) in _NNI_ONLY and _to_snake(str(key)) not in names:
+        return f"NNI's {key!r} is not supported: {_NNI_ONLY[_to_snake(str(key))]}"
     close = difflib.get_close_matches(_to_snake(str(key)), list(names), n=1, cutoff=0.6)
     if not close:
         return f"unknown key {key!r}; expected one of {', '.join(names)}"

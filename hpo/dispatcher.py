@@ -41,7 +41,7 @@ from hpo.trial_checkpoint import partial_name
 from training_services.base import TrainingService, TrialSpec, tail_lines
 from training_services.gang import GangProcess, gang_processes
 from hpo.early_stopping import threshold_reached
-from tuners.assessor import Assessor, AssessResult
+from tuners.assessor import Assessor, is_bad
 from tuners.base import NoMoreTrials, Tuner, TryLater
 
 __all__ = ["Engine", "render_command", "new_id"]
@@ -516,7 +516,8 @@ class Engine:
                 raw = value["default"] if isinstance(value, dict) else value
                 trial.final_note = f"the final result {raw!r} is not a finite number: recorded, not used for tuning"
             if number is not None:
-                self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, number)
+                reported = value if getattr(self.tuner, "receives_reported_value", False) else number
+                self._tuner_submit(self.tuner.receive_trial_result, trial.seq, trial.parameters, reported)
         else:
             if not self._guarded(self.store.add_metric, trial.seq, "intermediate", trial.steps + 1, number, value):
                 return
@@ -666,7 +667,14 @@ class Engine:
                     self._error = f"assessor failed in assess_trial: {_describe(f.exception())}"
                     self._poke()
                 return
-            if f.result() == AssessResult.Bad:
+            try:
+                bad = is_bad(f.result())
+            except TypeError as exc:
+                if self._error is None:
+                    self._error = f"assessor failed in assess_trial: {exc}"
+                    self._poke()
+                return
+            if bad:
                 reason = f"stopped early by {type(self.assessor).__name__} at step {len(trial.history)}"
                 task = self._loop.create_task(self.service.kill(trial.trial_id, "EARLY_STOPPED", reason))  # type: ignore[union-attr]
                 task.add_done_callback(_log_task_error)

@@ -1144,3 +1144,28 @@ hpo.report_final_result(1)
     assert failed["state"] == "ERROR" and saved["state"] == "COMPLETED"
     assert failed["message"] == f"could not copy it from 127.0.0.1:{a.port}: No space left on device"
     assert [p.name for p in small_disk.iterdir()] == [saved["uuid"]]  # the half-copied one is gone
+
+
+@pytest.mark.parametrize("which", ["real nni", "stand-in"])
+def test_nni_trial_runs_unchanged_over_ssh(which, tmp_path, keys, servers, rdir, make_experiment):
+    """NNI's mnist-shaped trial over SSH: the real nni where the machine's Python has it, else the stand-in shipped
+    with the trial API; reports travel in hpo's report file, no port."""
+    from nni_support import nni_python, nni_site_packages, nni_venv
+    from test_nni_compat import MNIST_SHAPE, check_mnist_trials
+    venv = nni_venv()
+    if isinstance(venv, str):
+        pytest.skip(venv)
+    a = servers()
+    python = nni_python(venv) if which == "real nni" else sys.executable
+    exp = make_experiment(MNIST_SHAPE, command="python trial.py", max_trial_number=2, trial_concurrency=2,
+                          search_space={"lr": {"_type": "uniform", "_value": [0.1, 0.9]}},
+                          training_service={"platform": "remote", "machine_list": [{**host_a(a, keys), "python_path": python}],
+                                            "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": rdir})
+    assert exp.run(port=0)
+    shipped = f"{os.path.expanduser('~')}/{rdir}"
+    if which == "real nni":
+        check_mnist_trials(exp, nni_site_packages(venv) + "/nni/__init__.py")
+    else:
+        trial = exp.list_trial_jobs()[0]
+        out = (exp.directory / "trials" / trial["id"] / "stdout.log").read_text()
+        assert f'"{shipped}/.agent-' in out and out.rstrip().endswith('/lib/nni/__init__.py"]'), out

@@ -42,10 +42,13 @@ from hpo.trial_checkpoint import checkpoint_path, report_checkpoint, restore_che
 
 def trial_api_files() -> dict[str, bytes]:
     """``{relative path: content}`` of the importable trial API: put the folder holding ``hpo/`` on
-    ``PYTHONPATH`` and ``import hpo`` gives the trial functions, with nothing installed."""
+    ``PYTHONPATH`` and ``import hpo`` gives the trial functions, with nothing installed; ``import nni`` gives
+    NNI's (hpo's stand-in, which defers to a real nni installed there)."""
     here = Path(hpo.trial.__file__).parent
     return {"hpo/__init__.py": _TRIAL_API_INIT.encode(), "hpo/trial.py": (here / "trial.py").read_bytes(),
-            "hpo/trial_checkpoint.py": (here / "trial_checkpoint.py").read_bytes()}
+            "hpo/trial_checkpoint.py": (here / "trial_checkpoint.py").read_bytes(),
+            "hpo/nni_channel.py": (here / "nni_channel.py").read_bytes(),
+            "nni/__init__.py": (here / "nni_stub" / "nni" / "__init__.py").read_bytes()}
 
 
 def _ignore_patterns(code_dir: Path) -> list[str]:

@@ -23,6 +23,8 @@ import json
 import re
 from typing import Any
 
+from training_services.nni_env import nni_environment
+
 __all__ = ["EXPERIMENT_LABEL", "TRIAL_LABEL", "ATTEMPT_LABEL", "MANAGED_BY", "job_name", "job_manifest",
            "gang_job", "headless_service", "gang_host", "exec_command", "INDEX_LABEL",
            "code_configmap", "configmap_name", "merge_patch", "resources_of", "CONFIGMAP_LIMIT", "WORK", "TRIAL_CONTAINER"]
@@ -188,7 +190,8 @@ def job_manifest(*, experiment_id: str, trial_id: str, seq: int, attempt: int, n
                                       {"name": "hpo-work", "mountPath": WORK}]})
     variables = {"HPO_EXPERIMENT_ID": experiment_id, "HPO_TRIAL_ID": trial_id, "HPO_SEQUENCE_ID": str(seq),
                  "HPO_PARAMETERS": json.dumps(parameters, separators=(",", ":")), "HPO_TRIAL_DIR": trial_dir,
-                 "HPO_PLATFORM": "kubernetes", "PYTHONPATH": lib, "PYTHONUNBUFFERED": "1", **(env or {})}
+                 "HPO_PLATFORM": "kubernetes", "PYTHONPATH": lib, "PYTHONUNBUFFERED": "1",
+                 **nni_environment("kubernetes", experiment_id, trial_id, seq, trial_dir), **(env or {})}
     res = resources_of(resources, gpu_number)
     if not any("nvidia.com/gpu" in group for group in res.values()):
         variables.setdefault("CUDA_VISIBLE_DEVICES", "")  # no GPU asked for: none used, even on a GPU node

@@ -31,6 +31,7 @@ from training_services.base import TrainingService, TrialEvents, TrialSpec, fail
 from training_services.gang import (GangProcess, Placement, finishers, free_ports, gang_environment, merged_line,
                                     mpi_hostfile)
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
+from training_services.nni_env import NNI_STUB_DIR, nni_environment
 
 __all__ = ["LocalTrainingService"]
 
@@ -260,11 +261,13 @@ class LocalTrainingService(TrainingService):
             "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
             "HPO_SEQUENCE_ID": str(spec.sequence_id), "HPO_TRIAL_DIR": str(spec.trial_dir),
             "HPO_PARAMETERS_FILE": str(params_file),
-            "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), _HPO_ROOT) if p),
+            # hpo's trial API, then its `import nni` stand-in (which defers to a real nni wherever one is)
+            "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), _HPO_ROOT, NNI_STUB_DIR) if p),
             "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
             # `python3 train.py` finds the interpreter hpo runs in (its venv) before the system's
             "PATH": os.pathsep.join(p for p in (_INTERPRETER_DIR, env.get("PATH", os.defpath)) if p),
         })
+        env.update(nni_environment("local", spec.experiment_id, spec.trial_id, spec.sequence_id, str(spec.trial_dir)))
         if spec.restore_checkpoint is not None:  # on this machine: the trial reads it where it is
             env["HPO_RESTORE_CHECKPOINT"] = str(spec.restore_checkpoint)
         return env

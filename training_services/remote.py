@@ -66,6 +66,7 @@ from typing import Any, Mapping
 from hpo.trial import parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
 from training_services.code_package import CodePacker, trial_api_files
+from training_services.nni_env import nni_environment
 from training_services.gang import GangProcess
 from training_services.gpu import GpuAllocator, GpuInfo
 from training_services.remote_gang import RemoteGangs, _Gang, member_folder
@@ -284,7 +285,8 @@ class _Host:
             self.agent_dir = f"{self.root}/.agent-{svc._agent_digest}"
             if not await sftp.exists(f"{self.agent_dir}/agent.py"):
                 tmp = f"{self.agent_dir}.tmp{secrets.token_hex(4)}"
-                await sftp.makedirs(f"{tmp}/lib/hpo", exist_ok=True)
+                for folder in sorted({rel.rpartition("/")[0] for rel in svc._agent_files if "/" in rel}):
+                    await sftp.makedirs(f"{tmp}/{folder}", exist_ok=True)
                 for rel, data in svc._agent_files.items():
                     async with sftp.open(f"{tmp}/{rel}", "wb") as fh:
                         await fh.write(data)
@@ -855,6 +857,7 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
             "PYTHONUNBUFFERED": spec.env.get("PYTHONUNBUFFERED", "1"),
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, run.gpus)),
         })
+        env.update(nni_environment("remote", spec.experiment_id, spec.trial_id, spec.sequence_id, run.remote_dir))
         env.update(run.trial.extra_env)
         if "HPO_CHECKPOINT_DIR" in spec.env:
             env["HPO_CHECKPOINT_DIR"] = f"{run.remote_dir}/checkpoints"

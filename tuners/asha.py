@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from tuners.assessor import Assessor, AssessResult, register_assessor
+from tuners.assessor import Assessor, AssessResult, register_assessor, verdict
 
 __all__ = ["AshaAssessor"]
 
@@ -34,12 +34,12 @@ class AshaAssessor(Assessor):
     def assess_trial(self, trial_id: str, trial_history: list[float]) -> AssessResult:
         step = len(trial_history)
         if step not in self._recorded:
-            return AssessResult.Good
+            return verdict(True)
         value = trial_history[-1] if self.maximize else -trial_history[-1]
         peers = self._recorded[step]
         peers.append(value)
         keep = max(1, math.floor(len(peers) / self.reduction_factor))
         if len(peers) < self.reduction_factor:
-            return AssessResult.Good  # too few peers at this rung to judge
+            return verdict(True)  # too few peers at this rung to judge
         cutoff = sorted(peers, reverse=True)[keep - 1]
-        return AssessResult.Good if value >= cutoff else AssessResult.Bad
+        return verdict(value >= cutoff)

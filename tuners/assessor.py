@@ -10,18 +10,37 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Any
 
 from tuners.base import OPTIMIZE_MODES
 
-__all__ = ["Assessor", "AssessResult", "register_assessor", "create_assessor"]
+__all__ = ["Assessor", "AssessResult", "register_assessor", "create_assessor", "verdict", "is_bad"]
 
 
 class AssessResult(Enum):
     Good = True
     Bad = False
+
+
+def verdict(good: bool) -> Any:
+    """``AssessResult.Good`` or ``.Bad``: NNI's enum where NNI is loaded (its dispatcher and harnesses accept
+    only theirs), else hpo's; both mean the same to the engine."""
+    nni_assessor = sys.modules.get("nni.assessor")
+    enum = getattr(nni_assessor, "AssessResult", None) or AssessResult
+    return enum.Good if good else enum.Bad
+
+
+def is_bad(result: Any) -> bool:
+    """Whether an assessor's answer stops the trial: hpo's or NNI's ``AssessResult``, or a bool as NNI allows
+    (True: keep going).  Raises TypeError for anything else, as NNI does."""
+    if isinstance(result, bool):
+        return not result
+    if isinstance(result, Enum) and type(result).__name__ == "AssessResult" and isinstance(result.value, bool):
+        return not result.value
+    raise TypeError(f"assess_trial must return AssessResult.Good or AssessResult.Bad (or a bool), got {result!r}")
 
 
 class Assessor(ABC):

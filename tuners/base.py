@@ -8,12 +8,14 @@ The engine calls, from one thread at a time:
   space, raises :class:`NoMoreTrials` when nothing is left (the experiment then ends once the
   running trials finish), or :class:`TryLater` when it must wait for more results;
 * :meth:`Tuner.receive_trial_result` with the trial's final *scalar* value (the number, or the
-  ``"default"`` entry of a dict result);
+  ``"default"`` entry of a dict result), or the result as reported when ``receives_reported_value``;
 * :meth:`Tuner.trial_end` when a trial ends, successfully or not;
 * :meth:`Tuner.import_data` with earlier results, for warm start and resume.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from abc import ABC, abstractmethod
 from typing import Any, Iterable, Mapping
 
@@ -25,7 +27,32 @@ OPTIMIZE_MODES = ("maximize", "minimize")
 
 
 class NoMoreTrials(Exception):
-    """The tuner has nothing left to suggest (for example an exhausted grid)."""
+    """The tuner has nothing left to suggest (for example an exhausted grid).
+
+    Where NNI is loaded, what is raised is also an ``nni.NoMoreTrialError``, so that code written for NNI (its
+    dispatcher, a harness) that catches NNI's error catches hpo's tuners' too.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "NoMoreTrials":
+        nni_error = getattr(sys.modules.get("nni"), "NoMoreTrialError", None)
+        if cls is NoMoreTrials and isinstance(nni_error, type) and issubclass(nni_error, Exception):
+            cls = _speaking_nni(nni_error)
+        return super().__new__(cls, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _speaking_nni(nni_error: type) -> type:
+    """hpo's NoMoreTrials that is NNI's ``NoMoreTrialError`` too (with NNI's ``errorinfo``)."""
+
+    class Both(NoMoreTrials, nni_error):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any) -> None:
+            Exception.__init__(self, *args)
+            self.errorinfo = str(args[0]) if args else "Search space fully explored"
+
+        __str__ = Exception.__str__
+
+    Both.__name__ = Both.__qualname__ = "NoMoreTrials"
+    return Both
 
 
 class TryLater(Exception):
@@ -40,6 +67,8 @@ class Tuner(ABC):
         seed: seed of the tuner's random generator; the same seed and the same results give the
             same suggestions.
     """
+
+    receives_reported_value = False  # True: receive_trial_result gets the result as reported (NNI's tuners)
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None) -> None:
         mode = str(optimize_mode).lower()

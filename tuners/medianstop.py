@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from tuners.assessor import Assessor, AssessResult, register_assessor
+from tuners.assessor import Assessor, AssessResult, register_assessor, verdict
 
 __all__ = ["MedianstopAssessor"]
 
@@ -26,14 +26,14 @@ class MedianstopAssessor(Assessor):
         step = len(trial_history)
         self._running[trial_id] = _running_average(trial_history)
         if step < max(self.start_step, 1):
-            return AssessResult.Good
+            return verdict(True)
         at_step = [avg[step - 1] for avg in self._completed if len(avg) >= step]
         if not at_step:
-            return AssessResult.Good
+            return verdict(True)
         median = statistics.median(at_step)
         best = max(trial_history) if self.maximize else min(trial_history)
         worse = best < median if self.maximize else best > median
-        return AssessResult.Bad if worse else AssessResult.Good
+        return verdict(not worse)
 
     def trial_end(self, trial_id: str, success: bool) -> None:
         history = self._running.pop(trial_id, None)

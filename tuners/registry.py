@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from tuners.base import Tuner
+from tuners.nni_tuner import NniTuner, is_nni_class
+
 __all__ = ["register_tuner", "tuner_class", "create_tuner", "load_class", "known_tuner_names", "TunerNotFound", "tuner_label"]
 
 T = TypeVar("T")
@@ -121,6 +124,9 @@ def create_tuner(name: str | None = None, class_args: dict[str, Any] | None = No
     """Instantiate a tuner by registered ``name`` or by ``class_name`` (+ ``code_directory``)."""
     cls = load_class(class_name, code_directory) if class_name else tuner_class(name or "")
     try:
-        return cls(**(class_args or {}))
+        tuner = cls(**(class_args or {}))
     except TypeError as exc:
         raise ValueError(f"tuner {name or class_name!r}: bad class_args {class_args!r} ({exc})") from None
+    if not isinstance(tuner, Tuner) and is_nni_class(cls):  # written for NNI: NNI's calls, NNI's types
+        return NniTuner(tuner, class_args or {})
+    return tuner

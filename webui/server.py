@@ -54,6 +54,7 @@ from aiohttp import web
 
 from hpo.storage import (CHECKPOINT_STATES, CREATED, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running,
                          maximizes)
+from webui.nni_api import NNI_PREFIX, add_nni_routes
 from webui.queries import QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
@@ -1120,7 +1121,7 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
             if not await dash.other_token_given(request, other):
                 raise web.HTTPUnauthorized(text=f"experiment {other!r} is served here only with its own token "
                                                 "(Authorization: Bearer TOKEN, or ?token=TOKEN)")
-        elif dash.public or mutating:
+        elif dash.public or (mutating and not _nni_client(request)):
             if not dash.token_given(request):
                 browser = _same_origin(request) and (dash.cookie_given(request) if dash.public
                                                      else _is_loopback(request.remote))
@@ -1178,7 +1179,15 @@ def create_app(directory: Path, token: str, engine: Any = None, public: bool = F
 
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
+    if not public:  # NNI's client sends no credentials: its API is served on loopback only (see webui.nni_api)
+        add_nni_routes(app, dash)
     return app
+
+
+def _nni_client(request: web.Request) -> bool:
+    """A call of NNI's REST API from this machine that no browser page made (it has no ``Origin``)."""
+    return (request.path.startswith(NNI_PREFIX + "/") and _is_loopback(request.remote)
+            and "Origin" not in request.headers)
 
 
 class _Connections:
