@@ -93,11 +93,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     compiled = compile_args(args)
     matrix = compiled.config.max_trial_number != 1 or bool(compiled.config.search_space)
     if args.foreground:
+        started: list[Any] = []
+
         def launch(wait: bool) -> Any:
             exp = Experiment(config=compiled.config)
+            started.append(exp)
             exp.run(port=args.port, wait_completion=wait)
             return exp
-        return _foreground(args, launch)
+        code = _foreground(args, launch)
+        if args.ready_fd is None:
+            _show_outputs(started[0].id, compiled)
+        return code
     argv = ["run", *[a for f in args.file or [] for a in ("-f", str(Path(f).resolve()))]]
     if args.python_module:
         path, colon, var = args.python_module.partition(":") if not args.python_module.endswith(".py") \
