@@ -23,7 +23,7 @@ from hpo.trial import (
 __version__ = "0.1.0"
 __all__ = ["Experiment", "ExperimentConfig", "get_next_parameter", "get_current_parameter",
            "report_intermediate_result", "report_final_result", "get_experiment_id", "get_trial_id",
-           "get_sequence_id", "checkpoint_path", "report_checkpoint", "restore_checkpoint"]
+           "get_sequence_id", "checkpoint_path", "report_checkpoint", "restore_checkpoint", "log_outputs", "log_metrics"]
 
 
 def __getattr__(name: str):  # lazy: keep the trial's import path light
@@ -33,6 +33,9 @@ def __getattr__(name: str):  # lazy: keep the trial's import path light
     if name in ("checkpoint_path", "report_checkpoint", "restore_checkpoint"):
         from hpo import trial_checkpoint
         return getattr(trial_checkpoint, name)
+    if name in ("log_outputs", "log_metrics"):
+        from hpo import trial_outputs
+        return getattr(trial_outputs, name)
     if name == "ExperimentConfig":
         from hpo.config import ExperimentConfig
         return ExperimentConfig

@@ -580,6 +580,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     def pruned(d: Any) -> Any:  # leave out unset (null) fields
         return {k: pruned(v) for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+    if _is_polyaxonfile(args.file[0]):
+        from hpo.polyaxon.run_cli import compile_args
+        args.python_module, args.project = None, None
+        compiled = compile_args(args)
+        config = compiled.config
+        print(f"Polyaxonfile valid: tuner {config.tuner.name or config.tuner.class_name}, "
+              f"{config.max_trial_number or 'every grid point as'} run(s), outputs: {', '.join(compiled.outputs) or 'none'}")
+        if args.matrix:
+            _print_space(config)
+        return 0
     config = _load_config(args.file)
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: a 10,000-parameter space in well under 1 s
     print("Config valid\n\n" + yaml.dump(pruned(config.to_dict()), Dumper=dumper, sort_keys=False).rstrip())
@@ -590,6 +600,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.training_service.platform == "remote" and config.trial_roles:
         _check_remote_gang(config)
     return 0
+
+
+def _is_polyaxonfile(path: str) -> bool:
+    """Whether ``path`` is a Polyaxon v1 file (top-level ``kind: component`` or ``kind: operation``)."""
+    from hpo.config import ConfigError, _read_yaml
+    try:
+        data = _read_yaml(Path(path))
+    except ConfigError:
+        return False  # reported by the config loader
+    return isinstance(data, dict) and data.get("kind") in ("component", "operation")
 
 
 def _check_remote_gang(config: Any) -> None:
@@ -761,9 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     _add_limit_options(command("update", cmd_update, "Change a running experiment's limits.", "id"))
     command("kill", cmd_kill, "Kill a running trial (TRIAL: id or sequence number).", "id", "trial")
+    from hpo.polyaxon.run_cli import add_run_parser
+    add_run_parser(sub)
     p = command("check", cmd_check, "Validate config files; print the merged config (and the search space).")
     p.add_argument("-f", "--file", action="append", required=True, metavar="FILE", help="repeat to merge")
     p.add_argument("-m", "--matrix", action="store_true", help="show the search space size and grid")
+    p.add_argument("-P", "--param", action="append", metavar="NAME=VALUE", help="a Polyaxon input's value")
     return parser
 
 

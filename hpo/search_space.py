@@ -7,6 +7,8 @@ the parameter, the bad value and what was expected.
 
 Supported forms (``name: spec``):
 
+* Polyaxon's ``pchoice`` (``[[option, probability], ...]``): a choice whose options are drawn with
+  those probabilities by random search.
 * NNI: ``choice`` (options may be nested sub-spaces: dicts with a ``_name`` key), ``randint``
   ``[low, high)``, ``uniform``, ``quniform``, ``loguniform``, ``qloguniform``, ``normal``,
   ``qnormal``, ``lognormal``, ``qlognormal``.
@@ -98,6 +100,7 @@ class Categorical(Dimension):
 
     options: tuple[Any, ...] = ()
     kind: str = "choice"
+    weights: tuple[float, ...] | None = None  # pchoice: each option's probability (summing to 1)
 
     @property
     def is_discrete(self) -> bool:
@@ -374,7 +377,7 @@ class _Parser:
                 kind = shorthand[0]
                 return _parse_matrix(name, kind, spec[kind], where)
             raise SearchSpaceError(
-                f"{where}: missing '_type'; expected one of {', '.join(NNI_TYPES + MATRIX_TYPES)} "
+                f"{where}: missing '_type'; expected one of {', '.join(NNI_TYPES + ('pchoice',) + MATRIX_TYPES)} "
                 f"or a Polyaxon shorthand like {{'linspace': '0:1:5'}}, got keys {_show(sorted(map(str, spec)))}")
         kind = spec["_type"]
         if "_value" not in spec:
@@ -386,6 +389,8 @@ class _Parser:
         value = spec["_value"]
         if kind == "choice":
             return self.choice(name, value, where, depth)
+        if kind == "pchoice":
+            return _parse_pchoice(name, value, where)
         if kind in MATRIX_TYPES:
             return _parse_matrix(name, kind, value, where)
         if kind in NNI_TYPES:
@@ -419,6 +424,22 @@ class _Parser:
             else:
                 options.append(opt)
         return Categorical(name, tuple(options), "choice")
+
+
+def _parse_pchoice(name: str, value: Any, where: str) -> Categorical:
+    """Polyaxon's ``pchoice``: ``[[option, probability], ...]``, probabilities in [0, 1] summing to at most 1
+    (a total below 1 is scaled up to 1)."""
+    shape = "[[option, probability], ...] with probabilities in [0, 1] summing to at most 1"
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise SearchSpaceError(f"{where}: pchoice takes {shape}, got {_show(value)}")
+    for item in value:
+        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2 or \
+                not is_finite_number(item[1]) or not 0 <= item[1] <= 1:
+            raise SearchSpaceError(f"{where}: pchoice takes {shape}, got {_show(item)}")
+    total = math.fsum(p for _, p in value)
+    if total > 1 + 1e-9 or total <= 0:
+        raise SearchSpaceError(f"{where}: pchoice probabilities sum to {total:g}; expected a total in (0, 1]")
+    return Categorical(name, tuple(o for o, _ in value), "pchoice", tuple(p / total for _, p in value))
 
 
 def _parse_numeric(name: str, kind: str, value: Any, where: str) -> Dimension:

@@ -37,6 +37,7 @@ _TRIAL_API_INIT = '''"""The hpo trial API, shipped with the trial code by a trai
 from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
                        get_trial_id, report_final_result, report_intermediate_result)
 from hpo.trial_checkpoint import checkpoint_path, report_checkpoint, restore_checkpoint
+from hpo.trial_outputs import log_metrics, log_outputs
 '''
 
 
@@ -48,7 +49,11 @@ def trial_api_files() -> dict[str, bytes]:
     return {"hpo/__init__.py": _TRIAL_API_INIT.encode(), "hpo/trial.py": (here / "trial.py").read_bytes(),
             "hpo/trial_checkpoint.py": (here / "trial_checkpoint.py").read_bytes(),
             "hpo/nni_channel.py": (here / "nni_channel.py").read_bytes(),
-            "nni/__init__.py": (here / "nni_stub" / "nni" / "__init__.py").read_bytes()}
+            "nni/__init__.py": (here / "nni_stub" / "nni" / "__init__.py").read_bytes(),
+            "hpo/trial_outputs.py": (here / "trial_outputs.py").read_bytes(),
+            "hpo/polyaxon/__init__.py": (here / "polyaxon" / "__init__.py").read_bytes(),
+            "hpo/polyaxon/context.py": (here / "polyaxon" / "context.py").read_bytes(),
+            "hpo/polyaxon/launch.py": (here / "polyaxon" / "launch.py").read_bytes()}
 
 
 def _ignore_patterns(code_dir: Path) -> list[str]:

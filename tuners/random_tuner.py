@@ -20,7 +20,8 @@ def random_point(space: SearchSpace, rng: np.random.Generator) -> dict[str, Any]
 
 def _sample(dim: Dimension, rng: np.random.Generator) -> Any:
     if isinstance(dim, Categorical):
-        option = dim.options[int(rng.integers(len(dim.options)))]
+        index = rng.choice(len(dim.options), p=dim.weights) if dim.weights else rng.integers(len(dim.options))
+        option = dim.options[int(index)]
         if isinstance(option, NestedOption):
             return nested_value(option, random_point(option.space, rng))
         return option

@@ -30,11 +30,13 @@ _BUILTIN_MODULES = {
     "anneal": ("tuners.hyperopt_tuner", ("anneal", "annealtuner")),
     "optuna": ("tuners.optuna_tuner", ("optuna", "optunatuner")),
     "tpe": ("tuners.tpe", ("tpe", "tpetuner", "treeparzen")),
+    "hyperband": ("tuners.hyperband", ("hyperband", "hyperbandtuner", "hb")),
+    "mapping": ("tuners.mapping", ("mapping", "mappingtuner")),
 }
 
 
 _LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
-           "anneal": "Anneal", "optuna": "Optuna"}
+           "anneal": "Anneal", "optuna": "Optuna", "hyperband": "Hyperband", "mapping": "Mapping"}
 
 
 def tuner_label(name: str | None = None, class_name: str | None = None) -> str | None:
