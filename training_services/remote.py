@@ -1164,12 +1164,15 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
 
     async def _pull_checkpoint(self, run: _Run, report: dict[str, Any], before: asyncio.Task[None] | None) -> None:
         """Copy a checkpoint the trial wrote on its machine into the storage (under a partial name, then renamed),
-        remove the remote copy, then report it (after the trial's checkpoint ``before``): the engine sees only
-        checkpoints that are whole here, in the order the trial saved them."""
+        remove the remote copy, then report it.  The trial's copies run one after the other (``before`` first): the
+        engine sees only checkpoints that are whole here, in the order the trial saved them, and one that does
+        not fit leaves no partial copy taking the room of the next."""
         from hpo.trial_checkpoint import partial_name
         trial, uid = run.trial, report["uuid"]
-        storage = self._storage
         try:
+            if before is not None:
+                await asyncio.wait([before])
+            storage = self._storage
             if "error" in report:
                 pass  # the trial could not write it: nothing to copy
             elif storage is None or run.host.conn is None:
@@ -1187,8 +1190,6 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
                     report = {**report, "error": f"could not copy it from {run.host.label}: {_reason(exc)}"}
                     log.warning("trial %s: checkpoint %s %s", trial.spec.trial_id, uid, report["error"])
                     await asyncio.to_thread(shutil.rmtree, partial, True)
-            if before is not None:
-                await asyncio.wait([before])
             self._events.metric(trial.spec.trial_id, "checkpoint", report)  # type: ignore[union-attr]
         finally:
             if trial.last_pull is asyncio.current_task() and trial.end is not None:
