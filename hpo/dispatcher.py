@@ -281,6 +281,12 @@ class Engine:
                 self._set_status("ERROR", self._error)
         else:
             await self._stop_service("experiment ended")  # releases connections, GPUs
+            if not self._stopping:  # the last results and trial ends reach the tuner (a user's may save its state)
+                drain = asyncio.get_running_loop().run_in_executor(None, self._tuner_pool.shutdown, True)
+                try:
+                    await asyncio.wait_for(asyncio.shield(drain), 30)
+                except asyncio.TimeoutError:
+                    log.warning("the tuner did not take the last trials' ends within 30 s; not waiting for it")
         self._tuner_pool.shutdown(wait=False, cancel_futures=True)
         return self.status
 
