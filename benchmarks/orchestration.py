@@ -22,12 +22,14 @@ numbers include SSH, SFTP upload of the code and the remote agent; reported as t
 and engine CPU per trial against local, and API requests per trial (counted by the service's client).  Engine CPU
 is the engine process's (trials and the fake cluster run in other processes), counted from the end of ``start()``
 (a one-time cost: for Kubernetes, importing kubernetes_asyncio, about 1 s) to the end of the experiment, less the
-CPU of this benchmark's RSS sampler thread (its cost grows with wall time, and Kubernetes trials take longer).
+CPU of this benchmark's RSS sampler thread (its cost grows with wall time, and Kubernetes trials take longer);
+local and Kubernetes runs alternate, so that a load from other processes falls on both alike.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -238,13 +240,23 @@ def main() -> None:
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
         return
 
-    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
-        runs = []
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp, contextlib.ExitStack() as stack:
+        # with --kubernetes, local and Kubernetes runs alternate: a load from other processes that comes and goes
+        # falls on both alike (their CPU per trial is compared)
+        kubeconfig = stack.enter_context(fake_cluster(Path(tmp))) if args.kubernetes else None
+        runs, kube_runs = [], []
         for i in range(args.repeat):
             runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--trials", str(args.trials),
                                    "--concurrency", str(args.concurrency), "--home", f"{tmp}/hpo{i}"], 1200))
             print(f"hpo run {i + 1}: {runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+            if kubeconfig is not None:
+                kube_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--kubeconfig", kubeconfig,
+                                            "--trials", str(args.trials), "--concurrency", str(args.concurrency),
+                                            "--home", f"{tmp}/kube{i}"], 1200))
+                print(f"hpo kubernetes run {i + 1}: {kube_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+        stack.close()  # the fake cluster ends before the other measurements
         hpo = sorted(runs, key=lambda r: r["trials_per_s"])[len(runs) // 2]
+        kube = sorted(kube_runs, key=lambda r: r["trials_per_s"])[len(kube_runs) // 2] if kube_runs else None
         remote = None
         if args.remote:
             remote_runs = []
@@ -254,16 +266,6 @@ def main() -> None:
                                               "--home", f"{tmp}/remote{i}"], 1200))
                 print(f"hpo remote run {i + 1}: {remote_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
             remote = sorted(remote_runs, key=lambda r: r["trials_per_s"])[len(remote_runs) // 2]
-        kube = None
-        if args.kubernetes:
-            kube_runs = []
-            with fake_cluster(Path(tmp)) as kubeconfig:
-                for i in range(args.repeat):
-                    kube_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--kubeconfig", kubeconfig,
-                                                "--trials", str(args.trials), "--concurrency", str(args.concurrency),
-                                                "--home", f"{tmp}/kube{i}"], 1200))
-                    print(f"hpo kubernetes run {i + 1}: {kube_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
-            kube = sorted(kube_runs, key=lambda r: r["trials_per_s"])[len(kube_runs) // 2]
         nni = None
         if not args.no_nni:
             if not NNI_PYTHON.exists():
