@@ -19,13 +19,17 @@ numbers include SSH, SFTP upload of the code and the remote agent; reported as t
 
 ``--kubernetes`` also runs them through the Kubernetes service against the fake cluster of ``tests/fake_k8s``
 (its API server and process kubelet in a separate process, so the engine's CPU is the engine's alone): trials/s
-and engine CPU per trial against local, and API requests per trial (counted by the service's client).  Engine CPU is counted from the end of ``start()``
-(a one-time cost: for Kubernetes, importing kubernetes_asyncio, about 1 s) to the end of the experiment.
+and engine CPU per trial against local, and API requests per trial (counted by the service's client).  Engine CPU
+is the engine process's (trials and the fake cluster run in other processes), counted from the end of ``start()``
+(a one-time cost: for Kubernetes, importing kubernetes_asyncio, about 1 s) to the end of the experiment, less the
+CPU of this benchmark's RSS sampler thread (its cost grows with wall time, and Kubernetes trials take longer);
+local and Kubernetes runs alternate, so that a load from other processes falls on both alike.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -54,14 +58,20 @@ def free_port() -> int:
 
 
 class PeakRss:
-    """Samples this process's RSS every 20 ms."""
+    """Samples this process's RSS every 20 ms (``cpu()``: the CPU seconds the sampling has cost so far)."""
 
     def __init__(self) -> None:
         import psutil
         self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self._clock: int | None = None
+
+    def cpu(self) -> float:
+        """The sampler thread's CPU time (s): benchmark instrumentation, not the engine's."""
+        return time.clock_gettime(self._clock) if self._clock is not None else 0.0
 
     def _run(self) -> None:
+        self._clock = time.pthread_getcpuclockid(threading.get_ident())
         while not self._stop.is_set():
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self._stop.wait(0.02)
@@ -119,9 +129,11 @@ def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False, ku
         exp.config.trial_code_directory = HERE
         t0 = time.time()
         exp.start(free_port())
-        cpu0 = psutil.Process().cpu_times()  # after the start (for Kubernetes: importing its client, ~1 s once)
+        # engine CPU: this process's, from the end of start() (for Kubernetes: importing its client, ~1 s once)
+        # to the end, less the RSS sampler's (it costs per second, and a slower platform runs more seconds)
+        cpu0, sampler0 = psutil.Process().cpu_times(), rss.cpu()
         exp.wait()
-        seconds, cpu1 = time.time() - t0, psutil.Process().cpu_times()
+        seconds, cpu1, sampler1 = time.time() - t0, psutil.Process().cpu_times(), rss.cpu()
         first = min(t["started_at"] for t in exp.list_trial_jobs() if t["started_at"])
         data = exp.export_data()
         client = getattr(exp._runner.engine.service, "client", None)  # the Kubernetes service's request counter
@@ -129,9 +141,10 @@ def hpo_side(trials: int, concurrency: int, home: Path, remote: bool = False, ku
         exp.stop()
     mismatches = sum(1 for d in data if abs(d["parameter"]["x"] * 1000 + d["parameter"]["y"] - d["default"]) > 1e-6)
     completed = exp.get_job_statistics()["SUCCEEDED"]
-    engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    engine_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system) - (sampler1 - sampler0)
     return {"system": f"hpo-{platform}", "trials": trials, "concurrency": concurrency,
             "engine_cpu_ms_per_trial": round(engine_cpu * 1000 / max(1, completed), 2),
+            "sampler_cpu_ms_per_trial": round((sampler1 - sampler0) * 1000 / max(1, completed), 2),
             "api_requests_per_trial": round(requests / max(1, completed), 2) if requests is not None else None,
             "completed": completed, "seconds": round(seconds, 3), "trials_per_s": round(completed / seconds, 3),
             "time_to_first_trial_s": round(first - t0, 4), "peak_rss_mb": round(rss.peak / 2**20, 1),
@@ -241,13 +254,23 @@ def main() -> None:
               f"{os.cpu_count()} CPUs:\n" + "\n".join(lines))
         return
 
-    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
-        runs = []
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp, contextlib.ExitStack() as stack:
+        # with --kubernetes, local and Kubernetes runs alternate: a load from other processes that comes and goes
+        # falls on both alike (their CPU per trial is compared)
+        kubeconfig = stack.enter_context(fake_cluster(Path(tmp))) if args.kubernetes else None
+        runs, kube_runs = [], []
         for i in range(args.repeat):
             runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--trials", str(args.trials),
                                    "--concurrency", str(args.concurrency), "--home", f"{tmp}/hpo{i}"], 1200))
             print(f"hpo run {i + 1}: {runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+            if kubeconfig is not None:
+                kube_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--kubeconfig", kubeconfig,
+                                            "--trials", str(args.trials), "--concurrency", str(args.concurrency),
+                                            "--home", f"{tmp}/kube{i}"], 1200))
+                print(f"hpo kubernetes run {i + 1}: {kube_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
+        stack.close()  # the fake cluster ends before the other measurements
         hpo = sorted(runs, key=lambda r: r["trials_per_s"])[len(runs) // 2]
+        kube = sorted(kube_runs, key=lambda r: r["trials_per_s"])[len(kube_runs) // 2] if kube_runs else None
         remote = None
         if args.remote:
             remote_runs = []
@@ -257,16 +280,6 @@ def main() -> None:
                                               "--home", f"{tmp}/remote{i}"], 1200))
                 print(f"hpo remote run {i + 1}: {remote_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
             remote = sorted(remote_runs, key=lambda r: r["trials_per_s"])[len(remote_runs) // 2]
-        kube = None
-        if args.kubernetes:
-            kube_runs = []
-            with fake_cluster(Path(tmp)) as kubeconfig:
-                for i in range(args.repeat):
-                    kube_runs.append(run_child([sys.executable, __file__, "--side", "hpo", "--kubeconfig", kubeconfig,
-                                                "--trials", str(args.trials), "--concurrency", str(args.concurrency),
-                                                "--home", f"{tmp}/kube{i}"], 1200))
-                    print(f"hpo kubernetes run {i + 1}: {kube_runs[-1]['trials_per_s']} trials/s", file=sys.stderr)
-            kube = sorted(kube_runs, key=lambda r: r["trials_per_s"])[len(kube_runs) // 2]
         nni = None
         if not args.no_nni:
             if not NNI_PYTHON.exists():
@@ -304,7 +317,9 @@ def main() -> None:
         local_cpu = statistics.median(r["engine_cpu_ms_per_trial"] for r in runs)
         print(f"engine CPU per trial (median of runs): kubernetes {kube_cpu:.2f} ms "
               f"{[r['engine_cpu_ms_per_trial'] for r in kube_runs]}, local {local_cpu:.2f} ms "
-              f"{[r['engine_cpu_ms_per_trial'] for r in runs]} (ratio {kube_cpu / local_cpu:.2f})")
+              f"{[r['engine_cpu_ms_per_trial'] for r in runs]} (ratio {kube_cpu / local_cpu:.2f}); the RSS sampler's "
+              f"CPU, left out: kubernetes {[r['sampler_cpu_ms_per_trial'] for r in kube_runs]}, local "
+              f"{[r['sampler_cpu_ms_per_trial'] for r in runs]} ms")
     if rss:
         print(f"engine peak RSS with {rss['finished_in_store']} finished trials in the store "
               f"(resumed, {rss['extra_trials']} more run): {rss['peak_rss_mb']} MB")

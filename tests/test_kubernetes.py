@@ -565,7 +565,8 @@ def test_a_reconnected_log_drops_the_lines_of_the_same_second_it_already_has(tmp
         _, skip = copy.accept(pod, line, skip)
     copy.save(force=True)  # as while a stream is followed (a trial that ended needs no position)
     copy.close()
-    resumed = TrialLog(tmp_path, "t1")
+    assert TrialLog(tmp_path, "t1").pod("p1").since() == (None, 0)  # a trial launched now: its pods are new
+    resumed = TrialLog(tmp_path, "t1", resumed=True)
     pod = resumed.pod("p1")
     since, skip = pod.since()
     assert (since, skip) == ("2026-11-30T19:53:32Z", 2)
@@ -577,6 +578,24 @@ def test_a_reconnected_log_drops_the_lines_of_the_same_second_it_already_has(tmp
     resumed.close()
     assert kept == [None, None, b"d", b"e", b"f"]
     assert (tmp_path / "stdout.log").read_text().split() == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_log_positions_are_saved_a_second_into_the_log(tmp_path, monkeypatch):
+    """Not a second after the launch: a log read whole within its first second costs no write."""
+    from training_services import kube_logs
+
+    monkeypatch.setattr(kube_logs, "SAVE_EVERY", 0.2)
+    copy = kube_logs.TrialLog(tmp_path, "t1")
+    pod = copy.pod("p1")
+    time.sleep(0.3)  # the pod took a while to start
+    copy.accept(pod, b"2026-11-30T19:53:31.5Z first", 0)
+    copy.save()
+    assert not (tmp_path / kube_logs.POSITION_FILE).exists()
+    time.sleep(0.3)
+    copy.accept(pod, b"2026-11-30T19:53:31.8Z second", 0)
+    copy.save()
+    copy.close()
+    assert (tmp_path / kube_logs.POSITION_FILE).read_text().count("\n") == 1
 
 
 def test_the_dashboard_shows_why_a_trial_waits(make_experiment, browser, tmp_path):

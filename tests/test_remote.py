@@ -266,11 +266,11 @@ def test_pack_code_ignores_and_warns_past_size(tmp_path, monkeypatch, capsys):
     with tarfile.open(out) as tar:
         assert sorted(tar.getnames()) == ["pkg/model.py", "train.py"]
     assert (files, size) == (2, 200)
-    before = code_package.code_signature(code)
+    before = code_package.code_tree(code).version
     (code / "ckpt/b.pt").write_text("ignored files do not change the version")
-    assert code_package.code_signature(code) == before
+    assert code_package.code_tree(code).version == before
     (code / "train.py").write_text("changed")
-    assert code_package.code_signature(code) != before
+    assert code_package.code_tree(code).version != before
 
     monkeypatch.setattr(code_package, "CODE_SIZE_WARNING", 10)
     packer = code_package.CodePacker("every remote machine")

@@ -4,7 +4,13 @@ A trial's code folder is shipped as a tar.gz, minus ``DEFAULT_IGNORE`` and the g
 ``.hpoignore`` / ``.nniignore`` (one glob a line: a bare name matches at any depth, ``a/b`` or ``/a``
 from the top).  A *version* is a digest of the names, sizes and modification times of the files that
 would be shipped: :class:`CodePacker` packs each version once per experiment, so a trial runs the code as
-it was when it was launched.  The stdlib-only trial API (``hpo/trial.py`` behind a small ``hpo``
+it was when it was launched.  Telling the version does not walk the folder again while nothing in it changed:
+a :class:`CodeTree` keeps the status-change time, modification time, size and inode of every folder it walked,
+every file it shipped and the ignore files, and a stat of each says whether anything was added, removed,
+renamed, rewritten or re-ignored since (a file written in place changes its times, an entry added, removed or
+renamed changes its folder's).  A walk that saw anything changed less than :data:`RACY_SECONDS` before it is
+not trusted (file times move in coarse ticks: a change in the same tick could leave them equal), so the
+next launch walks again.  The stdlib-only trial API (``hpo/trial.py`` behind a small ``hpo``
 package) travels with it, so nothing of hpo needs to be installed where trials run.
 """
 from __future__ import annotations
@@ -19,13 +25,15 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import hpo.trial
 
-__all__ = ["DEFAULT_IGNORE", "IGNORE_FILES", "CODE_SIZE_WARNING", "code_signature", "pack_code", "trial_api_files",
-           "CodePacker", "unpack_once"]
+__all__ = ["DEFAULT_IGNORE", "IGNORE_FILES", "CODE_SIZE_WARNING", "RACY_SECONDS", "CodeTree", "code_tree", "pack_code",
+           "trial_api_files", "CodePacker", "unpack_once"]
 
 log = logging.getLogger("hpo.code")
 
@@ -33,6 +41,8 @@ DEFAULT_IGNORE = (".git", ".hg", ".svn", "__pycache__", "*.pyc", ".venv*", "venv
                   ".ipynb_checkpoints", "node_modules", ".DS_Store", ".nniignore", ".hpoignore")
 IGNORE_FILES = (".hpoignore", ".nniignore")
 CODE_SIZE_WARNING = 64 * 2**20
+RACY_SECONDS = 1.0     # a walk that saw a change this recent is done again at the next launch
+INLINE_STATS = 64      # a tree this small is checked on the event loop (a few microseconds), a larger one in a thread
 _TRIAL_API_INIT = '''"""The hpo trial API, shipped with the trial code by a training service (stdlib only)."""
 from hpo.trial import (get_current_parameter, get_experiment_id, get_next_parameter, get_sequence_id,
                        get_trial_id, report_final_result, report_intermediate_result)
@@ -82,11 +92,14 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
     return False
 
 
-def _code_files(code_dir: Path) -> list[tuple[str, str]]:
-    """(relative name, path) of every file to ship, sorted; ignored files and folders left out."""
+def _code_files(code_dir: Path, folders: list[str] | None = None) -> list[tuple[str, str]]:
+    """(relative name, path) of every file to ship, sorted; ignored files and folders left out.  The folders
+    walked are appended to ``folders``."""
     patterns = _ignore_patterns(code_dir)
     out = []
     for root, dirs, names in os.walk(code_dir):
+        if folders is not None:
+            folders.append(root)
         rel_root = os.path.relpath(root, code_dir)
         rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
         dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, patterns))
@@ -94,16 +107,49 @@ def _code_files(code_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def code_signature(code_dir: Path) -> str:
-    """A digest of the names, sizes and modification times of the files :func:`pack_code` would ship."""
+_Stat = tuple[int, int, int, int]
+
+
+def _stat(path: str) -> _Stat | None:
+    """(status-change time, modification time, size, inode) of ``path`` itself, None if it is not there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@dataclass(frozen=True)
+class CodeTree:
+    """One walk of a code folder: its ``version`` and the stat of everything the walk depended on."""
+
+    version: str
+    seen: tuple[tuple[str, _Stat | None], ...]   # folders walked, files shipped, the ignore files
+    settled: bool                                 # all of it older than the walk by RACY_SECONDS
+
+    def unchanged(self) -> bool:
+        """True when nothing the walk saw has changed since, so a new walk would give the same version."""
+        return self.settled and all(_stat(path) == stat for path, stat in self.seen)
+
+
+def code_tree(code_dir: Path, last: CodeTree | None = None) -> CodeTree:
+    """The version of ``code_dir`` (a digest of the names, sizes and modification times of the files
+    :func:`pack_code` would ship): ``last`` itself when nothing in the folder changed since that walk."""
+    if last is not None and last.unchanged():
+        return last
+    racy = time.time_ns() - int(RACY_SECONDS * 1e9)
+    folders: list[str] = []
+    files = _code_files(Path(code_dir), folders)
+    seen = [(path, _stat(path)) for path in folders + [str(Path(code_dir) / name) for name in IGNORE_FILES]]
     digest = hashlib.sha256()
-    for rel, path in _code_files(Path(code_dir)):
-        try:
-            st = os.lstat(path)
-        except OSError:
+    for rel, path in files:
+        stat = _stat(path)
+        if stat is None:
             continue
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return digest.hexdigest()[:16]
+        seen.append((path, stat))
+        digest.update(f"{rel}\0{stat[2]}\0{stat[1]}\0".encode())
+    settled = all(stat is None or max(stat[0], stat[1]) < racy for _, stat in seen)
+    return CodeTree(digest.hexdigest()[:16], tuple(seen), settled)
 
 
 def pack_code(code_dir: Path | None, out: Path | BinaryIO, prefix: str = "", extra: dict[str, bytes] | None = None
@@ -164,12 +210,19 @@ class CodePacker:
     def __init__(self, what: str, prefix: str = "", extra: dict[str, bytes] | None = None) -> None:
         self.what, self.prefix, self.extra = what, prefix, extra
         self._packs: dict[str, asyncio.Future[Path]] = {}
+        self._trees: dict[Path, CodeTree] = {}   # the last walk of each code folder
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     async def version(self, code_dir: Path) -> tuple[str, Path]:
         """(version, tar.gz) of ``code_dir`` as it is now."""
         code_dir = Path(code_dir).resolve()
-        version = await asyncio.get_running_loop().run_in_executor(None, code_signature, code_dir)
+        last = self._trees.get(code_dir)
+        if last is not None and len(last.seen) <= INLINE_STATS and last.unchanged():
+            tree = last
+        else:
+            tree = await asyncio.get_running_loop().run_in_executor(None, code_tree, code_dir, last)
+        self._trees[code_dir] = tree
+        version = tree.version
         fut = self._packs.get(version)
         if fut is None:
             if self._tmp is None:
@@ -197,3 +250,4 @@ class CodePacker:
             self._tmp.cleanup()
             self._tmp = None
         self._packs.clear()
+        self._trees.clear()

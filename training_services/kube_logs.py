@@ -50,18 +50,19 @@ class PodLog:
 class TrialLog:
     """``stdout.log`` of one trial and the positions in its pods' logs (see the module docstring)."""
 
-    def __init__(self, trial_dir: Path, trial_id: str) -> None:
-        self.trial_dir, self.trial_id = Path(trial_dir), trial_id
+    def __init__(self, trial_dir: Path, trial_id: str, resumed: bool = False) -> None:
+        """``resumed``: the trial was running before the engine restarted (its pods' positions may be saved)."""
+        self.trial_dir, self.trial_id, self.resumed = Path(trial_dir), trial_id, resumed
         self.pods: dict[str, PodLog] = {}
         self._file: Any = open(os.path.join(trial_dir, "stdout.log"), "ab")
-        self._saved = time.monotonic()  # the first position line a second into the log, or at its end
+        self._saved: float | None = None  # when the positions were last saved (the first line starts the clock)
         self._dirty = False
 
     def pod(self, name: str) -> PodLog:
         """The position in pod ``name``'s log (as last saved, if the log was read before a restart)."""
         saved = None
         try:  # the last complete line that names the pod wins
-            for line in (self.trial_dir / POSITION_FILE).read_text().splitlines():
+            for line in (self.trial_dir / POSITION_FILE).read_text().splitlines() if self.resumed else ():
                 try:
                     saved = json.loads(line).get(name, saved)
                 except ValueError:
@@ -112,9 +113,15 @@ class TrialLog:
                 log.warning("trial %s: stdout.log: %s", self.trial_id, exc)
 
     def save(self, force: bool = False) -> None:
-        """Flush the copy, then append the positions (if they moved; at most every SAVE_EVERY s unless ``force``)."""
+        """Flush the copy, then append the positions (if they moved; at most every SAVE_EVERY s, the first a second
+        into the log, unless ``force``): a log read whole within its first second costs no write."""
         now = time.monotonic()
-        if not self._dirty or (not force and now - self._saved < SAVE_EVERY):
+        if not force:
+            if self._saved is None:
+                self._saved = now
+            if now - self._saved < SAVE_EVERY:
+                return
+        if not self._dirty:
             return
         self._saved, self._dirty = now, False
         try:

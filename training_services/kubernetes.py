@@ -192,14 +192,16 @@ class KubernetesTrainingService(TrainingService):
         self._api_error = message
 
     async def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
-                    verb: str | None = None, retry_for: float = 60.0) -> dict[str, Any]:
-        """A request, retried while the API server is unreachable or overloaded (at most ``retry_for`` s)."""
+                    verb: str | None = None, retry_for: float = 60.0) -> None:
+        """A request whose answer is not needed (the watches tell), retried while the API server is unreachable or
+        overloaded (at most ``retry_for`` s)."""
         assert self.client is not None
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + retry_for, 0.2
         while True:
             try:
-                return await self.client.request(method, path, query, body, verb=verb)
+                await self.client.request(method, path, query, body, verb=verb, decode=False)
+                return
             except KubeError as exc:
                 if exc.status not in _RETRY_STATUSES or loop.time() + delay > deadline:
                     raise
@@ -260,7 +262,7 @@ class KubernetesTrainingService(TrainingService):
     def _register(self, spec: TrialSpec, job: str) -> _Trial:
         os.makedirs(spec.trial_dir, exist_ok=True)
         trial = _Trial(spec, job, time.monotonic())
-        trial.log = TrialLog(spec.trial_dir, spec.trial_id)
+        trial.log = TrialLog(spec.trial_dir, spec.trial_id, resumed=not spec.command)
         if spec.command:  # a new trial (not one adopted after a restart)
             with open(os.path.join(spec.trial_dir, "parameters.json"), "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(spec.parameters))
