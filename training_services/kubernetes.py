@@ -778,8 +778,9 @@ class KubernetesTrainingService(TrainingService):
                 adopted.add(rec["id"])  # ended as FAILED below: the engine decides whether it runs again
                 replay.append((rec, None))
         try:  # distributed trials' Services: none is taken over
-            found = await self._call("GET", self._paths["services"], {"labelSelector": f"{EXPERIMENT_LABEL}={experiment_id}"},
-                                     verb="list")
+            assert self.client is not None
+            found = await self.client.request("GET", self._paths["services"],
+                                              {"labelSelector": f"{EXPERIMENT_LABEL}={experiment_id}"}, verb="list")
             await asyncio.gather(*(self._delete_service(svc["metadata"]["name"]) for svc in found.get("items") or []))
         except KubeError as exc:
             log.warning("could not list the experiment's Services: %s", exc)
