@@ -89,3 +89,17 @@ class V1Model(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Polyaxon's camelCase form, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class V1Entity(V1Model):
+    """What components and operations both carry: a version, a name, a description and Polyaxon's scheduling
+    fields (kept and shown; hpo schedules by its own config)."""
+
+    version: float | str | None = None
+    name: str | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    presets: list[str] | None = None
+    queue: str | None = None
+    namespace: str | None = None
+    cache: dict[str, Any] | None = None

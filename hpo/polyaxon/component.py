@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, field_validator, model_validator
 
-from hpo.polyaxon.base import V1Model
+from hpo.polyaxon.base import V1Entity, V1Model
 from hpo.polyaxon.errors import PolyaxonError
 from hpo.polyaxon.io import V1IO
 
@@ -85,18 +85,10 @@ class V1Job(V1Model):
     container: V1Container
 
 
-class V1Component(V1Model):
+class V1Component(V1Entity):
     """A typed component.  ``run`` must be a job (``kind: job``); other run kinds are refused by name."""
 
-    version: float | str | None = None
     kind: Literal["component"] = "component"
-    name: str | None = None
-    description: str | None = None
-    tags: list[str] | None = None
-    presets: list[str] | None = None
-    queue: str | None = None
-    namespace: str | None = None
-    cache: dict[str, Any] | None = None
     termination: V1Termination | None = None
     plugins: dict[str, Any] | None = None
     build: dict[str, Any] | None = None

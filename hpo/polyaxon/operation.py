@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from hpo.polyaxon.base import V1Model
+from hpo.polyaxon.base import V1Entity, V1Model
 from hpo.polyaxon.component import V1Component
 from hpo.polyaxon.matrix import V1Matrix
 
@@ -27,22 +27,14 @@ class V1Param(V1Model):
     to_env: str | None = None
 
 
-class V1Operation(V1Model):
+class V1Operation(V1Entity):
     """An operation: ``component`` (or ``path_ref`` to a component file), ``params``, ``run_patch``,
     ``matrix``.  ``hub_ref``, ``dag_ref`` and ``url_ref`` are refused (nothing to fetch them from)."""
 
-    version: float | str | None = None
     kind: Literal["operation"] = "operation"
     patch_strategy: Literal["replace", "isnull", "post_merge", "pre_merge"] | None = None
     is_preset: bool | None = None
     is_approved: bool | None = None
-    name: str | None = None
-    description: str | None = None
-    tags: list[str] | None = None
-    presets: list[str] | None = None
-    queue: str | None = None
-    namespace: str | None = None
-    cache: dict[str, Any] | None = None
     termination: dict[str, Any] | None = None
     plugins: dict[str, Any] | None = None
     params: dict[str, V1Param] | None = None
