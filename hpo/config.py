@@ -119,7 +119,12 @@ def _convert(err: ValidationError, cls: type[BaseModel], where: str) -> ConfigEr
     if e["type"] == "extra_forbidden":
         sub, _, model = _walk(cls, loc[:-1])
         names = list(model.model_fields) if model else []
-        return ConfigError(f"{where}{sub}: {_unknown_key(loc[-1], names)}{more}", (err, cls))
+        key = loc[-1]
+        if isinstance(key, str) and _to_snake(key) in names:  # both spellings of one key were given
+            field = (model.model_fields if model else {})[_to_snake(key)]
+            text = f"{field.alias or key!r} and {_to_snake(key)!r} are both given; expected one of them"
+            return ConfigError(f"{where}{sub}: {text}{more}", (err, cls))
+        return ConfigError(f"{where}{sub}: {_unknown_key(key, names)}{more}", (err, cls))
     sub, field, model = _walk(cls, loc)
     error = (e.get("ctx") or {}).get("error")
     if isinstance(error, ConfigError) and error._source and model is not None:  # from a nested model's __init__

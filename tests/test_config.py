@@ -520,3 +520,13 @@ def test_tuner_name_on_default():
     assert c.tuner.name == "Random" and c.to_dict()["tuner"]["name"] == "Random"
     c.tuner = AlgorithmConfig(class_name="pkg.Tuner")
     assert raises(assign, c.tuner, "class_args", 5).startswith("config.tuner.class_args: got 5")
+
+
+def test_a_key_given_in_both_spellings_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"^config: 'trialCommand' and 'trial_command' are both given; expected "
+                                          r"one of them$"):
+        ExperimentConfig.from_dict({"trialCommand": "python a.py", "trial_command": "python b.py"})
+    machine = {"host": "a", "sshKeyFile": "k", "ssh_key_file": "k"}
+    with pytest.raises(ConfigError, match=r"^config.training_service.machine_list\[0\]: 'sshKeyFile' and "
+                                          r"'ssh_key_file' are both given"):
+        ExperimentConfig.from_dict({"trainingService": {"platform": "remote", "machineList": [machine]}})
