@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = ["GangProcess", "Placement", "gang_processes", "gang_environment", "mpi_hostfile", "finishers",
-           "free_ports", "chief_role", "merged_line"]
+           "free_ports", "chief_role", "merged_line", "merged_lines"]
 
 CHIEF_ROLES = ("chief", "master", "worker")  # the first of these present holds the chief (rank 0); else the first role
 
@@ -141,3 +141,11 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 def merged_line(name: str, line: bytes) -> bytes:
     """A line of process ``name``'s output as it appears in the trial's merged log."""
     return b"[" + name.encode() + b"] " + line
+
+
+def merged_lines(name: str, pending: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """Output ``data`` of process ``name``, after ``pending`` (its unfinished line so far), as the trial's merged
+    log takes it: the complete lines, each prefixed, and what is still unfinished."""
+    text = pending + data
+    end = text.rfind(b"\n") + 1
+    return b"".join(merged_line(name, line) for line in text[:end].splitlines(keepends=True)), text[end:]

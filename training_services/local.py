@@ -28,7 +28,7 @@ import psutil
 import hpo
 from hpo.trial import STDOUT_FINAL, STDOUT_INTERMEDIATE, parse_channel_report, parse_stdout_report
 from training_services.base import TrainingService, TrialEvents, TrialSpec, failure_message
-from training_services.gang import (GangProcess, Placement, finishers, free_ports, gang_environment, merged_line,
+from training_services.gang import (GangProcess, Placement, finishers, free_ports, gang_environment, merged_lines,
                                     mpi_hostfile)
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 from training_services.nni_env import NNI_STUB_DIR, nni_environment
@@ -413,12 +413,9 @@ class LocalTrainingService(TrainingService):
             return
         try:
             _write_all(run.files[stream], data)
-            if run.merged is not None:
-                text = run.partial[stream] + data
-                end = text.rfind(b"\n") + 1
-                run.partial[stream] = text[end:]
-                if end:
-                    _write_all(run.merged[stream], _prefixed(run, text[:end]))
+            if run.merged is not None and run.process is not None:
+                lines, run.partial[stream] = merged_lines(run.process.name, run.partial[stream], data)
+                _write_all(run.merged[stream], lines)
         except OSError as exc:
             run.log_error = f"{'stdout' if stream == 0 else 'stderr'}.log is incomplete: {exc.strerror or exc}"
             log.warning("trial %s: %s", run.spec.trial_id, run.log_error)
@@ -460,9 +457,11 @@ class LocalTrainingService(TrainingService):
             for run in trial.runs:
                 os.close(run.lifeline)
                 for stream, fh in enumerate(run.files):
-                    if run.merged is not None and run.partial[stream] and run.log_error is None:
+                    if run.merged is not None and run.process is not None and run.partial[stream] \
+                            and run.log_error is None:
                         try:
-                            _write_all(run.merged[stream], _prefixed(run, run.partial[stream] + b"\n"))
+                            _write_all(run.merged[stream], merged_lines(run.process.name, run.partial[stream],
+                                                                        b"\n")[0])
                         except OSError:
                             pass
                     fh.close()
@@ -542,11 +541,6 @@ def _split(gpus: list[int], processes: list[GangProcess]) -> list[list[int]]:
         out.append(gpus[start:start + p.gpu_number])
         start += p.gpu_number
     return out
-
-
-def _prefixed(run: _Run, lines: bytes) -> bytes:
-    name = run.process.name if run.process is not None else ""
-    return b"".join(merged_line(name, line) for line in lines.splitlines(keepends=True))
 
 
 def _write_all(fh: Any, data: bytes) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training_services.base import TrialSpec
-from training_services.gang import (GangProcess, Placement, finishers, gang_environment, merged_line,
+from training_services.gang import (GangProcess, Placement, finishers, gang_environment, merged_lines,
                                     mpi_hostfile)
 
 if TYPE_CHECKING:
@@ -91,14 +91,14 @@ class RemoteGangs:
         gang.to_finish = finishers(spec.processes)
         self._gangs[spec.trial_id] = gang
         try:
+            machines = list({host.label: host for host, _ in plan}.values())  # each machine of the gang, once
             ports: dict[str, list[int]] = {}
-            for host in {host.label: host for host, _ in plan}.values():
+            for host in machines:
                 wanted = sum(1 for (h, _), p in zip(plan, spec.processes) if h is host and p.port is None)
                 ports[host.label] = (await host.request({"op": "ports", "n": wanted}))["ports"] if wanted else []
             gang.placements = [Placement(host.m.host, p.port if p.port is not None else ports[host.label].pop())
                                for (host, _), p in zip(plan, spec.processes)]
-            code = {host.label: await host.ensure_code(spec.code_dir, spec.experiment_id)
-                    for host in {host.label: host for host, _ in plan}.values()}
+            code = {host.label: await host.ensure_code(spec.code_dir, spec.experiment_id) for host in machines}
             if spec.restore_checkpoint is not None:  # the chief continues from it (it reports the checkpoints)
                 chief_host = plan[0][0]
                 folder = f"{chief_host.root}/{spec.experiment_id}/trials/{spec.trial_id}.{spec.processes[0].name}"
@@ -220,12 +220,8 @@ class RemoteGangs:
         """Copy a member's stdout (1) or stderr (2) into the trial's merged log, complete lines prefixed."""
         gang, name = member.gang, member.process.name  # type: ignore[union-attr]
         assert gang is not None
-        text = member.merge_partial[stream - 1] + data
-        end = text.rfind(b"\n") + 1
-        member.merge_partial[stream - 1] = text[end:]
-        if end:
-            gang.merged[stream - 1].write(b"".join(merged_line(name, line)
-                                                   for line in text[:end].splitlines(keepends=True)))
+        lines, member.merge_partial[stream - 1] = merged_lines(name, member.merge_partial[stream - 1], data)
+        gang.merged[stream - 1].write(lines)
 
     def _member_ended(self: "RemoteTrainingService", member: "_Trial", status: str, code: int | None,
                       message: str | None) -> None:
