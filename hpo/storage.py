@@ -4,6 +4,11 @@ The engine is the only writer (:class:`ExperimentStore` opened with ``readonly=F
 write is committed before the engine acts on it, so a killed engine can be resumed from the
 file.  Readers (dashboard, ``Experiment.connect``, the CLI) open their own read-only
 connections and never block the writer.
+
+Scale: counts by status are kept up to date incrementally (:class:`_Tally`), the best trial and the trials
+without a result are index seeks, and every bulk read (``iter_trials``, ``iter_export``) pages by sequence
+number (keyset), so that an experiment of 100,000 trials is as quick to run, resume and read as a small one,
+and a reader never holds more than a page of trials.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 __all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
            "EXPERIMENT_END_STATES", "CREATED", "StoreError", "StoreWriteError", "StoreLocked", "engine_running", "maximizes"]
@@ -197,6 +202,13 @@ CREATE TABLE IF NOT EXISTS process_metrics (
 );
 CREATE INDEX IF NOT EXISTS process_metrics_trial ON process_metrics(trial_seq, process, kind, step);
 """
+# Indexes a store gets from its engine (written before they existed, it gets them at its next resume): the
+# best trial is a seek (trials_best), trials without a result a seek (trials_status_value), and counts by
+# status a scan of a small covering index rather than of the table.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS trials_best ON trials(interrupted, final_value);
+CREATE INDEX IF NOT EXISTS trials_status_value ON trials(status, final_value, interrupted);
+"""
 CHECKPOINT_STATES = ("COMPLETED", "ERROR", "DELETED")
 _CHECKPOINT_COLUMNS = ("uuid", "trial_seq", "steps_completed", "value", "metrics", "metadata", "resources", "location",
                        "state", "message", "report_time")
@@ -239,6 +251,96 @@ def _event_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
     return [{"id": r[0], "ts": r[1], "kind": r[2], "trial_seq": r[3], "data": json.loads(r[4] or "{}")} for r in rows]
 
 
+class _Tally:
+    """Trials counted by (status, interrupted, whether the final value is NULL), kept up to date from the rows
+    that can have changed since the last look, not by counting the table again.
+
+    Trials are only appended (the next sequence number is one past the highest), and a trial's row changes
+    only while it is WAITING or RUNNING, plus one write outside that: the transaction that inserts a re-run
+    also marks the trial it re-runs (``rerun_of``) as replaced (``interrupted=2``).  So a refresh re-reads the
+    new trials, the active ones, and the ones a re-run names.  Finished trials whose ``interrupted`` is not 0
+    (few) are remembered, so that a replaced trial's old key is known."""
+
+    def __init__(self) -> None:
+        self.version: Any = None
+        self.last = 0                                       # highest sequence number counted
+        self.counts: dict[tuple[str, int, bool], int] = {}
+        self.known: dict[int, tuple[str, int, bool]] = {}   # active trials, and finished ones not interrupted=0
+
+    def refresh(self, store: "ExperimentStore") -> None:
+        version = (store._writes, store._query("PRAGMA data_version")[0][0]) if not store.readonly else \
+            store._query("PRAGMA data_version")[0][0]
+        if version == self.version:
+            return
+        with store._lock:
+            conn = store._conn
+            try:
+                if store.readonly:
+                    conn.execute("BEGIN")   # one snapshot for both queries
+                try:
+                    self._update(conn)
+                finally:
+                    if store.readonly:
+                        conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise store._unreadable(exc) from None
+        self.version = version
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        """The first look: counts by one GROUP BY (a covering index's scan where the store has it)."""
+        self.last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM trials").fetchone()[0]
+        self.counts = {(status, interrupted or 0, bool(no_value)): n for status, interrupted, no_value, n in conn.execute(
+            "SELECT status, interrupted, final_value IS NULL, COUNT(*) FROM trials WHERE seq <= ? GROUP BY 1, 2, 3",
+            (self.last,))}
+        self.known = {seq: (status, interrupted or 0, bool(no_value)) for seq, status, interrupted, no_value in
+                      conn.execute("SELECT seq, status, interrupted, final_value IS NULL FROM trials WHERE seq <= ? AND "
+                                   "(status IN ('WAITING', 'RUNNING') OR interrupted != 0)", (self.last,))}
+
+    def _update(self, conn: sqlite3.Connection) -> None:
+        if self.version is None:
+            self._load(conn)
+            return
+        columns = "seq, status, interrupted, final_value IS NULL, rerun_of"
+        watch = [seq for seq, key in self.known.items() if key[0] in ACTIVE_STATES]
+        # two indexed parts (an OR, or an ORDER BY, can make SQLite scan the table)
+        rows = conn.execute(f"SELECT {columns} FROM trials WHERE seq > ? UNION ALL SELECT {columns} FROM trials "
+                            "WHERE seq IN (SELECT value FROM json_each(?)) AND seq <= ?",
+                            (self.last, json.dumps(watch), self.last)).fetchall()
+        named = {r[4] for r in rows if r[4]} - {r[0] for r in rows}
+        if named:
+            rows += conn.execute(f"SELECT {columns} FROM trials WHERE seq IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(sorted(named)),)).fetchall()
+        for seq, status, interrupted, no_value, _ in rows:
+            key = (status, interrupted or 0, bool(no_value))
+            if seq > self.last:
+                old = None
+            else:
+                old = self.known.get(seq, (key[0], 0, key[2]) if key[0] not in ACTIVE_STATES else None)
+            if old == key:
+                continue
+            if old is not None:
+                self.counts[old] -= 1
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if status in ACTIVE_STATES or key[1] != 0:
+                self.known[seq] = key
+            else:
+                self.known.pop(seq, None)
+        self.last = max([self.last] + [r[0] for r in rows])
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(TRIAL_STATES, 0)
+        for (status, interrupted, _), n in self.counts.items():
+            if interrupted != 2:
+                counts[status] = counts.get(status, 0) + n
+        return counts
+
+    def counted(self) -> int:
+        return sum(n for (_, interrupted, _), n in self.counts.items() if interrupted == 0)
+
+    def without_result(self) -> int:
+        return sum(n for (status, _, no_value), n in self.counts.items() if status == "SUCCEEDED" and no_value)
+
+
 class ExperimentStore:
     """Access to one experiment's SQLite file.
 
@@ -259,6 +361,8 @@ class ExperimentStore:
         self._lock_fd: int | None = None
         self._lock = threading.Lock()  # a read-only store may be shared by reader threads
         self._tables: set[str] = set()  # tables newer than some stores, seen (a reader looks; once there, they stay)
+        self._writes = 0  # the writer's own commits (its connection's data_version does not count them)
+        self._tally = _Tally()
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
@@ -284,6 +388,7 @@ class ExperimentStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
+            self._conn.executescript(_INDEXES)
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(experiment)")}
             for column in ("elapsed_seconds", "resumed_at"):  # a store written before these columns existed
                 if column not in columns:
@@ -338,9 +443,11 @@ class ExperimentStore:
         if self.readonly:
             raise PermissionError("this store was opened read-only")
         try:
-            return self._conn.execute(sql, tuple(args))
+            cursor = self._conn.execute(sql, tuple(args))
         except sqlite3.Error as exc:
             raise StoreWriteError(_describe_write_error(self.path, exc)) from None
+        self._writes += 1
+        return cursor
 
     def _transaction(self, *statements: tuple[str, Iterable[Any]]) -> None:
         """Run write statements atomically: all are committed or none."""
@@ -486,7 +593,8 @@ class ExperimentStore:
 
     def counted_trials(self) -> int:
         """Trials that count against ``max_trial_number`` (interrupted ones are replaced by their re-run)."""
-        return self._query("SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]
+        self._tally.refresh(self)
+        return self._tally.counted()
 
     def add_metric(self, seq: int, kind: str, step: int, value: float | None, data: Any) -> None:
         """Record an intermediate (``kind='intermediate'``) or final result of trial ``seq``."""
@@ -612,17 +720,17 @@ class ExperimentStore:
 
     def count_without_result(self) -> int:
         """SUCCEEDED trials with no usable final result (none reported, or not a finite number)."""
-        return self._query("SELECT COUNT(*) FROM trials WHERE status='SUCCEEDED' AND final_value IS NULL")[0][0]
+        self._tally.refresh(self)
+        return self._tally.without_result()
 
     def count_waiting_with_reason(self) -> int:
         """WAITING trials with a reason they cannot run yet (an unschedulable pod, an image that cannot be pulled)."""
         return self._query("SELECT COUNT(*) FROM trials WHERE status='WAITING' AND message IS NOT NULL")[0][0]
 
     def status_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(TRIAL_STATES, 0)
-        # a trial that was interrupted and re-run counts once: as its re-run
-        counts.update(dict(self._query("SELECT status, COUNT(*) FROM trials WHERE interrupted != 2 GROUP BY status")))
-        return counts
+        """Trials per status; a trial that was interrupted and re-run counts once: as its re-run."""
+        self._tally.refresh(self)
+        return self._tally.status_counts()
 
     def best_trial(self, maximize: bool, finished_only: bool = False) -> TrialRecord | None:
         """The trial with the best final value (``finished_only``: among trials that have ended)."""
@@ -634,9 +742,58 @@ class ExperimentStore:
 
     def export_data(self) -> list[dict[str, Any]]:
         """Every trial with a final result, once: ``{trial_id, sequence_id, parameter, value, status}``
-        (an interrupted trial that was re-run is represented by its re-run)."""
-        rows = self._query("SELECT id, seq, parameters, final, final_value, status FROM trials "
-                           "WHERE final IS NOT NULL AND interrupted=0 ORDER BY seq")
-        return [{"trial_id": i, "sequence_id": s, "parameter": json.loads(p), "value": json.loads(f),
-                 "default": v if v is None or math.isfinite(v) else None, "status": st}
-                for i, s, p, f, v, st in rows]
+        (an interrupted trial that was re-run is represented by its re-run).  A list of all of them: for a
+        large experiment, :meth:`iter_export` yields them a page at a time."""
+        return list(self.iter_export())
+
+    def iter_export(self, page: int = 1000, upto: int | None = None) -> Iterator[dict[str, Any]]:
+        """:meth:`export_data`'s records one at a time, read ``page`` trials at a time by sequence number (each
+        page one indexed query, so the store is never held between pages); ``upto``: only trials up to that
+        sequence number."""
+        last = 0
+        while True:
+            rows = self._query("SELECT id, seq, parameters, final, final_value, status FROM trials WHERE seq > ? "
+                               "AND seq <= ? AND final IS NOT NULL AND interrupted=0 ORDER BY seq LIMIT ?",
+                               (last, upto if upto is not None else 2 ** 62, page))
+            for i, s, p, f, v, st in rows:
+                yield {"trial_id": i, "sequence_id": s, "parameter": json.loads(p), "value": json.loads(f),
+                       "default": v if v is None or math.isfinite(v) else None, "status": st}
+            if len(rows) < page:
+                return
+            last = rows[-1][1]
+
+    def count_export(self, upto: int | None = None) -> int:
+        """How many records :meth:`iter_export` yields (up to sequence number ``upto``)."""
+        return self._query("SELECT COUNT(*) FROM trials WHERE seq <= ? AND final IS NOT NULL AND interrupted=0",
+                           (upto if upto is not None else 2 ** 62,))[0][0]
+
+    def max_seq(self) -> int:
+        """The highest sequence number (0 without trials)."""
+        return self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]
+
+    def iter_trials(self, status: str | Iterable[str] | None = None, page: int = 1000,
+                    after: int = 0) -> Iterator[TrialRecord]:
+        """Trials by sequence number (past ``after``), read ``page`` at a time (keyset pages: each an indexed
+        query, nothing held between them), so that a reader of 100,000 trials holds one page."""
+        where, args = "", []
+        if status is not None:
+            states = [status] if isinstance(status, str) else list(status)
+            where = f" AND status IN ({','.join('?' * len(states))})"
+            args = states
+        last = after
+        while True:
+            rows = self._query(f"SELECT {self._trial_columns} FROM trials WHERE seq > ?{where} ORDER BY seq LIMIT ?",
+                               [last, *args, page])
+            for row in rows:
+                yield TrialRecord.from_row(row)
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    def count_trials(self, status: str | Iterable[str] | None = None) -> int:
+        """How many trials (in ``status``) there are."""
+        if status is None:
+            return self._query("SELECT COUNT(*) FROM trials")[0][0]
+        states = [status] if isinstance(status, str) else list(status)
+        return self._query(f"SELECT COUNT(*) FROM trials WHERE status IN ({','.join('?' * len(states))})",
+                           states)[0][0]

@@ -175,28 +175,39 @@ class NniApi:
                 "pid": self.stand_in.pid(running), "webuiUrl": [f"http://localhost:{port}"] if port else [],
                 "logDir": str(Path(exp["directory"]).parent), "prefixUrl": None}
 
-    async def trial_jobs(self, request: web.Request) -> web.Response:
+    async def trial_jobs(self, request: web.Request) -> web.StreamResponse:
+        from webui.server import stream_json_array
         status = request.query.get("status")
-        return web.json_response(await self._read(self._trials, status, None))
+        return await stream_json_array(request, self._iter_trials(status), json.dumps)
 
     async def trial_job(self, request: web.Request) -> web.Response:
         trial_id = request.match_info["trial_id"]
-        found = await self._read(self._trials, None, trial_id)
+        found = await self._read(self._trials, None, trial_id, 0, 1)
         if not found:
             raise web.HTTPNotFound(text=f"no trial {trial_id!r}")
         return web.json_response(found[0])
 
-    def _trials(self, status: str | None, trial_id: str | None) -> list[dict[str, Any]]:
-        where, args = "WHERE interrupted != 2", []
+    def _iter_trials(self, status: str | None, page: int = 500) -> Any:
+        """Every trial as NNI's TrialJob, by sequence number, read ``page`` trials at a time (keyset pages)."""
+        after = 0
+        while True:
+            jobs = self._trials(status, None, after, page)
+            yield from jobs
+            if len(jobs) < page:
+                return
+            after = jobs[-1]["sequenceId"]
+
+    def _trials(self, status: str | None, trial_id: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        where, args = "WHERE interrupted != 2 AND seq > ?", [after]
         if status:
-            where, args = where + " AND status = ?", [status]
+            where, args = where + " AND status = ?", args + [status]
         if trial_id is not None:
             where, args = where + " AND id = ?", args + [trial_id]
         rows = self.api.reader.query("SELECT seq, id, parameters, status, created_at, started_at, ended_at, message "
-                                     f"FROM trials {where} ORDER BY seq", args)
+                                     f"FROM trials {where} ORDER BY seq LIMIT ?", args + [limit])
         finals = {seq: (step, data, ts) for seq, step, data, ts in self.api.reader.query(
-            "SELECT trial_seq, step, data, ts FROM metrics WHERE kind = 'final'"
-            + (" AND trial_seq = ?" if len(rows) == 1 else ""), [rows[0][0]] if len(rows) == 1 else [])}
+            "SELECT trial_seq, step, data, ts FROM metrics WHERE kind = 'final' AND trial_seq IN "
+            "(SELECT value FROM json_each(?))", [json.dumps([r[0] for r in rows])])} if rows else {}
         trials_dir = self.api.directory / "trials"
         out = []
         for seq, tid, params, st, created, started, ended, message in rows:
@@ -214,23 +225,41 @@ class NniApi:
         return out
 
     async def job_statistics(self, request: web.Request) -> web.Response:
-        rows = await self._read(self.api.reader.query, "SELECT status, COUNT(*) FROM trials WHERE interrupted != 2 "
-                                                       "GROUP BY status ORDER BY status")
-        return web.json_response([{"trialJobStatus": s, "trialJobNumber": n} for s, n in rows])
+        counts = await self._read(self.api.reader.status_counts)
+        return web.json_response([{"trialJobStatus": s, "trialJobNumber": n} for s, n in sorted(counts.items()) if n])
 
-    async def metric_data(self, request: web.Request) -> web.Response:
+    async def metric_data(self, request: web.Request) -> web.StreamResponse:
+        from webui.server import stream_json_array
         trial_id = request.match_info.get("trial_id")
-        sql = ("SELECT t.id, m.trial_seq, m.kind, m.step, m.value, m.data, m.ts FROM metrics m JOIN trials t "
-               "ON t.seq = m.trial_seq WHERE t.interrupted != 2" + (" AND t.id = ?" if trial_id else "")
-               + " ORDER BY m.trial_seq, m.kind = 'final', m.step")
-        rows = await self._read(self.api.reader.query, sql, [trial_id] if trial_id else [])
-        return web.json_response([_metric(t, s, k, step, v if d is None else json.loads(d), ts)
-                                  for t, s, k, step, v, d, ts in rows])
+        return await stream_json_array(request, self._iter_metrics(trial_id), json.dumps)
 
-    async def export_data(self, request: web.Request) -> web.Response:
-        rows = await self._read(self.api.store.export_data)
-        return web.json_response([{"parameter": r["parameter"], "value": json.dumps(r["value"]),
-                                   "trialJobId": r["trial_id"]} for r in rows])
+    def _iter_metrics(self, trial_id: str | None, page: int = 200) -> Any:
+        """Every metric (of one trial, or of every trial ``page`` trials at a time by sequence number)."""
+        after = 0
+        while True:
+            where, args = "interrupted != 2 AND seq > ?", [after]
+            if trial_id is not None:
+                where, args = where + " AND id = ?", args + [trial_id]
+            trials = self.api.reader.query(f"SELECT seq, id FROM trials WHERE {where} ORDER BY seq LIMIT ?",
+                                           args + [page])
+            if not trials:
+                return
+            ids = dict(trials)
+            rows = self.api.reader.query(
+                "SELECT trial_seq, kind, step, value, data, ts FROM metrics WHERE trial_seq IN "
+                "(SELECT value FROM json_each(?)) ORDER BY trial_seq, kind = 'final', step",
+                [json.dumps(list(ids))])
+            for s, k, step, v, d, ts in rows:
+                yield _metric(ids[s], s, k, step, v if d is None else json.loads(d), ts)
+            if len(trials) < page:
+                return
+            after = trials[-1][0]
+
+    async def export_data(self, request: web.Request) -> web.StreamResponse:
+        from webui.server import stream_json_array
+        rows = ({"parameter": r["parameter"], "value": json.dumps(r["value"]), "trialJobId": r["trial_id"]}
+                for r in self.api.store.iter_export())
+        return await stream_json_array(request, rows, json.dumps)
 
     # -- changes --------------------------------------------------------------------------------------
     async def update(self, request: web.Request) -> web.Response:

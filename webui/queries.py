@@ -14,10 +14,14 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from hpo.storage import DB_NAME, TRIAL_STATES
+from webui.trial_index import STATUSES, Column, TrialIndex, compare, sort_key, sort_order
 
 __all__ = ["Reader", "QueryError", "parse_filter", "SORT_FIELDS"]
 
@@ -39,6 +43,10 @@ _TEXT_FIELDS = {"id", "status", "message"}
 _TRIAL_COLS = ("seq", "id", "parameters", "status", "created_at", "started_at", "ended_at", "exit_code",
                "message", "final", "final_value", "gpus", "rerun_of", "interrupted")
 _MAX_CURVES = 500
+CHART_POINTS = 2000   # trials in a chart's data at most (past that, a sample that keeps the best and the outliers)
+CURVE_POINTS = 500    # points of one intermediate curve at most (past that, each slice's lowest and highest)
+_BASE_FIELDS = {"seq", "final_value", "created_at", "started_at", "ended_at", "duration", "status"}
+_TEXT_AFFINITY = {"id", "status", "message", "host", "parameters", "final", "gpus"}
 
 
 class QueryError(ValueError):
@@ -99,7 +107,9 @@ def parse_filter(text: str) -> tuple[str, str, Any]:
 
 
 class Reader:
-    """A read-only connection to one experiment's store, shared by the API's worker threads."""
+    """A read-only connection to one experiment's store, shared by the API's worker threads, and the trial
+    index (:mod:`webui.trial_index`) that sorts, filters, counts and samples trials without scanning the
+    store on every change."""
 
     def __init__(self, directory: Path) -> None:
         path = Path(directory) / DB_NAME
@@ -109,12 +119,33 @@ class Reader:
                                      isolation_level=None)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, float, Any]] = {}
-        self._chart: dict[str, Any] = _empty_chart()
+        self.index = TrialIndex(str(path))
+        self._meta: OrderedDict[int, tuple[str, dict[str, Any]]] = OrderedDict()  # seq -> id, parameters
         self._chart_lock = threading.Lock()
+        self._background: dict[str, threading.Thread] = {}
+        self._closed = False
+
+    def warm(self) -> threading.Thread:
+        """Load the trial index, with a column per search-space parameter, on a thread of its own (one scan of
+        the store; at 100,000 trials about a second that the first page would otherwise wait for)."""
+        def work() -> None:
+            try:
+                config = json.loads(self.query("SELECT config FROM experiment LIMIT 1")[0][0])
+                names = list((config.get("search_space") or {}) if isinstance(config, dict) else {})
+                now = time.time()
+                self.index.refresh([key for key in (self._column_key(f"param.{n}", now) for n in names[:32]
+                                                    if '"' not in n and "\\" not in n) if key is not None])
+            except (sqlite3.Error, IndexError, ValueError, AttributeError, QueryError):
+                pass  # closed meanwhile, or an odd store: the first request loads what it needs
+        thread = threading.Thread(target=work, name="hpo-dashboard-index", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
+        self._closed = True
         with self._lock:
             self._conn.close()
+        self.index.close()
 
     def query(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> list[tuple]:
         with self._lock:
@@ -135,72 +166,135 @@ class Reader:
             self._cache.pop(next(iter(self._cache)))
         return value
 
+    def refreshed(self, key: str, compute: Callable[[], Any], min_age: float) -> Any:
+        """The last ``compute()`` at once (computed here the first time); when the store has changed since and it
+        is older than ``min_age`` seconds, a new one is computed on a thread of its own for the next caller.
+        For answers that take longer than a request may (importance, the quartile bands)."""
+        version = self.version()
+        hit = self._cache.get(key)
+        if hit is None:
+            return self.cached(key, compute)
+        if hit[0] != version and time.monotonic() - hit[1] >= min_age and not self._closed:
+            running = self._background.get(key)
+            if running is None or not running.is_alive():
+                def work() -> None:
+                    try:
+                        value = compute()
+                    except Exception:  # the store went away (closed, replaced): keep the last answer
+                        return
+                    self._cache[key] = (version, time.monotonic(), value)
+                thread = threading.Thread(target=work, name=f"hpo-dashboard-{key}", daemon=True)
+                self._background[key] = thread
+                thread.start()
+        return hit[2]
+
     # -- trials ------------------------------------------------------------------------------------
-    def _where(self, status: list[str] | None, filters: list[str], search: str | None,
-               now: float) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if status:
-            bad = [s for s in status if s not in TRIAL_STATES]
-            if bad:
-                raise QueryError(f"unknown status {bad[0]!r}; expected one of {', '.join(TRIAL_STATES)}")
-            clauses.append(f"status IN ({','.join('?' * len(status))})")
-            args.extend(status)
-        for text in filters:
-            field, op, value = parse_filter(text)
-            expr, eargs = _field_sql(field, now)
-            if op == "~":
-                clauses.append(f"instr(lower(CAST({expr} AS TEXT)), lower(?)) > 0")
-                args.extend(eargs + [value])
-            elif value is None:
-                clauses.append(f"{expr} IS {'NOT ' if op == '!=' else ''}NULL")
-                args.extend(eargs)
-            else:
-                sql_op = {"==": "=", "!=": "IS NOT"}.get(op, op)
-                if isinstance(value, bool):  # JSON true/false come back from json_extract as 1/0
-                    value = int(value)
-                clauses.append(f"{expr} {sql_op} ?")
-                args.extend(eargs + [value])
-        if search:
-            clauses.append("(instr(lower(id), lower(?)) > 0 OR instr(lower(parameters), lower(?)) > 0 "
-                           "OR CAST(seq AS TEXT) = ?)")
-            args.extend([search, search, search.lstrip("#")])
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+    def _column_key(self, field: str, now: float) -> tuple[str, tuple[Any, ...]] | None:
+        """The SQL-expression column of the index for a sort/filter field; None for a column it holds anyway."""
+        if field.startswith(("param.", "metric.")):
+            expr, args = _field_sql(field, now)
+            return expr, tuple(args)
+        name = SORT_FIELDS.get(field)
+        if name is None:
+            _field_sql(field, now)  # raises the QueryError naming the fields
+        if name in _BASE_FIELDS:
+            return None
+        return name, ()
+
+    def _column(self, field: str, now: float) -> Column:
+        key = self._column_key(field, now)
+        if key is None:
+            col = self.index.base_column(SORT_FIELDS[field], now)
+            assert col is not None
+            return col
+        return self.index.columns[key]
 
     def trials_page(self, *, status: list[str] | None = None, filters: list[str] = (),  # type: ignore[assignment]
                     search: str | None = None, sort: str = "seq", descending: bool = False,
                     limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """One page of trials (with their step count and latest intermediate value) and the total.
 
-        The default order (by sequence number) pages through the primary key.  Any other sort or a
-        filter computes the ordered list of sequence numbers once per store version (one scan), and
-        each page is then a slice of it: scrolling a sorted 10,000-row table costs one indexed
-        fetch of 100 rows per page."""
+        The trial index orders and filters every trial in memory (sorting 100,000 trials takes a few ms, and the
+        order is kept until the store changes); the page's rows are then read by sequence number."""
         now = time.time()
-        where, args = self._where(status, list(filters), search, now)
-        expr, sargs = _field_sql(sort, now)
-        direction = "DESC" if descending else "ASC"
-        select = (f"SELECT {', '.join('t.' + c for c in _TRIAL_COLS)}, "
-                  "(SELECT COUNT(*) FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate'), "
-                  "(SELECT value FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate' "
-                  "ORDER BY step DESC LIMIT 1) FROM trials t")
-        if expr == "seq" and (not where or where.startswith(" WHERE status IN") and " AND " not in where):
-            rows = self.query(f"{select}{where} ORDER BY t.seq {direction} LIMIT ? OFFSET ?", args + [limit, offset])
-            if offset == 0 and len(rows) < limit:
-                total = len(rows)
+        status = list(status or [])
+        bad = [s for s in status if s not in TRIAL_STATES]
+        if bad:
+            raise QueryError(f"unknown status {bad[0]!r}; expected one of {', '.join(TRIAL_STATES)}")
+        parsed = [parse_filter(text) for text in filters]
+        need: list[tuple[str, tuple[Any, ...]]] = []
+        clauses: list[tuple[Any, ...]] = []
+        for field, op, value in parsed:
+            if op == "~":
+                expr, eargs = _field_sql(field, now)
+                key = (f"instr(lower(CAST({expr} AS TEXT)), lower(?)) > 0", (*eargs, value))
+                clauses.append(("sql", key))
+                need.append(key)
             else:
-                total = self.query(f"SELECT COUNT(*) FROM trials{where}", args)[0][0]
-            return [_row_json(r, now) for r in rows], total
-        key = f"order:{where}:{json.dumps(args, default=str)}:{sort}:{direction}"
-        sql = (f"SELECT seq FROM (SELECT seq, {expr} AS k FROM trials{where}) "
-               f"ORDER BY k IS NULL, k {direction}, seq")  # the key computed once per row
-        seqs = self.cached(key, lambda: [r[0] for r in self.query(sql, sargs + args)])
-        chosen = seqs[offset:offset + limit]
-        if not chosen:
-            return [], len(seqs)
-        rows = self.query(f"{select} WHERE t.seq IN ({','.join('?' * len(chosen))})", chosen)
-        by_seq = {r[0]: r for r in rows}
-        return [_row_json(by_seq[s], now) for s in chosen if s in by_seq], len(seqs)
+                key = self._column_key(field, now)
+                if key is not None:
+                    need.append(key)
+                if SORT_FIELDS.get(field) in _TEXT_AFFINITY and isinstance(value, float):
+                    value = self.query("SELECT CAST(? AS TEXT)", (value,))[0][0]  # as SQLite compares it
+                clauses.append(("cmp", field, op, value))
+        if search:
+            key = ("(instr(lower(id), lower(?)) > 0 OR instr(lower(parameters), lower(?)) > 0 OR CAST(seq AS TEXT) = ?)",
+                   (search, search, search.lstrip("#")))
+            clauses.append(("sql", key))
+            need.append(key)
+        sort_column = self._column_key(sort, now)
+        if sort_column is not None:
+            need.append(sort_column)
+        by_seq = SORT_FIELDS.get(sort) == "seq"
+        index = self.index
+        with index.lock:
+            index.refresh(need)
+            n = index.n
+            if by_seq and not status and not clauses:
+                total = n
+                if descending:
+                    chosen = index.seq[max(0, n - offset - limit):max(0, n - offset)][::-1]
+                else:
+                    chosen = index.seq[offset:offset + limit]
+            else:
+                def mask() -> np.ndarray:
+                    selected = np.ones(n, dtype=bool)
+                    if status:
+                        selected &= np.isin(index.status[:n], [STATUSES.index(s) for s in status])
+                    for clause in clauses:
+                        if clause[0] == "sql":
+                            col = index.columns[clause[1]]
+                            selected &= (col.kind[:n] == 1) & (col.num[:n] != 0)
+                        else:
+                            selected &= compare(self._column(clause[1], now), n, clause[2], clause[3])
+                    return selected
+
+                def keys() -> np.ndarray | None:
+                    if by_seq:
+                        return -np.arange(n, dtype=float) if descending else np.arange(n, dtype=float)
+                    if SORT_FIELDS.get(sort) == "duration":
+                        return None  # changes with the clock while trials run
+                    return sort_key(self._column(sort, now), n, descending)
+
+                def full() -> np.ndarray:
+                    rows = np.flatnonzero(mask())
+                    if by_seq:
+                        return rows[::-1] if descending else rows
+                    return sort_order(self._column(sort, now), rows, descending)
+                key = (tuple(status), tuple(filters), search, SORT_FIELDS.get(sort, sort), descending)
+                ordered = index.ordered(key, mask, keys, full)
+                total = len(ordered)
+                chosen = index.seq[ordered[offset:offset + limit]]
+            seqs = chosen.tolist()
+        if not seqs:
+            return [], total
+        rows = self.query(f"SELECT {', '.join('t.' + c for c in _TRIAL_COLS)}, "
+                          "(SELECT COUNT(*) FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate'), "
+                          "(SELECT value FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate' "
+                          "ORDER BY step DESC LIMIT 1) FROM trials t WHERE t.seq IN (SELECT value FROM json_each(?))",
+                          (json.dumps(seqs),))
+        by = {r[0]: r for r in rows}
+        return [_row_json(by[s], now) for s in seqs if s in by], total
 
     def trial_metrics(self, seq: int) -> list[dict[str, Any]]:
         rows = self.query("SELECT kind, step, value, data, ts FROM metrics WHERE trial_seq=? "
@@ -216,66 +310,105 @@ class Reader:
             return sorted(r[0] for r in rows)
         return self.cached("metric_keys", compute, min_age=2.0)
 
+    # -- aggregates (from the trial index: no scan of the store) ------------------------------------------
+    def status_counts(self) -> dict[str, int]:
+        """Trials per status (a trial that was interrupted and re-run counts once: as its re-run)."""
+        with self.index.lock:
+            self.index.refresh()
+            return self.index.status_counts()
+
+    def counted_trials(self) -> int:
+        with self.index.lock:
+            self.index.refresh()
+            return self.index.counted()
+
+    def count_without_result(self) -> int:
+        with self.index.lock:
+            self.index.refresh()
+            return self.index.without_result()
+
+    def best_seq(self, maximize: bool) -> int | None:
+        """The sequence number of the trial with the best final value (the first of equals), as
+        ``ExperimentStore.best_trial``."""
+        index = self.index
+        with index.lock:
+            index.refresh()
+            n = index.n
+            cand = np.flatnonzero(~np.isnan(index.value[:n]) & (index.interrupted[:n] == 0))
+            if not len(cand):
+                return None
+            values = index.value[cand]
+            return int(index.seq[cand[int(np.argmax(values) if maximize else np.argmin(values))]])
+
     # -- charts ------------------------------------------------------------------------------------
-    def chart_data(self) -> bytes:
-        """Every trial in columns (seq, id, status, value, start, end, created, parameters), as JSON bytes.
+    def chart_data(self, maximize: bool = True, points: int = CHART_POINTS) -> bytes:
+        """Trials in columns (seq, id, status, value, start, end, created, parameters), as JSON bytes.
 
-        A trial's row no longer changes once it has ended, and its parameters never change, so each
-        trial's JSON is kept between store versions: a new version re-reads only the trials that were
-        still waiting or running, and the new ones."""
-        def compute() -> bytes:
-            c = self._chart
-            count, top = self.query("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM trials")[0]
-            cols = ("seq, id, status, final_value, started_at, ended_at, created_at, parameters")
-            if c["active"]:
-                active = sorted(c["active"])
-                for row in self.query(f"SELECT {cols} FROM trials WHERE seq IN ({','.join('?' * len(active))})",
-                                      active):
-                    self._chart_row(row, c["pos"][row[0]])
-            for row in self.query(f"SELECT {cols} FROM trials WHERE seq > ? ORDER BY seq", (c["max"],)):
-                self._chart_row(row, None)
-            if len(c["pos"]) != count or c["max"] != top:  # rows are only ever appended; else start again
-                self._chart = _empty_chart()
-                return compute()
-            parts = ['{"version":', str(self.version()), ',"count":', str(count)]
-            for key in ("seq", "id", "status", "value", "start", "end", "created"):
-                parts += [f',"{key}":[', ",".join(c["cols"][key]), "]"]
-            parts.append(',"params":{')
-            parts.append(",".join(f"{json.dumps(name)}:[{','.join(col)}]" for name, col in c["params"].items()))
-            parts.append("}}")
-            return "".join(parts).encode()
+        Up to ``points`` trials it is every trial.  Past that it is a sample that keeps what a chart of every
+        trial would show (:func:`_chart_sample`): the best trials, the worst, the longest, every running one,
+        and per slice of the trial numbers the lowest and the highest value; ``total`` says how many trials
+        there are, ``groups`` how many of them each legend entry stands for, ``best`` the best-so-far line
+        over every trial (by trial number and by time), and ``duration_bins`` the histogram of every
+        trial's duration."""
+        index = self.index
         with self._chart_lock:
-            return self.cached("chart_data", compute)
+            with index.lock:
+                index.refresh()
+                key = f"chart:{maximize}:{points}"
+                hit = self._cache.get(key)
+                if hit is not None and hit[0] == index.generation:
+                    return hit[2]
+                n = index.n
+                chosen = np.arange(n) if n <= points else _chart_sample(index, maximize, points)
+                cols = {"seq": index.seq[chosen], "status": index.status[chosen], "value": index.value[chosen],
+                        "start": index.started[chosen], "end": index.ended[chosen],
+                        "created": index.created[chosen]}
+                extra = _chart_summary(index, maximize) if n > points else None
+                generation = index.generation
+            seqs = cols["seq"].tolist()
+            meta = self._trial_meta(seqs)
+            out: dict[str, Any] = {"version": self.version(), "count": len(seqs), "total": n, "sampled": n > points,
+                                   "seq": seqs, "id": [meta[s][0] for s in seqs],
+                                   "status": [STATUSES[c] for c in cols["status"].tolist()]}
+            for name in ("value", "start", "end", "created"):
+                column = cols[name] if name == "value" else np.round(cols[name], 3)  # times to the ms
+                out[name] = [v if math.isfinite(v) else None for v in column.tolist()]
+            names: dict[str, None] = {}
+            for s in seqs:
+                names.update(dict.fromkeys(meta[s][1]))
+            out["params"] = {name: [meta[s][1].get(name) for s in seqs] for name in names}
+            if extra is not None:
+                out["summary"] = extra
+            body = json.dumps(out, separators=(",", ":"), allow_nan=False, default=str).encode()
+            self._cache[key] = (generation, time.monotonic(), body)
+            return body
 
-    def _chart_row(self, row: tuple, index: int | None) -> None:
-        c = self._chart
-        seq, tid, status, value, start, end, created, params = row
-        frags = (str(seq), _frag(tid), _frag(status), _frag(value), _frag(start), _frag(end), _frag(created))
-        keys = ("seq", "id", "status", "value", "start", "end", "created")
-        if index is None:
-            index = len(c["pos"])
-            c["pos"][seq] = index
-            c["max"] = max(c["max"], seq)
-            for key, frag in zip(keys, frags):
-                c["cols"][key].append(frag)
-            p = _loads(params)
-            p = p if isinstance(p, dict) else {}
-            for name in p:
-                if name not in c["params"]:
-                    c["params"][name] = ["null"] * index
-            for name, col in c["params"].items():
-                col.append(_frag(_scalar(p.get(name))) if name in p else "null")
-        else:
-            for key, frag in zip(keys, frags):
-                c["cols"][key][index] = frag
-        if status in ("WAITING", "RUNNING"):
-            c["active"].add(seq)
-        else:
-            c["active"].discard(seq)
+    def _trial_meta(self, seqs: list[int]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Trial id and parameters (as chart values) by sequence number; kept for the trials charted last (neither
+        ever changes)."""
+        meta = self._meta
+        missing = [s for s in seqs if s not in meta]
+        for start in range(0, len(missing), 5000):
+            for seq, tid, params in self.query("SELECT seq, id, parameters FROM trials WHERE seq IN "
+                                               "(SELECT value FROM json_each(?))",
+                                               (json.dumps(missing[start:start + 5000]),)):
+                p = _loads(params)
+                meta[seq] = (tid, {k: _scalar(v) for k, v in p.items()} if isinstance(p, dict) else {})
+        out = {}
+        for s in seqs:
+            if s in meta:
+                meta.move_to_end(s)
+                out[s] = meta[s]
+            else:  # gone (a store replaced under us): charted without a name
+                out[s] = ("", {})
+        while len(meta) > 3 * CHART_POINTS:
+            meta.popitem(last=False)
+        return out
 
     def curves(self, trials: list[str] | None, top: int | None, maximize: bool, bands: bool) -> bytes:
-        """Intermediate results of some trials (by id, or the ``top`` best plus the running ones), and the
-        per-step median and quartiles over every trial when ``bands``."""
+        """Intermediate results of some trials (by id, or the ``top`` best plus the running ones), each at most
+        ``CURVE_POINTS`` points (past that, the first and last points and each slice's lowest and highest), and
+        the per-step median and quartiles over a sample of the trials when ``bands``."""
         key = f"curves:{','.join(trials) if trials is not None else ''}:{top}:{maximize}:{bands}"
 
         def compute() -> bytes:
@@ -286,45 +419,61 @@ class Reader:
                                   f"({','.join('?' * len(trials))}) ORDER BY seq", trials) if trials else []
             else:
                 n = min(top or 20, _MAX_CURVES)
-                order = "DESC" if maximize else "ASC"
-                rows = self.query(f"SELECT seq, id, status, final_value FROM trials WHERE final_value IS NOT NULL "
-                                  f"ORDER BY final_value {order}, seq LIMIT ?", (n,))
-                have = {r[0] for r in rows}
-                rows += [r for r in self.query("SELECT seq, id, status, final_value FROM trials WHERE status='RUNNING' "
-                                               "ORDER BY seq DESC LIMIT 50") if r[0] not in have]
+                index = self.index
+                with index.lock:
+                    index.refresh()
+                    count = index.n
+                    valued = np.flatnonzero(~np.isnan(index.value[:count]))
+                    values = index.value[valued]
+                    best = valued[np.lexsort((valued, -values if maximize else values))[:n]]
+                    picked = index.seq[best].tolist()
+                    active = index.positions(sorted(index.active))
+                    running = index.seq[active[index.status[active] == STATUSES.index("RUNNING")]][::-1][:50].tolist()
+                have = set(picked)
+                picked += [s for s in running if s not in have]
+                found = {r[0]: r for r in self.query("SELECT seq, id, status, final_value FROM trials WHERE seq IN "
+                                                     "(SELECT value FROM json_each(?))", (json.dumps(picked),))}
+                rows = [found[s] for s in picked if s in found]
             by_seq: dict[int, dict[str, Any]] = {
                 r[0]: {"seq": r[0], "id": r[1], "status": r[2], "value": _num(r[3]), "steps": [], "values": []}
                 for r in rows}
             if by_seq:
-                seqs = list(by_seq)
                 for seq, step, value in self.query(
-                        f"SELECT trial_seq, step, value FROM metrics WHERE kind='intermediate' AND trial_seq IN "
-                        f"({','.join('?' * len(seqs))}) ORDER BY trial_seq, step", seqs):
+                        "SELECT trial_seq, step, value FROM metrics WHERE kind='intermediate' AND trial_seq IN "
+                        "(SELECT value FROM json_each(?)) ORDER BY trial_seq, step", (json.dumps(list(by_seq)),)):
                     c = by_seq[seq]
                     c["steps"].append(step)
                     c["values"].append(_num(value))
+                for c in by_seq.values():
+                    if len(c["steps"]) > CURVE_POINTS:
+                        c["points"] = len(c["steps"])
+                        c["steps"], c["values"] = downsample_curve(c["steps"], c["values"], CURVE_POINTS)
             out: dict[str, Any] = {"version": self.version(), "trials": list(by_seq.values())}
             if bands:
-                out["bands"] = self.cached("bands", self._bands, min_age=15.0)
+                out["bands"] = self.refreshed("bands", self._bands, min_age=15.0)
             return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
         return self.cached(key, compute)
 
     def _bands(self) -> dict[str, Any]:
         """Per-step quartiles of the intermediate results over (a sample of at most 500) trials."""
-        import numpy as np
-
-        total = self.query("SELECT COUNT(*) FROM trials")[0][0]
-        every = max(1, math.ceil(total / 500))
+        with self.index.lock:
+            self.index.refresh()
+            total = self.index.n
+            every = max(1, math.ceil(total / 500))
+            sample = self.index.seq[:total][::every].tolist()
         rows = self.query("SELECT step, value FROM metrics WHERE kind='intermediate' AND value IS NOT NULL "
-                          "AND trial_seq % ? = 0", (every,))
+                          "AND trial_seq IN (SELECT value FROM json_each(?))", (json.dumps(sample),))
         out: dict[str, Any] = {"step": [], "p25": [], "median": [], "p75": [], "count": [],
-                               "trials_sampled": math.ceil(total / every) if total else 0}
+                               "trials_sampled": len(sample)}
         if not rows:
             return out
         arr = np.array(rows, dtype=float)
         arr = arr[np.isfinite(arr[:, 1])]
         arr = arr[np.lexsort((arr[:, 1], arr[:, 0]))]
         steps, starts, counts = np.unique(arr[:, 0], return_index=True, return_counts=True)
+        if len(steps) > CURVE_POINTS:  # long curves: quartiles at CURVE_POINTS steps spread over them
+            keep = np.unique(np.linspace(0, len(steps) - 1, CURVE_POINTS).round().astype(int))
+            steps, starts, counts = steps[keep], starts[keep], counts[keep]
         for step, start, count in zip(steps, starts, counts):
             if count < 3:
                 continue
@@ -337,7 +486,120 @@ class Reader:
         return out
 
     def importance(self, maximize: bool) -> dict[str, Any]:
-        return self.cached(f"importance:{maximize}", lambda: _importance(self), min_age=5.0)
+        """Parameter importance; recomputed on a thread of its own at most every 5 s while the store changes
+        (a request gets the last one at once)."""
+        return self.refreshed(f"importance:{maximize}", lambda: _importance(self), min_age=5.0)
+
+
+def _chart_sample(index: TrialIndex, maximize: bool, points: int) -> np.ndarray:
+    """Positions of at most about ``points`` trials that keep what a chart of every trial shows: the best tenth
+    of ``points`` trials and the worst fortieth, the longest fortieth, the running and waiting ones (the
+    latest, up to a tenth), and per slice of the trial numbers the one with the lowest value, the one with the
+    highest, and one without a value; in trial-number order."""
+    n = index.n
+    value = index.value[:n]
+    valued = np.flatnonzero(np.isfinite(value))
+    keep = [np.flatnonzero(np.isin(index.status[:n], [STATUSES.index("WAITING"), STATUSES.index("RUNNING")]))
+            [-(points // 10):]]
+    if len(valued):
+        v = value[valued]
+        k_best, k_worst = min(len(valued), max(1, points // 10)), min(len(valued), max(1, points // 40))
+        better = -v if maximize else v
+        keep.append(valued[[int(np.argmin(better))]])  # the best trial itself (the first of equals)
+        keep.append(valued[np.argpartition(better, k_best - 1)[:k_best]])
+        keep.append(valued[np.argpartition(-better, k_worst - 1)[:k_worst]])
+    duration = index.ended[:n] - index.started[:n]
+    timed = np.flatnonzero(np.isfinite(duration))
+    if len(timed):
+        k_long = min(len(timed), max(1, points // 40))
+        keep.append(timed[np.argpartition(-duration[timed], k_long - 1)[:k_long]])
+    room = max(0, points - sum(len(k) for k in keep))
+    buckets = max(1, room // 3)
+    if len(valued):
+        keep += _bucket_extremes(valued, value[valued], buckets, n)
+    unvalued = np.flatnonzero(~np.isfinite(value))
+    if len(unvalued):
+        b = unvalued * buckets // n
+        keep.append(unvalued[np.flatnonzero(np.r_[True, b[1:] != b[:-1]])])
+    return np.unique(np.concatenate(keep))
+
+
+def _bucket_extremes(positions: np.ndarray, values: np.ndarray, buckets: int, n: int) -> list[np.ndarray]:
+    """Of ``positions`` (ascending, with their ``values``), per slice of ``buckets`` equal slices of 0..n the
+    first with the lowest value and the first with the highest: O(n), no sort."""
+    b = positions * buckets // n                     # non-decreasing: each slice is a run
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(b)]))
+    out = []
+    for reduce in (np.minimum, np.maximum):
+        hits = np.flatnonzero(values == reduce.reduceat(values, starts)[run])
+        out.append(positions[hits[np.r_[True, run[hits][1:] != run[hits][:-1]]]])
+    return out
+
+
+def _chart_summary(index: TrialIndex, maximize: bool) -> dict[str, Any]:
+    """What a sample cannot say about every trial: legend counts, the best so far, durations' histogram."""
+    n = index.n
+    value, status = index.value[:n], index.status[:n]
+    finite = np.isfinite(value)
+    groups: dict[str, int] = {}
+    for code, count in enumerate(np.bincount(status[finite], minlength=len(STATUSES)).tolist()):
+        if count:
+            groups[STATUSES[code]] = count
+    ended = ~np.isnan(index.ended[:n])
+    for st in ("FAILED", "SUCCEEDED"):
+        count = int((~finite & ended & (status == STATUSES.index(st))).sum())
+        if count:
+            groups[f"{st}-lane"] = count
+    best: dict[str, list[list[float]]] = {}
+    valued = np.flatnonzero(finite)
+    for axis in ("seq", "time"):
+        if not len(valued):
+            best[axis] = []
+            continue
+        if axis == "seq":
+            xs, vs = index.seq[valued].astype(float), value[valued]
+        else:
+            when = index.ended[valued]
+            when = np.where(np.isnan(when), index.started[valued], when)
+            when = np.where(np.isnan(when), index.created[valued], when)
+            order = np.argsort(when, kind="stable")
+            xs, vs = when[order] * 1000.0, value[valued][order]
+        run = np.maximum.accumulate(vs) if maximize else np.minimum.accumulate(vs)
+        change = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
+        pts = [[float(xs[i]), float(run[i])] for i in change]
+        if change[-1] != len(xs) - 1:
+            pts.append([float(xs[-1]), float(run[-1])])
+        best[axis] = pts
+    duration = index.ended[:n] - index.started[:n]
+    duration = duration[np.isfinite(duration)]
+    bins: list[list[float]] = []
+    if len(duration):
+        lo, hi = float(duration.min()), float(duration.max())
+        k = min(40, max(5, math.ceil(math.sqrt(len(duration)))))
+        width = (hi - lo) / k or 1.0
+        counts = np.bincount(np.minimum(k - 1, ((duration - lo) / width).astype(np.int64)), minlength=k)
+        bins = [[lo + i * width, lo + (i + 1) * width, int(c)] for i, c in enumerate(counts.tolist())]
+    return {"groups": groups, "best": best, "duration_bins": bins}
+
+
+def downsample_curve(steps: list[Any], values: list[Any], points: int) -> tuple[list[Any], list[Any]]:
+    """At most about ``points`` of a curve: the first and the last point and, per slice of the steps, the
+    lowest and the highest value (so no spike or dip disappears), in step order."""
+    n = len(steps)
+    if n <= points:
+        return steps, values
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    buckets = max(1, (points - 2) // 2)
+    b = np.arange(n) * buckets // n
+    keep = {0, n - 1}
+    filled = np.where(np.isnan(v), np.inf, v)
+    for lo_hi in (filled, np.where(np.isnan(v), -np.inf, -v)):
+        order = np.lexsort((lo_hi, b))
+        first = np.flatnonzero(np.r_[True, b[order][1:] != b[order][:-1]])
+        keep.update(order[first].tolist())
+    idx = sorted(keep)
+    return [steps[i] for i in idx], [values[i] for i in idx]
 
 
 def _importance(reader: Reader) -> dict[str, Any]:
@@ -445,18 +707,6 @@ def _loads(text: str | None) -> Any:
 
 def _num(v: Any) -> float | None:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def _empty_chart() -> dict[str, Any]:
-    return {"max": 0, "pos": {}, "active": set(), "params": {},
-            "cols": {k: [] for k in ("seq", "id", "status", "value", "start", "end", "created")}}
-
-
-def _frag(v: Any) -> str:
-    """One value as JSON (non-finite numbers as null)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "null"
-    return json.dumps(v, separators=(",", ":"), default=str)
 
 
 def _scalar(v: Any) -> Any:

@@ -55,7 +55,7 @@ from aiohttp import web
 from hpo.storage import (CHECKPOINT_STATES, CREATED, EXPERIMENT_END_STATES, TRIAL_STATES, ExperimentStore, engine_running,
                          maximizes)
 from webui.nni_api import NNI_PREFIX, add_nni_routes
-from webui.queries import QueryError, Reader
+from webui.queries import CHART_POINTS, QueryError, Reader
 
 __all__ = ["create_app", "ApiServer"]
 
@@ -147,6 +147,7 @@ class _Api:
         self.directory = Path(directory)
         self.store = ExperimentStore(directory, readonly=True)
         self.reader = Reader(directory)
+        self.reader.warm()
         self.engine = engine        # None: read-only (view)
         self.experiment_id = str(self.store.experiment()["id"])
         self._models: Any = None    # the model registry, opened read-only on first use
@@ -175,8 +176,9 @@ class _Api:
         exp = self.store.experiment()
         config = exp["config"]
         maximize = self.maximize(config)
-        best = self.store.best_trial(maximize)
-        counts = self.store.status_counts()
+        best_seq = self.reader.best_seq(maximize)  # counts and the best from the trial index: no scan
+        best = self.store.trial(best_seq) if best_seq is not None else None
+        counts = self.reader.status_counts()
         now = time.time()
         status = self.engine.status if self.engine is not None else exp["status"]
         running_elsewhere = (self.engine is None and status not in EXPERIMENT_END_STATES
@@ -190,7 +192,7 @@ class _Api:
         max_duration = _duration_seconds(config.get("max_experiment_duration"))
         tuner = config.get("tuner") or {}
         service = config.get("training_service") or {}
-        counted = self.store.counted_trials()
+        counted = self.reader.counted_trials()
         done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"))
         exp.update({
             "status": status,
@@ -208,7 +210,7 @@ class _Api:
             "remaining_seconds": None if max_duration is None else max(0.0, max_duration - elapsed),
             "progress": {
                 "trials_done": done, "trials_counted": counted, "trials_total": sum(counts.values()),
-                "trials_without_result": self.store.count_without_result(),
+                "trials_without_result": self.reader.count_without_result(),
                 "trials_waiting_with_reason": self.store.count_waiting_with_reason(),
                 "max_trial_number": config.get("max_trial_number"),
                 "max_experiment_duration_seconds": max_duration,
@@ -415,7 +417,7 @@ class Dashboard:
                 raise web.HTTPNotFound(text=f"no experiment with id {eid!r}" if isinstance(exc, ExperimentNotFound)
                                        else f"experiment {eid!r} cannot be read: {_one_line(exc)}")
             self.others[eid] = api
-            while len(self.others) > 8:  # each holds two store connections (three descriptors each)
+            while len(self.others) > 8:  # each holds three store connections (three descriptors each)
                 self.others.popitem(last=False)[1].close()
         self.others.move_to_end(eid)
         return api
@@ -578,13 +580,16 @@ class Dashboard:
             self.hub.remove(client)
         return response
 
-    async def export(self, request: web.Request) -> web.Response:
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        """Every trial with a final result, as NNI's ``export_data()``: a JSON array streamed a page at a time
+        (the server never holds more than a page of trials, however many there are)."""
         api = await self.api_for(request)
-        return web.json_response(await api.read(api.store.export_data), dumps=_dumps)
+        return await stream_json_array(request, api.store.iter_export(), _dumps)
 
     async def chart_data(self, request: web.Request) -> web.Response:
         api = await self.api_for(request)
-        body = await api.read(api.reader.chart_data)
+        points = _int_arg(request.query, "points", CHART_POINTS, 100, 20000)
+        body = await api.read(api.reader.chart_data, await api.read(api.maximize), points)
         return web.Response(body=body, content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -778,6 +783,38 @@ def _duration_seconds(value: Any) -> float | None:
         return parse_duration(value)
     except ValueError:
         return None
+
+
+async def stream_json_array(request: web.Request, items: Iterator[Any], dumps: Callable[[Any], str],
+                            page: int = 500) -> web.StreamResponse:
+    """Answer with a JSON array of ``items`` (an iterator read on a worker thread, ``page`` items at a time),
+    sent as it is read (chunked): memory stays at one page whatever the number of items."""
+    loop = asyncio.get_running_loop()
+
+    def take() -> list[Any]:
+        out = []
+        for item in items:
+            out.append(item)
+            if len(out) >= page:
+                break
+        return out
+
+    chunk = await loop.run_in_executor(None, take)  # the first page before the headers: an error is still a 500
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    first = True
+    while True:
+        text = ",".join(dumps(item) for item in chunk)
+        if text:
+            await response.write((("[" if first else ",") + text).encode())
+            first = False
+        if len(chunk) < page:
+            break
+        chunk = await loop.run_in_executor(None, take)
+    await response.write(b"[]" if first else b"]")
+    await response.write_eof()
+    return response
 
 
 def _registry_rows(current: str, only_current: bool) -> list[dict[str, Any]]:

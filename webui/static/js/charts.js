@@ -43,7 +43,10 @@ const BEST = 'best so far';
 const BEST_COLOR = '#f08c00';
 
 /** The series of the metric chart: trials with a final value by status, trials that failed or finished without
- *  one (for the lane), and the best so far (over trial numbers or time); each with its colour and points. */
+ *  one (for the lane), and the best so far (over trial numbers or time); each with its colour and points.
+ *  Past a few thousand trials the data is a sample (the best, the worst, the longest, the running ones and each
+ *  stretch's lowest and highest): then `data.summary` has the best so far over every trial and how many trials
+ *  each series stands for (`total`). */
 function historySeries(data, { maximize, logY = false, xTime = false }) {
   const groups = new Map();
   const add = (key, label, color, lane, item) => {
@@ -64,14 +67,20 @@ function historySeries(data, { maximize, logY = false, xTime = false }) {
     }
   }
   valued.sort((a, b) => a.x - b.x);
-  const best = [];
-  let cur = null;
-  for (const p of valued) {
-    if (cur === null || (maximize ? p.v > cur : p.v < cur)) cur = p.v;
-    best.push([p.x, cur]);
+  let best = [];
+  const summary = data.summary;
+  if (summary && summary.best) {
+    best = (xTime ? summary.best.time : summary.best.seq).filter((p) => !logY || p[1] > 0);
+  } else {
+    let cur = null;
+    for (const p of valued) {
+      if (cur === null || (maximize ? p.v > cur : p.v < cur)) cur = p.v;
+      best.push([p.x, cur]);
+    }
   }
   const order = [...Object.keys(STATUS_COLORS), 'FAILED-lane', 'SUCCEEDED-lane'];
   const series = [...groups.values()].sort((a, b) => order.indexOf(a.key) - order.indexOf(b.key));
+  if (summary && summary.groups) for (const g of series) g.total = summary.groups[g.key] ?? g.points.length;
   series.push({ key: BEST, label: BEST, color: BEST_COLOR, line: true, points: best });
   return series;
 }
@@ -160,7 +169,12 @@ export class MetricChart {
       'data-series': g.key, title: g.lane ? `${g.label}: no final result, in the lane under the chart (click to hide)` : 'click to hide or show',
       onclick: () => { if (this.hidden.has(g.key)) this.hidden.delete(g.key); else this.hidden.add(g.key); this.draw(); } },
     h(`span.swatch${g.line ? '.line' : g.lane ? '.cross' : ''}`, { style: { [g.lane ? 'color' : 'background']: g.color } }),
-    h('span', g.label), g.line ? null : h('b', String(g.points.length)))));
+    h('span', g.label), g.line ? null : h('b', String(g.total ?? g.points.length)))));
+    if (this.data.sampled) {
+      this.legend.append(h('span.note', { 'data-testid': 'sampled-note', title: 'every trial is counted; the chart draws '
+        + 'the best, the worst, the longest, the running ones and the lowest and highest of each stretch of trials' },
+      `${this.data.count.toLocaleString()} of ${this.data.total.toLocaleString()} trials drawn`));
+    }
   }
 
   dispose() { if (this.chart) this.chart.dispose(); }
@@ -312,8 +326,8 @@ export function durationOption(data) {
     if (data.start[i] && data.end[i]) durs.push([data.seq[i], data.end[i] - data.start[i], data.status[i], data.id[i]]);
   }
   const values = durs.map((d) => d[1]).sort((a, b) => a - b);
-  const bins = [];
-  if (values.length) {
+  const bins = data.summary && data.summary.duration_bins ? data.summary.duration_bins.map((b) => [...b]) : [];
+  if (values.length && !bins.length) {
     const lo = values[0], hi = values[values.length - 1];
     const n = Math.min(40, Math.max(5, Math.ceil(Math.sqrt(values.length))));
     const w = (hi - lo) / n || 1;
