@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -377,12 +378,54 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+TRIALS_PAGE = 100  # rows `hpo trials` prints unless told otherwise
+
+
 def cmd_trials(args: argparse.Namespace) -> int:
+    """One page of trials (``--limit``, default 100; ``--limit 0``: all of them), from ``--offset`` or the
+    ``--page``-th page, by sequence number or ``--sort value``; a line on stderr says which and how to go on."""
+    if args.limit < 0 or args.offset < 0 or (args.page is not None and args.page < 1):
+        raise CliError("expected --limit >= 0 (0: every trial), --offset >= 0 and --page >= 1")
+    if args.page is not None:
+        if args.offset:
+            raise CliError("give --page or --offset, not both")
+        args.offset = (args.page - 1) * (args.limit or TRIALS_PAGE)
+    store = _open(args.id)[1]
+    total = store.count_trials(status=args.status)
+    order = {"seq": "seq", "value": "final_value"}[args.sort]
+    descending = args.desc
+    if args.sort == "value" and not args.desc and maximizes(store.experiment()["config"]):
+        descending = True  # the best first unless told otherwise (--asc)
+    if args.asc:
+        descending = False
+    limit = args.limit or None
+    trials = store.trials(status=args.status, limit=limit if limit is not None else -1, offset=args.offset,
+                          order_by=order, descending=descending, nulls_last=True)
     rows = [[t["seq"], t["id"], t["status"], None if t["final_value"] is None else _value(t["final_value"]),
-             _value(t["parameters"]), _duration(t["started_at"], t["ended_at"]), t["message"]]
-            for t in _open(args.id)[1].trials(status=args.status)]
+             _value(t["parameters"]), _duration(t["started_at"], t["ended_at"]), t["message"]] for t in trials]
     _table(["SEQ", "ID", "STATUS", "VALUE", "PARAMETERS", "DURATION", "MESSAGE"], rows)
+    shown_to = args.offset + len(rows)
+    if limit is not None and (args.offset or shown_to < total):
+        what = f"{args.status} trials" if args.status else "trials"
+        more = (f"; next: hpo trials {args.id} --offset {shown_to}{_trials_options(args)} (--limit 0: every trial)"
+                if shown_to < total else "")
+        print(f"{what} {args.offset + 1 if rows else args.offset}-{shown_to} of {total}{more}", file=sys.stderr)
     return 0
+
+
+def _trials_options(args: argparse.Namespace) -> str:
+    out = ""
+    if args.status:
+        out += f" --status {args.status}"
+    if args.sort != "seq":
+        out += f" --sort {args.sort}"
+    if args.desc:
+        out += " --desc"
+    if args.asc:
+        out += " --asc"
+    if args.limit != TRIALS_PAGE:
+        out += f" --limit {args.limit}"
+    return out
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
@@ -512,18 +555,31 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Every trial as JSON or CSV, read and written a page of trials at a time (a CSV file is read twice: once
+    for its columns), so that exporting 100,000 trials needs the memory of one page."""
     import math
-    records = [{"trial_id": t["id"], "sequence_id": t["seq"], "status": t["status"], "parameter": t["parameters"],
-                "value": t["final"], "default": t["final_value"] if t["final_value"] is None or
-                math.isfinite(t["final_value"]) else None} for t in _open(args.id)[1].trials()]
+    store = _open(args.id)[1]
+    upto = store.max_seq()  # the trials there now, even if more land while it is written
+
+    def records() -> Iterator[dict[str, Any]]:
+        for t in store.iter_trials():
+            if t["seq"] > upto:
+                return
+            yield {"trial_id": t["id"], "sequence_id": t["seq"], "status": t["status"], "parameter": t["parameters"],
+                   "value": t["final"], "default": t["final_value"] if t["final_value"] is None or
+                   math.isfinite(t["final_value"]) else None}
+    count = 0
     with (open(args.output, "w", newline="", encoding="utf-8") if args.output
           else contextlib.nullcontext(sys.stdout)) as out:
-        if args.format == "json":
-            out.write(json.dumps(records, indent=2) + "\n")
+        if args.format == "json":  # as json.dumps(records, indent=2), one record at a time
+            for rec in records():
+                out.write(("[\n" if not count else ",\n") + textwrap.indent(json.dumps(rec, indent=2), "  "))
+                count += 1
+            out.write("\n]\n" if count else "[]\n")
         else:
-            _write_csv(records, out)
+            count = _write_csv(records, out)
     if args.output:
-        print(f"exported {len(records)} trials to {args.output}", file=sys.stderr)
+        print(f"exported {count} trials to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -536,20 +592,28 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_csv(records: list[dict[str, Any]], out: Any) -> None:
-    """One row per trial: id, seq, status, value, then the parameters flattened (``a.b`` for nested ones)."""
+def _write_csv(records: Callable[[], Iterator[dict[str, Any]]], out: Any) -> int:
+    """One row per trial: id, seq, status, value, then the parameters flattened (``a.b`` for nested ones).
+    ``records()`` is called twice: for the columns, then for the rows.  Returns the number of rows."""
     import csv
-    base, rows = ["trial_id", "sequence_id", "status", "value"], []
-    for r in records:
+    base = ["trial_id", "sequence_id", "status", "value"]
+
+    def row_of(r: dict[str, Any]) -> dict[str, Any]:
         row = {"trial_id": r["trial_id"], "sequence_id": r["sequence_id"], "status": r["status"], "value": r["default"]}
         row.update({(k if k not in base else f"parameter.{k}"): v for k, v in _flatten(r["parameter"], "", {}).items()})
         if isinstance(r["value"], dict):  # other metrics of a dict result
             row.update({f"final.{k}": v for k, v in _flatten(r["value"], "", {}).items() if k != "default"})
-        rows.append(row)
-    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(base + [k for r in rows for k in r])),
-                            lineterminator="\n")
+        return row
+    fields: dict[str, None] = dict.fromkeys(base)
+    for r in records():
+        fields.update(dict.fromkeys(row_of(r)))
+    writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    count = 0
+    for r in records():
+        writer.writerow(row_of(r))
+        count += 1
+    return count
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -744,8 +808,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_list, "List running experiments and created ones not yet started (--all: every one).")
     p.add_argument("--all", action="store_true", help="list every experiment")
     p.add_argument("--project", metavar="NAME", help="only the experiments of this project (config key project)")
-    p = command("trials", cmd_trials, "List an experiment's trials.", "id")
+    p = command("trials", cmd_trials, f"List an experiment's trials, {TRIALS_PAGE} at a time (a line on stderr says "
+                "how to see the next ones).", "id")
     p.add_argument("--status", type=str.upper, choices=TRIAL_STATES, help="only trials in this state")
+    p.add_argument("--limit", type=int, default=TRIALS_PAGE, metavar="N",
+                   help=f"at most N trials (default {TRIALS_PAGE}; 0: every trial)")
+    p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N trials")
+    p.add_argument("--page", type=int, metavar="P", help="the P-th page of --limit trials (from 1)")
+    p.add_argument("--sort", choices=("seq", "value"), default="seq",
+                   help="by sequence number (default) or by final value, the best first")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--desc", action="store_true", help="descending (by seq: the latest first)")
+    order.add_argument("--asc", action="store_true", help="ascending (by value: the lowest first)")
     p = command("checkpoints", cmd_checkpoints, "List an experiment's checkpoints (kept ones; --all: every one).", "id")
     p.add_argument("--best", type=int, metavar="N", help="the N best, at most one per trial")
     p.add_argument("--all", action="store_true", help="also deleted ones and ones that could not be saved")

@@ -26,8 +26,8 @@ from typing import Any, Callable
 from hpo.config import ConfigError, ExperimentConfig
 from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
 from hpo.registry import hpo_home, lookup, register
-from hpo.storage import CREATED, EXPERIMENT_END_STATES, ExperimentStore, StoreError, StoreLocked, engine_running, \
-    maximizes
+from hpo.storage import CREATED, EXPERIMENT_END_STATES, ExperimentStore, ExportedData, StoreError, StoreLocked, \
+    engine_running, maximizes
 from training_services.base import create_training_service
 from tuners.base import Tuner
 
@@ -275,9 +275,13 @@ class Experiment:
         """Number of trials in each state."""
         return self._store().status_counts()
 
-    def export_data(self) -> list[dict[str, Any]]:
-        """Trials with a final result: ``{trial_id, sequence_id, parameter, value, default, status}``."""
-        return self._store().export_data()
+    def export_data(self) -> ExportedData:
+        """Trials with a final result: ``{trial_id, sequence_id, parameter, value, default, status}``, by sequence
+        number.  A read-only list that reads the store a page at a time as it is used (iterating over 100,000
+        trials holds one page; ``len()`` is one count): :class:`hpo.storage.ExportedData`; ``list(...)`` for a
+        plain list."""
+        self._store()  # started (or connected) at all
+        return ExportedData(self.directory)
 
     def best_trial(self) -> dict[str, Any] | None:
         """The trial with the best final value (per the tuner's optimize_mode), or None."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -21,9 +22,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from collections.abc import Sequence
+from typing import Any, Iterable, Iterator, overload
 
-__all__ = ["ExperimentStore", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
+__all__ = ["ExperimentStore", "ExportedData", "TrialRecord", "FINISHED_STATES", "ACTIVE_STATES", "TRIAL_STATES",
            "EXPERIMENT_END_STATES", "CREATED", "StoreError", "StoreWriteError", "StoreLocked", "engine_running", "maximizes"]
 
 TRIAL_STATES = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
@@ -294,7 +296,7 @@ class _Tally:
             (self.last,))}
         self.known = {seq: (status, interrupted or 0, bool(no_value)) for seq, status, interrupted, no_value in
                       conn.execute("SELECT seq, status, interrupted, final_value IS NULL FROM trials WHERE seq <= ? AND "
-                                   "(status IN ('WAITING', 'RUNNING') OR interrupted != 0)", (self.last,))}
+                                   "(status IN ('WAITING', 'RUNNING') OR interrupted > 0)", (self.last,))}
 
     def _update(self, conn: sqlite3.Connection) -> None:
         if self.version is None:
@@ -689,7 +691,10 @@ class ExperimentStore:
         return False
 
     def trials(self, status: str | Iterable[str] | None = None, limit: int | None = None, offset: int = 0,
-               order_by: str = "seq", descending: bool = False) -> list[TrialRecord]:
+               order_by: str = "seq", descending: bool = False, nulls_last: bool = False) -> list[TrialRecord]:
+        """Trials (in ``status``) ordered by a column (then by sequence number), ``limit`` of them from ``offset``
+        (``nulls_last``: trials without a value for the column after the others, in either direction).  Every
+        trial at once: for many, :meth:`iter_trials` reads a page at a time."""
         if order_by not in _TRIAL_COLUMNS:
             raise ValueError(f"cannot order trials by {order_by!r}; expected one of {', '.join(_TRIAL_COLUMNS)}")
         where, args = "", []
@@ -697,7 +702,9 @@ class ExperimentStore:
             states = [status] if isinstance(status, str) else list(status)
             where = f"WHERE status IN ({','.join('?' * len(states))})"
             args.extend(states)
-        sql = f"SELECT {self._trial_columns} FROM trials {where} ORDER BY {order_by} {'DESC' if descending else 'ASC'}"
+        nulls = f"{order_by} IS NULL, " if nulls_last and order_by != "seq" else ""
+        sql = (f"SELECT {self._trial_columns} FROM trials {where} ORDER BY {nulls}{order_by} "
+               f"{'DESC' if descending else 'ASC'}")
         if order_by != "seq":
             sql += ", seq"
         if limit is not None:
@@ -750,10 +757,13 @@ class ExperimentStore:
         """:meth:`export_data`'s records one at a time, read ``page`` trials at a time by sequence number (each
         page one indexed query, so the store is never held between pages); ``upto``: only trials up to that
         sequence number."""
-        last = 0
+        return self._export_from(0, page, upto)
+
+    def _export_from(self, after: int, page: int, upto: int | None) -> Iterator[dict[str, Any]]:
+        last = after
         while True:
             rows = self._query("SELECT id, seq, parameters, final, final_value, status FROM trials WHERE seq > ? "
-                               "AND seq <= ? AND final IS NOT NULL AND interrupted=0 ORDER BY seq LIMIT ?",
+                               "AND seq <= ? AND final IS NOT NULL AND +interrupted=0 ORDER BY seq LIMIT ?",
                                (last, upto if upto is not None else 2 ** 62, page))
             for i, s, p, f, v, st in rows:
                 yield {"trial_id": i, "sequence_id": s, "parameter": json.loads(p), "value": json.loads(f),
@@ -762,9 +772,19 @@ class ExperimentStore:
                 return
             last = rows[-1][1]
 
+    def export_slice(self, offset: int, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
+        """``limit`` of :meth:`iter_export`'s records from the ``offset``-th."""
+        if limit <= 0:
+            return []
+        first = self._query("SELECT seq FROM trials WHERE seq <= ? AND final IS NOT NULL AND +interrupted=0 "
+                            "ORDER BY seq LIMIT 1 OFFSET ?", (upto if upto is not None else 2 ** 62, offset))
+        if not first:
+            return []
+        return list(itertools.islice(self._export_from(first[0][0] - 1, limit, upto), limit))
+
     def count_export(self, upto: int | None = None) -> int:
         """How many records :meth:`iter_export` yields (up to sequence number ``upto``)."""
-        return self._query("SELECT COUNT(*) FROM trials WHERE seq <= ? AND final IS NOT NULL AND interrupted=0",
+        return self._query("SELECT COUNT(*) FROM trials WHERE seq <= ? AND final IS NOT NULL AND +interrupted=0",
                            (upto if upto is not None else 2 ** 62,))[0][0]
 
     def max_seq(self) -> int:
@@ -797,3 +817,59 @@ class ExperimentStore:
         states = [status] if isinstance(status, str) else list(status)
         return self._query(f"SELECT COUNT(*) FROM trials WHERE status IN ({','.join('?' * len(states))})",
                            states)[0][0]
+
+
+class ExportedData(Sequence):  # type: ignore[type-arg]
+    """What ``Experiment.export_data()`` returns: every trial with a final result (as
+    :meth:`ExperimentStore.export_data`, up to the highest sequence number when it was made), as a read-only
+    list that is read from the store when it is used, a page at a time: iterating over 100,000 records holds
+    one page of them, ``len()`` is one count, ``[i]`` one indexed read.  ``list(...)`` makes a plain list.
+
+    Each use opens its own read-only connection, so it outlives the handle it came from (a stopped experiment)."""
+
+    def __init__(self, directory: str | Path, page: int = 1000) -> None:
+        self.directory, self.page = Path(directory), page
+        with ExperimentStore(self.directory, readonly=True) as store:
+            self.upto = store.max_seq()
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with ExperimentStore(self.directory, readonly=True) as store:
+            yield from store.iter_export(self.page, self.upto)
+
+    def __len__(self) -> int:
+        if self._len is None:
+            with ExperimentStore(self.directory, readonly=True) as store:
+                self._len = store.count_export(self.upto)
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            with ExperimentStore(self.directory, readonly=True) as store:
+                return store.export_slice(start, max(0, stop - start), self.upto)
+        i = index + len(self) if index < 0 else index
+        found = self[i:i + 1] if 0 <= i < len(self) else []
+        if not found:
+            raise IndexError("export_data index out of range")
+        return found[0]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ExportedData)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        n = len(self)
+        if n <= 10:
+            return repr(list(self))
+        return f"<ExportedData: {n} trials with a final result, read a page at a time (list(...) for all of them)>"
