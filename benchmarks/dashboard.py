@@ -38,7 +38,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,15 +98,19 @@ def _new_ids(rng: random.Random, n: int) -> list[str]:
     return list(ids)
 
 
-def build_store(directory: Path, trials: int, steps: int, seed: int = 0, experiment_id: str = EXPERIMENT_ID) -> float:
+def build_store(directory: Path, trials: int, steps: int, seed: int = 0, experiment_id: str = EXPERIMENT_ID,
+                failures: Iterable[int] | None = None) -> float:
     """Write an experiment with ``trials`` finished trials of ``steps`` intermediate results each (3% fail part
-    way), as the engine would have: see the module's docstring.  Returns the seconds it took."""
+    way, or the trials numbered in ``failures``), as the engine would have: see the module's docstring.
+    Returns the seconds it took."""
     rng = random.Random(seed)
+    fail = set(failures) if failures is not None else None
     t0 = time.perf_counter()
     config = bench_config(directory, trials)
     store = ExperimentStore(directory)
     store.create_experiment(experiment_id, config["experiment_name"], config)   # the engine's own calls
     store.set_config(config)
+    store.set_runtime(os.getpid(), "127.0.0.1", None)
     store.set_status("RUNNING", None, 0.0)
     start = time.time() - trials * 2.0
     ids = _new_ids(rng, trials)
@@ -127,7 +131,7 @@ def build_store(directory: Path, trials: int, steps: int, seed: int = 0, experim
     for seq in range(1, trials + 1):
         p = _params(rng)
         final = _objective(p, rng)
-        failed = rng.random() < 0.03
+        failed = rng.random() < 0.03 if fail is None else seq in fail
         t_start = start + seq * 2.0
         t_end = t_start + rng.uniform(1.0, 6.0)
         pid = 10000 + seq % 50000
