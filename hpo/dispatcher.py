@@ -247,10 +247,10 @@ class Engine:
             if resume:
                 await self._prepare_resume()
                 # replay every trial that ran (value None: ended without a usable result)
-                records = [{"parameter": t["parameters"], "value": t["final_value"]}
-                           for t in self.store.trials(status=FINISHED_STATES) if t["interrupted"] == 0]
+                records = self.store.tuner_history()
                 if records:
                     await self._tuner_call(self.tuner.import_data, records)
+                del records  # not held while the experiment runs (100,000 trials: tens of MB)
                 if self.assessor is not None:
                     await self._tuner_call(self._replay_assessor)
             self._set_status("RUNNING")

@@ -810,6 +810,23 @@ class ExperimentStore:
                 return
             last = rows[-1][0]
 
+    def tuner_history(self) -> list[dict[str, Any]]:
+        """What a resumed tuner is given (``import_data``): ``{"parameter", "value"}`` of every trial that ran (not
+        an interrupted one: its re-run stands for it), by sequence number; ``value`` None for a trial that ended
+        without a usable result.  Two columns read a page at a time: at 100,000 trials a fraction of a second
+        and of the memory that whole trial records take."""
+        out: list[dict[str, Any]] = []
+        last = 0
+        states = ",".join(f"'{s}'" for s in FINISHED_STATES)
+        while True:
+            rows = self._query(f"SELECT seq, parameters, final_value FROM trials WHERE seq > ? AND status IN ({states}) "
+                               "AND +interrupted=0 ORDER BY seq LIMIT 5000", (last,))
+            params = json.loads("[" + ",".join(p for _, p, _ in rows) + "]")  # one decode a page
+            out.extend({"parameter": p, "value": r[2]} for p, r in zip(params, rows))
+            if len(rows) < 5000:
+                return out
+            last = rows[-1][0]
+
     def count_trials(self, status: str | Iterable[str] | None = None) -> int:
         """How many trials (in ``status``) there are."""
         if status is None:

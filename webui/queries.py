@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpo.storage import DB_NAME, TRIAL_STATES
+from hpo.storage import DB_NAME, TRIAL_STATES, maximizes
 from webui.trial_index import STATUSES, Column, TrialIndex, compare, sort_key, sort_order
 
 __all__ = ["Reader", "QueryError", "parse_filter", "SORT_FIELDS"]
@@ -120,14 +120,17 @@ class Reader:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, float, Any]] = {}
         self.index = TrialIndex(str(path))
-        self._meta: OrderedDict[int, tuple[str, dict[str, Any]]] = OrderedDict()  # seq -> id, parameters
+        self._meta: OrderedDict[int, tuple[str, dict[str, str]]] = OrderedDict()  # seq -> id, parameters (JSON)
+        self._frags: dict[int, tuple[str, ...]] = {}  # seq -> a finished trial's chart columns (JSON)
         self._chart_lock = threading.Lock()
         self._background: dict[str, threading.Thread] = {}
         self._closed = False
 
     def warm(self) -> threading.Thread:
-        """Load the trial index, with a column per search-space parameter, on a thread of its own (one scan of
-        the store; at 100,000 trials about a second that the first page would otherwise wait for)."""
+        """On a thread of its own: load the trial index, with a column per search-space parameter (two scans of
+        the store; at 100,000 trials a second or two that the first page would otherwise wait for), then, for a
+        large experiment, compute parameter importance and the quartile bands, which the first visit of the charts
+        would wait for."""
         def work() -> None:
             try:
                 config = json.loads(self.query("SELECT config FROM experiment LIMIT 1")[0][0])
@@ -135,6 +138,9 @@ class Reader:
                 now = time.time()
                 self.index.refresh([key for key in (self._column_key(f"param.{n}", now) for n in names[:32]
                                                     if '"' not in n and "\\" not in n) if key is not None])
+                if self.index.n >= 2000 and not self._closed:  # (for fewer, the first request is quick)
+                    self.importance(maximizes(config))
+                    self.refreshed("bands", self._bands, min_age=15.0)
             except (sqlite3.Error, IndexError, ValueError, AttributeError, QueryError):
                 pass  # closed meanwhile, or an odd store: the first request loads what it needs
         thread = threading.Thread(target=work, name="hpo-dashboard-index", daemon=True)
@@ -247,6 +253,13 @@ class Reader:
             need.append(sort_column)
         by_seq = SORT_FIELDS.get(sort) == "seq"
         index = self.index
+        if by_seq and not status and not clauses and index.version < 0:
+            # the index is still loading (a server that just started): the first page by sequence number from
+            # the store itself, without waiting for it
+            total = self.query("SELECT COUNT(*) FROM trials")[0][0]
+            seqs = [r[0] for r in self.query(f"SELECT seq FROM trials ORDER BY seq {'DESC' if descending else 'ASC'} "
+                                             "LIMIT ? OFFSET ?", (limit, offset))]
+            return self._rows(seqs, now), total
         with index.lock:
             index.refresh(need)
             n = index.n
@@ -286,15 +299,19 @@ class Reader:
                 total = len(ordered)
                 chosen = index.seq[ordered[offset:offset + limit]]
             seqs = chosen.tolist()
+        return self._rows(seqs, now), total
+
+    def _rows(self, seqs: list[int], now: float) -> list[dict[str, Any]]:
+        """The trials page's rows of these trials, in this order."""
         if not seqs:
-            return [], total
+            return []
         rows = self.query(f"SELECT {', '.join('t.' + c for c in _TRIAL_COLS)}, "
                           "(SELECT COUNT(*) FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate'), "
                           "(SELECT value FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate' "
                           "ORDER BY step DESC LIMIT 1) FROM trials t WHERE t.seq IN (SELECT value FROM json_each(?))",
                           (json.dumps(seqs),))
         by = {r[0]: r for r in rows}
-        return [_row_json(by[s], now) for s in seqs if s in by], total
+        return [_row_json(by[s], now) for s in seqs if s in by]
 
     def trial_metrics(self, seq: int) -> list[dict[str, Any]]:
         rows = self.query("SELECT kind, step, value, data, ts FROM metrics WHERE trial_seq=? "
@@ -367,25 +384,30 @@ class Reader:
                 generation = index.generation
             seqs = cols["seq"].tolist()
             meta = self._trial_meta(seqs)
-            out: dict[str, Any] = {"version": self.version(), "count": len(seqs), "total": n, "sampled": n > points,
-                                   "seq": seqs, "id": [meta[s][0] for s in seqs],
-                                   "status": [STATUSES[c] for c in cols["status"].tolist()]}
-            for name in ("value", "start", "end", "created"):
-                column = cols[name] if name == "value" else np.round(cols[name], 3)  # times to the ms
-                out[name] = [v if math.isfinite(v) else None for v in column.tolist()]
+            rows = self._row_frags(seqs, cols)
             names: dict[str, None] = {}
             for s in seqs:
                 names.update(dict.fromkeys(meta[s][1]))
-            out["params"] = {name: [meta[s][1].get(name) for s in seqs] for name in names}
+            # JSON assembled from each trial's fragments (kept: a finished trial's never change)
+            parts = ['{"version":', str(self.version()), ',"count":', str(len(seqs)), ',"total":', str(n),
+                     ',"sampled":', "true" if n > points else "false", ',"seq":[', ",".join(map(str, seqs)),
+                     '],"id":[', ",".join(meta[s][0] for s in seqs), "]"]
+            for j, name in enumerate(("status", "value", "start", "end", "created")):
+                parts += [f',"{name}":[', ",".join(r[j] for r in rows), "]"]
+            parts.append(',"params":{')
+            parts.append(",".join(f"{json.dumps(name)}:[" + ",".join(meta[s][1].get(name, "null") for s in seqs) + "]"
+                                  for name in names))
+            parts.append("}")
             if extra is not None:
-                out["summary"] = extra
-            body = json.dumps(out, separators=(",", ":"), allow_nan=False, default=str).encode()
+                parts += [',"summary":', json.dumps(extra, separators=(",", ":"), allow_nan=False)]
+            parts.append("}")
+            body = "".join(parts).encode()
             self._cache[key] = (generation, time.monotonic(), body)
             return body
 
-    def _trial_meta(self, seqs: list[int]) -> dict[int, tuple[str, dict[str, Any]]]:
-        """Trial id and parameters (as chart values) by sequence number; kept for the trials charted last (neither
-        ever changes)."""
+    def _trial_meta(self, seqs: list[int]) -> dict[int, tuple[str, dict[str, str]]]:
+        """Trial id and parameters (chart values), as JSON, by sequence number; kept for the trials charted last
+        (neither ever changes)."""
         meta = self._meta
         missing = [s for s in seqs if s not in meta]
         for start in range(0, len(missing), 5000):
@@ -393,16 +415,37 @@ class Reader:
                                                "(SELECT value FROM json_each(?))",
                                                (json.dumps(missing[start:start + 5000]),)):
                 p = _loads(params)
-                meta[seq] = (tid, {k: _scalar(v) for k, v in p.items()} if isinstance(p, dict) else {})
+                meta[seq] = (json.dumps(tid), {k: _json(_scalar(v)) for k, v in p.items()} if isinstance(p, dict)
+                             else {})
         out = {}
         for s in seqs:
             if s in meta:
                 meta.move_to_end(s)
                 out[s] = meta[s]
             else:  # gone (a store replaced under us): charted without a name
-                out[s] = ("", {})
+                out[s] = ('""', {})
         while len(meta) > 3 * CHART_POINTS:
             meta.popitem(last=False)
+        return out
+
+    def _row_frags(self, seqs: list[int], cols: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
+        """Each trial's status, value, start, end and creation time as JSON; kept for finished trials (whose row
+        no longer changes)."""
+        frags = self._frags
+        out = []
+        statuses = cols["status"].tolist()
+        values = {name: cols[name].tolist() for name in ("value", "start", "end", "created")}
+        for i, s in enumerate(seqs):
+            hit = frags.get(s)
+            if hit is None:
+                status = STATUSES[statuses[i]]
+                hit = (f'"{status}"', _json(values["value"][i]), *(_json(round(values[k][i], 3))
+                                                                  for k in ("start", "end", "created")))
+                if status not in ("WAITING", "RUNNING"):
+                    frags[s] = hit
+            out.append(hit)
+        while len(frags) > 3 * CHART_POINTS:
+            frags.pop(next(iter(frags)))
         return out
 
     def curves(self, trials: list[str] | None, top: int | None, maximize: bool, bands: bool) -> bytes:
@@ -707,6 +750,15 @@ def _loads(text: str | None) -> Any:
 
 def _num(v: Any) -> float | None:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _json(v: Any) -> str:
+    """One chart value as JSON: a non-finite number as null."""
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else "null"
+    return json.dumps(v)
 
 
 def _scalar(v: Any) -> Any:

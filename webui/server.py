@@ -176,9 +176,14 @@ class _Api:
         exp = self.store.experiment()
         config = exp["config"]
         maximize = self.maximize(config)
-        best_seq = self.reader.best_seq(maximize)  # counts and the best from the trial index: no scan
-        best = self.store.trial(best_seq) if best_seq is not None else None
-        counts = self.reader.status_counts()
+        # counts and the best from the trial index (no scan); while it loads (a server just started), the store's
+        loaded = self.reader.index.version >= 0
+        if loaded:
+            best_seq = self.reader.best_seq(maximize)
+            best = self.store.trial(best_seq) if best_seq is not None else None
+        else:
+            best = self.store.best_trial(maximize)
+        counts = (self.reader if loaded else self.store).status_counts()
         now = time.time()
         status = self.engine.status if self.engine is not None else exp["status"]
         running_elsewhere = (self.engine is None and status not in EXPERIMENT_END_STATES
@@ -192,7 +197,7 @@ class _Api:
         max_duration = _duration_seconds(config.get("max_experiment_duration"))
         tuner = config.get("tuner") or {}
         service = config.get("training_service") or {}
-        counted = self.reader.counted_trials()
+        counted = (self.reader if loaded else self.store).counted_trials()
         done = sum(counts[s] for s in ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"))
         exp.update({
             "status": status,
@@ -210,7 +215,7 @@ class _Api:
             "remaining_seconds": None if max_duration is None else max(0.0, max_duration - elapsed),
             "progress": {
                 "trials_done": done, "trials_counted": counted, "trials_total": sum(counts.values()),
-                "trials_without_result": self.reader.count_without_result(),
+                "trials_without_result": (self.reader if loaded else self.store).count_without_result(),
                 "trials_waiting_with_reason": self.store.count_waiting_with_reason(),
                 "max_trial_number": config.get("max_trial_number"),
                 "max_experiment_duration_seconds": max_duration,

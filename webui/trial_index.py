@@ -235,8 +235,8 @@ class TrialIndex:
                         self._log.append((self.generation, changed))
                         if len(self._log) > 256:
                             self._log_from = self._log.pop(0)[0]
-                for key in missing:
-                    self._load_column(key)
+                if missing:
+                    self._load_columns(missing)
             finally:
                 self._conn.execute("COMMIT")
             while len(self.columns) > MAX_COLUMNS:
@@ -274,18 +274,21 @@ class TrialIndex:
         rows = self._conn.execute(f"SELECT {_BASE} FROM trials ORDER BY seq").fetchall()
         self._ensure_size(len(rows))
         self._append(rows)
-        for key in keys:
-            self._load_column(key)
+        if keys:
+            self._load_columns(keys)
 
-    def _load_column(self, key: tuple[str, tuple[Any, ...]]) -> None:
-        expr, args = key
-        col = Column(self._size)
-        rows = self._conn.execute(f"SELECT seq, {expr} FROM trials WHERE seq <= ? ORDER BY seq",
+    def _load_columns(self, keys: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """New SQL-expression columns, all in one scan of the store."""
+        cols = {key: Column(self._size) for key in keys}
+        args = [a for _, eargs in keys for a in eargs]
+        rows = self._conn.execute(f"SELECT seq, {', '.join(expr for expr, _ in keys)} FROM trials WHERE seq <= ?",
                                   [*args, int(self.seq[self.n - 1]) if self.n else 0]).fetchall()
         if rows:
             seqs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            col.set(np.searchsorted(self.seq[:self.n], seqs), [r[1] for r in rows])
-        self.columns[key] = col
+            pos = np.searchsorted(self.seq[:self.n], seqs)
+            for j, col in enumerate(cols.values()):
+                col.set(pos, [r[j + 1] for r in rows])
+        self.columns.update(cols)
 
     def _append(self, rows: list[tuple]) -> None:
         """New trials (rows of _BASE, by sequence number, past the last one) at the end."""
