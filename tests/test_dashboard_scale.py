@@ -207,6 +207,16 @@ def test_sorted_and_filtered_pages_stay_right_while_trials_land(big, tmp_path) -
                     if q.get("sort") == "duration":
                         continue  # running trials' durations grow between the two reads
                     assert _page(live, q) == _page(fresh, q), q
+                # the chart's summary of every trial, kept up to date from the trials that changed
+                for maximize in (False, True):
+                    a, b = (json.loads(r.chart_data(maximize, points=500)) for r in (live, fresh))
+                    assert a["summary"]["groups"] == b["summary"]["groups"]
+                    assert a["summary"]["best"] == b["summary"]["best"]
+                    assert sum(x[2] for x in a["summary"]["duration_bins"]) == \
+                        sum(x[2] for x in b["summary"]["duration_bins"])
+                    assert writer.best_trial(maximize)["id"] in a["id"]
+                    running = [t["id"] for t in writer.trials(status="RUNNING")]
+                    assert set(running) <= set(a["id"]) and a["total"] == b["total"]
                 assert live.status_counts() == fresh.status_counts() == writer.status_counts()
                 assert live.counted_trials() == writer.counted_trials() == writer._query(
                     "SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]

@@ -164,10 +164,18 @@ _SCHEMAS: dict[str, Any] = {
                        "next_line": {"type": "integer"}, "total_lines": {"type": "integer"}},
     },
     "ChartData": {
-        "type": "object", "description": "every trial, column by column (index i is one trial)",
+        "type": "object", "description": "trials column by column (index i is one trial): every trial up to `points` "
+                                         "of them, else a sample that keeps the best, the worst, the longest, the "
+                                         "running ones and each stretch's lowest and highest (`sampled`), with a "
+                                         "`summary` over every trial",
         "required": ["count", "seq", "id", "status", "value", "start", "end", "params"],
         "properties": {
-            "version": {"type": "integer"}, "count": {"type": "integer"},
+            "version": {"type": "integer"}, "count": {"type": "integer", "description": "trials in these columns"},
+            "total": {"type": "integer", "description": "trials in the experiment"},
+            "sampled": {"type": "boolean"},
+            "summary": {"type": "object", "description": "when sampled: `groups` (trials per legend entry: status, "
+                        "`FAILED-lane`...), `best` (`seq` and `time`: [x, best so far] where it changes), "
+                        "`duration_bins` ([from, to, trials])"},
             "seq": {"type": "array", "items": {"type": "integer"}}, "id": {"type": "array", "items": {"type": "string"}},
             "status": {"type": "array", "items": {"type": "string"}}, "value": {"type": "array", "items": _NUM_OR_NULL},
             "start": {"type": "array", "items": _NUM_OR_NULL}, "end": {"type": "array", "items": _NUM_OR_NULL},
@@ -181,8 +189,11 @@ _SCHEMAS: dict[str, Any] = {
             "trials": {"type": "array", "items": {"type": "object", "properties": {
                 "id": {"type": "string"}, "seq": {"type": "integer"}, "status": {"type": "string"},
                 "value": _NUM_OR_NULL, "steps": {"type": "array", "items": {"type": "integer"}},
-                "values": {"type": "array", "items": _NUM_OR_NULL}}}},
-            "bands": {"type": "object", "description": "per-step quartiles over every trial (steps with 3+ values)",
+                "values": {"type": "array", "items": _NUM_OR_NULL},
+                "points": {"type": "integer", "description": "a long curve's length, when `steps` is a downsample "
+                           "(first, last, and each stretch's lowest and highest)"}}}},
+            "bands": {"type": "object", "description": "per-step quartiles over (a sample of 500) trials (steps with "
+                                                       "3+ values)",
                       "properties": {k: {"type": "array", "items": {"type": "number"}}
                                      for k in ("step", "p25", "median", "p75", "count")}},
         },
@@ -265,11 +276,16 @@ _READS: dict[str, Any] = {
         "responses": {"200": _json(_ref("Logs")), "400": _err("bad arguments"), "404": _err("no such trial"),
                       "403": _err("the log is not a regular file in the trial's folder (not served)")}}},
     "/export": {"get": {
-        "summary": "Trials with a final result, as NNI's export_data()", "operationId": "exportData",
+        "summary": "Trials with a final result, as NNI's export_data() (streamed, a page at a time)",
+        "operationId": "exportData",
         "responses": {"200": _json({"type": "array", "items": {"type": "object"}})}}},
     "/chart-data": {"get": {
-        "summary": "Every trial in columns for the charts (one query; cached until the store changes)",
-        "operationId": "getChartData", "responses": {"200": _json(_ref("ChartData"))}}},
+        "summary": "Trials in columns for the charts: every trial, or past `points` a sample that keeps what the "
+                   "charts show, with a summary of every trial (cached until a trial changes)",
+        "operationId": "getChartData",
+        "parameters": [{"name": "points", "in": "query", "schema": {"type": "integer", "minimum": 100,
+                                                                    "maximum": 20000, "default": 2000}}],
+        "responses": {"200": _json(_ref("ChartData")), "400": _err("a bad number of points")}}},
     "/metrics": {"get": {
         "summary": "Intermediate results in bulk: given trials, or the `top` best plus the running ones; "
                    "optional per-step quartile bands over all trials",

@@ -122,6 +122,11 @@ class Reader:
         self.index = TrialIndex(str(path))
         self._meta: OrderedDict[int, tuple[str, dict[str, str]]] = OrderedDict()  # seq -> id, parameters (JSON)
         self._frags: dict[int, tuple[str, ...]] = {}  # seq -> a finished trial's chart columns (JSON)
+        self._row_cache: OrderedDict[int, dict[str, Any]] = OrderedDict()  # seq -> a finished trial's page row
+        self._row_epoch = self._chart_epoch = 0
+        self._chart_prefix: dict[tuple[bool, int], Any] = {}  # (maximize, points) -> _ChartPrefix
+        self._curve_cache: OrderedDict[int, tuple[list[int], list[Any], int]] = OrderedDict()  # a finished curve
+        self._curve_epoch = 0
         self._chart_lock = threading.Lock()
         self._background: dict[str, threading.Thread] = {}
         self._closed = False
@@ -302,16 +307,32 @@ class Reader:
         return self._rows(seqs, now), total
 
     def _rows(self, seqs: list[int], now: float) -> list[dict[str, Any]]:
-        """The trials page's rows of these trials, in this order."""
+        """The trials page's rows of these trials, in this order.  A finished trial's row never changes again
+        (nor do its results), so the rows of the last few thousand finished trials shown are kept."""
         if not seqs:
             return []
-        rows = self.query(f"SELECT {', '.join('t.' + c for c in _TRIAL_COLS)}, "
-                          "(SELECT COUNT(*) FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate'), "
-                          "(SELECT value FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate' "
-                          "ORDER BY step DESC LIMIT 1) FROM trials t WHERE t.seq IN (SELECT value FROM json_each(?))",
-                          (json.dumps(seqs),))
-        by = {r[0]: r for r in rows}
-        return [_row_json(by[s], now) for s in seqs if s in by]
+        cache = self._row_cache
+        if self._row_epoch != self.index.epoch:  # the store was read anew (replaced): forget what was kept
+            cache.clear()
+            self._row_epoch = self.index.epoch
+        found = {s: cache[s] for s in seqs if s in cache}
+        missing = [s for s in seqs if s not in found]
+        if missing:
+            rows = self.query(f"SELECT {', '.join('t.' + c for c in _TRIAL_COLS)}, "
+                              "(SELECT COUNT(*) FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate'), "
+                              "(SELECT value FROM metrics m WHERE m.trial_seq = t.seq AND m.kind = 'intermediate' "
+                              "ORDER BY step DESC LIMIT 1) FROM trials t WHERE t.seq IN "
+                              "(SELECT value FROM json_each(?))", (json.dumps(missing),))
+            for r in rows:
+                row = found[r[0]] = _row_json(r, now)
+                if row["status"] not in ("WAITING", "RUNNING"):
+                    cache[r[0]] = row
+        for s in found:
+            if s in cache:
+                cache.move_to_end(s)
+        while len(cache) > 5000:
+            cache.popitem(last=False)
+        return [found[s] for s in seqs if s in found]
 
     def trial_metrics(self, seq: int) -> list[dict[str, Any]]:
         rows = self.query("SELECT kind, step, value, data, ts FROM metrics WHERE trial_seq=? "
@@ -362,7 +383,7 @@ class Reader:
         """Trials in columns (seq, id, status, value, start, end, created, parameters), as JSON bytes.
 
         Up to ``points`` trials it is every trial.  Past that it is a sample that keeps what a chart of every
-        trial would show (:func:`_chart_sample`): the best trials, the worst, the longest, every running one,
+        trial would show (:func:`_chart_rows`): the best trials, the worst, the longest, every running one,
         and per slice of the trial numbers the lowest and the highest value; ``total`` says how many trials
         there are, ``groups`` how many of them each legend entry stands for, ``best`` the best-so-far line
         over every trial (by trial number and by time), and ``duration_bins`` the histogram of every
@@ -375,12 +396,19 @@ class Reader:
                 hit = self._cache.get(key)
                 if hit is not None and hit[0] == index.generation:
                     return hit[2]
+                if self._chart_epoch != index.epoch:  # the store was read anew (replaced)
+                    self._meta.clear()
+                    self._frags.clear()
+                    self._chart_epoch = index.epoch
                 n = index.n
-                chosen = np.arange(n) if n <= points else _chart_sample(index, maximize, points)
+                extra = None
+                if n <= points:
+                    chosen = np.arange(n)
+                else:
+                    chosen, extra = _chart_rows(self, index, maximize, points)
                 cols = {"seq": index.seq[chosen], "status": index.status[chosen], "value": index.value[chosen],
                         "start": index.started[chosen], "end": index.ended[chosen],
                         "created": index.created[chosen]}
-                extra = _chart_summary(index, maximize) if n > points else None
                 generation = index.generation
             seqs = cols["seq"].tolist()
             meta = self._trial_meta(seqs)
@@ -391,11 +419,12 @@ class Reader:
             # JSON assembled from each trial's fragments (kept: a finished trial's never change)
             parts = ['{"version":', str(self.version()), ',"count":', str(len(seqs)), ',"total":', str(n),
                      ',"sampled":', "true" if n > points else "false", ',"seq":[', ",".join(map(str, seqs)),
-                     '],"id":[', ",".join(meta[s][0] for s in seqs), "]"]
+                     '],"id":[', ",".join([meta[s][0] for s in seqs]), "]"]
             for j, name in enumerate(("status", "value", "start", "end", "created")):
-                parts += [f',"{name}":[', ",".join(r[j] for r in rows), "]"]
+                parts += [f',"{name}":[', ",".join([r[j] for r in rows]), "]"]
             parts.append(',"params":{')
-            parts.append(",".join(f"{json.dumps(name)}:[" + ",".join(meta[s][1].get(name, "null") for s in seqs) + "]"
+            params = [meta[s][1] for s in seqs]
+            parts.append(",".join(f"{json.dumps(name)}:[" + ",".join([p.get(name, "null") for p in params]) + "]"
                                   for name in names))
             parts.append("}")
             if extra is not None:
@@ -467,8 +496,12 @@ class Reader:
                     index.refresh()
                     count = index.n
                     valued = np.flatnonzero(~np.isnan(index.value[:count]))
-                    values = index.value[valued]
-                    best = valued[np.lexsort((valued, -values if maximize else values))[:n]]
+                    values = -index.value[valued] if maximize else index.value[valued]
+                    if len(valued) > n:  # the n best and any equal to the n-th (ties: by sequence number)
+                        cut = np.partition(values, n - 1)[n - 1]
+                        keep = values <= cut
+                        valued, values = valued[keep], values[keep]
+                    best = valued[np.lexsort((valued, values))[:n]]
                     picked = index.seq[best].tolist()
                     active = index.positions(sorted(index.active))
                     running = index.seq[active[index.status[active] == STATUSES.index("RUNNING")]][::-1][:50].tolist()
@@ -481,16 +514,32 @@ class Reader:
                 r[0]: {"seq": r[0], "id": r[1], "status": r[2], "value": _num(r[3]), "steps": [], "values": []}
                 for r in rows}
             if by_seq:
-                for seq, step, value in self.query(
-                        "SELECT trial_seq, step, value FROM metrics WHERE kind='intermediate' AND trial_seq IN "
-                        "(SELECT value FROM json_each(?)) ORDER BY trial_seq, step", (json.dumps(list(by_seq)),)):
-                    c = by_seq[seq]
-                    c["steps"].append(step)
-                    c["values"].append(_num(value))
-                for c in by_seq.values():
-                    if len(c["steps"]) > CURVE_POINTS:
-                        c["points"] = len(c["steps"])
-                        c["steps"], c["values"] = downsample_curve(c["steps"], c["values"], CURVE_POINTS)
+                cache = self._curve_cache  # a finished trial's curve never changes
+                if self._curve_epoch != self.index.epoch:
+                    cache.clear()
+                    self._curve_epoch = self.index.epoch
+                wanted = [s for s in by_seq if s not in cache]
+                if wanted:
+                    for seq, step, value in self.query(
+                            "SELECT trial_seq, step, value FROM metrics WHERE kind='intermediate' AND trial_seq IN "
+                            "(SELECT value FROM json_each(?)) ORDER BY trial_seq, step", (json.dumps(wanted),)):
+                        c = by_seq[seq]
+                        c["steps"].append(step)
+                        c["values"].append(_num(value))
+                for seq, c in by_seq.items():
+                    if seq in cache:
+                        c["steps"], c["values"], points = cache[seq]
+                        cache.move_to_end(seq)
+                    else:
+                        points = len(c["steps"])
+                        if points > CURVE_POINTS:
+                            c["steps"], c["values"] = downsample_curve(c["steps"], c["values"], CURVE_POINTS)
+                        if c["status"] not in ("WAITING", "RUNNING"):
+                            cache[seq] = (c["steps"], c["values"], points)
+                    if points > CURVE_POINTS:
+                        c["points"] = points
+                while len(cache) > 2 * _MAX_CURVES:
+                    cache.popitem(last=False)
             out: dict[str, Any] = {"version": self.version(), "trials": list(by_seq.values())}
             if bands:
                 out["bands"] = self.refreshed("bands", self._bands, min_age=15.0)
@@ -534,96 +583,185 @@ class Reader:
         return self.refreshed(f"importance:{maximize}", lambda: _importance(self), min_age=5.0)
 
 
-def _chart_sample(index: TrialIndex, maximize: bool, points: int) -> np.ndarray:
-    """Positions of at most about ``points`` trials that keep what a chart of every trial shows: the best tenth
-    of ``points`` trials and the worst fortieth, the longest fortieth, the running and waiting ones (the
-    latest, up to a tenth), and per slice of the trial numbers the one with the lowest value, the one with the
-    highest, and one without a value; in trial-number order."""
-    n = index.n
-    value = index.value[:n]
-    valued = np.flatnonzero(np.isfinite(value))
-    keep = [np.flatnonzero(np.isin(index.status[:n], [STATUSES.index("WAITING"), STATUSES.index("RUNNING")]))
-            [-(points // 10):]]
+_WAITING, _RUNNING = STATUSES.index("WAITING"), STATUSES.index("RUNNING")
+
+
+class _ChartPrefix:
+    """What the charts need of the trials before position ``end``, all of them finished when it was made: a
+    finished trial's row never changes, so this holds until the store is read anew.  The chart of every trial
+    is then this plus the trials from ``end`` on (the running ones, the new ones), which are few; so a chart
+    while trials land costs little more than reading those."""
+
+    def __init__(self, index: TrialIndex, maximize: bool, points: int, end: int, width: int) -> None:
+        self.epoch, self.end, self.width, self.built_n = index.epoch, end, width, index.n
+        self.maximize, self.points = maximize, points
+        pos = np.arange(end)
+        self.picks = _picks(index, pos, maximize, points)   # best, worst, longest candidates
+        self.buckets = _buckets(index, pos, width)          # bucket -> (lowest, highest, first without a value)
+        value, status = index.value[:end], index.status[:end]
+        finite = np.isfinite(value)
+        self.groups = np.bincount(status[finite], minlength=len(STATUSES))
+        ended = ~np.isnan(index.ended[:end])
+        self.lanes = {st: int((~finite & ended & (status == STATUSES.index(st))).sum()) for st in ("FAILED", "SUCCEEDED")}
+        valued = np.flatnonzero(finite)
+        run = _running(value[valued], maximize)
+        self.seq_records = valued[np.flatnonzero(np.r_[True, run[1:] != run[:-1]])] if len(valued) else valued
+        when = _when(index, valued)
+        self.time_records = valued[_time_records(when, value[valued], maximize)] if len(valued) else valued
+        self.last_when = float(np.nanmax(when)) if len(valued) else -math.inf
+        self.last_valued = int(valued[-1]) if len(valued) else -1
+        duration = index.ended[:end] - index.started[:end]
+        self.durations = np.sort(duration[np.isfinite(duration)])
+
+
+def _running(values: np.ndarray, maximize: bool) -> np.ndarray:
+    return np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
+
+
+def _when(index: TrialIndex, positions: np.ndarray) -> np.ndarray:
+    """When each trial's value came: its end, else its start, else its creation."""
+    when = index.ended[positions]
+    when = np.where(np.isnan(when), index.started[positions], when)
+    return np.where(np.isnan(when), index.created[positions], when)
+
+
+def _time_records(when: np.ndarray, values: np.ndarray, maximize: bool) -> np.ndarray:
+    """Indices (into ``when``) of the trials that were the best so far when their value came."""
+    if not len(when):
+        return np.zeros(0, np.int64)
+    order = np.argsort(when, kind="stable")
+    run = _running(values[order], maximize)
+    return order[np.flatnonzero(np.r_[True, run[1:] != run[:-1]])]
+
+
+def _picks(index: TrialIndex, positions: np.ndarray, maximize: bool, points: int) -> dict[str, np.ndarray]:
+    """Of ``positions``: the best tenth of ``points`` trials and the best itself (the first of equals), the
+    worst fortieth, the longest fortieth."""
+    value = index.value[positions]
+    finite = np.isfinite(value)
+    valued, v = positions[finite], value[finite]
+    out = {"best": valued[:0], "worst": valued[:0], "longest": valued[:0]}
     if len(valued):
-        v = value[valued]
-        k_best, k_worst = min(len(valued), max(1, points // 10)), min(len(valued), max(1, points // 40))
         better = -v if maximize else v
-        keep.append(valued[[int(np.argmin(better))]])  # the best trial itself (the first of equals)
-        keep.append(valued[np.argpartition(better, k_best - 1)[:k_best]])
-        keep.append(valued[np.argpartition(-better, k_worst - 1)[:k_worst]])
-    duration = index.ended[:n] - index.started[:n]
+        k_best, k_worst = min(len(valued), max(1, points // 10)), min(len(valued), max(1, points // 40))
+        first = valued[better == better.min()].min()   # the best trial itself (the first of equals)
+        out["best"] = np.r_[first, valued[np.argpartition(better, k_best - 1)[:k_best]]]
+        out["worst"] = valued[np.argpartition(-better, k_worst - 1)[:k_worst]]
+    duration = index.ended[positions] - index.started[positions]
     timed = np.flatnonzero(np.isfinite(duration))
     if len(timed):
         k_long = min(len(timed), max(1, points // 40))
-        keep.append(timed[np.argpartition(-duration[timed], k_long - 1)[:k_long]])
-    room = max(0, points - sum(len(k) for k in keep))
-    buckets = max(1, room // 3)
-    if len(valued):
-        keep += _bucket_extremes(valued, value[valued], buckets, n)
-    unvalued = np.flatnonzero(~np.isfinite(value))
-    if len(unvalued):
-        b = unvalued * buckets // n
-        keep.append(unvalued[np.flatnonzero(np.r_[True, b[1:] != b[:-1]])])
-    return np.unique(np.concatenate(keep))
-
-
-def _bucket_extremes(positions: np.ndarray, values: np.ndarray, buckets: int, n: int) -> list[np.ndarray]:
-    """Of ``positions`` (ascending, with their ``values``), per slice of ``buckets`` equal slices of 0..n the
-    first with the lowest value and the first with the highest: O(n), no sort."""
-    b = positions * buckets // n                     # non-decreasing: each slice is a run
-    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(b)]))
-    out = []
-    for reduce in (np.minimum, np.maximum):
-        hits = np.flatnonzero(values == reduce.reduceat(values, starts)[run])
-        out.append(positions[hits[np.r_[True, run[hits][1:] != run[hits][:-1]]]])
+        out["longest"] = positions[timed[np.argpartition(-duration[timed], k_long - 1)[:k_long]]]
     return out
 
 
-def _chart_summary(index: TrialIndex, maximize: bool) -> dict[str, Any]:
-    """What a sample cannot say about every trial: legend counts, the best so far, durations' histogram."""
-    n = index.n
-    value, status = index.value[:n], index.status[:n]
+def _buckets(index: TrialIndex, positions: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """Per bucket of ``width`` positions (``positions`` ascending): the first trial with the lowest value, the
+    first with the highest, and the first without a value; as arrays indexed by bucket (-1: none)."""
+    value = index.value[positions]
     finite = np.isfinite(value)
-    groups: dict[str, int] = {}
-    for code, count in enumerate(np.bincount(status[finite], minlength=len(STATUSES)).tolist()):
-        if count:
-            groups[STATUSES[code]] = count
-    ended = ~np.isnan(index.ended[:n])
+    size = int(positions[-1]) // width + 1 if len(positions) else 0
+    out = {k: np.full(size, -1, np.int64) for k in ("low", "high", "none")}
+    valued, v = positions[finite], value[finite]
+    if len(valued):
+        b = valued // width
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(b)]))
+        for key, reduce in (("low", np.minimum), ("high", np.maximum)):
+            hits = np.flatnonzero(v == reduce.reduceat(v, starts)[run])
+            first = hits[np.r_[True, run[hits][1:] != run[hits][:-1]]]
+            out[key][b[first]] = valued[first]
+    unvalued = positions[~finite]
+    if len(unvalued):
+        b = unvalued // width
+        first = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        out["none"][b[first]] = unvalued[first]
+    return out
+
+
+def _merge_buckets(index: TrialIndex, old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The positions of the prefix's buckets and the tail's, where a bucket has both: the lower (higher) value,
+    the earlier trial of equals."""
+    out = []
+    size = max(len(old["low"]), len(new["low"]))
+    for key in ("low", "high", "none"):
+        a = np.r_[old[key], np.full(size - len(old[key]), -1, np.int64)]
+        b = np.r_[new[key], np.full(size - len(new[key]), -1, np.int64)]
+        both = (a >= 0) & (b >= 0)
+        pick = np.where(a >= 0, a, b)
+        if key != "none" and both.any():
+            va, vb = index.value[a[both]], index.value[b[both]]
+            take_b = vb < va if key == "low" else vb > va
+            pick[np.flatnonzero(both)[take_b]] = b[both][take_b]
+        out.append(pick[pick >= 0])
+    return out
+
+
+def _chart_rows(reader: "Reader", index: TrialIndex, maximize: bool, points: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The positions to chart (a sample of at most about ``points`` trials) and the summary of every trial."""
+    n = index.n
+    status = index.status[:n]
+    active = np.flatnonzero((status == _WAITING) | (status == _RUNNING))
+    first_active = int(active[0]) if len(active) else n
+    key = (maximize, points)
+    prefix = reader._chart_prefix.get(key)
+    fixed = points // 10 * 2 + points // 40 * 2 + 1
+    if (prefix is None or prefix.epoch != index.epoch or first_active - prefix.end > max(2000, n // 20)
+            or n > 1.2 * prefix.built_n + 500):
+        width = max(1, math.ceil(n / max(1, (points - fixed) // 3)))
+        prefix = reader._chart_prefix[key] = _ChartPrefix(index, maximize, points, first_active, width)
+    tail = np.arange(prefix.end, n)
+    picks = _picks(index, np.r_[prefix.picks["best"], prefix.picks["worst"], prefix.picks["longest"],
+                                tail].astype(np.int64), maximize, points)
+    keep = [active[-(points // 10):], picks["best"], picks["worst"], picks["longest"]]
+    keep += _merge_buckets(index, prefix.buckets, _buckets(index, tail, prefix.width))
+    chosen = np.unique(np.concatenate(keep))
+    # the summary: the prefix's counts and records, continued over the tail
+    value = index.value[:n]
+    t_value, t_status = value[prefix.end:], status[prefix.end:]
+    t_finite = np.isfinite(t_value)
+    counts = prefix.groups + np.bincount(t_status[t_finite], minlength=len(STATUSES))
+    groups = {STATUSES[c]: int(k) for c, k in enumerate(counts.tolist()) if k}
+    t_ended = ~np.isnan(index.ended[prefix.end:n])
     for st in ("FAILED", "SUCCEEDED"):
-        count = int((~finite & ended & (status == STATUSES.index(st))).sum())
+        count = prefix.lanes[st] + int((~t_finite & t_ended & (t_status == STATUSES.index(st))).sum())
         if count:
             groups[f"{st}-lane"] = count
     best: dict[str, list[list[float]]] = {}
-    valued = np.flatnonzero(finite)
-    for axis in ("seq", "time"):
-        if not len(valued):
-            best[axis] = []
-            continue
-        if axis == "seq":
-            xs, vs = index.seq[valued].astype(float), value[valued]
-        else:
-            when = index.ended[valued]
-            when = np.where(np.isnan(when), index.started[valued], when)
-            when = np.where(np.isnan(when), index.created[valued], when)
-            order = np.argsort(when, kind="stable")
-            xs, vs = when[order] * 1000.0, value[valued][order]
-        run = np.maximum.accumulate(vs) if maximize else np.minimum.accumulate(vs)
+    t_valued = tail[t_finite]
+    cand = np.r_[prefix.seq_records, t_valued].astype(np.int64)
+    if len(cand):
+        run = _running(value[cand], maximize)
         change = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
-        pts = [[float(xs[i]), float(run[i])] for i in change]
-        if change[-1] != len(xs) - 1:
-            pts.append([float(xs[-1]), float(run[-1])])
-        best[axis] = pts
-    duration = index.ended[:n] - index.started[:n]
+        last_x = int(t_valued[-1]) if len(t_valued) else prefix.last_valued
+        pts = [[float(index.seq[cand[i]]), float(run[i])] for i in change]
+        if pts[-1][0] != float(index.seq[last_x]):
+            pts.append([float(index.seq[last_x]), pts[-1][1]])
+        best["seq"] = pts
+        cand = np.r_[prefix.time_records, t_valued].astype(np.int64)
+        when = _when(index, cand)
+        records = _time_records(when, value[cand], maximize)
+        pts = [[float(when[i]) * 1000.0, float(value[cand[i]])] for i in records]
+        last = max(prefix.last_when, float(np.nanmax(when)))
+        if pts[-1][0] != last * 1000.0:
+            pts.append([last * 1000.0, pts[-1][1]])
+        best["time"] = pts
+    else:
+        best = {"seq": [], "time": []}
+    duration = index.ended[prefix.end:n] - index.started[prefix.end:n]
     duration = duration[np.isfinite(duration)]
     bins: list[list[float]] = []
-    if len(duration):
-        lo, hi = float(duration.min()), float(duration.max())
-        k = min(40, max(5, math.ceil(math.sqrt(len(duration)))))
+    total = len(prefix.durations) + len(duration)
+    if total:
+        parts = [d for d in (prefix.durations[:1], prefix.durations[-1:], duration) if len(d)]
+        lo, hi = float(min(p.min() for p in parts)), float(max(p.max() for p in parts))
+        k = min(40, max(5, math.ceil(math.sqrt(total))))
         width = (hi - lo) / k or 1.0
-        counts = np.bincount(np.minimum(k - 1, ((duration - lo) / width).astype(np.int64)), minlength=k)
+        edges = np.searchsorted(prefix.durations, lo + width * np.arange(1, k), side="left")
+        counts = np.diff(np.r_[0, edges, len(prefix.durations)])
+        counts += np.bincount(np.minimum(k - 1, ((duration - lo) / width).astype(np.int64)), minlength=k)
         bins = [[lo + i * width, lo + (i + 1) * width, int(c)] for i, c in enumerate(counts.tolist())]
-    return {"groups": groups, "best": best, "duration_bins": bins}
+    return chosen, {"groups": groups, "best": best, "duration_bins": bins}
 
 
 def downsample_curve(steps: list[Any], values: list[Any], points: int) -> tuple[list[Any], list[Any]]:

@@ -171,6 +171,7 @@ class TrialIndex:
         self._log: list[tuple[int, np.ndarray]] = []   # (generation, positions that changed to reach it)
         self._log_from = 0         # the log covers the changes after this generation
         self._counted = 0.0        # when the trial count was last checked against ours
+        self.epoch = 0             # bumped when the store is read anew (what readers kept of it is stale)
         self.n = 0
         self._size = 0
         self.seq = np.zeros(0, np.int64)
@@ -261,6 +262,7 @@ class TrialIndex:
         return sql, args
 
     def _load_all(self) -> None:
+        self.epoch += 1
         keys = list(self.columns)
         self.n, self._size, self.active = 0, 0, set()
         self.seq = np.zeros(0, np.int64)
