@@ -129,6 +129,7 @@ class Reader:
         self._curve_epoch = 0
         self._chart_lock = threading.Lock()
         self._background: dict[str, threading.Thread] = {}
+        self.warming: threading.Thread | None = None
         self._closed = False
 
     def warm(self) -> threading.Thread:
@@ -150,6 +151,7 @@ class Reader:
                 pass  # closed meanwhile, or an odd store: the first request loads what it needs
         thread = threading.Thread(target=work, name="hpo-dashboard-index", daemon=True)
         thread.start()
+        self.warming = thread
         return thread
 
     def close(self) -> None:

@@ -252,7 +252,7 @@ export function curvesOption(curves, { logY = false, bands = null, highlight = n
 }
 
 /** Parallel coordinates: one axis per parameter (categorical where needed) and the metric. */
-export function parallelOption(data, { maximize, names, maxLines = 2000 } = {}) {
+export function parallelOption(data, { maximize, names, maxLines = data.sampled ? 1000 : 2000 } = {}) {
   const idx = [];
   for (let i = 0; i < data.count; i++) if (data.value[i] !== null && data.value[i] !== undefined) idx.push(i);
   let chosen = idx;

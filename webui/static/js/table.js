@@ -3,6 +3,7 @@
 import { h, clear } from './util.js';
 
 const BLOCK = 200;
+const MAX_BLOCKS = 25;  // rows kept loaded at most (5,000): the blocks farthest from view go first
 
 export class VirtualTable {
   /**
@@ -140,6 +141,7 @@ export class VirtualTable {
       if (old) for (const r of old) this.byKey.delete(this.o.rowKey(r));
       this.blocks.set(k, rows);
       for (const r of rows) this.byKey.set(this.o.rowKey(r), r);
+      if (this.blocks.size > MAX_BLOCKS) this.evict();
       const changed = this.total !== total;
       this.total = total;
       if (changed && this.o.onTotal) this.o.onTotal(total);
@@ -151,6 +153,18 @@ export class VirtualTable {
       if (this.o.onError) this.o.onError(err);
     });
     this.inflight.set(k, p);
+  }
+
+  /** Forget the loaded blocks farthest from view, down to MAX_BLOCKS (scrolling back loads them again), so
+   *  that scrolling through 100,000 trials keeps the page's memory flat. */
+  evict() {
+    const [a, b] = this.blockRange();
+    const far = [...this.blocks.keys()].filter((k) => k < a - 1 || k > b + 1)
+      .sort((x, y) => Math.max(a - y, y - b) - Math.max(a - x, x - b));
+    for (const k of far.slice(0, this.blocks.size - MAX_BLOCKS)) {
+      for (const r of this.blocks.get(k)) this.byKey.delete(this.o.rowKey(r));
+      this.blocks.delete(k);
+    }
   }
 
   schedule(force = false) {
