@@ -424,7 +424,8 @@ class Engine:
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
                          self.config.max_trial_duration_seconds, dict(self.config.trial_env or {}),
                          attempt=self._attempts(seq) if rerun_of is not None else 0,
-                         distribution=self.config.distribution)
+                         distribution=self.config.distribution,
+                         warm_start=list(self.config.trial_preload) if self.config.warm_start else None)
         if self.config.trial_roles:
             spec.processes = [replace(p, command=None if p.command is None else render_command(p.command, params))
                               for p in self._gang]

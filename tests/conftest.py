@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import shlex
 import signal
@@ -56,6 +57,33 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def new_mark() -> str:
+    return f"1000.{secrets.randbelow(10**12):012d}"
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes with ``mark`` in their command line."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if mark in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def mark():
+    mark = new_mark()
+    yield mark
+    for proc in marked(mark):  # teardown after a failure
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 class ExperimentFactory:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import threading
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 import hpo
-from conftest import PY, wait_until, write_script
+from conftest import PY, marked, wait_until, write_script
 from test_engine import processes_of, running
 from test_training_service_contract import Recorder, _local, _run_trial, _spec
 from training_services.base import create_training_service
@@ -111,36 +110,9 @@ while True:
 """
 
 
-def new_mark() -> str:
-    return f"1000.{secrets.randbelow(10**12):012d}"
-
-
-def marked(mark: str) -> list[psutil.Process]:
-    """Live (non-zombie) processes with ``mark`` in their command line."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if mark in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 def spawning_code(code: Path, name: str = "trial.py") -> None:
     write_script(code, name, SPAWNING_TRIAL)
     write_script(code, "grace_spawner.py", GRACE_SPAWNER)
-
-
-@pytest.fixture
-def mark():
-    mark = new_mark()
-    yield mark
-    for proc in marked(mark):  # teardown after a failure
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
 
 
 class ExitCodes(Recorder):
