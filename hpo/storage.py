@@ -259,6 +259,9 @@ class ExperimentStore:
         self._lock_fd: int | None = None
         self._lock = threading.Lock()  # a read-only store may be shared by reader threads
         self._tables: set[str] = set()  # tables newer than some stores, seen (a reader looks; once there, they stay)
+        # the writer's own counts (no other process writes): what next_seq and counted_trials would count
+        self._max_seq: int | None = None
+        self._counted: int | None = None
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
@@ -441,7 +444,9 @@ class ExperimentStore:
 
     # -- trials --------------------------------------------------------------------------------
     def next_seq(self) -> int:
-        return (self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]) + 1
+        if self._max_seq is None or self.readonly:
+            self._max_seq = self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]
+        return self._max_seq + 1
 
     def add_trial(self, seq: int, trial_id: str, parameters: dict[str, Any], rerun_of: int | None = None) -> None:
         """Insert a WAITING trial; with ``rerun_of``, atomically mark that interrupted trial as re-queued."""
@@ -449,8 +454,12 @@ class ExperimentStore:
                   (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of))
         if rerun_of is None:
             self._transaction(insert)
+            if self._counted is not None:
+                self._counted += 1
         else:
             self._transaction(insert, ("UPDATE trials SET interrupted=2 WHERE seq=?", (rerun_of,)))
+            self._counted = None
+        self._max_seq = max(seq, self._max_seq or 0)
 
     def trial_started(self, seq: int, pid: int | None, pgid: int | None, host: str | None = None,
                       gpus: list[int] | None = None, processes: list[dict[str, Any]] | None = None) -> None:
@@ -468,6 +477,8 @@ class ExperimentStore:
         assert status in FINISHED_STATES, status
         self._write("UPDATE trials SET status=?, ended_at=?, exit_code=?, message=?, interrupted=? WHERE seq=?",
                     (status, time.time(), exit_code, message, 1 if interrupted else 0, seq))
+        if interrupted:
+            self._counted = None
 
     def end_leftovers(self, message: str, keep: Iterable[str] = ()) -> list[TrialRecord]:
         """After an engine died: record its WAITING/RUNNING trials (but those in ``keep``, trial ids a training
@@ -486,7 +497,9 @@ class ExperimentStore:
 
     def counted_trials(self) -> int:
         """Trials that count against ``max_trial_number`` (interrupted ones are replaced by their re-run)."""
-        return self._query("SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]
+        if self._counted is None or self.readonly:
+            self._counted = self._query("SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]
+        return self._counted
 
     def add_metric(self, seq: int, kind: str, step: int, value: float | None, data: Any) -> None:
         """Record an intermediate (``kind='intermediate'``) or final result of trial ``seq``."""

@@ -263,7 +263,7 @@ class LocalTrainingService(TrainingService):
 
     @staticmethod
     def _environment(spec: TrialSpec, params_file: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        env = _environ()
         env.update(spec.env)
         env.update({
             "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
@@ -592,6 +592,21 @@ class LocalTrainingService(TrainingService):
         # A trial the dead engine had started but not yet recorded (no pgid), and processes that left the
         # supervisor's tree, are found by the environment every trial process inherits.
         _kill_by_environment({(str(rec["id"]), str(rec["seq"])) for rec in records if rec.get("id")})
+
+
+_environ_cache: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _environ() -> dict[str, str]:
+    """A copy of ``os.environ``, decoded once per change of it (decoding it for every trial cost more than the rest
+    of a warm launch)."""
+    global _environ_cache
+    raw = getattr(os.environ, "_data", None)  # CPython's encoded copy
+    if not isinstance(raw, dict):
+        return dict(os.environ)
+    if _environ_cache is None or _environ_cache[0] != raw:
+        _environ_cache = (dict(raw), dict(os.environ))
+    return dict(_environ_cache[1])
 
 
 @functools.lru_cache(maxsize=16)

@@ -7,6 +7,7 @@ an interpreter start and its imports.  The engine speaks to it over a ``SOCK_SEQ
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -31,10 +32,21 @@ class WarmStartError(Exception):
     """The zygote could not be started or could not fork a trial (the trial then starts cold)."""
 
 
+@functools.lru_cache(maxsize=256)
+def _parse(command: str) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    parsed = _warm_argv(command)
+    return None if parsed is None else (parsed[0], tuple(parsed[1]), tuple(parsed[2].items()))
+
+
 def warm_argv(command: str) -> tuple[str, list[str], dict[str, str]] | None:
     """``(interpreter, argv, env)`` of a command a zygote can run: ``python [-u] [-B] script.py args`` or
     ``python [-u] [-B] -m module args`` with no shell syntax (quoting aside); argv is what follows the
     interpreter, env what its flags mean.  None for any other command."""
+    parsed = _parse(command)  # the same command for every trial of a function, or of a script without templates
+    return None if parsed is None else (parsed[0], list(parsed[1]), dict(parsed[2]))
+
+
+def _warm_argv(command: str) -> tuple[str, list[str], dict[str, str]] | None:
     try:
         words = shlex.split(command)
     except ValueError:

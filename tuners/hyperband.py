@@ -52,6 +52,8 @@ class HyperbandTuner(Tuner):
     """Args (NNI's names): ``R`` the largest resource a trial gets, ``eta`` the halving rate (> 1),
     ``resource_name`` the parameter carrying it, ``resource_type`` ``'int'`` (rounded, at least 1) or ``'float'``."""
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, R: float = 60, eta: float = 3,
                  resource_name: str = "TRIAL_BUDGET", resource_type: str = "int") -> None:
         super().__init__(optimize_mode, seed)
