@@ -203,6 +203,31 @@ def _env_slot() -> tuple[int, int] | None:
     return (address, len(value)) if address else None
 
 
+def _huge_pages() -> None:
+    """Back this process's heap with transparent huge pages where the system allows it (Linux >= 6.1,
+    MADV_COLLAPSE): a fork then copies one page-table entry per 2 MiB instead of 512, and forks of a zygote that
+    preloaded a large library (100+ MB) cost a fraction.  Best effort: nothing changes where it is refused."""
+    if sys.platform != "linux":
+        return
+    huge, madv_hugepage, madv_collapse = 2 << 20, 14, 25
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps") as fh:
+            maps = fh.read().splitlines()
+    except (ImportError, OSError, AttributeError):
+        return
+    for line in maps:
+        parts = line.split()
+        if len(parts) < 5 or parts[1] != "rw-p" or (len(parts) > 5 and parts[5] != "[heap]"):
+            continue  # only private anonymous memory (and the heap): not files, stacks or shared memory
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        start, end = -(-start // huge) * huge, end // huge * huge
+        if end - start >= huge and libc.madvise(start, end - start, madv_hugepage) == 0:
+            libc.madvise(start, end - start, madv_collapse)
+
+
 def _reap() -> None:
     while True:
         try:
@@ -330,6 +355,10 @@ def main(control_fd: int) -> None:
         sock.send(json.dumps({"ready": False, "error": "preloading initialised CUDA in the zygote (a forked trial "
                                                       "could not use the GPU); trials start cold"}).encode())
         return
+    import gc
+    gc.collect()
+    gc.freeze()  # the preloaded objects are never collected: a trial's collections do not copy their pages
+    _huge_pages()
     sock.send(json.dumps({"ready": True, "warnings": warnings}).encode())
     zygote.serve()
 
