@@ -59,12 +59,12 @@ def nni_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def nnictl(venv: Path, home: Path, *args: str, timeout: float = 120) -> str:
+def nnictl(venv: Path, home: Path, *args: str, answer: str = "", fails: bool = False) -> str:
     """Run NNI's nnictl (its console script, by the venv's interpreter); its output without colours."""
     done = subprocess.run([nni_python(venv), str(venv / "bin" / "nnictl"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=_nnictl_env(home))
+                          timeout=120, env=_nnictl_env(home), input=answer)
     out = ANSI.sub("", done.stdout + done.stderr)
-    assert "Traceback" not in out, out
+    assert ("Traceback" in out) == fails, out
     return out
 
 
@@ -142,6 +142,11 @@ def test_nnictl_drives_a_running_hpo_experiment(nni_env, nni_home, launcher, mon
     assert top.returncode == 0 and "Exiting..." in screen, screen
     assert re.search(rf"Id: {exp_id}\s+Status: RUNNING\s+Port: {port}", ANSI.sub("", screen)), screen
     assert all(re.search(rf"^{tid}\s.*RUNNING", screen, re.M) for tid in running), screen
+
+    # NNI's commands that need NNI's own database fail on it, before touching anything of hpo's
+    refused = nnictl(nni_env, nni_home, "experiment", "delete", exp_id, answer="y\n", fails=True)
+    assert "unable to open database file" in refused
+    assert (directory / "experiment.db").is_file() and len(list((directory / "trials").iterdir())) == 6
 
     processes = psutil.Process(proc.pid).children(recursive=True)
     assert len(processes) >= 1 + 3  # the stand-in, and 3 trials (each with its supervisor)
