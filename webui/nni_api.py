@@ -96,7 +96,7 @@ class StandIn:
     its manager.  A reader thread takes its lines and reaps it as soon as it exits (a zombie would look alive
     to nnictl, which waits for the pid to go)."""
 
-    READY_WAIT = 3.0  # seconds start() waits for the entry to be written (a busy registry: it goes on later)
+    READY_WAIT = 3.0  # seconds wait_ready() waits for the entry to be written (a busy registry: it goes on later)
 
     def __init__(self, on_stop: Callable[[], None], on_lost: Callable[[int], None]) -> None:
         self.on_stop, self.on_lost = on_stop, on_lost
@@ -107,17 +107,27 @@ class StandIn:
         self.spent = False      # one stand-in per experiment: once it ended, no other is started
         self._ending = False
         self._ready = threading.Event()
+        self._starting = threading.Lock()
         self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
-        return None if self.proc is None or self._ending else self.proc.pid
+        return None if self.proc is None or self._ending or self.spent else self.proc.pid
 
     def start(self, loop: asyncio.AbstractEventLoop, entry: dict[str, Any] | None = None,
               registry: Path | None = None) -> int | None:
         """Start it (owning ``entry`` in ``registry`` when given); returns its pid."""
-        if self.proc is not None or self.spent:
+        with self._starting:  # two requests at once (reads run in worker threads) start one
+            if self.proc is None and not self.spent:
+                try:
+                    self._start(loop, entry, registry)
+                except OSError as exc:  # the experiment runs on; NNI's tools just do not see it
+                    self.spent, self.error = True, f"cannot start its NNI stand-in process: {exc}"
+                    self._ready.set()
+                    log.warning("%s", self.error)
             return self.pid
+
+    def _start(self, loop: asyncio.AbstractEventLoop, entry: dict[str, Any] | None, registry: Path | None) -> None:
         args = [] if entry is None or registry is None else [str(registry), json.dumps(entry)]
         self.registry, self.experiment_id = (registry, entry["id"]) if args else (None, "")
         boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
@@ -128,14 +138,15 @@ class StandIn:
         self._reader = threading.Thread(target=self._read, args=(self.proc, loop), name="hpo-nni-stand-in",
                                         daemon=True)
         self._reader.start()
-        return self.proc.pid
 
     def wait_ready(self, timeout: float = READY_WAIT) -> bool:
         return self._ready.wait(timeout)
 
     def _read(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
         assert proc.stdout is not None
+        up = False  # it said something: it ran (one that never could is no reason to stop the experiment)
         for raw in proc.stdout:
+            up = True
             word, _, rest = raw.decode("utf-8", "replace").strip().partition(" ")
             if word == "ready":
                 self._ready.set()
@@ -146,8 +157,11 @@ class StandIn:
                 self._on_loop(loop, self.on_stop)
         code = proc.wait()
         self._ready.set()
-        if not self._ending:
+        if not self._ending and up:
             self._on_loop(loop, self.on_lost, code)
+        elif not up and not self._ending:
+            self.spent, self.error = True, f"its NNI stand-in process exited at once (code {code})"
+            log.warning("%s", self.error)
         if code != 0 and self.registry is not None:  # it could not remove its entry itself
             with contextlib.suppress(RegistryError, OSError):
                 remove_entry(self.registry, self.experiment_id, proc.pid)
