@@ -1,6 +1,7 @@
 """Shared fixtures for the engine tests: real trial processes, real SQLite stores, no mocks.
 
-Every test gets its own ``HPO_HOME`` under ``tmp_path`` (nothing lands in ``~/hpo-experiments``),
+Every test gets its own ``HPO_HOME`` under ``tmp_path`` (nothing lands in ``~/hpo-experiments``, nor in NNI's
+registry ``~/nni-experiments``),
 and experiments are started on port 0 (a free port chosen by the OS).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ def hpo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPO_HOME", str(home))
     for var in [v for v in os.environ if v.startswith("HPO_") and v != "HPO_HOME"]:
         monkeypatch.delenv(var)
+    monkeypatch.setenv("HPO_NNI_REGISTRY", "0")  # nothing lands in ~/nni-experiments (tests/test_nnictl.py: a tmp HOME)
     return home
 
 
