@@ -8,6 +8,7 @@ Usage (from the repository root)::
     python benchmarks/orchestration.py --no-nni --remote    # also through the remote service (sshd on loopback)
     python benchmarks/orchestration.py --no-nni --kubernetes --concurrency 4   # also as Jobs on the fake cluster
     python benchmarks/orchestration.py --warm [--trials 200] [--repeat 3]  # warm starts vs cold vs Optuna (warm_start.py)
+    python benchmarks/orchestration.py --gang 4 [--remote] [--warm]  # a gang's start against one process's (gang_start.py)
 
 Each system runs in its own child process (so RSS is the engine's alone), with trials started by
 an absolute interpreter path (``python3`` on PATH may be a slow pyenv shim).  Reported: trials/s
@@ -245,7 +246,7 @@ def main() -> None:
     if args.side == "rss":
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
         return
-    if args.warm:
+    if args.warm and not args.gang:
         import importlib.util
         spec = importlib.util.spec_from_file_location("warm_start", HERE / "warm_start.py")
         warm_start = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -261,7 +262,7 @@ def main() -> None:
         spec.loader.exec_module(gang_start)  # type: ignore[union-attr]
         trials = args.trials if "--trials" in sys.argv else 20
         with tempfile.TemporaryDirectory(prefix="hpo-bench-gang-") as tmp:
-            lines = gang_start.compare(args.gang, trials, Path(tmp), args.remote, run_child)
+            lines = gang_start.compare(args.gang, trials, Path(tmp), args.remote, run_child, args.warm)
         print(f"\nDistributed-trial start (trial chosen -> every process running), gang of {args.gang}, "
               f"{os.cpu_count()} CPUs:\n" + "\n".join(lines))
         return
