@@ -349,7 +349,9 @@ def main(control_fd: int) -> None:
     if hello is None:
         return
     zygote = Zygote(sock)
-    warnings = zygote.preload(list(hello.get("preload") or []), hello.get("function_file"))
+    # hpo's trial API (stdlib only) is what nearly every trial imports: always preloaded
+    warnings = zygote.preload(["hpo", "hpo.trial_checkpoint"] + list(hello.get("preload") or []),
+                              hello.get("function_file"))
     torch = sys.modules.get("torch")
     if torch is not None and getattr(torch.cuda, "is_initialized", lambda: False)():
         sock.send(json.dumps({"ready": False, "error": "preloading initialised CUDA in the zygote (a forked trial "
