@@ -77,6 +77,22 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
+ZYGOTE = "_zygote.py"
+
+
+def zygotes(code: Path) -> list[psutil.Process]:
+    """Live warm-start zygotes serving trials whose code directory is ``code``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(part.endswith(ZYGOTE) for part in proc.cmdline()) and proc.cwd() == str(code) \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture
 def mark():
     mark = new_mark()

@@ -9,34 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import PY, marked, wait_until, write_script
+from conftest import PY, ZYGOTE, marked, wait_until, write_script, zygotes
 from test_engine import processes_of
 from test_local_lifecycle import ExitCodes, spawning_code
 from test_training_service_contract import Recorder, _spec
 from training_services.base import create_training_service
 from training_services.warm_start import can_start_warm, warm_argv
-
-ZYGOTE = "_zygote.py"
-
-
-def zygotes(code: Path) -> list[psutil.Process]:
-    """Live zygotes serving trials whose code directory is ``code``."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if any(part.endswith(ZYGOTE) for part in proc.cmdline()) and proc.cwd() == str(code) \
-                    and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
 
 def run_warm(tmp: Path, scripts: dict[str, str], commands: dict[str, str] | None = None, preload: list[str] = (),
              env: dict[str, str] | None = None, concurrently: bool = False) -> ExitCodes:
@@ -185,47 +167,15 @@ def test_concurrent_warm_trials_each_report_their_own_parameters(tmp_path):
     assert {i: finals(rec, f"t{i}") for i in range(12)} == {i: [i] for i in range(12)}
 
 
-# -- no process outlives its trial ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("how, status", [("kill", "USER_CANCELED"), ("stop", "SYS_CANCELED"),
-                                         ("timeout", "FAILED"), ("exit", "SUCCEEDED")])
-def test_no_process_of_a_warm_trial_survives(tmp_path, mark, how, status):
-    spawning_code(tmp_path / "code")
-    ready = tmp_path / "trials" / "t" / "ready"
-
-    async def main() -> Recorder:
-        rec, svc = Recorder(), create_training_service("local", kill_grace=1.0)
-        await svc.start(rec)
-        spec = _spec(tmp_path, "t", "", max_duration=10.0 if how == "timeout" else None)
-        spec.command = f"{PY} trial.py {mark} {'exit' if how == 'exit' else 'stay'}"
-        spec.warm_start = ["psutil"]
-        await svc.launch(spec)
-        deadline = time.monotonic() + 60
-        while not ready.exists() and "t" not in rec.ended_status:
-            assert time.monotonic() < deadline, "the trial did not spawn its processes"
-            await asyncio.sleep(0.02)
-        assert zygotes(tmp_path / "code"), "the trial was forked by a zygote"
-        if how == "kill":
-            await svc.kill("t")
-        elif how == "stop":
-            await svc.stop()
-        await rec.wait_ended("t", timeout=60)
-        await svc.stop()
-        return rec
-
-    rec = asyncio.run(main())
-    assert rec.ended_status["t"] == status
-    assert [p.cmdline() for p in marked(mark)] == []
-    assert zygotes(tmp_path / "code") == [], "stop() ends the zygote"
-
-
+# -- no process outlives its trial (see also test_local_lifecycle.py, warm and cold) -----------------------------
 def test_a_warm_trials_processes_carry_its_markers(tmp_path, make_experiment):
     """What finds a trial's processes by environment (the engine's sweep after a kill or crash) finds warm ones."""
     exp = make_experiment("import time, hpo\nhpo.get_next_parameter()\ntime.sleep(60)\n",
                           trial_concurrency=1, max_trial_number=1, trial_warm_start=True)
     exp.start(port=0)
-    found = wait_until(lambda: [p for p in processes_of(exp.id) if "_zygote.py" in " ".join(p.cmdline())], 30,
-                       what="the trial's processes")
-    assert len(found) == 2, "the supervisor and the trial, both forked from the zygote, carry the markers"
+    # the supervisor and the trial, both forked from the zygote (its command line), carry the trial's markers
+    wait_until(lambda: len([p for p in processes_of(exp.id) if ZYGOTE in " ".join(p.cmdline())]) == 2, 30,
+               what="the trial's two forked processes to carry its markers")
     exp.stop()
     wait_until(lambda: not processes_of(exp.id) and not zygotes(exp.config.trial_code_directory), 10,
                what="every process to end")
