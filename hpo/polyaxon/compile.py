@@ -20,7 +20,7 @@ __all__ = ["Compiled", "compile_operation", "TUNER_OF"]
 
 # matrix kind -> hpo tuner (and assessor), as the README's table says
 TUNER_OF = {"random": "random", "grid": "grid", "mapping": "mapping", "hyperopt": "hyperopt",
-            "hyperband": "hyperband", "bayes": "tpe", "iterative": "(tuner.hubRef)"}
+            "hyperband": "hyperband", "bayes": "gp", "iterative": "(tuner.hubRef)"}
 
 
 @dataclass
@@ -134,8 +134,8 @@ def _tuner(op: V1Operation, space: dict[str, Any], maximize: bool) -> tuple[dict
                 "resource_type": m.resource.type}
         return {"name": "hyperband", "class_args": args}, HyperbandTuner(**args).total_trials()
     if m.kind == "bayes":
-        args = {**mode, **seed, "n_startup_trials": m.num_initial_runs}
-        return {"name": "tpe", "class_args": args}, m.num_initial_runs + m.max_iterations
+        args = {**mode, **seed, **_gp_args(m)}
+        return {"name": "gp", "class_args": args}, m.num_initial_runs + m.max_iterations
     # iterative: the user's tuner, by registered name or module.Class
     ref = m.tuner.hub_ref if m.tuner else None
     if not ref:
@@ -144,6 +144,53 @@ def _tuner(op: V1Operation, space: dict[str, Any], maximize: bool) -> tuple[dict
     args = {**mode, **seed, **(m.tuner.params or {})}
     tuner = {"class_name": ref, "class_args": args} if "." in ref else {"name": ref, "class_args": args}
     return tuner, m.max_iterations
+
+
+# GpTuner argument -> the bayes matrix field it comes from (for messages)
+_GP_FIELDS = {"cold_start_num": "numInitialRuns", "utility": "utilityFunction.acquisitionFunction",
+              "kappa": "utilityFunction.kappa", "xi": "utilityFunction.eps",
+              "selection_num_warm_up": "utilityFunction.numWarmup",
+              "selection_num_starting_points": "utilityFunction.numIterations",
+              "kernel": "utilityFunction.gaussianProcess.kernel",
+              "length_scale": "utilityFunction.gaussianProcess.lengthScale",
+              "nu": "utilityFunction.gaussianProcess.nu",
+              "num_restarts_optimizer": "utilityFunction.gaussianProcess.numRestartsOptimizer"}
+
+
+def _gp_args(m: Any) -> dict[str, Any]:
+    """The bayes matrix's settings as GpTuner arguments: the fields the file sets (left-out ones keep the tuner's
+    defaults); without ``acquisitionFunction``, ``kappa`` alone means ucb (it is ucb's setting) and ``eps`` ei.
+    Checked here, so a bad value is one line naming the field before anything starts."""
+    from tuners.gp import GpTuner
+
+    args: dict[str, Any] = {"cold_start_num": m.num_initial_runs}
+    u = m.utility_function
+    if u is not None:
+        given = u.model_fields_set
+        if "acquisition_function" in given:
+            args["utility"] = u.acquisition_function
+        elif "kappa" in given and u.kappa is not None:
+            args["utility"] = "ucb"
+        if u.kappa is not None:
+            args["kappa"] = u.kappa
+        if u.eps is not None:
+            args["xi"] = u.eps
+        if u.num_warmup is not None:
+            args["selection_num_warm_up"] = u.num_warmup
+        if u.num_iterations is not None:
+            args["selection_num_starting_points"] = u.num_iterations
+        gp = u.gaussian_process
+        if gp is not None:
+            for name in ("kernel", "length_scale", "nu", "num_restarts_optimizer"):
+                if name in gp.model_fields_set:
+                    args[name] = getattr(gp, name)
+    try:
+        GpTuner(**args)
+    except ValueError as e:
+        name = str(e).split(":", 1)[0]
+        field = _GP_FIELDS.get(name)
+        raise PolyaxonError(f"matrix.{field}: {str(e).split(':', 1)[1].strip()}" if field else f"matrix: {e}") from None
+    return args
 
 
 def _metric(op: V1Operation, component: V1Component) -> tuple[str | None, bool]:
@@ -243,7 +290,10 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         data["max_trial_number"] = 1
         data["tuner"] = {"name": "random", "class_args": {"optimize_mode": "maximize" if maximize else "minimize"}}
     else:
-        data["tuner"], budget = _tuner(op, space, maximize)
+        try:
+            data["tuner"], budget = _tuner(op, space, maximize)
+        except PolyaxonError as e:
+            raise PolyaxonError(f"{where}: {e}") from None
         data["max_trial_number"] = budget
         data["trial_concurrency"] = op.matrix.concurrency or 1
         data["early_stopping"], data["assessor"] = _early_stopping(op, notes)
