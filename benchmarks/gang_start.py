@@ -5,6 +5,8 @@ A trial is chosen when the engine records it (its ``created_at``); a process run
 writes ``time.time()`` to a marker file (the interpreter's start is in both measurements alike).  Locally and,
 with ``--remote``, over SSH (one sshd on 127.0.0.1, so the processes of a gang share that one machine there).
 Trials run one at a time (concurrency 1) so that each start is measured alone; reported: medians and the ratio.
+With ``--warm`` the local trials start warm (``trial_warm_start``: every process forked from the zygote) and cold,
+side by side.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ open(os.path.join({folder!r}, os.environ["HPO_TRIAL_ID"] + "-" + os.environ.get(
 """
 
 
-def gang_side(gang: int, trials: int, home: Path, remote: bool) -> dict[str, Any]:
+def gang_side(gang: int, trials: int, home: Path, remote: bool, warm: bool = False) -> dict[str, Any]:
     """In a child process: ``trials`` trials of ``gang`` processes (0: one-process trials); start latencies."""
     orchestration = _orchestration()
     os.environ["HPO_HOME"] = str(home)
@@ -43,6 +45,7 @@ def gang_side(gang: int, trials: int, home: Path, remote: bool) -> dict[str, Any
     exp.config.trial_code_directory = code
     exp.config.trial_concurrency = 1
     exp.config.max_trial_number = trials
+    exp.config.trial_warm_start = warm
     if gang:
         exp.config.trial_roles = {"worker": {"count": gang}}
         exp.config.distribution = "pytorch"
@@ -69,20 +72,20 @@ def _orchestration() -> Any:
     return module
 
 
-def compare(gang: int, trials: int, tmp: Path, remote: bool, run_child: Any) -> list[str]:
+def compare(gang: int, trials: int, tmp: Path, remote: bool, run_child: Any, warm: bool = False) -> list[str]:
     """Run the one-process and the gang side by side (alternating, ``trials`` each); the report's lines."""
     here = Path(__file__).resolve()
     lines = []
-    for where in ([False, True] if remote else [False]):
+    for where in (["local"] + ["warm"] * warm + ["ssh"] * remote):
         results: dict[int, list[dict[str, Any]]] = {0: [], gang: []}
         for round_ in range(3):
             for size in (0, gang):
                 results[size].append(run_child([sys.executable, str(here), "--side", str(size), "--trials", str(trials),
                                                 "--home", str(tmp / f"g{size}-{where}-{round_}")]
-                                               + (["--remote"] if where else []), 900))
+                                               + {"local": [], "warm": ["--warm"], "ssh": ["--remote"]}[where], 900))
         single = statistics.median(r["median_s"] for r in results[0])
         multi = statistics.median(r["median_s"] for r in results[gang])
-        label = "SSH (one sshd on 127.0.0.1)" if where else "local"
+        label = {"ssh": "SSH (one sshd on 127.0.0.1)", "local": "local", "warm": "local, warm starts"}[where]
         lines.append(f"{label}: one process {single * 1000:.1f} ms, gang of {gang} {multi * 1000:.1f} ms "
                      f"(ratio {multi / single:.2f}; target <= 1.5); medians of 3 rounds x {trials - 1} trials: "
                      f"{[round(r['median_s'] * 1000, 1) for r in results[0]]} vs "
@@ -103,5 +106,6 @@ if __name__ == "__main__":
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--home", required=True)
     ap.add_argument("--remote", action="store_true")
+    ap.add_argument("--warm", action="store_true")
     args = ap.parse_args()
-    print(json.dumps(gang_side(args.side, args.trials, Path(args.home), args.remote)))
+    print(json.dumps(gang_side(args.side, args.trials, Path(args.home), args.remote, args.warm)))

@@ -7,6 +7,8 @@ Usage (from the repository root)::
     python benchmarks/orchestration.py --rss-trials 10000   # engine RSS with 10,000 finished trials
     python benchmarks/orchestration.py --no-nni --remote    # also through the remote service (sshd on loopback)
     python benchmarks/orchestration.py --no-nni --kubernetes --concurrency 4   # also as Jobs on the fake cluster
+    python benchmarks/orchestration.py --warm [--trials 200] [--repeat 3]  # warm starts vs cold vs Optuna (warm_start.py)
+    python benchmarks/orchestration.py --gang 4 [--remote] [--warm]  # a gang's start against one process's (gang_start.py)
 
 Each system runs in its own child process (so RSS is the engine's alone), with trials started by
 an absolute interpreter path (``python3`` on PATH may be a slow pyenv shim).  Reported: trials/s
@@ -231,6 +233,8 @@ def main() -> None:
     ap.add_argument("--gang", type=int, default=0, metavar="N",
                     help="only: distributed-trial start, a gang of N processes against one (benchmarks/gang_start.py); "
                          "with --remote also over SSH; --trials per round (default here 20)")
+    ap.add_argument("--warm", action="store_true",
+                    help="warm vs cold trial starts, Optuna in-process, scikit-learn trials, utilisation at 16 slots")
     ap.add_argument("--side", choices=["hpo", "rss"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--kubeconfig", help=argparse.SUPPRESS)
@@ -242,6 +246,15 @@ def main() -> None:
     if args.side == "rss":
         print(json.dumps(rss_side(args.rss_trials, 50, Path(args.home))))
         return
+    if args.warm and not args.gang:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("warm_start", HERE / "warm_start.py")
+        warm_start = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(warm_start)  # type: ignore[union-attr]
+        with tempfile.TemporaryDirectory(prefix="hpo-bench-warm-") as tmp:
+            lines = warm_start.compare(args.trials, args.repeat, Path(tmp), run_child)
+        print(f"\nWarm trial starts, {os.cpu_count()} CPUs (each case in its own process):\n" + "\n".join(lines))
+        return
     if args.gang:
         import importlib.util
         spec = importlib.util.spec_from_file_location("gang_start", HERE / "gang_start.py")
@@ -249,7 +262,7 @@ def main() -> None:
         spec.loader.exec_module(gang_start)  # type: ignore[union-attr]
         trials = args.trials if "--trials" in sys.argv else 20
         with tempfile.TemporaryDirectory(prefix="hpo-bench-gang-") as tmp:
-            lines = gang_start.compare(args.gang, trials, Path(tmp), args.remote, run_child)
+            lines = gang_start.compare(args.gang, trials, Path(tmp), args.remote, run_child, args.warm)
         print(f"\nDistributed-trial start (trial chosen -> every process running), gang of {args.gang}, "
               f"{os.cpu_count()} CPUs:\n" + "\n".join(lines))
         return

@@ -79,8 +79,15 @@ from problems import HOLDOUT_PROBLEMS, PROBLEMS, Problem, get_problem  # noqa: E
 
 SUITES: dict[str, list[Problem]] = {"main": PROBLEMS, "holdout": HOLDOUT_PROBLEMS,
                                     "all": PROBLEMS + HOLDOUT_PROBLEMS}
-OPTIMIZERS = ["tpe", "optuna-tpe", "optuna-tpe-indep", "optuna-cmaes", "hyperopt-tpe", "hyperopt-anneal", "random"]
-TPE_VARIANTS: dict[str, dict[str, Any]] = {"tpe": {}}
+OPTIMIZERS = ["tpe", "gp", "optuna-tpe", "optuna-tpe-indep", "optuna-cmaes", "hyperopt-tpe", "hyperopt-anneal",
+              "random"]
+# hpo tuners run afresh every time (never from --cache), with their constructor arguments: TpeTuner's
+# configurations, and GpTuner's (names starting with "gp")
+TPE_VARIANTS: dict[str, dict[str, Any]] = {"tpe": {}, "gp": {}}
+OWN = ("tpe", "gp")  # hpo's own tuners: compared with the others in the targets
+# the GP tuner's quality bar (issue 12): lower mean regret than each of these on these problems
+GP_PEERS = ("tpe", "optuna-tpe", "hyperopt-tpe", "random")
+GP_PROBLEMS = ("branin", "hartmann6", "rosenbrock4")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,11 +186,13 @@ def hyperopt_space(space: SearchSpace, prefix: str = "") -> dict[str, Any]:
 # runners: each returns (losses in evaluation order, ask+tell seconds per trial)
 
 def _hpo_tuner(name: str, seed: int) -> Any:
-    from tuners import RandomTuner, TpeTuner
+    from tuners import GpTuner, RandomTuner, TpeTuner
 
     if name == "random":
         return RandomTuner(optimize_mode="minimize", seed=seed)
     base = name[:-3] if name.endswith("-c8") else name
+    if base.startswith("gp"):
+        return GpTuner(optimize_mode="minimize", seed=seed, **TPE_VARIANTS.get(base, {}))
     return TpeTuner(optimize_mode="minimize", seed=seed, **TPE_VARIANTS[base])
 
 
@@ -340,7 +349,7 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
     budgets = sorted(int(b) for b in args.budgets.split(","))
     budget = budgets[-1]
     optimizers = _available(args.optimizers.split(",") if args.optimizers else OPTIMIZERS)
-    extra = [v for v in variants if v != "tpe" and v not in optimizers]
+    extra = [v for v in variants if v not in OWN and v not in optimizers]
     optimizers = optimizers[:1] + extra + optimizers[1:] if "tpe" in optimizers else extra + optimizers
     if "random" not in optimizers:
         optimizers.append("random")
@@ -419,6 +428,19 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
     print(_table(header, rows))
     print()
     for b in budgets:
+        print(f"## Mean regret per problem @{b} and 95% bootstrap interval over the {len(seeds)} seeds")
+        print()
+        header = ["problem"] + [_label(o) for o in optimizers]
+        rows = []
+        for p in problems:
+            cells = []
+            for o in optimizers:
+                m, lo, hi = _mean_interval([regret(p.name, o, s, b) for s in seeds])
+                cells.append(f"{m:.4g} [{lo:.3g}, {hi:.3g}]")
+            rows.append([p.name] + cells)
+        print(_table(header, rows))
+        print()
+    for b in budgets:
         print(f"## Normalised regret per problem @{b} (mean over {len(seeds)} seeds; random = 1)")
         print()
         header = ["problem"] + [_label(o) for o in optimizers if o != "random"] + ["random: mean regret"]
@@ -429,7 +451,7 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         print(_table(header, rows))
         print()
     if conc:
-        print(f"## Concurrency: TpeTuner with 8 pending suggestions vs sequential (normalised regret @{budget}, "
+        print(f"## Concurrency: hpo's tuners with 8 pending suggestions vs sequential (normalised regret @{budget}, "
               f"{len(cseeds)} seeds)")
         print()
         pairs = [(v, f"{v}-c8") for v in variants if f"{v}-c8" in conc]
@@ -445,6 +467,22 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         print()
     print("## Targets")
     print()
+    gp_problems = [p.name for p in problems if p.name in GP_PROBLEMS]
+    peers = [o for o in GP_PEERS if o in optimizers]
+    if "gp" in optimizers and gp_problems and peers:
+        print(f"GpTuner against {', '.join(map(_label, peers))} (mean regret over {len(seeds)} seeds; in brackets "
+              "the share of paired bootstrap resamples of the seeds in which GpTuner's mean is the lower):")
+        for p in gp_problems:
+            for b in budgets:
+                gp = [regret(p, "gp", s, b) for s in seeds]
+                parts, ok = [], True
+                for o in peers:
+                    other = [regret(p, o, s, b) for s in seeds]
+                    ok &= statistics.fmean(gp) < statistics.fmean(other)
+                    parts.append(f"{_label(o)} {statistics.fmean(other):.4g} ({_paired_share(gp, other):.0%})")
+                print(f"- {p} @{b}: GpTuner {statistics.fmean(gp):.4g} vs {'; '.join(parts)}: "
+                      f"{'met' if ok else 'MISSED'}")
+        print()
     for b in budgets:
         others = {o: agg[(o, b)] for o in optimizers if o not in variants}
         if "tpe" not in optimizers or not others:
@@ -453,6 +491,22 @@ def quality(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
         ok = agg[("tpe", b)] < others[best_other]
         print(f"- @{b}: TpeTuner {agg[('tpe', b)]:.3f} vs best other {best_other} {others[best_other]:.3f}: "
               f"{'met' if ok else 'MISSED'}")
+
+
+def _mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap interval of the mean (2,000 resamples, fixed seed)."""
+    v = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(0)
+    means = v[rng.integers(0, len(v), (2000, len(v)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(v.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def _paired_share(a: list[float], b: list[float]) -> float:
+    """Share of paired bootstrap resamples (seeds drawn with replacement) in which mean(a) < mean(b)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    idx = np.random.default_rng(0).integers(0, len(x), (2000, len(x)))
+    return float(np.mean(x[idx].mean(axis=1) < y[idx].mean(axis=1)))
 
 
 def _normalised(regret: Any, random_regret: Any) -> np.ndarray:
@@ -486,7 +540,7 @@ def _tpe_defaults() -> str:
 
 
 def _label(o: str) -> str:
-    return {"tpe": "hpo TpeTuner"}.get(o, o)
+    return {"tpe": "hpo TpeTuner", "gp": "hpo GpTuner"}.get(o, o)
 
 
 def _cache_key(t: tuple[str, str, int, int]) -> str:
@@ -610,13 +664,14 @@ def _latency_hyperopt(name: str, problem: Problem, n: int, steps: int) -> list[f
 def latency(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> None:
     sizes = [int(x) for x in args.latency_n.split(",")]
     optimizers = _available(args.optimizers.split(",") if args.optimizers else OPTIMIZERS)
-    extra = [v for v in variants if v not in optimizers]
+    extra = [v for v in variants if v not in OWN and v not in optimizers]
     optimizers = optimizers[:1] + extra + optimizers[1:] if "tpe" in optimizers else extra + optimizers
     problems = [get_problem(p) for p in (args.problems.split(",") if args.problems else
                                          ["hartmann6", "levy10", "mixed", "nested"])]
     t0 = time.perf_counter()
     table: dict[tuple[str, str, int], float] = {}
     cpu: dict[tuple[str, str, int], float] = {}
+    every: dict[tuple[str, str, int], list[float]] = {}
     for problem in problems:
         for o in optimizers:
             for n in sizes:
@@ -629,6 +684,7 @@ def latency(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
                     times = _latency_hyperopt(o, problem, n, steps)
                 else:
                     times = _latency_hpo(o, problem, n, steps)
+                every[(problem.name, o, n)] = [t[0] * 1000 for t in times]
                 table[(problem.name, o, n)] = statistics.median(t[0] for t in times) * 1000
                 cpu[(problem.name, o, n)] = statistics.median(t[1] for t in times) * 1000
                 if args.progress:
@@ -652,6 +708,14 @@ def latency(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
             rows.append([_label(o)] + [f"{v:.2f} ({c:.2f})" for v, c in zip(vals, cvals)]
                         + [f"{vals[-1] / vals[-2]:.2f}x"])
         print(_table(header, rows))
+    gp_sizes = [n for n in sizes if n == 200]
+    if "gp" in optimizers and gp_sizes:
+        print()
+        for p in problems:
+            times = every[(p.name, "gp", 200)]
+            print(f"- GpTuner at n=200 on {p.name}: median {statistics.median(times):.1f} ms, mean "
+                  f"{statistics.fmean(times):.1f} ms, max {max(times):.1f} ms per ask+tell (target: <= 50 ms): "
+                  f"{'met' if statistics.fmean(times) <= 50 else 'MISSED'}")
     if "tpe" in optimizers:
         print()
         worst = max(table[(p.name, "tpe", sizes[-1])] for p in problems)
@@ -676,11 +740,13 @@ def main(argv: list[str] | None = None) -> None:
                          "not used to choose TpeTuner's defaults) or all")
     ap.add_argument("--problems", default=None,
                     help="comma-separated problem names from either suite (default: all of --suite)")
-    ap.add_argument("--optimizers", default=None, help=f"comma-separated (default: {','.join(OPTIMIZERS)})")
+    ap.add_argument("--optimizers", "--tuners", default=None,
+                    help=f"comma-separated (default: {','.join(OPTIMIZERS)})")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="extra TpeTuner configuration to compare, e.g. 'tpe-u={\"multivariate\": false}'")
+                    help="extra TpeTuner configuration to compare, e.g. 'tpe-u={\"multivariate\": false}'; a name "
+                         "starting with 'gp' is a GpTuner configuration, e.g. 'gp-ucb={\"utility\": \"ucb\"}'")
     ap.add_argument("--no-concurrency", dest="concurrency", action="store_false",
-                    help="skip the TpeTuner runs at concurrency 8")
+                    help="skip the runs of hpo's tuners at concurrency 8")
     ap.add_argument("--concurrency-seeds", type=int, default=None,
                     help="seeds for the concurrency-8 vs sequential comparison (default 40; --quick: 3)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
@@ -695,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
         args.concurrency_seeds = 3 if args.quick else 40
     if args.budgets is None:
         args.budgets = "25,50" if args.quick else "50,100"
-    variants: dict[str, dict[str, Any]] = {"tpe": {}}
+    variants: dict[str, dict[str, Any]] = {"tpe": {}, "gp": {}}
     for spec in args.variant:
         name, _, js = spec.partition("=")
         variants[name] = json.loads(js)

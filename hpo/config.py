@@ -548,6 +548,10 @@ class ExperimentConfig(_Base):
         "tensorflow", description="'tensorflow', 'pytorch' or 'mpi' (the environment a distributed trial's processes get)")
     trial_env: Annotated[dict[str, str] | None, BeforeValidator(_trial_env)] = None
     project: str | None = Field(None, min_length=1, max_length=200, description="a project name, or null")
+    trial_warm_start: bool | None = Field(
+        None, strict=True, description="true, false, or null (on for a trial_function, off for a trial_command)")
+    trial_preload: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = Field(
+        default_factory=list, description="a list of module names like ['torch', 'mypkg.data']")
 
     @model_validator(mode="after")
     def _attach(self) -> ExperimentConfig:
@@ -644,6 +648,7 @@ class ExperimentConfig(_Base):
                                   "put the function in a script in trial_code_directory")
         if self.trial_roles:
             self._check_roles(w)
+        self._check_warm_start(w)
         gpus = getattr(self.training_service, "gpu_indices", None)
         if gpus is not None and self.trial_gpu_number > len(gpus):
             raise ConfigError(f"{w}.trial_gpu_number: got {self.trial_gpu_number}, expected at most "
@@ -681,6 +686,35 @@ class ExperimentConfig(_Base):
                 if role.port is not None and role.count > len(machines):
                     raise ConfigError(f"{w}.trial_roles.{name}: {role.count} processes on fixed port {role.port} need "
                                       f"{role.count} machines, but machine_list has {len(machines)}")
+
+    @property
+    def warm_start(self) -> bool:
+        """Whether trials are forked from a zygote: ``trial_warm_start``, by default on for a trial_function on the
+        local service."""
+        if self.trial_warm_start is not None:
+            return self.trial_warm_start
+        return self.trial_function is not None and isinstance(self.training_service, LocalConfig)
+
+    def _check_warm_start(self, w: str) -> None:
+        from training_services.warm_start import can_start_warm
+        if not self.warm_start:
+            if self.trial_preload:
+                raise ConfigError(f"{w}.trial_preload: modules are preloaded only for warm starts, which are off; "
+                                  "expected trial_warm_start: true (or no trial_preload)")
+            return
+        if not isinstance(self.training_service, LocalConfig):
+            raise ConfigError(f"{w}.trial_warm_start: the {self.training_service.platform} training service starts "
+                              "every trial in a fresh interpreter; warm starts are for the local service (expected "
+                              "false or null)")
+        commands = {f"{w}.trial_command": self.trial_command} if self.trial_command else {}
+        for name, role in (self.trial_roles or {}).items():
+            if role.command is not None:
+                commands[f"{w}.trial_roles.{name}.command"] = role.command
+        for where, command in commands.items():
+            if not can_start_warm(command):
+                raise ConfigError(f"{where}: {command!r} cannot start warm (trial_warm_start is true); expected "
+                                  "'python script.py args' or 'python -m module args' without shell syntax "
+                                  "(pipes, redirections, variables, globs, '&&')")
 
     @property
     def trial_gpu_total(self) -> int:

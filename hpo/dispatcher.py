@@ -19,6 +19,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import functools
 import json
@@ -48,6 +49,7 @@ __all__ = ["Engine", "render_command", "new_id"]
 
 log = logging.getLogger("hpo.engine")
 _ID_ALPHABET = string.ascii_letters + string.digits
+INLINE_CALL_LIMIT = 0.002  # s: a loop-safe tuner's calls run on the loop while its last 8 took less
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 FUNCTION_FILE = "trial_function.pkl"
 HEARTBEAT_SECONDS = 1.0
@@ -60,6 +62,12 @@ _STDERR_TAIL_LINES = 5
 
 def new_id(n: int = 8, alphabet: str = string.ascii_lowercase + string.digits) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _loop_safe(owner: Any) -> bool:
+    """A built-in tuner or assessor whose methods may run on the engine's loop (see ``Tuner.loop_safe``); never a
+    subclass defined elsewhere (it may block)."""
+    return bool(getattr(owner, "loop_safe", False)) and type(owner).__module__.startswith("tuners.")
 
 
 def render_command(command: str, parameters: dict[str, Any]) -> str:
@@ -125,6 +133,8 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tuner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-tuner")
+        self._pool_queued = 0  # tuner and assessor calls given to the tuner's thread and not done yet
+        self._call_times: collections.deque[float] = collections.deque(maxlen=8)  # the last calls' durations (s)
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._started_monotonic = 0.0
         self._prior_seconds = 0.0
@@ -424,7 +434,8 @@ class Engine:
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
                          self.config.max_trial_duration_seconds, dict(self.config.trial_env or {}),
                          attempt=self._attempts(seq) if rerun_of is not None else 0,
-                         distribution=self.config.distribution)
+                         distribution=self.config.distribution,
+                         warm_start=list(self.config.trial_preload) if self.config.warm_start else None)
         if self.config.trial_roles:
             spec.processes = [replace(p, command=None if p.command is None else render_command(p.command, params))
                               for p in self._gang]
@@ -662,8 +673,7 @@ class Engine:
     def _assess(self, trial: _Active) -> None:
         """Ask the assessor about ``trial``; a Bad verdict stops it as EARLY_STOPPED."""
         assert self.assessor is not None and self._loop is not None
-        fut = self._loop.run_in_executor(self._tuner_pool, self.assessor.assess_trial, trial.trial_id,
-                                         list(trial.history))
+        fut = self._tuner_call(self.assessor.assess_trial, trial.trial_id, list(trial.history))
 
         def decide(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or trial.trial_id not in self.active:
@@ -708,8 +718,7 @@ class Engine:
         if not self._guarded(self.store.trial_ended, trial.seq, status, exit_code, message, interrupted):
             self._unrecorded.append((self.store.trial_ended, trial.seq, status, exit_code, message, interrupted))
         if self.assessor is not None:
-            self._loop.run_in_executor(self._tuner_pool, self.assessor.trial_end, trial_id,  # type: ignore[union-attr]
-                                       status == "SUCCEEDED")
+            self._tuner_call(self.assessor.trial_end, trial_id, status == "SUCCEEDED")
         rerun = self._writes_checkpoints.pop(trial_id, None)
         if self._loop is not None and (rerun or (rerun is not None and status != "SUCCEEDED")):
             # a checkpoint it was writing when it ended, the copy of a checkpoint it restored from
@@ -866,8 +875,36 @@ class Engine:
             self._wake.set()
 
     def _tuner_call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Call a tuner or assessor method, in order with every other such call: on the tuner's thread, or right here
+        on the loop (no thread hop) when its class is a loop-safe built-in, nothing is queued on that thread, and
+        its last calls were quick."""
         assert self._loop is not None
-        return self._loop.run_in_executor(self._tuner_pool, fn, *args)
+        owner = getattr(fn, "__self__", None)
+        if self._pool_queued == 0 and _loop_safe(owner) and len(self._call_times) == self._call_times.maxlen \
+                and max(self._call_times) < INLINE_CALL_LIMIT:
+            fut = self._loop.create_future()
+            start = time.perf_counter()
+            try:
+                fut.set_result(fn(*args))
+            except Exception as exc:
+                fut.set_exception(exc)
+            self._call_times.append(time.perf_counter() - start)
+            return fut
+
+        def timed() -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self._call_times.append(time.perf_counter() - start)
+
+        self._pool_queued += 1
+        fut = self._loop.run_in_executor(self._tuner_pool, timed)
+        fut.add_done_callback(self._pool_call_done)
+        return fut
+
+    def _pool_call_done(self, _fut: asyncio.Future[Any]) -> None:
+        self._pool_queued -= 1
 
     def _tuner_submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Fire-and-forget tuner call; an exception ends the experiment as ERROR."""

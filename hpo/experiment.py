@@ -192,7 +192,7 @@ class Experiment:
         from hpo.progress import Progress
 
         assert self._runner is not None and self._reader is not None
-        progress = Progress(self._reader, self.config.max_trial_number, _maximize(self), str(self.id))
+        progress = Progress(self._reader, lambda: self.config.max_trial_number, _maximize(self), str(self.id))
         previous = _sigterm_as_interrupt()
         try:
             while not self._runner.engine_done.wait(0.25):

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from hpo.storage import ExperimentStore
 
@@ -64,15 +64,17 @@ class Progress:
 
     Args:
         store: the experiment's store (read-only).
-        total: ``max_trial_number``, if any.
+        total: ``max_trial_number``, if any, or a function giving its current value (it can be updated while the
+            experiment runs).
         maximize: the optimisation direction (for "best").
         label: the experiment's id.
         stream: where to write (stderr).
     """
 
-    def __init__(self, store: ExperimentStore, total: int | None, maximize: bool, label: str,
-                 stream: TextIO | None = None) -> None:
-        self.store, self.total, self.maximize, self.label = store, total, maximize, label
+    def __init__(self, store: ExperimentStore, total: int | None | Callable[[], int | None], maximize: bool,
+                 label: str, stream: TextIO | None = None) -> None:
+        self.store, self.maximize, self.label = store, maximize, label
+        self._total = total
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self._last_line, self._last_text = 0.0, ""
@@ -80,17 +82,23 @@ class Progress:
         self._bar: Any = None
         if _in_notebook() and _has_widgets():
             from tqdm.notebook import tqdm
-            self._bar = tqdm(total=total, unit="trial", desc=label)
+            self._bar = tqdm(total=self.total, unit="trial", desc=label)
         elif _is_terminal(self.stream):
             from tqdm import tqdm
             sized = _columns(self.stream) > 0  # a terminal that reports no size (some ptys) gets 100 columns
-            self._bar = tqdm(total=total, unit="trial", file=self.stream, dynamic_ncols=sized, leave=True,
+            self._bar = tqdm(total=self.total, unit="trial", file=self.stream, dynamic_ncols=sized, leave=True,
                              ncols=None if sized else 100, nrows=None if sized else 24, desc=label,
                              bar_format="{desc}: {n_fmt}/{total_fmt} {bar} [{elapsed}]{postfix}")  # postfix: ", ..."
+
+    @property
+    def total(self) -> int | None:
+        return self._total() if callable(self._total) else self._total
 
     def update(self) -> None:
         snap = snapshot(self.store, self.maximize)
         if self._bar is not None:
+            if self._bar.total != self.total:
+                self._bar.total = self.total
             self._bar.n = snap.finished
             parts = snap.text().split(", ")[1:]  # the bar shows the count itself
             self._bar.postfix = ", ".join(parts)

@@ -270,8 +270,8 @@ class _Tally:
         self.known: dict[int, tuple[str, int, bool]] = {}   # active trials, and finished ones not interrupted=0
 
     def refresh(self, store: "ExperimentStore") -> None:
-        version = (store._writes, store._query("PRAGMA data_version")[0][0]) if not store.readonly else \
-            store._query("PRAGMA data_version")[0][0]
+        # the writer's own commits are all the changes there are (one writer); a reader asks SQLite
+        version = store._writes if not store.readonly else store._query("PRAGMA data_version")[0][0]
         if version == self.version:
             return
         with store._lock:
@@ -364,7 +364,10 @@ class ExperimentStore:
         self._lock = threading.Lock()  # a read-only store may be shared by reader threads
         self._tables: set[str] = set()  # tables newer than some stores, seen (a reader looks; once there, they stay)
         self._writes = 0  # the writer's own commits (its connection's data_version does not count them)
-        self._tally = _Tally()
+        self._tally = _Tally()  # counts by status, kept up to date incrementally (readers and the writer)
+        # the writer's own counts (no other process writes): what next_seq and counted_trials would count
+        self._max_seq: int | None = None
+        self._counted: int | None = None
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no experiment store at {self.path} (the folder was moved or deleted?)")
@@ -550,7 +553,9 @@ class ExperimentStore:
 
     # -- trials --------------------------------------------------------------------------------
     def next_seq(self) -> int:
-        return (self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]) + 1
+        if self._max_seq is None or self.readonly:
+            self._max_seq = self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]
+        return self._max_seq + 1
 
     def add_trial(self, seq: int, trial_id: str, parameters: dict[str, Any], rerun_of: int | None = None) -> None:
         """Insert a WAITING trial; with ``rerun_of``, atomically mark that interrupted trial as re-queued."""
@@ -558,8 +563,12 @@ class ExperimentStore:
                   (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of))
         if rerun_of is None:
             self._transaction(insert)
+            if self._counted is not None:
+                self._counted += 1
         else:
             self._transaction(insert, ("UPDATE trials SET interrupted=2 WHERE seq=?", (rerun_of,)))
+            self._counted = None
+        self._max_seq = max(seq, self._max_seq or 0)
 
     def trial_started(self, seq: int, pid: int | None, pgid: int | None, host: str | None = None,
                       gpus: list[int] | None = None, processes: list[dict[str, Any]] | None = None) -> None:
@@ -577,6 +586,8 @@ class ExperimentStore:
         assert status in FINISHED_STATES, status
         self._write("UPDATE trials SET status=?, ended_at=?, exit_code=?, message=?, interrupted=? WHERE seq=?",
                     (status, time.time(), exit_code, message, 1 if interrupted else 0, seq))
+        if interrupted:
+            self._counted = None
 
     def end_leftovers(self, message: str, keep: Iterable[str] = ()) -> list[TrialRecord]:
         """After an engine died: record its WAITING/RUNNING trials (but those in ``keep``, trial ids a training
@@ -595,8 +606,12 @@ class ExperimentStore:
 
     def counted_trials(self) -> int:
         """Trials that count against ``max_trial_number`` (interrupted ones are replaced by their re-run)."""
-        self._tally.refresh(self)
-        return self._tally.counted()
+        if self.readonly:
+            self._tally.refresh(self)
+            return self._tally.counted()
+        if self._counted is None:
+            self._counted = self._query("SELECT COUNT(*) FROM trials WHERE interrupted=0")[0][0]
+        return self._counted
 
     def add_metric(self, seq: int, kind: str, step: int, value: float | None, data: Any) -> None:
         """Record an intermediate (``kind='intermediate'``) or final result of trial ``seq``."""

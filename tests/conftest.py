@@ -1,12 +1,14 @@
 """Shared fixtures for the engine tests: real trial processes, real SQLite stores, no mocks.
 
-Every test gets its own ``HPO_HOME`` under ``tmp_path`` (nothing lands in ``~/hpo-experiments``),
+Every test gets its own ``HPO_HOME`` under ``tmp_path`` (nothing lands in ``~/hpo-experiments``, nor in NNI's
+registry ``~/nni-experiments``),
 and experiments are started on port 0 (a free port chosen by the OS).
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import shlex
 import signal
@@ -36,6 +38,7 @@ def hpo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPO_HOME", str(home))
     for var in [v for v in os.environ if v.startswith("HPO_") and v != "HPO_HOME"]:
         monkeypatch.delenv(var)
+    monkeypatch.setenv("HPO_NNI_REGISTRY", "0")  # nothing lands in ~/nni-experiments (tests/test_nnictl.py: a tmp HOME)
     return home
 
 
@@ -56,6 +59,49 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def new_mark() -> str:
+    return f"1000.{secrets.randbelow(10**12):012d}"
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes with ``mark`` in their command line."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if mark in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+ZYGOTE = "_zygote.py"
+
+
+def zygotes(code: Path) -> list[psutil.Process]:
+    """Live warm-start zygotes serving trials whose code directory is ``code``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(part.endswith(ZYGOTE) for part in proc.cmdline()) and proc.cwd() == str(code) \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def mark():
+    mark = new_mark()
+    yield mark
+    for proc in marked(mark):  # teardown after a failure
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 class ExperimentFactory:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import threading
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 import hpo
-from conftest import PY, wait_until, write_script
+from conftest import PY, marked, wait_until, write_script, zygotes
 from test_engine import processes_of, running
 from test_training_service_contract import Recorder, _local, _run_trial, _spec
 from training_services.base import create_training_service
@@ -111,36 +110,9 @@ while True:
 """
 
 
-def new_mark() -> str:
-    return f"1000.{secrets.randbelow(10**12):012d}"
-
-
-def marked(mark: str) -> list[psutil.Process]:
-    """Live (non-zombie) processes with ``mark`` in their command line."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if mark in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 def spawning_code(code: Path, name: str = "trial.py") -> None:
     write_script(code, name, SPAWNING_TRIAL)
     write_script(code, "grace_spawner.py", GRACE_SPAWNER)
-
-
-@pytest.fixture
-def mark():
-    mark = new_mark()
-    yield mark
-    for proc in marked(mark):  # teardown after a failure
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
 
 
 class ExitCodes(Recorder):
@@ -156,8 +128,10 @@ class ExitCodes(Recorder):
 # -- no survivors ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how, status", [("kill", "USER_CANCELED"), ("stop", "SYS_CANCELED"),
                                          ("timeout", "FAILED"), ("exit", "SUCCEEDED")])
-def test_no_process_of_the_trial_survives(tmp_path, mark, how, status):
-    """Kill, stop, max_duration or the trial's own exit: none of its 20+ processes of every kind is left."""
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_no_process_of_the_trial_survives(tmp_path, mark, how, status, warm):
+    """Kill, stop, max_duration or the trial's own exit: none of its 20+ processes of every kind is left, whether
+    the trial started cold or was forked from the experiment's zygote (which stop() ends too)."""
     spawning_code(tmp_path / "code")
     ready = tmp_path / "trials" / "t" / "ready"
 
@@ -166,25 +140,30 @@ def test_no_process_of_the_trial_survives(tmp_path, mark, how, status):
         await svc.start(rec)
         spec = _spec(tmp_path, "t", "", max_duration=10.0 if how == "timeout" else None)
         spec.command = f"{PY} trial.py {mark} {'exit' if how == 'exit' else 'stay'}"
+        spec.warm_start = ["psutil"] if warm else None
         await svc.launch(spec)
         deadline = time.monotonic() + 60
         while not ready.exists() and "t" not in rec.ended_status:
             assert time.monotonic() < deadline, "the trial did not spawn its processes"
             await asyncio.sleep(0.02)
+        assert bool(zygotes(tmp_path / "code")) is warm
         if how == "kill":
             await svc.kill("t")
         elif how == "stop":
             await svc.stop()
         await rec.wait_ended("t", timeout=60)
+        await svc.stop()
         return rec
 
     rec = asyncio.run(main())
     assert ready.exists(), "the trial ended before its processes were all up"
     assert rec.ended_status["t"] == status
     assert [p.cmdline() for p in marked(mark)] == []
+    assert zygotes(tmp_path / "code") == []
 
 
-def test_a_supervisor_that_does_not_exit_is_killed_with_the_whole_tree(tmp_path, mark):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_supervisor_that_does_not_exit_is_killed_with_the_whole_tree(tmp_path, mark, warm):
     """The engine's backstop: a stopped supervisor (it cannot act on SIGTERM) and its tree are SIGKILLed."""
     spawning_code(tmp_path / "code")
     ready = tmp_path / "trials" / "t" / "ready"
@@ -194,6 +173,7 @@ def test_a_supervisor_that_does_not_exit_is_killed_with_the_whole_tree(tmp_path,
         await svc.start(rec)
         spec = _spec(tmp_path, "t", "")
         spec.command = f"{PY} trial.py {mark} die"
+        spec.warm_start = ["psutil"] if warm else None
         await svc.launch(spec)
         deadline = time.monotonic() + 60
         while not ready.exists():

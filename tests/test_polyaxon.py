@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,29 @@ def test_bayes_matrix(work):
     assert len(trials) == 4 and all(t["final"]["default"] == t["final"]["accuracy"] for t in trials)
 
 
+def test_bayes_matrix_runs_the_gp_tuner_through_hpo_run(work):
+    """numInitialRuns random runs, then the Gaussian process's picks (its utility settings mapped), end to end."""
+    (work / "bayes.yml").write_text(yaml.safe_dump({"matrix": {
+        "kind": "bayes", "numInitialRuns": 3, "maxIterations": 4, "seed": 5, "concurrency": 2,
+        "metric": {"name": "loss", "optimization": "minimize"},
+        "utilityFunction": {"acquisitionFunction": "ei", "eps": 0.01,
+                            "gaussianProcess": {"kernel": "matern", "nu": 2.5, "numRestartsOptimizer": 1}},
+        "params": {"learning_rate": {"kind": "loguniform", "value": [0.01, 0.9]},
+                   "optimizer": {"kind": "choice", "value": ["adam", "sgd"]}}}}))
+    out = hpo_cli(work, "run", "-f", "component.yml", "-f", "bayes.yml", "-P", "epochs=3", "--foreground").stdout
+    (folder,) = [p for p in (work / "home").iterdir() if (p / "experiment.db").exists()]
+    store = ExperimentStore(folder, readonly=True)
+    tuner = store.experiment()["config"]["tuner"]
+    assert tuner["name"] == "gp" and tuner["class_args"] == {
+        "optimize_mode": "minimize", "seed": 5, "cold_start_num": 3, "utility": "ei", "xi": 0.01, "kernel": "matern",
+        "nu": 2.5, "num_restarts_optimizer": 1}
+    trials = store.trials()
+    assert len(trials) == 7 and all(t["status"] == "SUCCEEDED" for t in trials), out
+    assert all(0.01 <= t["parameters"]["learning_rate"] <= 0.9 for t in trials)
+    best = min(t["final"]["loss"] for t in trials)
+    assert best < 0.5  # the loss falls with the learning rate: the model's picks go up the range
+
+
 def test_iterative_matrix_runs_a_tuner_by_name(work):
     matrix = {"kind": "iterative", "maxIterations": 2, "tuner": {"hubRef": "random"}, "params": PARAMS}
     assert len(run_op(op_with(matrix), work)) == 2
@@ -205,6 +229,11 @@ def test_cli_python_module_default_and_named_variable(work):
         "learning_rate": {"kind": "uniform", "value": [0, 1]}}}}}, "grid search takes no distributions"),
     (["-P", "epochs=1"], {"m.yml": {"matrix": {"kind": "grid", "params": {
         "optimizer": {"kind": "choice", "value": ["adam", "adagrad"]}}}}}, "got 'adagrad', expected one of"),
+    (["-P", "epochs=1"], {"m.yml": {"matrix": {
+        "kind": "bayes", "numInitialRuns": 2, "maxIterations": 2, "metric": {"name": "loss"},
+        "utilityFunction": {"gaussianProcess": {"nu": 2.0}},
+        "params": {"learning_rate": {"kind": "uniform", "value": [0, 1]}}}}},
+     "m.yml: matrix.utilityFunction.gaussianProcess.nu: got 2.0, expected 0.5, 1.5 or 2.5"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(work, command, extra, files, expected):
     for name, data in files.items():
@@ -213,6 +242,102 @@ def test_bad_input_is_one_line_and_starts_nothing(work, command, extra, files, e
     err = hpo_cli(work, command, "-f", "component.yml", *args, *extra, ok=False).stderr
     assert err.count("\n") == 1 and expected in err, err
     assert not (work / "home").exists() or not any((work / "home").glob("*/experiment.db"))
+
+
+def test_hparams_on_the_command_line_make_the_matrix(work):
+    args = ["-P", "epochs=1", "-HP", "learning_rate=linspace:0.1:0.5:3", "-HP", "optimizer=choice:[adam, sgd]",
+            "--matrix-kind", "grid", "--matrix-concurrency", "3", "--name", "cli-grid"]
+    out = hpo_cli(work, "run", "-f", "component.yml", *args, "--foreground", "-o", "runs.json").stdout
+    runs = json.loads((work / "runs.json").read_text())["runs"]
+    assert len(runs) == 6 and {(r["params"]["optimizer"], round(r["params"]["learning_rate"], 9)) for r in runs} == {
+        (o, lr) for o in ("adam", "sgd") for lr in (0.1, 0.3, 0.5)}
+    assert all(set(r["outputs"]) == {"loss", "accuracy"} for r in runs) and "accuracy" in out
+    (folder,) = [p for p in (work / "home").iterdir() if (p / "experiment.db").exists()]
+    config = ExperimentStore(folder, readonly=True).experiment()["config"]
+    assert config["experiment_name"] == "cli-grid" and config["trial_concurrency"] == 3
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["-HP", "learning_rate"], "-HP learning_rate: expected NAME=KIND:VALUE"),
+    (["-HP", "learning_rate=uniform:[0.1"], "-HP learning_rate=uniform:[0.1: the value '[0.1' is not valid YAML/JSON"),
+    (["-HP", "learning_rate=dice:[1, 2]"], "learning_rate"),
+    (["--matrix-num-runs", "3"], "--matrix-num-runs: the operation has no matrix; give its params with -HP"),
+])
+def test_bad_command_line_matrix_is_one_line(work, args, expected):
+    err = hpo_cli(work, "run", "-f", "component.yml", "-P", "epochs=1", *args, ok=False).stderr
+    assert err.count("\n") == 1 and expected in err, err
+
+
+ENV_MODEL = """\
+import os, hpo
+print("TEAM", os.environ.get("TEAM"), "GPUS", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+hpo.log_outputs(loss=0.5, accuracy=0.5)
+"""
+ENVIRONMENT = {"labels": {"team": "vision"}, "annotations": {"owner": "ml"}, "nodeSelector": {"pool": "cpu-large"},
+               "env": [{"name": "TEAM", "value": "vision"}],
+               "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}}
+
+
+def test_environment_reaches_the_process_and_the_gpu_request_locally(work):
+    from hpo.polyaxon.client import compile_source
+
+    (work / "env_model.py").write_text(ENV_MODEL)
+    component = {**COMPONENT, "run": {"kind": "job", "environment": ENVIRONMENT, "container": {
+        "image": "python:3.12-slim", "command": ["python3", "env_model.py"]}}}
+    (work / "component.yml").write_text(yaml.safe_dump(component))
+    out = hpo_cli(work, "run", "-f", "component.yml", "-P", "epochs=1", "-l").stdout
+    assert "TEAM vision" in out
+    gpu = {"runPatch": {"environment": {"resources": {"limits": {"nvidia.com/gpu": 2}}}}}
+    (work / "gpu.yml").write_text(yaml.safe_dump(gpu))
+    assert compile_source([work / "component.yml", work / "gpu.yml"], params={"epochs": "1"}).config.trial_gpu_number == 2
+    (work / "gpu.yml").write_text(yaml.safe_dump({"runPatch": {"environment": {"resources": {
+        "limits": {"nvidia.com/gpu": "two"}}}}}))
+    err = hpo_cli(work, "check", "-f", "component.yml", "-f", "gpu.yml", "-P", "epochs=1", ok=False).stderr
+    assert "run.environment.resources.limits.nvidia.com/gpu: got 'two', expected a whole number of GPUs" in err
+
+
+def test_environment_lands_on_the_kubernetes_pod(work):
+    """labels, annotations, nodeSelector, env and resources of the run, and its image, on the trial's pod."""
+    import threading
+
+    from kube_support import shared_cluster
+
+    cluster, namespace = shared_cluster()
+    (work / "env_model.py").write_text(ENV_MODEL)
+    component = {**COMPONENT, "run": {"kind": "job", "environment": ENVIRONMENT, "container": {
+        "image": "python:3.12-slim", "command": ["python3", "env_model.py"]}}}
+    service = {"platform": "kubernetes", "kubeconfig": str(cluster.kubeconfig), "namespace": "ignored",
+               "image": "busybox", "kill_grace": 1.0, "python": sys.executable, "node_selector": {"zone": "a"}}
+    op = {"kind": "operation", "component": component, "params": {"epochs": {"value": 1}}, "namespace": namespace}
+    jobs: dict[str, dict] = {}
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.is_set():
+            for job in cluster.objects("jobs", namespace):
+                jobs[job["metadata"]["name"]] = job
+            stop.wait(0.05)
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exp = RunClient().create(content=op, code_directory=work, config={"training_service": service})
+        assert exp.wait(interval=0.2).name == "COMPLETED"
+    finally:
+        stop.set()
+        recorder.join()
+    assert not caught  # the image and every environment field are honoured: nothing to warn about
+    (trial,) = trials_of(work)
+    assert trial["status"] == "SUCCEEDED" and trial["final"]["loss"] == 0.5
+    (job,) = jobs.values()
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "vision" and pod["metadata"]["annotations"] == {"owner": "ml"}
+    assert pod["spec"]["nodeSelector"] == {"zone": "a", "pool": "cpu-large"}
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "trial"]
+    assert container["image"] == "python:3.12-slim"
+    assert container["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}
+    assert {"name": "TEAM", "value": "vision"} in container["env"]
 
 
 def test_unsupported_run_kind_names_the_file(work):

@@ -38,6 +38,23 @@ def test_periodic_summaries_when_stderr_is_not_a_terminal(make_experiment, capfd
                        f"best {best['final_value']:.6g} (trial {best['id']} (#{best['seq']}))")
 
 
+def test_the_total_follows_max_trial_number_when_it_is_updated_during_the_run(make_experiment, capfd):
+    import threading
+    exp = make_experiment(TRIAL, trial_concurrency=1, max_trial_number=50)
+    runner = threading.Thread(target=lambda: exp.run(port=0))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            exp.update_max_trial_number(2)
+            break
+        except Exception:  # not running yet
+            time.sleep(0.05)
+    runner.join(60)
+    summary = capfd.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith(f"hpo: experiment {exp.id} DONE: 2/2, 2 succeeded"), summary
+
+
 def test_the_summary_of_a_failed_experiment_shows_the_cause(make_experiment, capfd):
     exp = make_experiment("import sys; sys.exit('no such dataset: mnist.npz')", max_trial_number=3)
     assert exp.run(port=0) is False

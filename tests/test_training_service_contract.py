@@ -26,6 +26,18 @@ def _local(tmp: Path) -> Any:
     return create_training_service("local", kill_grace=1.0)
 
 
+def _local_warm(tmp: Path) -> Any:
+    """The local service with warm starts on: every trial is forked from the experiment's zygote."""
+    from training_services.local import LocalTrainingService
+
+    class WarmLocal(LocalTrainingService):
+        async def launch(self, spec: TrialSpec) -> None:
+            spec.warm_start = ["json"] if spec.warm_start is None else spec.warm_start
+            await super().launch(spec)
+
+    return WarmLocal(kill_grace=1.0)
+
+
 def _remote(tmp: Path) -> Any:
     """Trials over SSH to a real sshd on loopback (tests/sshd.py), one server for the whole run."""
     from sshd import SharedServer, unavailable
@@ -47,7 +59,8 @@ def _kubernetes(tmp: Path) -> Any:
                                    kill_grace=1.0, pending_timeout="1m")
 
 
-SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "remote": _remote, "kubernetes": _kubernetes}
+SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "local-warm": _local_warm, "remote": _remote,
+                                              "kubernetes": _kubernetes}
 
 
 def processes(rec: "Recorder", trial_id: str) -> list[psutil.Process]:

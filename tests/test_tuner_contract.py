@@ -44,7 +44,17 @@ DISCRETE = {
 # tuner name -> spaces it must handle
 TUNERS: dict[str, list[dict]] = {"random": [MIXED, DISCRETE], "grid": [DISCRETE], "tpe": [MIXED, DISCRETE],
                                  "logspace": [MIXED, DISCRETE], "hyperopt": [MIXED, DISCRETE],
-                                 "anneal": [MIXED, DISCRETE], "optuna": [MIXED, DISCRETE]}
+                                 "anneal": [MIXED, DISCRETE], "optuna": [MIXED, DISCRETE], "gp": [MIXED, DISCRETE],
+                                 "hyperband": [MIXED, DISCRETE]}
+# tuners whose suggestions carry one more key than the space: the trial's resource (Hyperband's budget)
+EXTRA_KEYS = {"hyperband": ("TRIAL_BUDGET",)}
+# tuners that sample configurations with replacement by design (so a finite space is no reason to stop)
+WITH_REPLACEMENT = ("random", "hyperband")
+
+
+def _in_space(tuner_name: str, params: dict) -> dict:
+    """The suggestion without the keys the tuner adds on top of the space."""
+    return {k: v for k, v in params.items() if k not in EXTRA_KEYS.get(tuner_name, ())}
 
 
 def _available() -> list[str]:
@@ -102,7 +112,7 @@ def test_suggestions_lie_in_the_space(tuner_name):
         points = _drive(_make(tuner_name, raw, seed=3), 40)
         assert points, "the tuner suggested nothing"
         for point in points:
-            assert space.contains(point), f"{tuner_name} suggested {point} outside the space"
+            assert space.contains(_in_space(tuner_name, point)), f"{tuner_name} suggested {point} outside the space"
 
 
 def test_same_seed_same_suggestions(tuner_name):
@@ -129,7 +139,7 @@ def test_import_data_is_accepted_and_tuning_continues(tuner_name):
     tuner.import_data(records)
     space = parse_search_space(raw)
     more = _drive(tuner, 5)
-    assert all(space.contains(p) for p in more)
+    assert all(space.contains(_in_space(tuner_name, p)) for p in more)
 
 
 def test_bad_optimize_mode_is_rejected(tuner_name):
@@ -139,8 +149,8 @@ def test_bad_optimize_mode_is_rejected(tuner_name):
 
 def test_exhaustion_is_signalled_not_repeated(tuner_name):
     """A tuner that stops on a finite space says so with NoMoreTrials, never by looping or TryLater."""
-    if tuner_name == "random":
-        pytest.skip("random search samples with replacement by design")
+    if tuner_name in WITH_REPLACEMENT:
+        pytest.skip(f"{tuner_name} samples with replacement by design")
     raw = {"a": {"_type": "choice", "_value": [1, 2, 3]}, "b": {"_type": "randint", "_value": [0, 2]}}
     tuner = _make(tuner_name, raw, seed=0)
     seen = []
@@ -169,12 +179,13 @@ def test_the_empty_space_gives_its_one_point(tuner_name):
     """``{}`` (a run with no parameters): every tuner suggests ``{}``; then it stops (NoMoreTrials) or, sampling
     with replacement (random), suggests ``{}`` again."""
     tuner = _make(tuner_name, {}, seed=0)
-    assert tuner.generate_parameters(1) == {}
-    tuner.receive_trial_result(1, {}, 1.0)
+    first = tuner.generate_parameters(1)
+    assert _in_space(tuner_name, first) == {}
+    tuner.receive_trial_result(1, first, 1.0)
     tuner.trial_end(1, True)
     try:
         again = tuner.generate_parameters(2)
     except NoMoreTrials:
-        assert tuner_name != "random"
+        assert tuner_name not in WITH_REPLACEMENT
     else:
-        assert tuner_name == "random" and again == {}
+        assert tuner_name in WITH_REPLACEMENT and _in_space(tuner_name, again) == {}

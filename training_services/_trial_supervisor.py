@@ -12,6 +12,9 @@ nothing from hpo and as little as it can: it starts about as fast as a bare inte
   exit, then SIGKILLs whatever is left, until nothing is (processes spawned during the grace included);
 * when the command exits by itself, ends what it left behind the same way, with a grace of at most 1 s;
 * exits as the command did: with its exit code, or killed by the same signal.
+
+The warm-start zygote (``_zygote.py``) runs the same loop, :func:`supervise`, in a forked child, with a forked
+trial in place of the ``/bin/sh`` command.
 """
 import _signal as signal  # the C module behind `signal`: the same functions, without its 10 ms enum import
 import os
@@ -36,11 +39,9 @@ def _become_subreaper() -> bool:
 class Supervisor:
     """The command's process (``pid``, also its process group) and how to end everything below this process."""
 
-    def __init__(self, command: str, wake_fd: int, subreaper: bool) -> None:
-        self.wake_fd, self.subreaper = wake_fd, subreaper
+    def __init__(self, pid: int, wake_fd: int, subreaper: bool) -> None:
+        self.pid, self.wake_fd, self.subreaper = pid, wake_fd, subreaper
         self.status: int | None = None  # the command's wait status, once reaped
-        self.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], os.environ, setpgroup=0,
-                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
 
     def reap(self) -> bool:
         """Collect exited children; False once this process has no child left."""
@@ -138,7 +139,9 @@ def _exit_as(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def main(grace: float, lifeline: int, command: str) -> None:
+def supervise(grace: float, lifeline: int, start) -> int:
+    """Start the command with ``start(private_fds)`` (it returns the pid of a process that is the leader of its own
+    group; a forked child must close ``private_fds``), supervise it as the module says; return its wait status."""
     os.set_inheritable(lifeline, False)
     subreaper = _become_subreaper()
     wake_r, wake_w = os.pipe()
@@ -147,7 +150,7 @@ def main(grace: float, lifeline: int, command: str) -> None:
     signal.set_wakeup_fd(wake_w)
     for sig in (signal.SIGTERM, signal.SIGCHLD):  # handled through the wakeup fd
         signal.signal(sig, lambda signum, frame: None)
-    sup = Supervisor(command, wake_r, subreaper)
+    sup = Supervisor(start((wake_r, wake_w, lifeline)), wake_r, subreaper)
     stop, watched = False, [wake_r, lifeline]
     while sup.reap() and sup.status is None and not stop:
         ready = select.select(watched, [], [])[0]
@@ -157,7 +160,15 @@ def main(grace: float, lifeline: int, command: str) -> None:
             stop = True  # the engine is gone
     sup.end(grace if stop else min(grace, LEFTOVER_GRACE))
     assert sup.status is not None
-    _exit_as(sup.status)
+    return sup.status
+
+
+def main(grace: float, lifeline: int, command: str) -> None:
+    def start(_private_fds: tuple[int, ...]) -> int:  # they are close-on-exec
+        return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], os.environ, setpgroup=0,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+
+    _exit_as(supervise(grace, lifeline, start))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class TrialSpec:
     processes: list[GangProcess] = field(default_factory=list)  # a distributed trial's gang (chief first); empty:
     distribution: str = "tensorflow"                              # one process running ``command``
     restore_checkpoint: Path | None = None  # a local folder: the checkpoint a re-run continues from
+    warm_start: list[str] | None = None     # warm starts (local): modules the zygote preloads; None: cold starts
 
 
 class TrialEvents(Protocol):

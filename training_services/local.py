@@ -14,9 +14,11 @@ carries the trial's environment marker (``HPO_TRIAL_ID``, ``HPO_SEQUENCE_ID``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from training_services.gang import (GangProcess, Placement, finishers, free_port
                                     mpi_hostfile)
 from training_services.gpu import GpuAllocator, detect_gpus, query_gpus
 from training_services.nni_env import NNI_STUB_DIR, nni_environment
+from training_services.warm_start import WarmProcess, WarmStartError, Zygote, warm_argv
 
 __all__ = ["LocalTrainingService"]
 
@@ -120,7 +123,7 @@ class _Run:
     """One process of a trial (the only one, or a member of its gang)."""
 
     spec: TrialSpec
-    proc: asyncio.subprocess.Process  # the process's supervisor (its pid is also its process group)
+    proc: asyncio.subprocess.Process | WarmProcess  # the process's supervisor (its pid is also its process group)
     gpus: list[int]
     lifeline: int                     # write end of the pipe the supervisor watches; closed once it exited
     files: list[Any]                  # stdout.log (and for a gang member its own stderr.log and merged writers)
@@ -165,10 +168,15 @@ class LocalTrainingService(TrainingService):
         self._events: TrialEvents | None = None
         self._trials: dict[str, _Trial] = {}
         self._gpu_freed: asyncio.Condition | None = None
+        self._zygote: Zygote | None = None
+        self._zygote_lock: asyncio.Lock | None = None
+        self._zygote_starts = 0
+        self._cold_reasons: set[str] = set()  # why some trials start cold though warm starts are on (logged once)
 
     async def start(self, events: TrialEvents) -> None:
         self._events = events
         self._gpu_freed = asyncio.Condition()
+        self._zygote_lock = asyncio.Lock()
         self.allocator = GpuAllocator(self._usable_gpus(await detect_gpus()), self.max_trial_number_per_gpu,
                                       self.use_active_gpu)
 
@@ -255,7 +263,7 @@ class LocalTrainingService(TrainingService):
 
     @staticmethod
     def _environment(spec: TrialSpec, params_file: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        env = _environ()
         env.update(spec.env)
         env.update({
             "HPO_EXPERIMENT_ID": spec.experiment_id, "HPO_TRIAL_ID": spec.trial_id,
@@ -325,11 +333,8 @@ class LocalTrainingService(TrainingService):
         report_r, report_w, out_r, out_w, life_r, life_w, *err = fds
         env = {**env, "HPO_REPORT_FD": str(report_w), "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", _SUPERVISOR, repr(float(self.kill_grace)), str(life_r), command,
-                cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out_w,
-                stderr=stderr_file if stderr_file is not None else err[1],
-                pass_fds=(report_w, life_r), start_new_session=True)
+            proc = await self._start(spec, env, command, out_w,
+                                     stderr_file.fileno() if stderr_file is not None else err[1], report_w, life_r)
         except BaseException:
             for fd in (report_r, out_r, life_w, *err[:1]):
                 os.close(fd)
@@ -355,6 +360,59 @@ class LocalTrainingService(TrainingService):
             await loop.connect_read_pipe(lambda reader=reader: reader, os.fdopen(fd, "rb", buffering=0))
         run.readers = readers
         return run
+
+    async def _start(self, spec: TrialSpec, env: dict[str, str], command: str, stdout: int, stderr: int,
+                     report: int, lifeline: int) -> asyncio.subprocess.Process | WarmProcess:
+        """Start ``command``'s supervisor: forked by the zygote when the trial starts warm, else a fresh one."""
+        warm = await self._warm(spec, env, command)
+        if warm is not None:
+            zygote, argv, warm_env = warm
+            try:
+                return await zygote.spawn(argv, warm_env, spec.code_dir, self.kill_grace,
+                                          (stdout, stderr, report, lifeline))
+            except WarmStartError as exc:
+                self._start_cold(f"the zygote could not fork the trial ({exc})")
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", _SUPERVISOR, repr(float(self.kill_grace)), str(lifeline), command,
+            cwd=spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            pass_fds=(report, lifeline), start_new_session=True)
+
+    async def _warm(self, spec: TrialSpec, env: dict[str, str],
+                    command: str) -> tuple[Zygote, list[str], dict[str, str]] | None:
+        """The zygote, argv and environment to fork ``command`` with, or None when it starts cold."""
+        if spec.warm_start is None:
+            return None
+        parsed = warm_argv(command)
+        if parsed is None:
+            self._start_cold(f"{command!r} is not 'python script.py args' or 'python -m module args'")
+            return None
+        interpreter, argv, flag_env = parsed
+        if not _same_interpreter(interpreter, env.get("PATH")):
+            self._start_cold(f"{interpreter!r} is not the interpreter hpo runs in ({sys.executable})")
+            return None
+        assert self._zygote_lock is not None
+        async with self._zygote_lock:
+            if self._zygote is None or self._zygote.closed:
+                if self._zygote_starts >= 3:
+                    return None  # it died (or could not start) three times: the reasons are in the log already
+                self._zygote_starts += 1
+                function_file = argv[2] if argv[:2] == ["-m", "hpo.function_trial"] and len(argv) == 3 else None
+                base = {k: v for k, v in env.items() if not k.startswith(("HPO_", "NNI_"))
+                        and k != "CUDA_VISIBLE_DEVICES"}
+                log_path = spec.trial_dir.parent.parent / "zygote.log"
+                try:
+                    self._zygote = await Zygote.start(spec.warm_start, function_file, spec.code_dir, base, log_path)
+                except (WarmStartError, OSError) as exc:
+                    self._start_cold(f"the warm-start zygote did not start: {exc}")
+                    return None
+                for warning in self._zygote.warnings:
+                    log.warning("warm starts: %s", warning)
+            return self._zygote, argv, {**env, **flag_env}
+
+    def _start_cold(self, reason: str) -> None:
+        if reason not in self._cold_reasons:
+            self._cold_reasons.add(reason)
+            log.warning("trials start cold: %s", reason)
 
     async def _discard(self, trial: _Trial) -> None:
         """Undo a launch that failed part way: end the processes already started, close and release the rest."""
@@ -514,6 +572,8 @@ class LocalTrainingService(TrainingService):
     async def stop(self, status: str = "SYS_CANCELED", reason: str | None = None) -> None:
         trials = list(self._trials.values())
         await asyncio.gather(*(self.kill(t.spec.trial_id, status, reason) for t in trials))
+        if self._zygote is not None:
+            await self._zygote.close()
 
     def checkpoint_dir(self, spec: TrialSpec, storage: Path) -> str | None:
         return str(storage)  # trials run here: they write checkpoints straight into the storage
@@ -532,6 +592,28 @@ class LocalTrainingService(TrainingService):
         # A trial the dead engine had started but not yet recorded (no pgid), and processes that left the
         # supervisor's tree, are found by the environment every trial process inherits.
         _kill_by_environment({(str(rec["id"]), str(rec["seq"])) for rec in records if rec.get("id")})
+
+
+_environ_cache: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _environ() -> dict[str, str]:
+    """A copy of ``os.environ``, decoded once per change of it (decoding it for every trial cost more than the rest
+    of a warm launch)."""
+    global _environ_cache
+    raw = getattr(os.environ, "_data", None)  # CPython's encoded copy
+    if not isinstance(raw, dict):
+        return dict(os.environ)
+    if _environ_cache is None or _environ_cache[0] != raw:
+        _environ_cache = (dict(raw), dict(os.environ))
+    return dict(_environ_cache[1])
+
+
+@functools.lru_cache(maxsize=16)
+def _same_interpreter(name: str, path: str | None) -> bool:
+    """Whether ``name`` (``python3``, a path) run with ``path`` as PATH is the interpreter hpo runs in."""
+    found = shutil.which(name, path=path)
+    return found is not None and os.path.realpath(found) == os.path.realpath(sys.executable)
 
 
 def _split(gpus: list[int], processes: list[GangProcess]) -> list[list[int]]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from tuners._tpe_space import CompiledSpace, Group, ndtr, ndtri
 
-__all__ = ["TpeSettings", "History", "proposals", "prior_rows", "split_good"]
+__all__ = ["TpeSettings", "History", "proposals", "prior_rows", "split_good", "active_mask", "rows_from_unit"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _PRIOR_SIGMA = 1.0
@@ -315,6 +315,16 @@ def _rows_from_unit(cs: CompiledSpace, u: np.ndarray) -> tuple[np.ndarray, np.nd
         elif leaf.discrete:
             x[:, leaf.index] = leaf.snap(col)[0]
     return x, _active(cs, x)
+
+
+def rows_from_unit(cs: CompiledSpace, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the unit cube (one coordinate per leaf) as rows (X, A): grids snapped, options picked."""
+    return _rows_from_unit(cs, u)
+
+
+def active_mask(cs: CompiledSpace, x: np.ndarray) -> np.ndarray:
+    """Which leaves of each row are active: the top level's, and those of the nested options the row chose."""
+    return _active(cs, x)
 
 
 def _active(cs: CompiledSpace, x: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ class AshaAssessor(Assessor):
     that rung so far (asynchronous: early trials are judged against fewer peers, never held back).
     """
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", reduction_factor: float = 3, min_steps: int = 1,
                  max_steps: int = 100) -> None:
         super().__init__(optimize_mode)

@@ -50,6 +50,8 @@ class Assessor(ABC):
         optimize_mode: ``"maximize"`` or ``"minimize"`` the intermediate metric.
     """
 
+    loop_safe = False  # as Tuner.loop_safe
+
     def __init__(self, optimize_mode: str = "maximize") -> None:
         mode = str(optimize_mode).lower()
         if mode not in OPTIMIZE_MODES:

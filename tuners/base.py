@@ -69,6 +69,10 @@ class Tuner(ABC):
     """
 
     receives_reported_value = False  # True: receive_trial_result gets the result as reported (NNI's tuners)
+    # True: every method is a quick computation that any thread may call; the engine then calls it on its own event
+    # loop while its calls take under 2 ms (instead of a hop to the tuner's thread); False (wrappers, user tuners):
+    # always on the tuner's thread
+    loop_safe = False
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None) -> None:
         mode = str(optimize_mode).lower()

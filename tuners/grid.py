@@ -198,6 +198,8 @@ class GridTuner(Tuner):
         n_experiments: None (the whole grid), a count, or a fraction of the grid.
     """
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None,
                  search_method: str = "sequential", n_experiments: int | float | None = None) -> None:
         super().__init__(optimize_mode, seed)

@@ -13,6 +13,8 @@ __all__ = ["MappingTuner"]
 class MappingTuner(Tuner):
     """Suggests ``values[0]``, ``values[1]``, ... then NoMoreTrials; sets already run (imported) are skipped."""
 
+    loop_safe = True
+
     def __init__(self, values: list[dict[str, Any]], optimize_mode: str = "maximize", seed: int | None = None) -> None:
         super().__init__(optimize_mode, seed)
         if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):

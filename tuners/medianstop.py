@@ -14,6 +14,8 @@ class MedianstopAssessor(Assessor):
     of the running averages of completed trials.  Nothing is stopped before ``start_step`` steps.
     """
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", start_step: int = 0) -> None:
         super().__init__(optimize_mode)
         if int(start_step) < 0:

@@ -46,6 +46,8 @@ def _sample(dim: Dimension, rng: np.random.Generator) -> Any:
 class RandomTuner(Tuner):
     """Samples every trial independently; reproducible for a given ``seed``."""
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None) -> None:
         super().__init__(optimize_mode, seed)
         self._rng = np.random.default_rng(seed)

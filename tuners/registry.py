@@ -32,11 +32,13 @@ _BUILTIN_MODULES = {
     "tpe": ("tuners.tpe", ("tpe", "tpetuner", "treeparzen")),
     "hyperband": ("tuners.hyperband", ("hyperband", "hyperbandtuner", "hb")),
     "mapping": ("tuners.mapping", ("mapping", "mappingtuner")),
+    "gp": ("tuners.gp", ("gp", "gptuner", "gaussianprocess")),
 }
 
 
 _LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
-           "anneal": "Anneal", "optuna": "Optuna", "hyperband": "Hyperband", "mapping": "Mapping"}
+           "anneal": "Anneal", "optuna": "Optuna", "hyperband": "Hyperband", "mapping": "Mapping",
+           "gp": "GP"}
 
 
 def tuner_label(name: str | None = None, class_name: str | None = None) -> str | None:

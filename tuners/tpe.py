@@ -79,6 +79,8 @@ class TpeTuner(Tuner):
             little already); this bounds the cost of a suggestion in long experiments.
     """
 
+    loop_safe = True
+
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, *,
                  multivariate: bool = True, n_startup_trials: int = 10, gamma: float = 0.1,
                  max_good: int = 25, prior_weight: float = 1.0, n_ei_candidates: int = 24,

@@ -13,31 +13,40 @@ token, also for the calls that change the experiment, when they come from a loop
 ``Origin`` header (a browser always sends one on such a request, so a web page cannot make them); the rest of
 the API keeps its rules.  A dashboard on any other address does not serve them.
 
-NNI's ``connect`` keeps the ``pid`` of ``/experiments-info`` and its ``stop()`` waits for that process to end.
-hpo's engine may run inside the caller's own process (a notebook), so the pid given is that of a small
-*stand-in* process started on first request: it lives exactly as long as the experiment runs.
+NNI's ``connect`` keeps the ``pid`` of ``/experiments-info`` and its ``stop()`` waits for that process to end;
+``nnictl`` reads the same pid from NNI's registry, and its ``stop`` sends it SIGTERM.  hpo's engine may run
+inside the caller's own process (a notebook), so the pid given is that of a small *stand-in* process
+(:class:`StandIn`): it lives exactly as long as the experiment runs, SIGTERM to it stops the experiment cleanly
+(the caller's process goes on), and it owns the experiment's entry in NNI's registry while the experiment runs
+(:mod:`hpo.nni_registry`).  With the registry off it is started on the first request that needs it.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
+from hpo import nni_registry
+from hpo.nni_registry import RegistryError, remove_entry
 from hpo.storage import EXPERIMENT_END_STATES
 
-__all__ = ["NNI_PREFIX", "add_nni_routes", "nni_status"]
+__all__ = ["NNI_PREFIX", "add_nni_routes", "nni_status", "StandIn"]
 
 NNI_PREFIX = "/api/v1/nni"
 _UPDATES = {"TRIAL_CONCURRENCY": ("trialConcurrency", "trial_concurrency"),
             "MAX_TRIAL_NUM": ("maxTrialNumber", "max_trial_number"),
             "MAX_EXEC_DURATION": ("maxExperimentDuration", "max_experiment_duration"),
             "SEARCH_SPACE": ("searchSpace", "search_space")}
+_ROOT = str(Path(__file__).resolve().parent.parent)
+log = logging.getLogger("hpo.nni")
 _VERBATIM = {"search_space", "class_args", "trial_env", "pod_template_patch", "node_selector"}  # user data
 
 
@@ -76,34 +85,116 @@ def _metric(trial_id: str, seq: int, kind: str, step: int, data: Any, ts: float)
             "data": json.dumps(json.dumps(data))}
 
 
-class _StandIn:
-    """A child process that lives while the experiment runs: the pid NNI's client waits on in ``stop()``.
+class StandIn:
+    """The process NNI's tools take for the experiment's manager: its pid is the ``pid`` of
+    ``/experiments-info`` and of hpo's entry in NNI's registry (:mod:`hpo.nni_registry`, which runs it).
 
-    It reads its stdin until end of file, so it also ends when the engine's process dies."""
+    It lives while the experiment runs, in a session of its own (a terminal's Ctrl-C does not reach it), and
+    ends when :meth:`end` closes its stdin or the engine's process dies.  SIGTERM (``nnictl stop``, NNI's
+    ``kill_command``) makes it ask for a clean stop (``on_stop`` on the loop) and stay until the experiment has
+    stopped; if it dies otherwise (SIGKILL), ``on_lost`` is called on the loop, as NNI's experiment ends with
+    its manager.  A reader thread takes its lines and reaps it as soon as it exits (a zombie would look alive
+    to nnictl, which waits for the pid to go)."""
 
-    def __init__(self) -> None:
+    READY_WAIT = 3.0  # seconds wait_ready() waits for the entry to be written (a busy registry: it goes on later)
+
+    def __init__(self, on_stop: Callable[[], None], on_lost: Callable[[int], None]) -> None:
+        self.on_stop, self.on_lost = on_stop, on_lost
         self.proc: subprocess.Popen[bytes] | None = None
+        self.registry: Path | None = None
+        self.experiment_id = ""
+        self.error: str | None = None
+        self.spent = False      # one stand-in per experiment: once it ended, no other is started
+        self._ending = False
+        self._ready = threading.Event()
+        self._starting = threading.Lock()
+        self._reader: threading.Thread | None = None
 
-    def pid(self, running: bool) -> int | None:
-        if not running:
-            self.close()
-            return None
-        if self.proc is None:
-            self.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.buffer.read()"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, close_fds=True)
-        return self.proc.pid
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None or self._ending or self.spent else self.proc.pid
 
-    def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()  # type: ignore[union-attr]
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    def start(self, loop: asyncio.AbstractEventLoop, entry: dict[str, Any] | None = None,
+              registry: Path | None = None) -> int | None:
+        """Start it (owning ``entry`` in ``registry`` when given); returns its pid."""
+        with self._starting:  # two requests at once (reads run in worker threads) start one
+            if self.proc is None and not self.spent:
+                try:
+                    self._start(loop, entry, registry)
+                except OSError as exc:  # the experiment runs on; NNI's tools just do not see it
+                    self.spent, self.error = True, f"cannot start its NNI stand-in process: {exc}"
+                    self._ready.set()
+                    log.warning("%s", self.error)
+            return self.pid
+
+    def _start(self, loop: asyncio.AbstractEventLoop, entry: dict[str, Any] | None, registry: Path | None) -> None:
+        args = [] if entry is None or registry is None else [str(registry), json.dumps(entry)]
+        self.registry, self.experiment_id = (registry, entry["id"]) if args else (None, "")
+        boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
+                "from hpo.nni_registry import stand_in_main; stand_in_main()")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", boot, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
+                                     start_new_session=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc, loop), name="hpo-nni-stand-in",
+                                        daemon=True)
+        self._reader.start()
+
+    def wait_ready(self, timeout: float = READY_WAIT) -> bool:
+        return self._ready.wait(timeout)
+
+    def _read(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        assert proc.stdout is not None
+        up = False  # it said something: it ran (one that never could is no reason to stop the experiment)
+        for raw in proc.stdout:
+            up = True
+            word, _, rest = raw.decode("utf-8", "replace").strip().partition(" ")
+            if word == "ready":
+                self._ready.set()
+            elif word == "error":
+                self.error = rest
+                self._ready.set()
+            elif word == "stop":
+                self._on_loop(loop, self.on_stop)
+        code = proc.wait()
+        self._ready.set()
+        if not self._ending and up:
+            self._on_loop(loop, self.on_lost, code)
+        elif not up and not self._ending:
+            self.spent, self.error = True, f"its NNI stand-in process exited at once (code {code})"
+            log.warning("%s", self.error)
+        if code != 0 and self.registry is not None:  # it could not remove its entry itself
+            with contextlib.suppress(RegistryError, OSError):
+                remove_entry(self.registry, self.experiment_id, proc.pid)
+
+    @staticmethod
+    def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is left to stop
+            loop.call_soon_threadsafe(fn, *args)
+
+    def status(self, status: str) -> None:
+        """The experiment's NNI status, for its registry entry."""
+        if self.proc is not None and not self._ending and self.registry is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.write(f"status {status}\n".encode())  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def end(self) -> None:
+        """The experiment has ended: the stand-in removes its entry and exits (reaped by its reader)."""
+        if self.proc is not None and not self._ending:
+            self._ending, self.spent = True, True
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()  # type: ignore[union-attr]
+
+    def close(self, timeout: float = 15.0) -> None:
+        """end(), and wait until it has exited (killed after ``timeout`` s; its entry removed either way)."""
+        self.end()
+        proc, reader = self.proc, self._reader
+        if proc is None or reader is None:
+            return
+        reader.join(timeout)
+        if reader.is_alive():
+            proc.kill()
+            reader.join()
 
 
 class NniApi:
@@ -111,13 +202,51 @@ class NniApi:
 
     def __init__(self, dash: Any) -> None:
         self.dash = dash
-        self.stand_in = _StandIn()
+        self.stand_in = StandIn(self._stop_asked, self._stand_in_lost)
+        self._loop: asyncio.AbstractEventLoop | None = None
         engine = dash.main.engine
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
+    async def register(self) -> None:
+        """A running experiment's entry in NNI's registry, for nnictl (when :func:`hpo.nni_registry.enabled`)."""
+        self._loop = loop = asyncio.get_running_loop()
+        if self.api.engine is None or not self.api.live() or not nni_registry.enabled():
+            return
+        entry = await self._read(self._entry)
+        if not self.api.live():  # it ended meanwhile (status events come on this loop: none is missed after this)
+            return
+        self.stand_in.start(loop, entry, nni_registry.registry_file())
+        await loop.run_in_executor(None, self.stand_in.wait_ready)
+        if self.stand_in.error:
+            log.warning("nnictl will not list experiment %s: %s", entry["id"], self.stand_in.error)
+        elif self.api.live():
+            self.stand_in.status(nni_status(self.api.engine.status))  # a change while the entry was read
+
+    def _entry(self) -> dict[str, Any]:
+        info = self._info(with_pid=False)
+        return {key: info[key] for key in ("id", "port", "startTime", "endTime", "status", "platform",
+                                            "experimentName", "tag", "webuiUrl", "logDir", "prefixUrl")}
+
+    def _stop_asked(self) -> None:
+        engine = self.api.engine
+        if engine is not None and engine.status not in EXPERIMENT_END_STATES:
+            log.info("experiment %s: its NNI pid %s got SIGTERM (nnictl stop): stopping", self.api.experiment_id,
+                     self.stand_in.pid)
+            engine.request_stop()
+
+    def _stand_in_lost(self, code: int) -> None:
+        engine = self.api.engine
+        if engine is not None and engine.status not in EXPERIMENT_END_STATES:
+            log.warning("experiment %s: its NNI pid ended (exit code %s): stopping, as NNI does when its manager "
+                        "ends", self.api.experiment_id, code)
+            engine.request_stop()
+
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "status" and data.get("status") in EXPERIMENT_END_STATES:
-            self.stand_in.close()
+        if kind == "status":
+            if data.get("status") in EXPERIMENT_END_STATES:
+                self.stand_in.end()
+            else:
+                self.stand_in.status(nni_status(str(data.get("status"))))
 
     def close(self) -> None:
         if self._unsubscribe is not None:
@@ -165,15 +294,23 @@ class NniApi:
     async def experiment_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(await self._read(self._info))
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self, with_pid: bool = True) -> dict[str, Any]:
         exp = self.api.experiment()
         running = self.api.live()
         port = exp.get("port")
         return {"id": exp["id"], "port": port, "startTime": _ms(exp.get("started_at") or exp.get("created_at")),
                 "endTime": _ms(exp.get("ended_at")) or "N/A", "status": nni_status(exp["status"]),
                 "platform": exp.get("training_service"), "experimentName": exp.get("name"), "tag": [],
-                "pid": self.stand_in.pid(running), "webuiUrl": [f"http://localhost:{port}"] if port else [],
+                "pid": self._pid(running) if with_pid else None, "webuiUrl": [f"http://localhost:{port}"] if port else [],
                 "logDir": str(Path(exp["directory"]).parent), "prefixUrl": None}
+
+    def _pid(self, running: bool) -> int | None:
+        if not running:
+            self.stand_in.end()
+            return None
+        if self.stand_in.pid is None and self._loop is not None:  # the registry is off: started on first request
+            return self.stand_in.start(self._loop)
+        return self.stand_in.pid
 
     async def trial_jobs(self, request: web.Request) -> web.StreamResponse:
         from webui.server import stream_json_array
@@ -311,7 +448,11 @@ def add_nni_routes(app: web.Application, dash: Any) -> None:
     r.add_get(f"{NNI_PREFIX}/metric-data/{{trial_id}}", nni.metric_data)
     r.add_get(f"{NNI_PREFIX}/export-data", nni.export_data)
 
-    async def on_cleanup(_app: web.Application) -> None:
-        nni.close()
+    async def on_startup(_app: web.Application) -> None:
+        await nni.register()
 
+    async def on_cleanup(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, nni.close)
+
+    app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -336,6 +336,8 @@ class _Hub:
         self.clients.pop(client, None)
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if not any(client.wants_events for client in list(self.clients)):
+            return  # nobody follows: no hop to the dashboard's loop, no copy (most trials of a long run)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

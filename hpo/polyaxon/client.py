@@ -14,11 +14,13 @@ __all__ = ["RunClient", "compile_source"]
 
 
 def compile_source(files: list[str] = (), python_module: str | None = None, params: dict[str, str] | None = None,
-                   project: str | None = None) -> Compiled:
-    """Load (``-f`` files in patch order, or ``-pm``), bind the ``-P`` params and compile; PolyaxonError on any
-    problem, before anything is started."""
-    op, base, where = load_operation(files, python_module)
-    return compile_operation(op, base=base, where=where, params=params, project=project)
+                   project: str | None = None, cli: dict[str, Any] | None = None,
+                   config: dict[str, Any] | None = None) -> Compiled:
+    """Load (``-f`` files in patch order, or ``-pm``; ``cli``: what the command line's matrix and operation options
+    set), bind the ``-P`` params and compile onto ``config`` (hpo config keys such as the training service);
+    PolyaxonError on any problem, before anything is started."""
+    op, base, where = load_operation(files, python_module, cli)
+    return compile_operation(op, base=base, where=where, params=params, project=project, config=config)
 
 
 class RunClient:
@@ -29,9 +31,10 @@ class RunClient:
 
     def create(self, name: str | None = None, description: str | None = None, tags: list[str] | None = None,
                content: V1Operation | dict[str, Any] | str | None = None, code_directory: str | Path | None = None,
-               **_: Any) -> Any:
+               config: dict[str, Any] | None = None, **_: Any) -> Any:
         """Start ``content`` (a V1Operation or V1Component, its dict, or a polyaxonfile path) in the background
-        of this process and return its :class:`hpo.client.Experiment` handle."""
+        of this process and return its :class:`hpo.client.Experiment` handle.  ``config``: hpo config keys the
+        run does not set itself, e.g. ``{"training_service": {"platform": "kubernetes", ...}}``."""
         from hpo.client import Experiment
         from hpo.experiment import Experiment as _Experiment
         from hpo.polyaxon.component import V1Component
@@ -47,7 +50,11 @@ class RunClient:
                                 "V1Component, dict or polyaxonfile path")
         if name:
             op.name = name
-        compiled = compile_operation(op, base=base, where=where, project=self.project)
+        if description:
+            op.description = description
+        if tags:
+            op.tags = list(tags)
+        compiled = compile_operation(op, base=base, where=where, project=self.project, config=config)
         for line in compiled.warnings:
             warnings.warn(line, stacklevel=2)
         handle = _Experiment(config=compiled.config)

@@ -20,7 +20,7 @@ __all__ = ["Compiled", "compile_operation", "TUNER_OF"]
 
 # matrix kind -> hpo tuner (and assessor), as the README's table says
 TUNER_OF = {"random": "random", "grid": "grid", "mapping": "mapping", "hyperopt": "hyperopt",
-            "hyperband": "hyperband", "bayes": "tpe", "iterative": "(tuner.hubRef)"}
+            "hyperband": "hyperband", "bayes": "gp", "iterative": "(tuner.hubRef)"}
 
 
 @dataclass
@@ -33,31 +33,49 @@ class Compiled:
     warnings: list[str] = field(default_factory=list)
 
 
-def _ignored(op: V1Operation, component: V1Component, job: V1Job) -> list[str]:
-    """Fields accepted but not honoured when running here."""
-    names = [f"run.container.{k}" for k in ("image",) if getattr(job.container, k)]
+# environment fields that the Kubernetes service puts on the trial's pod
+_POD_FIELDS = ("labels", "annotations", "node_selector", "affinity", "tolerations", "service_account_name",
+               "image_pull_secrets")
+_CONFIG_SET_BY_RUN = ("search_space", "search_space_file", "trial_command", "trial_function", "trial_code_directory",
+                      "tuner", "max_trial_number", "trial_concurrency", "trial_env")
+
+
+def _ignored(op: V1Operation, component: V1Component, job: V1Job, kubernetes: bool = False) -> list[str]:
+    """Fields accepted but not honoured when running here (on Kubernetes, the image and the pod's fields are)."""
+    names = [f"run.container.{k}" for k in ("image",) if getattr(job.container, k) and not kubernetes]
     names += [f"run.container.{k}" for k in (job.container.model_extra or {})]
     names += [f"run.{k}" for k in ("init", "sidecars", "volumes", "connections") if getattr(job, k)]
     env = job.environment
     if env is not None:
-        names += [f"run.environment.{k}" for k in ("labels", "annotations", "node_selector", "affinity", "tolerations",
-                                                   "service_account_name", "image_pull_secrets", "restart_policy")
-                  if getattr(env, k)]
+        names += [f"run.environment.{k}" for k in (*_POD_FIELDS, "restart_policy")
+                  if getattr(env, k) and not (kubernetes and k in _POD_FIELDS)]
         names += [f"run.environment.{k}" for k in (env.model_extra or {})]
     for holder, prefix in ((component, "component"), (op, "operation")):
         names += [f"{prefix}.{k}" for k in ("queue", "namespace", "cache", "plugins", "build", "hooks", "presets")
-                  if getattr(holder, k, None)]
+                  if getattr(holder, k, None) and not (kubernetes and k == "namespace")]
     names += [f"operation.{k}" for k in ("schedule", "events", "joins", "dependencies", "trigger", "conditions")
               if getattr(op, k)]
     return names
 
 
-def _gpus(job: V1Job) -> int:
-    for resources in (job.container.resources, job.environment.resources if job.environment else None):
+def _gpus(job: V1Job, where: str) -> int:
+    for resources, at in ((job.container.resources, "run.container.resources"),
+                          (job.environment.resources if job.environment else None, "run.environment.resources")):
         for part in ("limits", "requests"):
-            gpu = ((resources or {}).get(part) or {}).get("nvidia.com/gpu")
+            group = (resources or {}).get(part) or {}
+            if not isinstance(group, dict):
+                raise PolyaxonError(f"{where}: {at}.{part}: got {group!r}, expected a mapping of resource names "
+                                    "to quantities")
+            gpu = group.get("nvidia.com/gpu")
             if gpu is not None:
-                return int(gpu)
+                try:
+                    count = int(str(gpu))
+                except ValueError:
+                    count = -1
+                if count < 0:
+                    raise PolyaxonError(f"{where}: {at}.{part}.nvidia.com/gpu: got {gpu!r}, expected a whole number "
+                                        "of GPUs")
+                return count
     return 0
 
 
@@ -134,8 +152,8 @@ def _tuner(op: V1Operation, space: dict[str, Any], maximize: bool) -> tuple[dict
                 "resource_type": m.resource.type}
         return {"name": "hyperband", "class_args": args}, HyperbandTuner(**args).total_trials()
     if m.kind == "bayes":
-        args = {**mode, **seed, "n_startup_trials": m.num_initial_runs}
-        return {"name": "tpe", "class_args": args}, m.num_initial_runs + m.max_iterations
+        args = {**mode, **seed, **_gp_args(m)}
+        return {"name": "gp", "class_args": args}, m.num_initial_runs + m.max_iterations
     # iterative: the user's tuner, by registered name or module.Class
     ref = m.tuner.hub_ref if m.tuner else None
     if not ref:
@@ -144,6 +162,53 @@ def _tuner(op: V1Operation, space: dict[str, Any], maximize: bool) -> tuple[dict
     args = {**mode, **seed, **(m.tuner.params or {})}
     tuner = {"class_name": ref, "class_args": args} if "." in ref else {"name": ref, "class_args": args}
     return tuner, m.max_iterations
+
+
+# GpTuner argument -> the bayes matrix field it comes from (for messages)
+_GP_FIELDS = {"cold_start_num": "numInitialRuns", "utility": "utilityFunction.acquisitionFunction",
+              "kappa": "utilityFunction.kappa", "xi": "utilityFunction.eps",
+              "selection_num_warm_up": "utilityFunction.numWarmup",
+              "selection_num_starting_points": "utilityFunction.numIterations",
+              "kernel": "utilityFunction.gaussianProcess.kernel",
+              "length_scale": "utilityFunction.gaussianProcess.lengthScale",
+              "nu": "utilityFunction.gaussianProcess.nu",
+              "num_restarts_optimizer": "utilityFunction.gaussianProcess.numRestartsOptimizer"}
+
+
+def _gp_args(m: Any) -> dict[str, Any]:
+    """The bayes matrix's settings as GpTuner arguments: the fields the file sets (left-out ones keep the tuner's
+    defaults); without ``acquisitionFunction``, ``kappa`` alone means ucb (it is ucb's setting) and ``eps`` ei.
+    Checked here, so a bad value is one line naming the field before anything starts."""
+    from tuners.gp import GpTuner
+
+    args: dict[str, Any] = {"cold_start_num": m.num_initial_runs}
+    u = m.utility_function
+    if u is not None:
+        given = u.model_fields_set
+        if "acquisition_function" in given:
+            args["utility"] = u.acquisition_function
+        elif "kappa" in given and u.kappa is not None:
+            args["utility"] = "ucb"
+        if u.kappa is not None:
+            args["kappa"] = u.kappa
+        if u.eps is not None:
+            args["xi"] = u.eps
+        if u.num_warmup is not None:
+            args["selection_num_warm_up"] = u.num_warmup
+        if u.num_iterations is not None:
+            args["selection_num_starting_points"] = u.num_iterations
+        gp = u.gaussian_process
+        if gp is not None:
+            for name in ("kernel", "length_scale", "nu", "num_restarts_optimizer"):
+                if name in gp.model_fields_set:
+                    args[name] = getattr(gp, name)
+    try:
+        GpTuner(**args)
+    except ValueError as e:
+        name = str(e).split(":", 1)[0]
+        field = _GP_FIELDS.get(name)
+        raise PolyaxonError(f"matrix.{field}: {str(e).split(':', 1)[1].strip()}" if field else f"matrix: {e}") from None
+    return args
 
 
 def _metric(op: V1Operation, component: V1Component) -> tuple[str | None, bool]:
@@ -174,9 +239,67 @@ def _early_stopping(op: V1Operation, notes: list[str]) -> tuple[list[dict[str, A
     return rules or None, assessor
 
 
+def _pod_settings(job: V1Job, namespace: str | None, service: dict[str, Any]) -> dict[str, Any]:
+    """The Kubernetes training service config with the run's pod settings on top: the container's image and
+    resources, the environment's labels, annotations, nodeSelector, tolerations, affinity, service account, image
+    pull secrets and (literal) env, and the operation's namespace."""
+    from training_services.kube_manifests import TRIAL_CONTAINER, merge_patch
+
+    service = dict(service)
+    container, env = job.container, job.environment
+    if container.image:
+        service["image"] = container.image
+    resources = container.resources or (env.resources if env else None)
+    if resources:
+        service["resources"] = resources
+    if namespace:
+        service["namespace"] = namespace
+    pod: dict[str, Any] = {}
+    variables = [{"name": e.name, "value": str(e.value)} for e in [*((env.env or []) if env else []),
+                                                                    *(container.env or [])]
+                 if e.value is not None and "{{" not in str(e.value)]
+    if variables:  # the launcher sets them too (and the rendered ones): here they are on the pod for all to see
+        pod.setdefault("spec", {})["containers"] = [{"name": TRIAL_CONTAINER, "env": variables}]
+    if env is not None:
+        if env.node_selector:
+            service["node_selector"] = {**(service.get("node_selector") or {}), **env.node_selector}
+        if env.tolerations:
+            service["tolerations"] = [*(service.get("tolerations") or []), *env.tolerations]
+        if env.service_account_name:
+            service["service_account_name"] = env.service_account_name
+        meta = {k: v for k, v in (("labels", env.labels), ("annotations", env.annotations)) if v}
+        if meta:
+            pod["metadata"] = meta
+        if env.affinity:
+            pod.setdefault("spec", {})["affinity"] = env.affinity
+        if env.image_pull_secrets:
+            pod.setdefault("spec", {})["imagePullSecrets"] = [{"name": s} for s in env.image_pull_secrets]
+    if pod:
+        service["pod_template_patch"] = merge_patch(service.get("pod_template_patch") or {}, pod)
+    return service
+
+
+def _base_config(config: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """hpo config keys given with the run (``hpo run -c``, ``RunClient.create(config=...)``), snake_case; the keys
+    the run sets itself are refused."""
+    from hpo.config import _to_snake
+
+    out: dict[str, Any] = {}
+    for key, value in (config or {}).items():
+        name = _to_snake(key) if isinstance(key, str) else key
+        if name in _CONFIG_SET_BY_RUN:
+            raise PolyaxonError(f"{where}: {key}: set by the polyaxonfile (its matrix, run and params), not by the hpo "
+                                "config; leave it out")
+        out[name] = value
+    if isinstance(out.get("training_service"), str):
+        out["training_service"] = {"platform": out["training_service"]}
+    return out
+
+
 def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[str, str] | None = None,
-                      project: str | None = None) -> Compiled:
-    """``op`` (with ``-P`` string ``params``) as an hpo experiment; raises PolyaxonError naming ``where``."""
+                      project: str | None = None, config: dict[str, Any] | None = None) -> Compiled:
+    """``op`` (with ``-P`` string ``params``) as an hpo experiment, on top of the hpo ``config`` keys given with it
+    (e.g. the training service); raises PolyaxonError naming ``where``."""
     from hpo.config import ConfigError, ExperimentConfig
 
     component = op.component
@@ -184,7 +307,11 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         raise PolyaxonError(f"{where}: the operation has no component; expected component or pathRef")
     run = patch(component.run.to_dict(), op.run_patch, op.patch_strategy)
     job = V1Job.read(run, f"{where}: run_patch")
-    notes = _ignored(op, component, job)
+    hpo_config = _base_config(config, "hpo config")
+    service = hpo_config.get("training_service")
+    platform = service.get("platform") if isinstance(service, dict) else None
+    kubernetes = platform in ("kubernetes", "k8s")
+    notes = _ignored(op, component, job, kubernetes)
     values: dict[str, Any] = {io.name: io.value for io in component.inputs or []}
     to_env = {io.name: io.to_env for io in component.inputs or [] if io.to_env}
     for name, param in (op.params or {}).items():
@@ -237,13 +364,18 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
     data: dict[str, Any] = {
         "experiment_name": op.name or component.name, "search_space": space, "trial_env": trial_env,
         "trial_command": "python3 -m hpo.polyaxon.launch",
-        "trial_code_directory": str(base), "trial_concurrency": 1, "trial_gpu_number": _gpus(job),
+        "trial_code_directory": str(base), "trial_concurrency": 1, "trial_gpu_number": _gpus(job, where),
         "project": project}
+    if kubernetes:
+        data["training_service"] = _pod_settings(job, op.namespace or component.namespace, service)
     if op.matrix is None:
         data["max_trial_number"] = 1
         data["tuner"] = {"name": "random", "class_args": {"optimize_mode": "maximize" if maximize else "minimize"}}
     else:
-        data["tuner"], budget = _tuner(op, space, maximize)
+        try:
+            data["tuner"], budget = _tuner(op, space, maximize)
+        except PolyaxonError as e:
+            raise PolyaxonError(f"{where}: {e}") from None
         data["max_trial_number"] = budget
         data["trial_concurrency"] = op.matrix.concurrency or 1
         data["early_stopping"], data["assessor"] = _early_stopping(op, notes)
@@ -252,8 +384,9 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         data["max_trial_retries"] = termination.get("maxRetries") or termination.get("max_retries")
     if termination.get("timeout"):
         data["max_trial_duration"] = termination["timeout"]
+    from hpo.config import _merge
     try:
-        config = ExperimentConfig.model_validate({k: v for k, v in data.items() if v is not None})
+        config = ExperimentConfig.model_validate(_merge(hpo_config, {k: v for k, v in data.items() if v is not None}))
     except ConfigError as e:
         raise PolyaxonError(f"{where}: {e}") from None
     return Compiled(config, list(outputs), metric, [f"not honoured when running here: {', '.join(notes)}"]

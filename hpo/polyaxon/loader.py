@@ -12,7 +12,7 @@ from hpo.polyaxon.errors import PolyaxonError
 from hpo.polyaxon.operation import V1Operation
 from hpo.polyaxon.patch import patch
 
-__all__ = ["load_operation", "read_python_module", "operation_dict"]
+__all__ = ["load_operation", "read_python_module", "operation_dict", "apply_command_line"]
 
 _BESIDE = ("component.yml", "component.yaml", "polyaxonfile.yml", "polyaxonfile.yaml")
 
@@ -94,9 +94,36 @@ def read_python_module(spec: str) -> tuple[Any, Path]:
     return value, path.resolve().parent
 
 
-def load_operation(files: Sequence[str | Path] = (), python_module: str | None = None) -> tuple[V1Operation, Path, str]:
-    """The operation from ``python_module`` or the first file, patched with the other files in order; also the
-    folder the run's code is in and a name for error messages."""
+def apply_command_line(op: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
+    """``op`` with what ``hpo run``'s options set: ``matrix`` (``kind``, ``params`` from -HP, each replacing the
+    file's param of that name, ``concurrency``, ``num_runs``) and operation fields (name, description, tags, queue,
+    namespace, presets, cache, is_approved)."""
+    op = dict(op)
+    matrix = dict(cli.get("matrix") or {})
+    if matrix:
+        current = dict(op.get("matrix") or {})
+        if not current:
+            if not matrix.get("params"):
+                given = ", ".join(f"--matrix-{k.replace('_', '-')}" for k in matrix)
+                raise PolyaxonError(f"{given}: the operation has no matrix; give its params with -HP NAME=KIND:VALUE")
+            current = {"kind": "grid"}  # Polyaxon's default matrix kind for -HP
+        params = dict(current.get("params") or {})
+        params.update(matrix.pop("params", None) or {})
+        current.update(matrix)
+        if params:
+            current["params"] = params
+        op["matrix"] = current
+    for key, value in (cli.get("fields") or {}).items():
+        if value is not None:
+            op[key] = value
+    return op
+
+
+def load_operation(files: Sequence[str | Path] = (), python_module: str | None = None,
+                   cli: dict[str, Any] | None = None) -> tuple[V1Operation, Path, str]:
+    """The operation from ``python_module`` or the first file, patched with the other files in order (and with
+    ``cli``, what the command line's options set: see :func:`apply_command_line`); also the folder the run's code
+    is in and a name for error messages."""
     files = [Path(f) for f in files]
     if python_module is None and not files:
         raise PolyaxonError("hpo run: give a polyaxonfile with -f FILE or a Python component with -pm FILE.py[:var]")
@@ -118,4 +145,7 @@ def load_operation(files: Sequence[str | Path] = (), python_module: str | None =
         over.pop("version", None)
         op = patch(op, over, strategy)
     names = " + ".join([where, *map(str, overrides)])
+    if cli and (cli.get("matrix") or any(v is not None for v in (cli.get("fields") or {}).values())):
+        op = apply_command_line(op, cli)
+        names += " + command line"
     return V1Operation.read(op, names), base, names
