@@ -142,6 +142,8 @@ async function route() {
   }
   const switched = state.ctx !== ctx;
   state.ctx = ctx;
+  const loading = PAGES[r.name]();  // the page's module comes while the experiment does
+  loading.catch(() => {});
   if (!ctx.exp || switched) {
     try {
       await ctx.loadExp();
@@ -159,7 +161,7 @@ async function route() {
   const el = h('div.page-body', { 'data-page': r.name });
   fill(shell.page, el);
   try {
-    const mod = await PAGES[r.name]();
+    const mod = await loading;
     if (state.route !== r) return;
     state.page = await mod.mount(el, ctx, r);
   } catch (err) {
