@@ -45,6 +45,7 @@ __all__ = ["GpSettings", "GpHistory", "GpFit", "Features", "fit_gp", "propose", 
 KERNELS = ("matern", "rbf")
 UTILITIES = ("ei", "ucb", "poi")
 MAX_FIT_POINTS = 120          # hyperparameters are fitted on at most this many finished trials
+MIN_SEPARATION = 0.02         # no suggestion closer than this (in length scales) to a finished or pending point
 _JITTER = 1e-8
 _LS_BOUNDS = (0.01, 20.0)     # length scales, in units of the unit cube
 _SF_BOUNDS = (0.05, 20.0)     # signal variance (standardised losses)
@@ -304,6 +305,10 @@ class _Posterior:
     def _k(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return self.fit.signal * _kernel_and_slope(self._r2(A, B), self.s)[0]
 
+    def too_close(self, F: np.ndarray) -> np.ndarray:
+        """Which feature rows lie within MIN_SEPARATION length scales of a finished or pending point."""
+        return np.min(self._r2(F * self.inv_ls, self.Z, self.z2), axis=1) < MIN_SEPARATION ** 2
+
     def predict(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (standardised, warped loss) at feature rows ``F``."""
         Zs = F * self.inv_ls
@@ -411,8 +416,12 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
     RX, RA = prior_rows(cs, rng, s.n_warmup)
     LX, LA = _local_candidates(cs, h, fit, rng, max(s.n_warmup // 4, 16))
     CX, CA = np.vstack([RX, LX]), np.vstack([RA, LA])
-    mean, sd = post.predict(feats(CX, CA))
+    CF = feats(CX, CA)
+    mean, sd = post.predict(CF)
     acq = _acquisition(mean, sd, post.y_best, s)
+    # a point (almost) on top of one already evaluated teaches the model next to nothing: never suggested (else
+    # an overconfident model can keep suggesting its incumbent, a hair away each time)
+    acq[post.too_close(CF)] = -np.inf
     order = np.argsort(-acq, kind="stable")
     best_x, best_a, best_v = CX[order[0]].copy(), CA[order[0]].copy(), float(acq[order[0]])
     # polish the best few (distinct) candidates over their active numeric coordinates
@@ -455,8 +464,10 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
     if polished:
         PXs = np.array([p[1] for p in polished])
         PAs = np.array([p[2] for p in polished])
-        pm, psd = post.predict(feats(PXs, PAs))
+        QF = feats(PXs, PAs)
+        pm, psd = post.predict(QF)
         pv = _acquisition(pm, psd, post.y_best, s)
+        pv[post.too_close(QF)] = -np.inf
         j = int(np.argmax(pv))
         if pv[j] > best_v:
             best_x, best_a, best_v = PXs[j].copy(), PAs[j].copy(), float(pv[j])
