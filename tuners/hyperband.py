@@ -153,7 +153,10 @@ class HyperbandTuner(Tuner):
         model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=need)
         model.update_search_space(self.space)
         model.import_data([{"parameter": c, "value": s} for c, s in by_resource[max(usable)]])
-        return model.generate_parameters(0)
+        try:
+            return model.generate_parameters(0)
+        except NoMoreTrials:  # a small discrete space that TPE has seen whole: brackets sample with replacement
+            return random_point(self.space, rng)
 
     def brackets_state(self) -> list[tuple[Any, ...]]:
         """Every started bracket's state (see ``_Bracket.state``): equal for a tuner and its resumed copy."""
