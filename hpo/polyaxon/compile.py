@@ -36,7 +36,7 @@ class Compiled:
 # environment fields that the Kubernetes service puts on the trial's pod
 _POD_FIELDS = ("labels", "annotations", "node_selector", "affinity", "tolerations", "service_account_name",
                "image_pull_secrets")
-_CONFIG_SET_BY_RUN = ("search_space", "search_space_file", "trial_command", "trial_function", "trial_code_directory",
+CONFIG_SET_BY_RUN = ("search_space", "search_space_file", "trial_command", "trial_function", "trial_code_directory",
                       "tuner", "max_trial_number", "trial_concurrency", "trial_env")
 
 
@@ -287,7 +287,7 @@ def _base_config(config: dict[str, Any] | None, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (config or {}).items():
         name = _to_snake(key) if isinstance(key, str) else key
-        if name in _CONFIG_SET_BY_RUN:
+        if name in CONFIG_SET_BY_RUN:
             raise PolyaxonError(f"{where}: {key}: set by the polyaxonfile (its matrix, run and params), not by the hpo "
                                 "config; leave it out")
         out[name] = value
