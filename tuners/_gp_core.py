@@ -49,7 +49,7 @@ __all__ = ["one_blas_thread", "GpSettings", "GpHistory", "GpFit", "Features", "f
 KERNELS = ("matern", "rbf")
 UTILITIES = ("ei", "ucb", "poi")
 MAX_FIT_POINTS = 100          # hyperparameters are fitted on at most this many finished trials
-FULL_EFFORT = 100             # past this many finished trials, fewer candidates and polishing starts
+FULL_EFFORT = 60              # past this many finished trials, fewer candidates and polishing starts
 MIN_SEPARATION = 0.02         # no suggestion closer than this (in length scales) to a finished or pending point
 _JITTER = 1e-8
 _LS_BOUNDS = (0.01, 20.0)     # length scales, in units of the unit cube
@@ -481,7 +481,7 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
 
         try:
             res = minimize(negacq, f0[cols], jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(cols),
-                           options={"maxiter": 25})
+                           options={"maxiter": 20})
         except (ValueError, FloatingPointError, np.linalg.LinAlgError):
             continue
         x1 = x0.copy()
