@@ -379,6 +379,8 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         data["max_trial_number"] = budget
         data["trial_concurrency"] = op.matrix.concurrency or 1
         data["early_stopping"], data["assessor"] = _early_stopping(op, notes)
+        if op.matrix.kind == "hyperband" and op.matrix.resume:
+            notes.append("matrix.resume (a promoted run trains afresh with its larger resource)")
     termination = op.termination or (component.termination.to_dict() if component.termination else None) or {}
     if termination.get("maxRetries") or termination.get("max_retries"):
         data["max_trial_retries"] = termination.get("maxRetries") or termination.get("max_retries")
