@@ -34,6 +34,21 @@ on (``benchmarks/tuners.py --suite holdout``), to check that they generalise:
   regression on wine (log-scale alpha and eta0, learning-rate schedule, penalty, iterations,
   averaging), 3-fold cross-validation on fixed folds.
 
+``CURVE_PROBLEMS`` are *synthetic learning curves* for multi-fidelity tuners (``benchmarks/tuners.py --curves``):
+a loss per configuration and number of epochs, made up (no model is trained), decreasing with the epochs towards
+the configuration's final loss at ``R`` epochs, at a speed that depends on the configuration, so that curves cross
+(a fast learner is not always the best in the end):
+
+* ``lc_mixed``: the ``mixed`` training loss above as the final loss; high learning rates and small batches learn
+  fast, deep nets slowly;
+* ``lc_hartmann6``: Hartmann-6 as the final loss; the speed depends on ``x0`` and ``x5``, both of which also move
+  the final loss;
+* ``lc_sparse8``: 8-D, 3 dimensions matter for the final loss and 2 others for the speed.
+
+Each reported loss carries half-normal noise (sigma 0.01 to 0.03) seeded by the configuration and the epoch
+count, so runs are reproducible; the tuners see the noisy loss, the benchmark scores the noise-free one
+(``fn(params, epochs, noisy=False)``).
+
 Parameters arrive in hpo's format (nested choice: ``{"_name": ..., **sub_params}``).
 """
 from __future__ import annotations
@@ -46,7 +61,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Problem", "PROBLEMS", "HOLDOUT_PROBLEMS", "get_problem"]
+__all__ = ["Problem", "PROBLEMS", "HOLDOUT_PROBLEMS", "get_problem", "CurveProblem", "CURVE_PROBLEMS",
+           "get_curve_problem"]
 
 
 @dataclass(frozen=True)
@@ -434,3 +450,63 @@ def get_problem(name: str) -> Problem:
         if p.name == name:
             return p
     raise KeyError(f"unknown problem {name!r} (known: {', '.join(p.name for p in PROBLEMS + HOLDOUT_PROBLEMS)})")
+
+
+# -- synthetic learning curves (multi-fidelity) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class CurveProblem:
+    name: str
+    space: dict[str, Any]
+    fn: Callable[..., float]    # (configuration, epochs, noisy=True) -> loss; noise-free minimum 0 at R epochs
+    R: int                                           # the most epochs a configuration is trained
+    description: str
+
+
+def _curve(final: float, tau: float, amp: float, epochs: float, R: float, noise_sigma: float, key: dict[str, Any],
+           noisy: bool) -> float:
+    """``final + amp * (exp(-e / tau) - exp(-R / tau))`` (``final`` at ``R`` epochs), plus seeded half-normal noise."""
+    e = min(max(float(epochs), 0.0), float(R))
+    loss = final + amp * (math.exp(-e / tau) - math.exp(-R / tau))
+    return loss + noise_sigma * abs(_param_noise({**key, "__epochs": e})) if noisy else loss
+
+
+def _numeric(p: dict[str, Any]) -> dict[str, Any]:
+    """The configuration with every value a number (choices by a stable hash), for :func:`_param_noise`."""
+    return {k: (float(v) if isinstance(v, (int, float)) else
+                int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=4).digest(), "little"))
+            for k, v in p.items()}
+
+
+def lc_mixed(p: dict[str, Any], epochs: float, noisy: bool = True) -> float:
+    lr, batch, layers = p["lr"], p["batch_size"], p["layers"]
+    tau = min(max(6.0 * (1e-3 / lr) ** 0.35 * (batch / 64.0) ** 0.3 * (1.0 + 0.15 * layers), 0.5), 300.0)
+    return _curve(mixed(p), tau, 2.0 + 0.1 * layers, epochs, 81, 0.03, _numeric(p), noisy)
+
+
+def lc_hartmann6(p: dict[str, Any], epochs: float, noisy: bool = True) -> float:
+    tau = 1.0 + 40.0 * p["x0"] ** 2 + 20.0 * (1.0 - p["x5"])
+    return _curve(hartmann6(p) + 3.322368011391339, tau, 1.5, epochs, 81, 0.03, _numeric(p), noisy)
+
+
+def lc_sparse8(p: dict[str, Any], epochs: float, noisy: bool = True) -> float:
+    final = (p["x1"] - 0.3) ** 2 + 2.0 * (p["x4"] - 0.7) ** 2 + 0.5 * (p["x6"] - 0.45) ** 2
+    tau = 2.0 + 30.0 * p["x2"] * (1.0 + p["x7"])
+    return _curve(final, tau, 1.0, epochs, 81, 0.01, _numeric(p), noisy)
+
+
+CURVE_PROBLEMS: list[CurveProblem] = [
+    CurveProblem("lc_mixed", {k: v for k, v in MIXED_SPACE.items()}, lc_mixed, 81,
+                 "synthetic curves: final loss = mixed (8-D); fast learners: high lr, small batches, shallow nets"),
+    CurveProblem("lc_hartmann6", _uniform_box([f"x{i}" for i in range(6)], 0, 1), lc_hartmann6, 81,
+                 "synthetic curves: final loss = Hartmann-6 regret; the speed depends on x0 and x5"),
+    CurveProblem("lc_sparse8", _uniform_box([f"x{i}" for i in range(8)], 0, 1), lc_sparse8, 81,
+                 "synthetic curves: 8-D, final loss on 3 dimensions, speed on 2 others"),
+]
+
+
+def get_curve_problem(name: str) -> CurveProblem:
+    for p in CURVE_PROBLEMS:
+        if p.name == name:
+            return p
+    raise KeyError(f"unknown curve problem {name!r} (known: {', '.join(p.name for p in CURVE_PROBLEMS)})")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import pytest
+
 from hpo import Experiment
 from tuners.hyperband import HyperbandTuner, bracket_plan
 
@@ -15,8 +17,8 @@ def score(params: dict) -> float:
     return params["x"] * params["TRIAL_BUDGET"] + {"a": 0.0, "b": 0.5, "c": 1.0}[params["k"]]
 
 
-def make() -> HyperbandTuner:
-    tuner = HyperbandTuner(**ARGS)
+def make(sampler: str = "tpe") -> HyperbandTuner:
+    tuner = HyperbandTuner(**ARGS, sampler=sampler)
     tuner.update_search_space(SPACE)
     return tuner
 
@@ -52,25 +54,27 @@ def test_the_plan_is_hyperbands():
     assert make().total_trials() == 22
 
 
-def test_replayed_history_gives_the_same_brackets_and_the_same_next_trials():
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_replayed_history_gives_the_same_brackets_and_the_same_next_trials(sampler):
     for stop_after in (4, 11, 14, 19):  # inside rung 0, across a promotion, inside bracket 1, near the end
-        original = make()
+        original = make(sampler)
         history = drive(original, stop_after, fail={3})
-        resumed = make()
+        resumed = make(sampler)
         resumed.import_data([{"parameter": p, "value": v} for _, p, v in history])
         assert resumed.brackets_state() == original.brackets_state(), stop_after
         first = len(history) + 1
         assert drive(resumed, 22 - stop_after, first_id=first) == drive(original, 22 - stop_after, first_id=first)
 
 
-def test_a_trial_run_again_after_a_resume_fills_its_slot():
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_trial_run_again_after_a_resume_fills_its_slot(sampler):
     """The engine runs a trial that a stop interrupted again, under a new id: its result still counts."""
-    original = make()
+    original = make(sampler)
     ask = [original.generate_parameters(i) for i in (1, 2, 3)]
     for pid in (1, 2):
         original.receive_trial_result(pid, ask[pid - 1], score(ask[pid - 1]))
         original.trial_end(pid, True)
-    resumed = make()
+    resumed = make(sampler)
     resumed.import_data([{"parameter": ask[0], "value": score(ask[0])}, {"parameter": ask[1], "value": score(ask[1])}])
     resumed.receive_trial_result(40, ask[2], score(ask[2]))  # trial 3, run again as #40
     resumed.trial_end(40, True)
@@ -87,11 +91,13 @@ hpo.report_final_result(p["x"] * p["TRIAL_BUDGET"] + {"a": 0.0, "b": 0.5, "c": 1
 
 
 def test_a_resumed_experiment_runs_the_trials_an_uninterrupted_one_would(make_experiment):
-    exp = make_experiment(TRIAL, tuner=HyperbandTuner(**ARGS), search_space=SPACE, max_trial_number=5)
+    exp = make_experiment(TRIAL, tuner=HyperbandTuner(**ARGS, min_points=3), search_space=SPACE, max_trial_number=12)
     assert exp.run(port=0) is True
     resumed = Experiment.resume(exp.id, port=0, max_trial_number=22)
     assert resumed.get_status() == "DONE"
     trials = [t["parameters"] for t in sorted(resumed.list_trial_jobs(), key=lambda t: t["seq"])]
-    expected = [p for _, p, _ in drive(make(), 22, concurrency=1)]
+    uninterrupted = HyperbandTuner(**ARGS, min_points=3)  # the model is used from the second bracket on
+    uninterrupted.update_search_space(SPACE)
+    expected = [p for _, p, _ in drive(uninterrupted, 22, concurrency=1)]
     assert trials == expected
     assert [t["TRIAL_BUDGET"] for t in trials].count(9) == 5  # every bracket reached the full resource

@@ -268,6 +268,15 @@ def test_bad_command_line_matrix_is_one_line(work, args, expected):
     assert err.count("\n") == 1 and expected in err, err
 
 
+def test_bad_hpo_config_is_one_line_naming_its_file(work):
+    (work / "cluster.yml").write_text(yaml.safe_dump({"trialConcurrency": 2, "training_service": {"platform": "mars"}}))
+    err = hpo_cli(work, "run", "-f", "component.yml", "-P", "epochs=1", "-c", "cluster.yml", ok=False).stderr
+    assert err.count("\n") == 1 and err.startswith("hpo: error: cluster.yml: trial_concurrency: set by the polyaxonfile")
+    (work / "cluster.yml").write_text(yaml.safe_dump({"training_service": {"platform": "mars"}}))
+    err = hpo_cli(work, "run", "-f", "component.yml", "-P", "epochs=1", "-c", "cluster.yml", ok=False).stderr
+    assert err.count("\n") == 1 and "cluster.yml: " in err and "training_service" in err, err
+
+
 ENV_MODEL = """\
 import os, hpo
 print("TEAM", os.environ.get("TEAM"), "GPUS", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)

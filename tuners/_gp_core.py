@@ -14,8 +14,8 @@ Model
     losses) they are first passed through ``log(y - min + c)`` (``output_warping``).  The kernel is Matern
     (``nu`` 0.5, 1.5 or 2.5) or RBF, with a signal variance and a noise variance (at least ``alpha``).  Its
     hyperparameters maximise the log marginal likelihood plus a weak log-normal prior on the length scales
-    (L-BFGS-B with analytic gradients, from the default point and ``n_restarts`` random ones).  Past 64
-    finished trials the hyperparameters are refitted on a schedule (every ``n // 16`` trials), and on at most
+    (L-BFGS-B with analytic gradients, from the default point and ``n_restarts`` random ones).  Past 20
+    finished trials the hyperparameters are refitted on a schedule (every ``n // 10`` trials), and on at most
     :data:`MAX_FIT_POINTS` of them, so an ask stays cheap; the posterior always uses every finished trial.
     Each fit is a function of the history it was made on, so a replayed history gives the same fit.
 
@@ -23,7 +23,9 @@ Acquisition
     Expected improvement (``ei``, with ``xi``), probability of improvement (``poi``, with ``xi``) or the
     lower confidence bound (``ucb``, with ``kappa``), all on the standardised loss.  It is maximised by scoring
     ``n_warmup`` random candidates plus perturbations of the best trials, then polishing the best
-    ``n_starting_points`` with L-BFGS-B over their numeric coordinates.
+    ``n_starting_points`` with L-BFGS-B over their numeric coordinates.  Past :data:`FULL_EFFORT` finished trials
+    the candidates and starting points shrink in proportion (a candidate costs O(n^2)), so an ask stays well under
+    50 ms at 200 trials.
 
 Pending trials
     Suggestions still running are *kriging believers*: they join the GP with their posterior mean as value
@@ -32,25 +34,48 @@ Pending trials
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from tuners._tpe_space import CompiledSpace
 
-__all__ = ["GpSettings", "GpHistory", "GpFit", "Features", "fit_gp", "propose", "refit_point", "MAX_FIT_POINTS",
+__all__ = ["one_blas_thread", "GpSettings", "GpHistory", "GpFit", "Features", "fit_gp", "propose", "refit_point", "MAX_FIT_POINTS",
            "KERNELS", "UTILITIES"]
 
 KERNELS = ("matern", "rbf")
 UTILITIES = ("ei", "ucb", "poi")
-MAX_FIT_POINTS = 120          # hyperparameters are fitted on at most this many finished trials
+MAX_FIT_POINTS = 100          # hyperparameters are fitted on at most this many finished trials
+FULL_EFFORT = 60              # past this many finished trials, fewer candidates and polishing starts
+MIN_SEPARATION = 0.02         # no suggestion closer than this (in length scales) to a finished or pending point
 _JITTER = 1e-8
 _LS_BOUNDS = (0.01, 20.0)     # length scales, in units of the unit cube
 _SF_BOUNDS = (0.05, 20.0)     # signal variance (standardised losses)
 _NOISE_MAX = 0.5              # noise variance (standardised losses)
 _WARP_C = 1.0
 _LS_PRIOR = (math.log(0.5), 1.5)  # log-normal prior on length scales: (mean of log, sd of log)
+
+
+_CONTROLLER: Any = None
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread: the GP's matrices are small, so threads cost far more than they
+    give (and spin when the machine is busy: ten times slower on two loaded cores).  A no-op without threadpoolctl."""
+    global _CONTROLLER
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency; only a broken installation lacks it
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        import importlib
+        for module in ("scipy.linalg", "scipy.optimize"):  # the controller sees the libraries loaded when it is made
+            importlib.import_module(module)
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,7 @@ class GpSettings:
     nu: float = 2.5
     length_scale: float = 0.5
     alpha: float = 1e-6
-    cold_start_num: int = 10
+    cold_start_num: int = 6
     n_warmup: int = 1000
     n_starting_points: int = 5
     n_restarts: int = 2
@@ -233,13 +258,13 @@ def fit_gp(F: np.ndarray, loss: np.ndarray, rng: np.random.Generator, s: GpSetti
               + [tuple(math.log(b) for b in _SF_BOUNDS), (lo_noise, max(lo_noise, math.log(_NOISE_MAX)))])
     ls0 = min(max(s.length_scale, _LS_BOUNDS[0]), _LS_BOUNDS[1])
     starts = [np.array([math.log(ls0)] * n_params + [0.0, max(lo_noise, math.log(1e-4))])]
-    for _ in range(s.n_restarts):
+    for _ in range(s.n_restarts if len(y) <= 50 else min(s.n_restarts, 1)):
         starts.append(np.array([rng.uniform(lo, hi) for lo, hi in bounds]))
     best: tuple[float, np.ndarray] | None = None
     for x0 in starts:
         try:
             res = minimize(_neg_log_posterior, x0, args=(D, y, s), jac=True, method="L-BFGS-B", bounds=bounds,
-                           options={"maxiter": 60})
+                           options={"maxiter": 50})
         except (ValueError, FloatingPointError, np.linalg.LinAlgError):
             continue
         if np.all(np.isfinite(res.x)) and math.isfinite(res.fun) and (best is None or res.fun < best[0]):
@@ -253,9 +278,9 @@ def fit_gp(F: np.ndarray, loss: np.ndarray, rng: np.random.Generator, s: GpSetti
 
 def refit_point(n: int) -> int:
     """How many of the first ``n`` finished trials the hyperparameters in use were fitted on."""
-    if n <= 64:
+    if n <= 20:
         return n
-    step = max(1, n // 16)
+    step = max(1, n // 10)
     return n - n % step
 
 
@@ -303,6 +328,10 @@ class _Posterior:
 
     def _k(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return self.fit.signal * _kernel_and_slope(self._r2(A, B), self.s)[0]
+
+    def too_close(self, F: np.ndarray) -> np.ndarray:
+        """Which feature rows lie within MIN_SEPARATION length scales of a finished or pending point."""
+        return np.min(self._r2(F * self.inv_ls, self.Z, self.z2), axis=1) < MIN_SEPARATION ** 2
 
     def predict(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (standardised, warped loss) at feature rows ``F``."""
@@ -408,23 +437,30 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
     F = feats(h.X, h.A)
     PF = feats(h.PX, h.PA) if len(h.PX) else None
     post = _Posterior(F, y, fit, s, feats.col_param, PF)
-    RX, RA = prior_rows(cs, rng, s.n_warmup)
-    LX, LA = _local_candidates(cs, h, fit, rng, max(s.n_warmup // 4, 16))
+    effort = min(1.0, FULL_EFFORT / max(len(h.loss) + len(h.PX), 1))
+    n_random = max(int(s.n_warmup * effort), min(s.n_warmup, 100))
+    RX, RA = prior_rows(cs, rng, n_random)
+    LX, LA = _local_candidates(cs, h, fit, rng, max(n_random // 4, 16))
     CX, CA = np.vstack([RX, LX]), np.vstack([RA, LA])
-    mean, sd = post.predict(feats(CX, CA))
+    CF = feats(CX, CA)
+    mean, sd = post.predict(CF)
     acq = _acquisition(mean, sd, post.y_best, s)
+    # a point (almost) on top of one already evaluated teaches the model next to nothing: never suggested (else
+    # an overconfident model can keep suggesting its incumbent, a hair away each time)
+    acq[post.too_close(CF)] = -np.inf
     order = np.argsort(-acq, kind="stable")
     best_x, best_a, best_v = CX[order[0]].copy(), CA[order[0]].copy(), float(acq[order[0]])
     # polish the best few (distinct) candidates over their active numeric coordinates
+    n_starts = max(round(s.n_starting_points * effort), min(s.n_starting_points, 1))
     starts: list[int] = []
     seen: set[bytes] = set()
-    for i in order:
+    for i in order[:50 * n_starts] if n_starts else ():
         key = CX[i].tobytes()
-        if key in seen:
+        if key in seen or not np.isfinite(acq[i]):
             continue
         seen.add(key)
         starts.append(int(i))
-        if len(starts) >= s.n_starting_points:
+        if len(starts) >= n_starts:
             break
     num_col_of_leaf = {li: c for c, li in enumerate(feats.num_leaves)}
     polished: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -445,7 +481,7 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
 
         try:
             res = minimize(negacq, f0[cols], jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(cols),
-                           options={"maxiter": 30})
+                           options={"maxiter": 20})
         except (ValueError, FloatingPointError, np.linalg.LinAlgError):
             continue
         x1 = x0.copy()
@@ -455,8 +491,10 @@ def propose(cs: CompiledSpace, feats: Features, h: GpHistory, fit: GpFit, rng: n
     if polished:
         PXs = np.array([p[1] for p in polished])
         PAs = np.array([p[2] for p in polished])
-        pm, psd = post.predict(feats(PXs, PAs))
+        QF = feats(PXs, PAs)
+        pm, psd = post.predict(QF)
         pv = _acquisition(pm, psd, post.y_best, s)
+        pv[post.too_close(QF)] = -np.inf
         j = int(np.argmax(pv))
         if pv[j] > best_v:
             best_x, best_a, best_v = PXs[j].copy(), PAs[j].copy(), float(pv[j])

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from hpo.search_space import SearchSpace, parse_search_space
-from tuners._gp_core import (KERNELS, UTILITIES, Features, GpFit, GpHistory, GpSettings, fit_gp, fit_rows, propose,
-                             refit_point)
+from tuners._gp_core import (KERNELS, UTILITIES, Features, GpFit, GpHistory, GpSettings, fit_gp, fit_rows,
+                             one_blas_thread, propose, refit_point)
 from tuners._tpe_space import CompiledSpace, compile_space
 from tuners.base import NoMoreTrials, Tuner
 from tuners.registry import register_tuner
@@ -59,7 +59,7 @@ class GpTuner(Tuner):
     """
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, utility: str = "ei",
-                 kappa: float = 2.0, xi: float = 0.0, nu: float = 2.5, alpha: float = 1e-6, cold_start_num: int = 10,
+                 kappa: float = 2.0, xi: float = 0.0, nu: float = 2.5, alpha: float = 1e-6, cold_start_num: int = 6,
                  selection_num_warm_up: int = 1000, selection_num_starting_points: int = 5, kernel: str = "matern",
                  length_scale: float = 0.5, num_restarts_optimizer: int = 2, output_warping: bool = True) -> None:
         super().__init__(optimize_mode, seed)
@@ -191,6 +191,10 @@ class GpTuner(Tuner):
         return fit
 
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
+        with one_blas_thread():
+            return self._generate(parameter_id)
+
+    def _generate(self, parameter_id: int) -> dict[str, Any]:
         cs = self._cs
         if cs is None:
             raise RuntimeError("update_search_space must be called before generate_parameters")

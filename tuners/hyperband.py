@@ -1,4 +1,5 @@
-"""Hyperband (Li et al., 2018): brackets of successive halving over random configurations.
+"""Hyperband (Li et al., 2018): brackets of successive halving; configurations drawn at random (``sampler='random'``)
+or, as in BOHB (Falkner et al., 2018), from a TPE model of the results so far (``sampler='tpe'``).
 
 Each trial gets its resource (epochs, steps, ...) as the parameter ``resource_name`` (NNI's ``TRIAL_BUDGET`` by
 default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R))``) starts ``n = ceil((s_max + 1) /
@@ -7,13 +8,20 @@ default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R))``) sta
 the next one start, so concurrent trials are never idle while a bracket remains.  Trials that end without a
 result rank last.
 
+Model-based sampling (``sampler='tpe'``)
+    A first-rung configuration is drawn when its trial is asked for: at random with probability
+    ``random_fraction`` or while no resource has ``min_points`` results yet; otherwise from hpo's TPE fitted on the
+    results at the largest resource that has that many (BOHB's rule), so later brackets start from configurations
+    like the best seen.
+
 Resume
-    A bracket's configurations are drawn from the seeded generator when the bracket starts, and brackets start in
-    order, so they do not depend on when results came.  ``import_data`` replays the records in order: each is put
-    in the slot of the bracket and rung whose configuration and resource it has (later brackets are started as
-    the original tuner did), rungs whose trials have all ended promote their best, and the tuner then continues
-    where the original stopped.  A trial the engine runs again after a stop (interrupted) is not among the records;
-    its result, when it comes under a new id, fills its slot all the same.
+    ``import_data`` replays the records in order: a record whose configuration and resource are those of an open
+    slot (a promoted configuration, or with ``sampler='random'`` one of a bracket's configurations, which are drawn
+    from the seeded generator when the bracket starts and so do not depend on when results came) fills it; with
+    ``sampler='tpe'`` a first-rung record takes the next free first-rung slot of the bracket that starts at its
+    resource.  Later brackets are started as the original tuner did, rungs whose trials have all ended promote
+    their best, and the tuner continues where the original stopped.  A trial the engine runs again after a stop
+    (interrupted) is not among the records; its result, when it comes under a new id, fills its slot all the same.
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ def bracket_plan(R: float, eta: float) -> list[list[tuple[int, float]]]:
 class _Bracket:
     rungs: list[tuple[int, float]]
     rung: int = 0
-    configs: list[dict[str, Any]] = field(default_factory=list)  # of the current rung, in issue order
+    configs: list[dict[str, Any] | None] = field(default_factory=list)  # current rung, issue order (None: not drawn)
     issued: set[int] = field(default_factory=set)
     results: dict[int, float] = field(default_factory=dict)  # index in configs -> score (higher is better)
     ended: set[int] = field(default_factory=set)
@@ -69,13 +77,31 @@ class _Bracket:
 @register_tuner("hyperband", aliases=("Hyperband", "hyperbandtuner", "hb"))
 class HyperbandTuner(Tuner):
     """Args (NNI's names): ``R`` the largest resource a trial gets, ``eta`` the halving rate (> 1),
-    ``resource_name`` the parameter carrying it, ``resource_type`` ``'int'`` (rounded, at least 1) or ``'float'``."""
+    ``resource_name`` the parameter carrying it, ``resource_type`` ``'int'`` (rounded, at least 1) or ``'float'``;
+    ``sampler`` ``'tpe'`` (model-based, the default) or ``'random'`` (plain Hyperband); for ``'tpe'``,
+    ``min_points`` results at a resource before the model is used (default: the number of parameters + 1) and
+    ``random_fraction`` of first-rung configurations still drawn at random; ``rounds``: how many times the
+    brackets are run (later rounds start from what the model learnt)."""
 
     loop_safe = True
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, R: float = 60, eta: float = 3,
-                 resource_name: str = "TRIAL_BUDGET", resource_type: str = "int") -> None:
+                 resource_name: str = "TRIAL_BUDGET", resource_type: str = "int", sampler: str = "tpe",
+                 min_points: int | None = None, random_fraction: float = 1 / 3, rounds: int = 1) -> None:
         super().__init__(optimize_mode, seed)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds: got {rounds!r}, expected an integer >= 1")
+        if sampler not in ("tpe", "random"):
+            raise ValueError(f"sampler: got {sampler!r}, expected 'tpe' or 'random'")
+        if min_points is not None and (isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 1):
+            raise ValueError(f"min_points: got {min_points!r}, expected an integer >= 1 or null")
+        if isinstance(random_fraction, bool) or not isinstance(random_fraction, (int, float)) or \
+                not 0 <= random_fraction <= 1:
+            raise ValueError(f"random_fraction: got {random_fraction!r}, expected a number in [0, 1]")
+        self.sampler, self.min_points, self.random_fraction = sampler, min_points, float(random_fraction)
+        self._entropy = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+        self._draws = 0  # first-rung configurations drawn so far (sampler 'tpe'): each has its own stream
+        self._observed: list[tuple[dict[str, Any], float, float]] = []  # (configuration, resource, score) in order
         if not eta > 1:
             raise ValueError(f"eta: got {eta!r}, expected a number > 1")
         if not R >= 1:
@@ -84,13 +110,15 @@ class HyperbandTuner(Tuner):
             raise ValueError(f"resource_type: got {resource_type!r}, expected 'int' or 'float'")
         self.R, self.eta, self.resource_name, self.resource_type = R, eta, resource_name, resource_type
         self._rng = np.random.default_rng(seed)
-        self._plan = bracket_plan(R, eta)
+        self.rounds = rounds
+        self._plan = bracket_plan(R, eta) * rounds
         self._brackets: list[_Bracket] = []
         self._where: dict[int, tuple[_Bracket, int, int]] = {}  # parameter id -> (bracket, rung, index)
 
     def class_args(self) -> dict[str, Any]:
         return {**super().class_args(), "R": self.R, "eta": self.eta, "resource_name": self.resource_name,
-                "resource_type": self.resource_type}
+                "resource_type": self.resource_type, "sampler": self.sampler, "min_points": self.min_points,
+                "random_fraction": self.random_fraction, "rounds": self.rounds}
 
     def total_trials(self) -> int:
         """How many trials every bracket makes in all."""
@@ -102,9 +130,35 @@ class HyperbandTuner(Tuner):
     def _new_bracket(self) -> _Bracket:
         assert self.space is not None, "update_search_space must be called first"
         bracket = _Bracket(self._plan[len(self._brackets)])
-        bracket.configs = [random_point(self.space, self._rng) for _ in range(bracket.rungs[0][0])]
+        n = bracket.rungs[0][0]
+        bracket.configs = [random_point(self.space, self._rng) for _ in range(n)] if self.sampler == "random" \
+            else [None] * n
         self._brackets.append(bracket)
         return bracket
+
+    def _draw(self) -> dict[str, Any]:
+        """A first-rung configuration (sampler 'tpe'): random, or TPE's suggestion from the results at the largest
+        resource with ``min_points`` of them."""
+        from tuners.tpe import TpeTuner
+
+        assert self.space is not None
+        rng = np.random.default_rng([self._entropy, self._draws, 5])
+        self._draws += 1
+        need = self.min_points or len(self.space.names) + 1
+        by_resource: dict[float, list[tuple[dict[str, Any], float]]] = {}
+        for config, resource, score in self._observed:
+            if math.isfinite(score):
+                by_resource.setdefault(resource, []).append((config, score))
+        usable = [r for r, rows in by_resource.items() if len(rows) >= need]
+        if not usable or rng.random() < self.random_fraction:
+            return random_point(self.space, rng)
+        model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=need)
+        model.update_search_space(self.space)
+        model.import_data([{"parameter": c, "value": s} for c, s in by_resource[max(usable)]])
+        try:
+            return model.generate_parameters(0)
+        except NoMoreTrials:  # a small discrete space that TPE has seen whole: brackets sample with replacement
+            return random_point(self.space, rng)
 
     def brackets_state(self) -> list[tuple[Any, ...]]:
         """Every started bracket's state (see ``_Bracket.state``): equal for a tuner and its resumed copy."""
@@ -121,6 +175,8 @@ class HyperbandTuner(Tuner):
             raise TryLater
         index = bracket.next_slot()
         assert index is not None
+        if bracket.configs[index] is None:
+            bracket.configs[index] = self._draw()
         bracket.issued.add(index)
         self._where[parameter_id] = (bracket, bracket.rung, index)
         return self._params(bracket, index)
@@ -136,9 +192,13 @@ class HyperbandTuner(Tuner):
             if bracket.finished:
                 continue
             for i in range(len(bracket.configs)):
-                if i not in bracket.ended and self._params(bracket, i) == params:
+                if i not in bracket.ended and bracket.configs[i] is not None and self._params(bracket, i) == params:
                     return bracket, i
-        if self.space is None or len(self._brackets) >= len(self._plan):
+        if self.space is None:
+            return None
+        if self.sampler == "tpe":
+            return self._first_rung_slot(params)
+        if len(self._brackets) >= len(self._plan):
             return None
         peek = copy.deepcopy(self._rng)  # the brackets still to start, drawn as they will be
         for b in range(len(self._brackets), len(self._plan)):
@@ -152,6 +212,29 @@ class HyperbandTuner(Tuner):
                 return bracket, next(i for i in range(len(bracket.configs)) if self._params(bracket, i) == params)
         return None
 
+    def _first_rung_slot(self, params: dict[str, Any]) -> tuple[_Bracket, int] | None:
+        """(sampler 'tpe') The next free first-rung slot of the bracket that starts at the resource ``params`` have,
+        taking their configuration (brackets before it are started, as the original tuner did)."""
+        resource = params.get(self.resource_name)
+        for b, rungs in enumerate(self._plan):
+            if self._resource(rungs[0][1]) != resource:
+                continue
+            if b < len(self._brackets) and (self._brackets[b].rung != 0 or None not in self._brackets[b].configs):
+                continue  # that bracket's first rung is full: a later round's
+            while len(self._brackets) <= b:
+                self._new_bracket()
+            bracket = self._brackets[b]
+            free = next(i for i, c in enumerate(bracket.configs) if c is None)
+            bracket.configs[free] = {k: v for k, v in params.items() if k != self.resource_name}
+            self._draws += 1
+            return bracket, free
+        return None
+
+    def _observe(self, bracket: _Bracket, index: int, score: float) -> None:
+        config = bracket.configs[index]
+        if config is not None:
+            self._observed.append((config, float(bracket.rungs[bracket.rung][1]), score))
+
     def receive_trial_result(self, parameter_id: int, parameters: Mapping[str, Any], value: float,
                              **kwargs: Any) -> None:
         where = self._where.get(parameter_id)
@@ -163,6 +246,7 @@ class HyperbandTuner(Tuner):
             where = self._where[parameter_id] = (slot[0], slot[0].rung, slot[1])
         if where[0].rung == where[1] and where[2] not in where[0].ended:
             where[0].results[where[2]] = value if self.maximize else -value
+            self._observe(where[0], where[2], where[0].results[where[2]])
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         where = self._where.pop(parameter_id, None)
@@ -194,4 +278,5 @@ class HyperbandTuner(Tuner):
             value = record.get("value")
             if value is not None and not math.isnan(float(value)):
                 bracket.results[index] = float(value) if self.maximize else -float(value)
+                self._observe(bracket, index, bracket.results[index])
             self._end(bracket, index)

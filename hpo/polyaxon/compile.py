@@ -36,7 +36,7 @@ class Compiled:
 # environment fields that the Kubernetes service puts on the trial's pod
 _POD_FIELDS = ("labels", "annotations", "node_selector", "affinity", "tolerations", "service_account_name",
                "image_pull_secrets")
-_CONFIG_SET_BY_RUN = ("search_space", "search_space_file", "trial_command", "trial_function", "trial_code_directory",
+CONFIG_SET_BY_RUN = ("search_space", "search_space_file", "trial_command", "trial_function", "trial_code_directory",
                       "tuner", "max_trial_number", "trial_concurrency", "trial_env")
 
 
@@ -287,7 +287,7 @@ def _base_config(config: dict[str, Any] | None, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (config or {}).items():
         name = _to_snake(key) if isinstance(key, str) else key
-        if name in _CONFIG_SET_BY_RUN:
+        if name in CONFIG_SET_BY_RUN:
             raise PolyaxonError(f"{where}: {key}: set by the polyaxonfile (its matrix, run and params), not by the hpo "
                                 "config; leave it out")
         out[name] = value
@@ -379,6 +379,8 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         data["max_trial_number"] = budget
         data["trial_concurrency"] = op.matrix.concurrency or 1
         data["early_stopping"], data["assessor"] = _early_stopping(op, notes)
+        if op.matrix.kind == "hyperband" and op.matrix.resume:
+            notes.append("matrix.resume (a promoted run trains afresh with its larger resource)")
     termination = op.termination or (component.termination.to_dict() if component.termination else None) or {}
     if termination.get("maxRetries") or termination.get("max_retries"):
         data["max_trial_retries"] = termination.get("maxRetries") or termination.get("max_retries")

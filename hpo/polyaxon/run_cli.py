@@ -93,14 +93,26 @@ def _hpo_config(paths: list[str] | None) -> dict[str, Any] | None:
     """``-c`` hpo config files, merged in order (snake_case keys, paths resolved against each file)."""
     if not paths:
         return None
-    from hpo.config import ConfigError, _merge, _normalise, _read_yaml
+    from hpo.config import ConfigError, ExperimentConfig, _merge, _normalise, _read_yaml
+    from hpo.polyaxon.compile import CONFIG_SET_BY_RUN
 
     merged: dict[str, Any] = {}
     for path in map(Path, paths):
+        if path.suffix.lower() not in (".yml", ".yaml", ".json"):
+            raise PolyaxonError(f"-c {path}: unsupported file type {path.suffix!r}; expected .yml, .yaml or .json")
         try:
-            merged = _merge(merged, _normalise(_read_yaml(path), path))
+            data = _normalise(_read_yaml(path), path)
         except ConfigError as e:
             raise PolyaxonError(str(e)) from None
+        for key in CONFIG_SET_BY_RUN:
+            if key in data:
+                raise PolyaxonError(f"{path}: {key}: set by the polyaxonfile (its matrix, run and params), not by the "
+                                    "hpo config; leave it out")
+        try:
+            ExperimentConfig.model_validate(data)
+        except ConfigError as e:
+            raise PolyaxonError(f"{path}: {e}") from None
+        merged = _merge(merged, data)
     return merged
 
 
