@@ -64,6 +64,8 @@ class TpeSettings:
     constant_liar: bool = True         # pending points join g
     local_split: bool = True           # nested sub-spaces split their own trials into good / bad
     liar_categorical: float = 0.5      # pending rows' categorical kernels: this much mixed toward uniform
+    # batch-aware variants, measured at concurrency 8 and off by default (none beat the plain liar;
+    # benchmarks/tpe_concurrency.py); each acts only while points are pending
     liar_weight: float = 1.0           # weight of a pending row in g (a finished bad row weighs <= 1)
     pending_penalty: float = 0.0       # local penalisation radius around pending points, in l's bandwidths (0: off)
     pending_candidates: int = 0        # candidates drawn while points are pending (0: n_candidates)
