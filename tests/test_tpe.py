@@ -402,7 +402,8 @@ def test_pending_handling_leaves_sequential_suggestions_unchanged(multivariate: 
 
     a = TpeTuner(seed=7, multivariate=multivariate)
     b = TpeTuner(seed=7, multivariate=multivariate)
-    b.settings = dataclasses.replace(b.settings, pending_penalty=1.0, liar_weight=0.3, liar_categorical=0.0)
+    b.settings = dataclasses.replace(b.settings, pending_penalty=1.0, liar_weight=0.3, liar_categorical=0.0,
+                                     pending_candidates=48, startup_finished=3)
     assert bits(run(a, MIXED, 40)) == bits(run(b, MIXED, 40))
 
 

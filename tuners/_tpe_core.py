@@ -515,6 +515,8 @@ def proposals(cs: CompiledSpace, h: History, rng: np.random.Generator, s: TpeSet
     """Points to suggest, best first, as (values, active) rows; prior samples once the model's run out.
 
     While fewer than ``n_startup_trials`` trials have finished, every point comes from the prior.
+    (With ``startup_finished``, pending suggestions count toward the start-up once that many have
+    finished.)
     """
     n = len(h.loss)
     if n >= max(s.n_startup_trials, 1) or (0 < s.startup_finished <= n and n + len(h.PX) >= s.n_startup_trials):
