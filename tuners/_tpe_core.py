@@ -64,6 +64,12 @@ class TpeSettings:
     constant_liar: bool = True         # pending points join g
     local_split: bool = True           # nested sub-spaces split their own trials into good / bad
     liar_categorical: float = 0.5      # pending rows' categorical kernels: this much mixed toward uniform
+    # batch-aware variants, measured at concurrency 8 and off by default (none beat the plain liar;
+    # benchmarks/tpe_concurrency.py); each acts only while points are pending
+    liar_weight: float = 1.0           # weight of a pending row in g (a finished bad row weighs <= 1)
+    pending_penalty: float = 0.0       # local penalisation radius around pending points, in l's bandwidths (0: off)
+    pending_candidates: int = 0        # candidates drawn while points are pending (0: n_candidates)
+    startup_finished: int = 0          # start-up counts pending suggestions once this many have finished (0: off)
 
 
 @dataclass
@@ -120,6 +126,8 @@ def _row_weights(loss: np.ndarray, good: np.ndarray, n_pending: int, s: TpeSetti
         w = np.concatenate([np.linspace(1.0 / nb, 1.0, nb - 25), np.ones(25)])
     else:
         w = np.ones(nb)
+    if n_pending and s.liar_weight != 1.0:
+        w[nb - n_pending:] *= s.liar_weight
     if nb > s.max_bad:
         bi, w = bi[nb - s.max_bad:], w[nb - s.max_bad:]
     wg[bi] = w
@@ -377,6 +385,7 @@ class _Proposer:
             self.W = np.vstack([h.W, h.PW])
         else:
             self.X, self.A, self.W = h.X, h.A, h.W
+        self.PX, self.PA = h.PX, h.PA
         self._children: dict[tuple[int, int], _Lazy] = {}
 
     def group(self, group: Group) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -401,6 +410,8 @@ class _Proposer:
         lest = self._estimator(group, li_idx, wl)
         gest = self._estimator(group, gi_idx, wg)
         n = self.s.n_candidates
+        if len(self.PX) and self.s.pending_candidates:
+            n = self.s.pending_candidates
         joint = self.s.multivariate
         cx, cc = lest.sample(self.rng, n, joint)
         for j, li in enumerate(group.num):
@@ -409,6 +420,8 @@ class _Proposer:
                 cx[:, j] = leaf.snap(cx[:, j])[0]
         if joint:
             score = lest.log_pdf_joint(cx, cc) - gest.log_pdf_joint(cx, cc)
+            if self.s.pending_penalty > 0 and len(self.PX) and len(group.num):
+                score += self._pending_penalty(group, lest, cx, cc)
             order = np.argsort(-score, kind="stable")
             rows = [(cx[i], cc[i]) for i in order]
         else:
@@ -431,6 +444,25 @@ class _Proposer:
                 yield x, a
                 continue
             yield from _combine(x, a, subs)
+
+    def _pending_penalty(self, group: Group, lest: _Estimator, cx: np.ndarray, cc: np.ndarray) -> np.ndarray:
+        """Local penalisation: ``sum_p log(1 - exp(-d_p^2 / 2))`` per candidate, ``d_p`` its distance to
+        pending point ``p`` (same categorical values) in units of ``pending_penalty`` times l's own
+        median kernel width per leaf: a candidate on a pending point scores -inf, one a few widths
+        away is barely touched, and the radius shrinks as l concentrates on an optimum."""
+        pend = self.PA[:, group.leaves[0]]
+        if not pend.any():
+            return np.zeros(len(cx))
+        P = self.PX[pend]
+        k = len(lest.w) - 1
+        sig = np.median(lest.sigma[:k], axis=0) if k else lest.sigma[k]
+        h = self.s.pending_penalty * sig
+        z = (cx[:, None, :] - P[None, :, group.num]) / h
+        d2 = np.einsum("npd,npd->np", z, z)
+        if len(group.cat):
+            same = np.all(cc[:, None, :] == P[None, :, group.cat].astype(np.intp), axis=2)
+            d2 = np.where(same, d2, np.inf)
+        return np.log(np.maximum(-np.expm1(-0.5 * d2), 1e-300)).sum(axis=1)
 
     def _child(self, key: tuple[int, int]) -> _Lazy:
         lazy = self._children.get(key)
@@ -493,8 +525,11 @@ def proposals(cs: CompiledSpace, h: History, rng: np.random.Generator, s: TpeSet
     """Points to suggest, best first, as (values, active) rows; prior samples once the model's run out.
 
     While fewer than ``n_startup_trials`` trials have finished, every point comes from the prior.
+    (With ``startup_finished``, pending suggestions count toward the start-up once that many have
+    finished.)
     """
-    if len(h.loss) >= max(s.n_startup_trials, 1):
+    n = len(h.loss)
+    if n >= max(s.n_startup_trials, 1) or (0 < s.startup_finished <= n and n + len(h.PX) >= s.n_startup_trials):
         yield from _Proposer(cs, h, rng, s).group(cs.root)
     while True:
         x, a = prior_rows(cs, rng, 1)
