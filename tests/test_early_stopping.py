@@ -40,10 +40,21 @@ def test_medianstop_semantics():
     assert a.assess_trial("d", [0.1]) == AssessResult.Good            # before start_step
     assert a.assess_trial("d", [0.1, 2.0]) == AssessResult.Bad        # best 2.0 < 2.5
     assert a.assess_trial("e", [0.1, 3.0]) == AssessResult.Good       # best 3.0 >= 2.5
+    # two completed trials: NNI takes the more lenient middle value, so only a trial worse than both stops
     m = MedianstopAssessor(optimize_mode="minimize")
     m.assess_trial("a", [1.0]); m.trial_end("a", True)
     m.assess_trial("b", [3.0]); m.trial_end("b", True)
-    assert m.assess_trial("c", [2.5]) == AssessResult.Bad and m.assess_trial("d", [1.5]) == AssessResult.Good
+    assert m.assess_trial("c", [2.5]) == AssessResult.Good and m.assess_trial("d", [3.5]) == AssessResult.Bad
+    x = MedianstopAssessor(optimize_mode="maximize")
+    x.assess_trial("a", [1.0]); x.trial_end("a", True)
+    x.assess_trial("b", [3.0]); x.trial_end("b", True)
+    assert x.assess_trial("c", [2.0]) == AssessResult.Good and x.assess_trial("d", [0.5]) == AssessResult.Bad
+    # a trial that ends before start_step was never judged, so it never counts as completed (as in NNI)
+    s = MedianstopAssessor(start_step=3)
+    s.assess_trial("short", [9.0, 9.0]); s.trial_end("short", True)
+    assert s.assess_trial("e", [0.0, 0.0, 0.0]) == AssessResult.Good
+    with pytest.raises(ValueError, match="start_step"):
+        MedianstopAssessor(start_step=1.5)
 
 
 def test_asha_rungs_and_promotion():
