@@ -72,6 +72,7 @@ _ASSESSORS: dict[str, Any] = {}
 _BUILTIN = {
     "medianstop": ("tuners.medianstop", ("medianstop", "median", "medianstopping")),
     "asha": ("tuners.asha", ("asha", "successivehalving")),
+    "evidencestop": ("tuners.evidence", ("evidencestop", "evidence")),
 }
 
 
