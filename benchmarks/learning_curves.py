@@ -224,6 +224,62 @@ def sgd_reg_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> l
     return [max(v, FLOOR) for v in out]
 
 
+def gb_cancer_sample(rng: np.random.Generator) -> dict[str, Any]:
+    return {"learning_rate": _loguniform(rng, 0.005, 0.8), "max_depth": int(rng.integers(1, 5)),
+            "subsample": float(rng.uniform(0.4, 1.0)), "min_samples_leaf": int(rng.integers(1, 30)),
+            "max_features": float(rng.uniform(0.1, 1.0))}
+
+
+def gb_cancer_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    Xt, yt, Xv, yv = data
+    m = GradientBoostingClassifier(n_estimators=3 * STEPS, random_state=seed, **p).fit(Xt, yt)
+    staged = list(m.staged_predict_proba(Xv))
+    return [log_loss(yv, np.clip(staged[3 * k - 1], 1e-6, 1 - 1e-6), labels=[0, 1]) for k in range(1, STEPS + 1)]
+
+
+def _friedman() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import make_friedman1
+    X, y = make_friedman1(n_samples=1400, n_features=10, noise=1.0, random_state=16)
+    Xt, yt, Xv, yv = _split(X, y, 700, 16)
+    mu, sd = Xt.mean(0), Xt.std(0) + 1e-9
+    return (Xt - mu) / sd, yt, (Xv - mu) / sd, yv
+
+
+def mlp_reg_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
+    from sklearn.neural_network import MLPRegressor
+    Xt, yt, Xv, yv = data
+    m = MLPRegressor(hidden_layer_sizes=(p["hidden"],), solver="sgd", batch_size=p["batch_size"],
+                     alpha=p["alpha"], momentum=p["momentum"], learning_rate_init=_schedule(p, 0) / 10,
+                     random_state=seed)
+    out = []
+    for epoch in range(STEPS):
+        if epoch:
+            m._optimizer.learning_rate = max(_schedule(p, epoch) / 10, 1e-7)
+        m.partial_fit(Xt, yt)
+        mse = float(np.mean((m.predict(Xv) - yv) ** 2))
+        out.append(min(mse, 1e3) if math.isfinite(mse) else 1e3)
+    return out
+
+
+def pa_clf_sample(rng: np.random.Generator) -> dict[str, Any]:
+    return {"C": _loguniform(rng, 1e-5, 10.0), "loss": str(rng.choice(["hinge", "squared_hinge"])),
+            "average": bool(rng.random() < 0.4), "fit_intercept": bool(rng.random() < 0.7)}
+
+
+def pa_clf_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
+    from sklearn.linear_model import PassiveAggressiveClassifier
+    Xt, yt, Xv, yv = data
+    m = PassiveAggressiveClassifier(random_state=seed, **p)
+    classes = np.unique(yt)
+    out = []
+    for _ in range(STEPS):
+        m.partial_fit(Xt, yt, classes=classes)
+        out.append(float(m.score(Xv, yv)))
+    return out
+
+
 TASKS: dict[str, dict[str, Any]] = {
     "gb_clf": {"data": _gb_clf_data, "sample": gb_clf_sample, "run": gb_clf_run, "metric": "log_loss",
                "mode": "minimize", "about": "GradientBoostingClassifier, 3 stages a step, synthetic binary"},
@@ -237,6 +293,13 @@ TASKS: dict[str, dict[str, Any]] = {
                  "mode": "minimize", "about": "MLPClassifier (Adam) by epoch, breast cancer"},
     "sgd_reg": {"data": _sgd_reg_data, "sample": sgd_reg_sample, "run": sgd_reg_run, "metric": "r2",
                 "mode": "maximize", "about": "SGDRegressor by epoch, diabetes"},
+    # added after EvidenceStopAssessor's defaults were fixed on the six above: a holdout
+    "gb_cancer": {"data": _cancer, "sample": gb_cancer_sample, "run": gb_cancer_run, "metric": "log_loss",
+                  "mode": "minimize", "about": "GradientBoostingClassifier, 3 stages a step, breast cancer"},
+    "mlp_reg": {"data": _friedman, "sample": mlp_warmup_sample, "run": mlp_reg_run, "metric": "mse",
+                "mode": "minimize", "about": "MLPRegressor (SGD, warm-up + decay) by epoch, Friedman #1"},
+    "pa_clf": {"data": _digits, "sample": pa_clf_sample, "run": pa_clf_run, "metric": "accuracy",
+               "mode": "maximize", "about": "PassiveAggressiveClassifier by epoch, digits"},
 }
 
 
@@ -261,9 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all)")
     ap.add_argument("--configs", type=int, default=250, help="configurations per task (default 250)")
     ap.add_argument("--out", default=str(DATA))
+    ap.add_argument("--merge", action="store_true", help="keep the other tasks already in --out")
     args = ap.parse_args(argv)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"steps": STEPS, "tasks": {}}
+    if args.merge and Path(args.out).exists():
+        with np.load(args.out) as old:
+            meta = json.loads(str(old["meta"]))
+            arrays = {k: old[k] for k in old.files if k != "meta"}
     for task in args.tasks.split(","):
         curves, configs = generate(task, args.configs, lambda s: print(s, file=sys.stderr, flush=True))
         arrays[f"{task}/curves"] = curves
