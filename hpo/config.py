@@ -537,7 +537,7 @@ class ExperimentConfig(_Base):
     tuner: Annotated[AlgorithmConfig, _Algorithm] = Field(
         default_factory=AlgorithmConfig, description="an algorithm mapping like {'name': 'TPE', 'class_args': {}}")
     assessor: Annotated[AlgorithmConfig | None, _Algorithm] = Field(
-        None, description="an algorithm mapping like {'name': 'Medianstop'}, or null")
+        None, description="an algorithm mapping like {'name': 'EvidenceStop'}, or null")
     training_service: Annotated[TrainingServiceConfig, BeforeValidator(_platform)] = Field(
         default_factory=LocalConfig, description="'local', 'remote', 'kubernetes' or a mapping like {'platform': 'local'}")
     early_stopping: Annotated[list[dict[str, Any]] | None, BeforeValidator(_stopping_rules)] = None

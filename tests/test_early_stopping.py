@@ -7,6 +7,7 @@ import pytest
 from hpo.early_stopping import threshold_reached
 from tuners.asha import AshaAssessor
 from tuners.assessor import AssessResult, create_assessor
+from tuners.evidence import EvidenceStopAssessor
 from tuners.medianstop import MedianstopAssessor
 
 # Each trial reports `steps` intermediate values of x * step, writing its pid first.
@@ -40,10 +41,21 @@ def test_medianstop_semantics():
     assert a.assess_trial("d", [0.1]) == AssessResult.Good            # before start_step
     assert a.assess_trial("d", [0.1, 2.0]) == AssessResult.Bad        # best 2.0 < 2.5
     assert a.assess_trial("e", [0.1, 3.0]) == AssessResult.Good       # best 3.0 >= 2.5
+    # two completed trials: NNI takes the more lenient middle value, so only a trial worse than both stops
     m = MedianstopAssessor(optimize_mode="minimize")
     m.assess_trial("a", [1.0]); m.trial_end("a", True)
     m.assess_trial("b", [3.0]); m.trial_end("b", True)
-    assert m.assess_trial("c", [2.5]) == AssessResult.Bad and m.assess_trial("d", [1.5]) == AssessResult.Good
+    assert m.assess_trial("c", [2.5]) == AssessResult.Good and m.assess_trial("d", [3.5]) == AssessResult.Bad
+    x = MedianstopAssessor(optimize_mode="maximize")
+    x.assess_trial("a", [1.0]); x.trial_end("a", True)
+    x.assess_trial("b", [3.0]); x.trial_end("b", True)
+    assert x.assess_trial("c", [2.0]) == AssessResult.Good and x.assess_trial("d", [0.5]) == AssessResult.Bad
+    # a trial that ends before start_step was never judged, so it never counts as completed (as in NNI)
+    s = MedianstopAssessor(start_step=3)
+    s.assess_trial("short", [9.0, 9.0]); s.trial_end("short", True)
+    assert s.assess_trial("e", [0.0, 0.0, 0.0]) == AssessResult.Good
+    with pytest.raises(ValueError, match="start_step"):
+        MedianstopAssessor(start_step=1.5)
 
 
 def test_asha_rungs_and_promotion():
@@ -104,3 +116,101 @@ def test_asha_stops_the_worst_trials(make_experiment):
     # is outside the top third at step 1
     assert by_x == {0.9: "SUCCEEDED", 0.8: "SUCCEEDED", 0.1: "EARLY_STOPPED", 0.7: "EARLY_STOPPED",
                     0.05: "EARLY_STOPPED", 0.6: "EARLY_STOPPED"}
+
+
+def _curve(final: float, shape: float, steps: int = 20) -> list[float]:
+    """A learning curve reaching ``final`` at the last step: ``shape`` < 1 rises early, > 1 late."""
+    return [final * (k / steps) ** shape for k in range(1, steps + 1)]
+
+
+def _finish(assessor, curves: dict[str, list[float]]) -> None:
+    for tid, curve in curves.items():
+        for k in range(1, len(curve) + 1):
+            assessor.assess_trial(tid, curve[:k])
+        assessor.trial_end(tid, True)
+
+
+def _first_stop(assessor, tid: str, curve: list[float]) -> int | None:
+    """The step at which ``assessor`` stops the trial, None when it lets it finish."""
+    for k in range(1, len(curve) + 1):
+        if assessor.assess_trial(tid, curve[:k]) == AssessResult.Bad:
+            return k
+    assessor.trial_end(tid, True)
+    return None
+
+
+def test_evidence_stop_stops_clearly_bad_trials_where_early_values_predict():
+    # curves of one shape: the order at step 1 is the order at the end
+    done = {f"c{i}": _curve(0.1 + 0.08 * i, 0.5) for i in range(10)}     # finals 0.1 ... 0.82
+    a = EvidenceStopAssessor()
+    _finish(a, done)
+    assert _first_stop(a, "bad", _curve(0.2, 0.5)) == 1                  # among the worst: stopped at once
+    assert _first_stop(a, "weak", _curve(0.5, 0.5)) is not None          # mid-table: stopped on the way
+    assert _first_stop(a, "good", _curve(0.85, 0.5)) is None             # a new best: never stopped
+
+
+def test_evidence_stop_does_not_stop_the_slow_starter_that_ends_best():
+    # crossing curves (a small learning rate, strong regularisation, a warm-up): the later a trial rises,
+    # the better it ends; two rise so late they end badly
+    done = {f"c{i}": _curve(0.5 + 0.04 * i, 0.3 + 0.2 * i) for i in range(10)}
+    done.update({"too-slow-1": _curve(0.4, 5.0), "too-slow-2": _curve(0.3, 6.0)})
+    winner = _curve(0.95, 2.5)                         # behind every good trial for the first half
+    assert all(winner[k] < min(c[k] for t, c in done.items() if t.startswith("c")) for k in range(10))
+    a = EvidenceStopAssessor()
+    _finish(a, done)
+    assert _first_stop(a, "winner", winner) is None
+    # the median rule (NNI's and hpo's) and ASHA stop it at once
+    m = MedianstopAssessor()
+    _finish(m, done)
+    assert _first_stop(m, "winner", winner) == 1
+    h = AshaAssessor(max_steps=20)
+    _finish(h, done)
+    assert _first_stop(h, "winner", winner) == 1
+
+
+def test_evidence_stop_waits_for_enough_finished_trials():
+    a = EvidenceStopAssessor(min_completed=8)
+    _finish(a, {f"c{i}": _curve(0.1 + 0.1 * i, 0.5) for i in range(7)})
+    assert _first_stop(a, "bad", _curve(0.15, 0.5)) is None          # 7 finished trials: no stopping yet
+    _finish(a, {"c7": _curve(0.9, 0.5)})
+    assert _first_stop(a, "bad2", _curve(0.15, 0.5)) == 1            # the 8th (and "bad" itself) allow it
+    with pytest.raises(ValueError, match="min_completed"):
+        EvidenceStopAssessor(min_completed=1)
+    with pytest.raises(ValueError, match="top_fraction"):
+        EvidenceStopAssessor(top_fraction=0)
+
+
+def test_evidence_stop_by_name_in_an_experiment(make_experiment):
+    # one at a time: four good curves complete, then a bad one is stopped at its first value
+    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [1.0, 0.99, 0.98, 0.97, 0.01]},
+                                               "steps": {"_type": "choice", "_value": [5]},
+                                               "sleep": {"_type": "choice", "_value": [0.15]}},
+                          max_trial_number=5, trial_concurrency=1, tuner="grid")
+    exp.config.assessor = {"name": "EvidenceStop", "class_args": {"optimize_mode": "maximize", "min_completed": 4}}
+    assert exp.run(port=0)
+    trials = {t["seq"]: t for t in exp.list_trial_jobs()}
+    assert [trials[s]["status"] for s in (1, 2, 3, 4)] == ["SUCCEEDED"] * 4
+    assert trials[5]["status"] == "EARLY_STOPPED"
+    assert "stopped early by EvidenceStopAssessor at step 1" in trials[5]["message"]
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "early_stopping.py"
+    spec = importlib.util.spec_from_file_location("early_stopping_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", ["gb_clf", "gb_reg"])
+def test_evidence_stop_costs_nothing_where_real_curves_cross(task):
+    """Real gradient-boosting learning curves (benchmarks/data): a small learning rate starts slowly and ends
+    best.  Random search on 4 workers for 40 full trials' epochs: with EvidenceStop the best result comes
+    sooner than without early stopping, where ASHA's stopping makes it come later."""
+    bench = _benchmark()
+    t = bench.load_tasks()[task]
+    area = {name: sum(bench.simulate(t["curves"], t["mode"], bench.make_rule(name, t["mode"]), seed, 40 * 30)["auc"]
+                      for seed in range(6)) for name in ("none", "evidence", "asha")}
+    assert area["evidence"] < area["none"] < area["asha"], area

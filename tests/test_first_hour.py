@@ -91,8 +91,8 @@ def test_a_connected_handle_follows_updates_made_elsewhere(make_experiment):
 
 
 def test_assessors_import_like_tuners():
-    from tuners import AshaAssessor, MedianstopAssessor
-    assert MedianstopAssessor(optimize_mode="maximize") and AshaAssessor()
+    from tuners import AshaAssessor, EvidenceStopAssessor, MedianstopAssessor
+    assert MedianstopAssessor(optimize_mode="maximize") and AshaAssessor() and EvidenceStopAssessor()
 
 
 def test_hpo_stop_without_an_id_stops_the_only_running_experiment(make_experiment):

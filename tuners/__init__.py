@@ -11,8 +11,9 @@ from tuners.gp import GpTuner
 from tuners.assessor import Assessor, AssessResult
 from tuners.medianstop import MedianstopAssessor
 from tuners.asha import AshaAssessor
+from tuners.evidence import EvidenceStopAssessor
 
 __all__ = ["Tuner", "NoMoreTrials", "TryLater", "RandomTuner", "GridTuner", "TpeTuner", "GpTuner",
            "LogspaceTuner", "HyperoptTuner", "AnnealTuner", "OptunaTuner",
            "create_tuner", "register_tuner", "tuner_class", "Assessor", "AssessResult", "MedianstopAssessor",
-           "AshaAssessor"]
+           "AshaAssessor", "EvidenceStopAssessor"]

@@ -74,6 +74,7 @@ _ASSESSORS: dict[str, Any] = {}
 _BUILTIN = {
     "medianstop": ("tuners.medianstop", ("medianstop", "median", "medianstopping")),
     "asha": ("tuners.asha", ("asha", "successivehalving")),
+    "evidencestop": ("tuners.evidence", ("evidencestop", "evidence")),
 }
 
 
