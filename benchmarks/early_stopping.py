@@ -160,7 +160,8 @@ def make_rule(name: str, mode: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 # simulation
 
-def simulate(curves: np.ndarray, mode: str, rule: Any, seed: int, budget: int, workers: int = WORKERS) -> dict[str, Any]:
+def simulate(curves: np.ndarray, mode: str, rule: Any, seed: int, budget: int,
+             workers: int = WORKERS) -> dict[str, Any]:
     """One run of random search with ``rule`` on ``workers`` asynchronous workers until ``budget`` epochs are
     spent.  Returns the normalised area under the best-so-far regret curve and counts."""
     n, steps = curves.shape
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=30, help="seeds per task and rule (default 30)")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--budget", default="40,100", help="comma-separated budgets in full trials' epochs (default 40,100)")
+    ap.add_argument("--budget", default="40,100",
+                    help="comma-separated budgets, in full trials' epochs (default 40,100)")
     ap.add_argument("--rules", default=",".join(RULES), help=f"comma-separated (default: {','.join(RULES)})")
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task in the data)")
     ap.add_argument("--data", default=str(DATA))
