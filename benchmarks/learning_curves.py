@@ -1,14 +1,14 @@
 """Learning-curve tables from real scikit-learn training runs, the data of ``benchmarks/early_stopping.py``.
 
-Usage (from the repository root; about 15 minutes on one idle core)::
+Usage (from the repository root; about 30 minutes on one busy core)::
 
     python benchmarks/learning_curves.py                 # writes benchmarks/data/learning_curves.npz
     python benchmarks/learning_curves.py --tasks sgd_clf --configs 20 --out /tmp/lc.npz   # a quick look
 
 Each task samples ``--configs`` hyperparameter configurations at random (seeded) from its space, trains
 each one for ``STEPS`` steps (an epoch, or a block of boosting stages) and records the validation metric
-after every step: one row per configuration, one column per step.  Every run is seeded, so the file is
-the same on every machine with the same scikit-learn.  The tasks (validation split fixed per task):
+after every step: one row per configuration, one column per step.  The tasks (validation split fixed per
+task):
 
 * ``gb_clf``: GradientBoostingClassifier on a synthetic 20-feature binary problem (5% label noise),
   3 stages a step, validation log-loss (minimize).  Curves cross: a small learning rate starts slowly and
@@ -24,6 +24,17 @@ the same on every machine with the same scikit-learn.  The tasks (validation spl
   mostly keep their order: early values predict the final ranking.
 * ``sgd_reg``: SGDRegressor on the diabetes data by epoch (strong and weak
   regularisation, schedules); validation R^2 (maximize, floored at -10 where a run diverges).
+
+Three more were added after EvidenceStopAssessor's defaults were fixed on the six above (a holdout):
+
+* ``gb_cancer``: GradientBoostingClassifier on breast cancer, 3 stages a step, validation log-loss (minimize).
+* ``mlp_reg``: MLPRegressor (SGD, the warm-up and decay schedules of ``mlp_warmup``) on Friedman #1 by epoch,
+  validation MSE (minimize).
+* ``pa_clf``: PassiveAggressiveClassifier on digits by epoch (C, loss, averaging); validation accuracy.
+
+Each task samples its configurations from its own fixed seed, so the file is reproduced row for row (with
+the same scikit-learn; it was written with 1.9) and a new task leaves the others alone (``--merge`` adds
+tasks to an existing file).
 
 The file holds, per task ``T``: ``T/curves`` (float32, configs x steps), and ``meta`` (JSON: per task the
 metric, mode, a description and every configuration's hyperparameters).
