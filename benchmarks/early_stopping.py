@@ -2,23 +2,29 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/early_stopping.py                 # every rule, every task, 30 seeds
-    python benchmarks/early_stopping.py --seeds 5 --rules none,evidence,asha      # a quick look
+    python benchmarks/early_stopping.py                 # every rule, every task, 30 seeds, budgets 40 and 100
+    python benchmarks/early_stopping.py --seeds 5 --budget 40 --rules evidence,asha     # a quick look
 
-The data are ``benchmarks/data/learning_curves.npz`` (written by ``benchmarks/learning_curves.py``: six
-tasks, 250 sampled configurations each, 30 steps of real training per configuration).  For each task and
-seed the simulation runs random search over the task's table (a seeded order of its configurations, the
-same for every rule) on 4 asynchronous workers: each step of a trial costs one epoch; after every step the
-rule sees the trial's values so far and keeps or stops it; a stopped trial ends with its last value as its
-result (as hpo's engine records it), a trial that reaches the last step ends with its final value, and a
-worker starts the next configuration at once.  The run ends when ``--budget`` x 30 epochs are spent
-(default 40: the cost of 40 full trials).
+(About 40 minutes on one busy core, most of it in Optuna's pruners; ``--jobs 2`` halves it where two
+cores are free.)
+
+The data are ``benchmarks/data/learning_curves.npz``, written by ``benchmarks/learning_curves.py``: nine
+tasks (gradient boosting by stages, MLPs with warm-up schedules, Adam, SGD and passive-aggressive models by
+epoch), 250 sampled configurations each, 30 steps of real training per configuration.  Three of them
+(``gb_cancer``, ``mlp_reg``, ``pa_clf``) were generated after EvidenceStopAssessor's defaults were fixed on
+the other six: a holdout.  For each task and seed the simulation runs random search over the task's table
+(a seeded order of its configurations, the same for every rule) on 4 asynchronous workers: each step of a
+trial costs one epoch; after every step the rule sees the trial's values so far and keeps or stops it; a
+stopped trial ends with its last value as its result (as hpo's engine records it), a trial that reaches the
+last step ends with its final value, and its worker starts the next configuration at once.  The run ends
+when ``--budget`` x 30 epochs are spent (the cost of that many full trials; 40 and 100 by default).
 
 Score: the area under the best-so-far regret curve over the epochs spent (regret: the table's best final
-value minus the best result so far, capped at the regret of the table's median final), divided by the
-same area without early stopping, per task (mean over seeds of each, seeds paired); lower is better, 1 is
-no gain.  The table gives the mean over tasks and the worst task, each with a 95% bootstrap interval over
-seeds, and every task's ratio.
+value minus the best result so far, capped at the regret of the table's median final, which is also the
+regret before any result), divided by the same area without early stopping, per task (mean over seeds of
+each, seeds paired); lower is better, 1 is no gain.  The table gives the mean over tasks and the worst
+task, each with a 95% bootstrap interval over seeds, the holdout tasks' mean and worst, and every task's
+ratio.
 
 Rules: ``none``; hpo's ``medianstop`` (defaults: ``start_step`` 0), ``asha`` (defaults) and ``evidence``
 (EvidenceStopAssessor, defaults); Optuna's ``optuna-median`` (MedianPruner), ``optuna-sha``
@@ -154,7 +160,8 @@ def make_rule(name: str, mode: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 # simulation
 
-def simulate(curves: np.ndarray, mode: str, rule: Any, seed: int, budget: int, workers: int = WORKERS) -> dict[str, Any]:
+def simulate(curves: np.ndarray, mode: str, rule: Any, seed: int, budget: int,
+             workers: int = WORKERS) -> dict[str, Any]:
     """One run of random search with ``rule`` on ``workers`` asynchronous workers until ``budget`` epochs are
     spent.  Returns the normalised area under the best-so-far regret curve and counts."""
     n, steps = curves.shape
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=30, help="seeds per task and rule (default 30)")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--budget", default="40,100", help="comma-separated budgets in full trials' epochs (default 40,100)")
+    ap.add_argument("--budget", default="40,100",
+                    help="comma-separated budgets, in full trials' epochs (default 40,100)")
     ap.add_argument("--rules", default=",".join(RULES), help=f"comma-separated (default: {','.join(RULES)})")
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task in the data)")
     ap.add_argument("--data", default=str(DATA))

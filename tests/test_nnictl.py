@@ -196,6 +196,8 @@ LOCKED_BY_NNI = """
             with open(path, "w") as fh:
                 json.dump(data, fh)
     else:                              # NNI's own add_experiment, while hpo holds the lock
+        print("ready", flush=True)     # imported: hpo takes its lock now (NNI deems a lock over 2 s old stale)
+        sys.stdin.readline()
         print("adding", flush=True)
         Experiments().add_experiment("nniadd", 8080, 1, "local", "n", pid=1)
         print("added", flush=True)
@@ -221,10 +223,14 @@ def test_registry_follows_nni_lock_protocol_and_never_corrupts(nni_env, nni_home
     assert set(registry(nni_home)) == {"held", "hpo1"}
 
     # hpo holds the lock: NNI's own Experiments waits for it, and both writes are kept
-    nni = subprocess.Popen([nni_python(nni_env), str(script), "add"], stdout=subprocess.PIPE, text=True, env=env)
+    nni = subprocess.Popen([nni_python(nni_env), str(script), "add"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True, env=env)
+    assert nni.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
     with nni_registry.nni_lock(path):
+        nni.stdin.write("go\n")  # type: ignore[union-attr]
+        nni.stdin.flush()  # type: ignore[union-attr]
         assert nni.stdout.readline().strip() == "adding"  # type: ignore[union-attr]
-        time.sleep(1.0)
+        time.sleep(0.5)  # well within the 2 s after which NNI would deem the lock stale
         assert nni.poll() is None
         data = nni_registry.read_registry(path)
         data["during"] = {"id": "during"}
