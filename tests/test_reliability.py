@@ -327,12 +327,12 @@ def test_trials_that_cannot_start_for_lack_of_file_descriptors_are_re_queued(tmp
         import os, time
         exp.start(port=0)
         held = []
-        try:
-            while True:                      # take every descriptor left
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:     # for 1.5 s, take every descriptor left, and each one a finished
+            try:                            # trial gives back: trials launched meanwhile cannot get their pipes
                 held.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
-        time.sleep(1.5)                     # trials launched meanwhile cannot get their pipes
+            except OSError:
+                time.sleep(0.001)
         for fd in held:
             os.close(fd)
         exp.wait(60)
