@@ -714,7 +714,7 @@ def _print_kubernetes_objects(config: Any, dumper: Any) -> None:
     """What the first trial would create on the cluster (a dry run: nothing is sent)."""
     import yaml
     from hpo.config import ConfigError
-    from hpo.dispatcher import render_command
+    from hpo.templates import render_command
     from hpo.experiment import _make_service
     from tuners.registry import create_tuner
     tuner = create_tuner("random", {"seed": 0})

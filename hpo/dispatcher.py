@@ -24,7 +24,6 @@ import errno
 import functools
 import json
 import logging
-import re
 import secrets
 import shlex
 import string
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from hpo.storage import ACTIVE_STATES, EXPERIMENT_END_STATES, FINISHED_STATES, ExperimentStore, StoreError
+from hpo.templates import render_command
 from hpo.trial import scalar
 from hpo.checkpoint_storage import CheckpointStorage, CheckpointStorageError, remove_matching
 from hpo.trial_checkpoint import partial_name
@@ -45,12 +45,11 @@ from hpo.early_stopping import threshold_reached
 from tuners.assessor import Assessor, is_bad
 from tuners.base import NoMoreTrials, Tuner, TryLater
 
-__all__ = ["Engine", "render_command", "new_id"]
+__all__ = ["Engine", "new_id"]
 
 log = logging.getLogger("hpo.engine")
 _ID_ALPHABET = string.ascii_letters + string.digits
 INLINE_CALL_LIMIT = 0.002  # s: a loop-safe tuner's calls run on the loop while its last 8 took less
-_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 FUNCTION_FILE = "trial_function.pkl"
 HEARTBEAT_SECONDS = 1.0
 # a trial that could not start for one of these is the engine's problem, not the trial's: it is re-queued
@@ -68,20 +67,6 @@ def _loop_safe(owner: Any) -> bool:
     """A built-in tuner or assessor whose methods may run on the engine's loop (see ``Tuner.loop_safe``); never a
     subclass defined elsewhere (it may block)."""
     return bool(getattr(owner, "loop_safe", False)) and type(owner).__module__.startswith("tuners.")
-
-
-def render_command(command: str, parameters: dict[str, Any]) -> str:
-    """Substitute ``{{ name }}`` placeholders with shell-quoted parameter values."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in parameters:
-            raise KeyError(f"trial_command uses {{{{ {name} }}}} but the search space has no parameter {name!r}")
-        v = parameters[name]
-        text = v if isinstance(v, str) else json.dumps(v)
-        return shlex.quote(text)
-
-    return _TEMPLATE.sub(value, command)
 
 
 @dataclass

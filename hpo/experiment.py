@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpo.config import ConfigError, ExperimentConfig
-from hpo.dispatcher import FUNCTION_FILE, Engine, new_id, render_command
+from hpo.dispatcher import FUNCTION_FILE, Engine, new_id
+from hpo.templates import render_command
 from hpo.registry import hpo_home, lookup, register
 from hpo.storage import CREATED, EXPERIMENT_END_STATES, ExperimentStore, ExportedData, StoreError, StoreLocked, \
     engine_running, maximizes

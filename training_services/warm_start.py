@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpo.templates import with_placeholders_as
+
 __all__ = ["warm_argv", "can_start_warm", "WarmStartError", "Zygote", "WarmProcess"]
 
 _ZYGOTE = str(Path(__file__).resolve().parent / "_zygote.py")
@@ -65,7 +67,7 @@ def _warm_argv(command: str) -> tuple[str, list[str], dict[str, str]] | None:
 
 def can_start_warm(template: str) -> bool:
     """Whether a trial command template (``{{ name }}`` placeholders: quoted words once rendered) starts warm."""
-    return warm_argv(re.sub(r"\{\{.*?\}\}", "x", template)) is not None
+    return warm_argv(with_placeholders_as(template, "x")) is not None
 
 
 class WarmProcess:

@@ -36,8 +36,10 @@ from typing import Iterator
 import numpy as np
 
 from tuners._tpe_space import CompiledSpace, Group, ndtr, ndtri
+from tuners.base import NoMoreTrials
 
-__all__ = ["TpeSettings", "History", "proposals", "prior_rows", "split_good", "active_mask", "rows_from_unit"]
+__all__ = ["TpeSettings", "History", "proposals", "prior_rows", "split_good", "active_mask", "rows_from_unit",
+           "unseen_point", "loss_of"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _PRIOR_SIGMA = 1.0
@@ -311,6 +313,37 @@ def prior_rows(cs: CompiledSpace, rng: np.random.Generator, n: int = 1) -> tuple
     """``n`` points drawn from the prior (what random search does), as (X, A)."""
     u = rng.random((n, cs.n_leaves))
     return _rows_from_unit(cs, u)
+
+
+def unseen_point(cs: CompiledSpace, seen: set, rng: np.random.Generator, tries: int,
+                 enumerate_limit: int) -> dict:
+    """A point of the space whose key (``cs.key``) is not in ``seen``: drawn among all that are left when the grid
+    has at most ``enumerate_limit`` points, else the first of ``tries`` prior draws (then of the grid) found.
+    NoMoreTrials when every point is in ``seen``."""
+    def unseen(params: dict) -> bool:
+        return cs.key(*cs.encode(params)[:2]) not in seen
+
+    if cs.grid_size is not None and cs.grid_size <= enumerate_limit:
+        left = [p for p in cs.space.iter_grid() if unseen(p)]
+        if left:
+            return left[int(rng.integers(len(left)))]
+    else:
+        for _ in range(tries):
+            params = cs.decode(prior_rows(cs, rng, 1)[0][0])
+            if unseen(params):
+                return params
+        for params in cs.space.iter_grid():
+            if unseen(params):
+                return params
+    raise NoMoreTrials("every point of the (discrete) search space has been suggested")
+
+
+def loss_of(value: float, maximize: bool) -> float:
+    """A reported value as a loss (lower is better); NaN is the worst."""
+    v = float(value)
+    if math.isnan(v):
+        return math.inf
+    return -v if maximize else v
 
 
 def _rows_from_unit(cs: CompiledSpace, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import numpy as np
 from hpo.search_space import SearchSpace, parse_search_space
 from tuners._gp_core import (KERNELS, UTILITIES, Features, GpFit, GpHistory, GpSettings, fit_gp, fit_rows,
                              one_blas_thread, propose, refit_point)
+from tuners._tpe_core import loss_of, unseen_point
 from tuners._tpe_space import CompiledSpace, compile_space
 from tuners.base import NoMoreTrials, Tuner
 from tuners.registry import register_tuner
@@ -108,10 +109,7 @@ class GpTuner(Tuner):
                 "output_warping": s.output_warping}
 
     def _to_loss(self, value: float) -> float:
-        v = float(value)
-        if math.isnan(v):
-            return math.inf
-        return -v if self.maximize else v
+        return loss_of(value, self.maximize)
 
     # -- the Tuner contract -------------------------------------------------------------------------
     def update_search_space(self, search_space: Mapping[str, Any] | SearchSpace) -> None:
@@ -221,7 +219,7 @@ class GpTuner(Tuner):
                 break
             params = None
         if params is None:
-            params = self._unseen_point(rng)
+            params = unseen_point(cs, self._seen, rng, 2000, _ENUMERATE_LIMIT)
         row = self._encode(params)
         assert row is not None
         self._pending[parameter_id] = (row[0], row[1], params)
@@ -229,27 +227,6 @@ class GpTuner(Tuner):
             self._seen.add(cs.key(*row))
         self._count += 1
         return params
-
-    def _unseen_point(self, rng: np.random.Generator) -> dict[str, Any]:
-        """A point of a discrete space never suggested: drawn among all that are left, or the first found."""
-        from tuners._tpe_core import prior_rows
-
-        cs = self._cs
-        assert cs is not None
-        if cs.grid_size is not None and cs.grid_size <= _ENUMERATE_LIMIT:
-            left = [p for p in cs.space.iter_grid() if cs.key(*cs.encode(p)[:2]) not in self._seen]
-            if left:
-                return left[int(rng.integers(len(left)))]
-        else:
-            for _ in range(2000):
-                x, _a = prior_rows(cs, rng, 1)
-                params = cs.decode(x[0])
-                if cs.key(*cs.encode(params)[:2]) not in self._seen:
-                    return params
-            for p in cs.space.iter_grid():
-                if cs.key(*cs.encode(p)[:2]) not in self._seen:
-                    return p
-        raise NoMoreTrials("every point of the (discrete) search space has been suggested")
 
     def receive_trial_result(self, parameter_id: int, parameters: Mapping[str, Any], value: float,
                              **kwargs: Any) -> None:

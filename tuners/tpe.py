@@ -35,13 +35,12 @@ Parallel use
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from hpo.search_space import SearchSpace, parse_search_space
-from tuners._tpe_core import History, TpeSettings, prior_rows, proposals
+from tuners._tpe_core import History, TpeSettings, loss_of, proposals, unseen_point
 from tuners._tpe_space import CompiledSpace, compile_space
 from tuners.base import NoMoreTrials, Tuner
 from tuners.registry import register_tuner
@@ -150,10 +149,7 @@ class TpeTuner(Tuner):
         self._n += 1
 
     def _to_loss(self, value: float) -> float:
-        v = float(value)
-        if math.isnan(v):
-            return math.inf
-        return -v if self.maximize else v
+        return loss_of(value, self.maximize)
 
     # -- the Tuner contract -------------------------------------------------------------------------
     def update_search_space(self, search_space: Mapping[str, Any] | SearchSpace) -> None:
@@ -205,7 +201,7 @@ class TpeTuner(Tuner):
             if cs.key(row[0], row[1]) not in self._seen:
                 break
             if tries >= _MAX_TRIES:
-                params = self._unseen_point(rng)
+                params = unseen_point(cs, self._seen, rng, 10 * _MAX_TRIES, _ENUMERATE_LIMIT)
                 break
         assert params is not None
         x, a, w = cs.encode(params)
@@ -214,25 +210,6 @@ class TpeTuner(Tuner):
             self._seen.add(cs.key(x, a))
         self._count += 1
         return params
-
-    def _unseen_point(self, rng: np.random.Generator) -> dict[str, Any]:
-        """A point never suggested: drawn among all that are left (small grids) or the first found."""
-        cs = self._cs
-        assert cs is not None
-        if cs.grid_size is not None and cs.grid_size <= _ENUMERATE_LIMIT:
-            left = [p for p in cs.space.iter_grid() if cs.key(*cs.encode(p)[:2]) not in self._seen]
-            if left:
-                return left[int(rng.integers(len(left)))]
-        else:
-            for _ in range(10 * _MAX_TRIES):
-                x, a = prior_rows(cs, rng, 1)
-                params = cs.decode(x[0])
-                if cs.key(*cs.encode(params)[:2]) not in self._seen:
-                    return params
-            for p in cs.space.iter_grid():
-                if cs.key(*cs.encode(p)[:2]) not in self._seen:
-                    return p
-        raise NoMoreTrials("every point of the (discrete) search space has been suggested")
 
     def receive_trial_result(self, parameter_id: int, parameters: Mapping[str, Any], value: float,
                              **kwargs: Any) -> None:
