@@ -384,4 +384,6 @@ def test_a_grpc_multi_node_run_on_kubernetes_runs_as_one_indexed_job():
             client.stop(eid)
     messages = " ".join(r.message for r in client.logs(eid))
     assert "[ps-0] parameter server on port" in messages and "[worker-1] worker 1 done" in messages
-    assert not fake.objects("pods", namespace) and not fake.objects("services", namespace)
+    # the Job goes with Background propagation: the cluster's garbage collector then deletes its pods
+    wait_until(lambda: not fake.objects("pods", namespace) and not fake.objects("services", namespace), 30, 0.1,
+               "the gang's pods and Service deleted")

@@ -137,8 +137,14 @@ def test_nnictl_drives_a_running_hpo_experiment(nni_env, nni_home, launcher, mon
     while not all(re.search(rf"^{tid}\s.*RUNNING", screen, re.M) for tid in running) and time.monotonic() < deadline:
         if select.select([top.stdout], [], [], 1)[0]:
             screen += top.stdout.readline()  # type: ignore[union-attr]
-    top.send_signal(signal.SIGINT)
-    screen += top.communicate(timeout=30)[0]
+    # Ctrl-C, again until it takes: nnictl top clears the screen with os.system, which ignores SIGINT meanwhile
+    for _ in range(30):
+        top.send_signal(signal.SIGINT)
+        try:
+            screen += top.communicate(timeout=2)[0]
+            break
+        except subprocess.TimeoutExpired:
+            continue
     assert top.returncode == 0 and "Exiting..." in screen, screen
     assert re.search(rf"Id: {exp_id}\s+Status: RUNNING\s+Port: {port}", ANSI.sub("", screen)), screen
     assert all(re.search(rf"^{tid}\s.*RUNNING", screen, re.M) for tid in running), screen
