@@ -5,8 +5,8 @@ A trial is chosen when the engine records it (its ``created_at``); a process run
 writes ``time.time()`` to a marker file (the interpreter's start is in both measurements alike).  Locally and,
 with ``--remote``, over SSH (one sshd on 127.0.0.1, so the processes of a gang share that one machine there).
 Trials run one at a time (concurrency 1) so that each start is measured alone; reported: medians and the ratio.
-With ``--warm`` the local trials start warm (``trial_warm_start``: every process forked from the zygote) and cold,
-side by side.
+With ``--warm`` the trials start warm (``trial_warm_start``: every process forked from the zygote, over SSH the
+agent's) and cold, side by side.
 """
 from __future__ import annotations
 
@@ -76,16 +76,18 @@ def compare(gang: int, trials: int, tmp: Path, remote: bool, run_child: Any, war
     """Run the one-process and the gang side by side (alternating, ``trials`` each); the report's lines."""
     here = Path(__file__).resolve()
     lines = []
-    for where in (["local"] + ["warm"] * warm + ["ssh"] * remote):
+    for where in (["local"] + ["warm"] * warm + ["ssh"] * remote + ["ssh-warm"] * (remote and warm)):
         results: dict[int, list[dict[str, Any]]] = {0: [], gang: []}
         for round_ in range(3):
             for size in (0, gang):
                 results[size].append(run_child([sys.executable, str(here), "--side", str(size), "--trials", str(trials),
                                                 "--home", str(tmp / f"g{size}-{where}-{round_}")]
-                                               + {"local": [], "warm": ["--warm"], "ssh": ["--remote"]}[where], 900))
+                                               + {"local": [], "warm": ["--warm"], "ssh": ["--remote"],
+                                                  "ssh-warm": ["--remote", "--warm"]}[where], 900))
         single = statistics.median(r["median_s"] for r in results[0])
         multi = statistics.median(r["median_s"] for r in results[gang])
-        label = {"ssh": "SSH (one sshd on 127.0.0.1)", "local": "local", "warm": "local, warm starts"}[where]
+        label = {"ssh": "SSH (one sshd on 127.0.0.1)", "local": "local", "warm": "local, warm starts",
+                 "ssh-warm": "SSH, warm starts"}[where]
         lines.append(f"{label}: one process {single * 1000:.1f} ms, gang of {gang} {multi * 1000:.1f} ms "
                      f"(ratio {multi / single:.2f}; target <= 1.5); medians of 3 rounds x {trials - 1} trials: "
                      f"{[round(r['median_s'] * 1000, 1) for r in results[0]]} vs "

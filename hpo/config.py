@@ -702,10 +702,10 @@ class ExperimentConfig(_Base):
                 raise ConfigError(f"{w}.trial_preload: modules are preloaded only for warm starts, which are off; "
                                   "expected trial_warm_start: true (or no trial_preload)")
             return
-        if not isinstance(self.training_service, LocalConfig):
+        if not isinstance(self.training_service, (LocalConfig, RemoteConfig)):
             raise ConfigError(f"{w}.trial_warm_start: the {self.training_service.platform} training service starts "
-                              "every trial in a fresh interpreter; warm starts are for the local service (expected "
-                              "false or null)")
+                              "every trial in a fresh interpreter; warm starts are for the local and remote services "
+                              "(expected false or null)")
         commands = {f"{w}.trial_command": self.trial_command} if self.trial_command else {}
         for name, role in (self.trial_roles or {}).items():
             if role.command is not None:

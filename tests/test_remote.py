@@ -820,7 +820,9 @@ def test_take_out_comes_after_the_full_reconnect_timeout(tmp_path, keys, servers
         kill_groups([orphan])
 
 
-def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, servers):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, servers, warm):
+    """Trials outlive their engine (warm ones too: their zygote ends with the agent, their supervisors do not)."""
     a = servers()
     script = "import subprocess, time, hpo\nsubprocess.Popen(['sleep', '300'])\nhpo.report_intermediate_result(1)\n" \
              "time.sleep(300)\n"
@@ -829,7 +831,7 @@ def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, se
         rec = HostRecorder()
         svc = service(tmp_path, [host_a(a, keys)], a)
         await svc.start(rec)
-        await svc.launch(spec(tmp_path, "orphan", script))
+        await svc.launch(spec(tmp_path, "orphan", script, warm_start=[] if warm else None))
         await until(lambda: len(rec.of("orphan")) >= 2, 20, "the report")
         for host in svc.hosts:  # the engine dies: connections go, trials stay
             await host.close()
@@ -837,7 +839,9 @@ def test_leftover_trials_of_a_dead_engine_are_ended_on_resume(tmp_path, keys, se
 
     record = asyncio.run(crashed_engine())
     group = [p for p in psutil.process_iter() if _pgid(p) == record["pgid"]]
+    group += [c for p in group for c in p.children(recursive=True) if c not in group]  # a warm trial's own group
     assert len(group) >= 3 and all(alive(p) for p in group)
+    assert warm == any("zygote" in " ".join(p.cmdline()) for p in group)
 
     bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group that is not a trial's
 
@@ -1169,3 +1173,99 @@ def test_nni_trial_runs_unchanged_over_ssh(which, tmp_path, keys, servers, rdir,
         trial = exp.list_trial_jobs()[0]
         out = (exp.directory / "trials" / trial["id"] / "stdout.log").read_text()
         assert f'"{shipped}/.agent-' in out and out.rstrip().endswith('/lib/nni/__init__.py"]'), out
+
+
+# -- warm starts: one zygote per machine ------------------------------------------------------------------------------
+WARM_MODULE = """
+import os
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "imports.txt"), "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+"""
+WARM_TRIAL = """
+import os, sys, hpo, preloaded
+seq = hpo.get_sequence_id()
+print("ARGV", sys.argv, "CWD", os.getcwd() == os.path.dirname(os.path.abspath(__file__)), "PID", os.getpid(), flush=True)
+if seq == 2:
+    sys.exit(3)
+if seq == 3:
+    import time
+    time.sleep(600)
+hpo.report_final_result(hpo.get_next_parameter()["x"])
+"""
+
+
+def test_warm_trials_fork_from_one_zygote_per_machine(tmp_path, keys, servers, make_experiment, caplog):
+    """trial_warm_start over SSH: the agent's zygote imports the preloaded module once for every trial, and a
+    forked trial keeps a fresh interpreter's argv, cwd, exit status, kill and stop semantics."""
+    a = servers()
+    remote = tmp_path / "remote"
+    exp = make_experiment(WARM_TRIAL, command=f"{PY} trial.py --lr 0.1", max_trial_number=5, trial_concurrency=2,
+                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
+                                            python_path=sys.executable)], "kill_grace": 1.0,
+                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
+                                            "remote_directory": str(remote)},
+                          trial_warm_start=True, trial_preload=["preloaded"])
+    (exp.config.trial_code_directory / "preloaded.py").write_text(WARM_MODULE)
+    exp.start(port=0)
+    wait_until(lambda: sum(t["status"] in ("SUCCEEDED", "FAILED") for t in exp.list_trial_jobs()) == 4, 60,
+               what="four trials ended")
+    sleeper = next(t for t in exp.list_trial_jobs() if t["seq"] == 3)
+    assert sleeper["status"] == "RUNNING"
+    exp.kill_trial_job(sleeper["id"])
+    assert exp.wait(60)
+    trials = sorted(exp.list_trial_jobs(), key=lambda t: t["seq"])
+    assert [(t["status"], t["exit_code"]) for t in trials] == [
+        ("SUCCEEDED", 0), ("FAILED", 3), ("USER_CANCELED", trials[2]["exit_code"]), ("SUCCEEDED", 0), ("SUCCEEDED", 0)]
+    for t in trials[:2] + trials[3:]:
+        out = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
+        assert "ARGV ['trial.py', '--lr', '0.1'] CWD True PID" in out, out
+    imports = (remote / "imports.txt").read_text().split()
+    assert len(imports) == 1, imports  # imported once, by the zygote: no trial imported it again
+    pids = {int((exp.directory / "trials" / t["id"] / "stdout.log").read_text().split("PID ")[1].split()[0])
+            for t in trials}
+    assert len(pids) == 5 and int(imports[0]) not in pids
+    assert not [r for r in caplog.records if "start cold" in r.getMessage()]
+    exp.stop()
+    assert_none_left(str(remote))
+
+
+def test_a_machine_whose_interpreter_differs_starts_trials_cold_saying_why(tmp_path, keys, servers, make_experiment,
+                                                                            caplog):
+    if os.path.realpath("/usr/bin/python3") == os.path.realpath(sys.executable) or \
+            not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs a /usr/bin/python3 other than the interpreter running the tests")
+    a = servers()
+    remote = tmp_path / "remote"
+    exp = make_experiment("import sys; print('PREFIX', sys.prefix); print('hi')", command="/usr/bin/python3 trial.py",
+                          max_trial_number=2,
+                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
+                                            python_path=sys.executable)],
+                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
+                                            "remote_directory": str(remote)},
+                          trial_warm_start=True)
+    with caplog.at_level("WARNING", logger="hpo.remote"):
+        assert exp.run(port=0) is True
+    assert [t["status"] for t in exp.list_trial_jobs()] == ["SUCCEEDED"] * 2
+    colds = [r.getMessage() for r in caplog.records if "start cold" in r.getMessage()]
+    assert len(colds) == 1 and "/usr/bin/python3" in colds[0], colds  # once, naming the interpreter
+    assert_none_left(str(remote))
+
+
+def test_a_warm_gang_whose_processes_end_at_once_is_recorded_as_started(tmp_path, keys, servers, make_experiment):
+    """Forked processes that end before the rest of their gang has started: the trial still has its start and
+    every process's pid (the gang started once every member had, not once all ran at the same time)."""
+    a = servers()
+    remote = tmp_path / "remote"
+    exp = make_experiment("import os; print('rank', os.environ['RANK'])", max_trial_number=4,
+                          training_service={"platform": "remote", "machine_list": [a.machine(
+                              keys.key, python_path=sys.executable, max_trials=4)],
+                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
+                                            "remote_directory": str(remote)},
+                          trial_roles={"worker": {"count": 4}}, distribution="pytorch", trial_warm_start=True)
+    assert exp.run(port=0) is True
+    for t in exp.list_trial_jobs():
+        assert t["status"] == "SUCCEEDED" and t["started_at"] is not None, t
+        assert len({p["pid"] for p in t["processes"]}) == 4 and all(p["pid"] for p in t["processes"]), t
+        log = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
+        assert all(f"rank {r}" in log for r in range(4)), log
+    assert_none_left(str(remote))

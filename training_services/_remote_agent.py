@@ -16,6 +16,12 @@ Each trial runs detached from the SSH session so that a dropped connection does 
   is told to ``follow`` the same trials from the offsets the engine already has (its reply says
   whether each still runs, and the exit code of one that ended meanwhile).
 * ``kill`` sends SIGTERM to the trial's group and every descendant, SIGKILL after ``grace``.
+* Warm starts (a ``launch`` with ``warm``: the command is ``python script.py args`` or ``python -m module args``):
+  the agent starts the local service's zygote (``zygote.py``, uploaded beside this file; Python >= 3.9) once,
+  which preloads the listed modules; each such trial is then forked from it (under its supervisor, which the
+  waiter follows through a status pipe and holds a lifeline to) instead of starting a fresh interpreter.  Where
+  that cannot be (an older Python, another interpreter than this one, a zygote that would not start), the trial
+  starts cold and the agent says why once (``ev: warn``).
 
 When stdin closes (the engine or the connection went away) the agent exits; trials keep running.
 """
@@ -163,8 +169,8 @@ def read_json(path):
 
 
 # -- the waiter (a forked child that left the session) -----------------------------------------------------
-def waiter(msg, notify):
-    tdir = msg["dir"]
+def trial_env(msg):
+    """The environment a trial runs with: the agent's, the engine's variables, the trial API on the path."""
     env = dict(os.environ)
     env.pop("HPO_REPORT_FD", None)
     for key, value in msg["env"].items():
@@ -172,9 +178,18 @@ def waiter(msg, notify):
     lib = msg.get("lib")
     if lib:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
-    env["HPO_REPORT_FILE"] = os.path.join(tdir, STREAMS[0])
+    env["HPO_REPORT_FILE"] = os.path.join(msg["dir"], STREAMS[0])
+    return env
+
+
+def waiter(msg, notify, warm=None):
+    tdir = msg["dir"]
+    env = trial_env(msg)
     open(env["HPO_REPORT_FILE"], "ab").close()
     grace = float(msg.get("grace") or 5.0)
+    if warm is not None:
+        warm_waiter(msg, notify, warm, grace)
+        return
     try:
         with open(os.path.join(tdir, STREAMS[1]), "ab") as out, open(os.path.join(tdir, STREAMS[2]), "ab") as err:
             proc = subprocess.Popen(["/bin/sh", "-c", msg["cmd"]], cwd=msg["cwd"], env=env, stdin=subprocess.DEVNULL,
@@ -207,9 +222,46 @@ def waiter(msg, notify):
     write_json(os.path.join(tdir, "exit.json"), {"code": code, "timeout": timed_out})
 
 
-def fork_waiter(msg):
-    """Start the waiter; returns (its pid, the read end of its notification pipe)."""
+def warm_waiter(msg, notify, warm, grace):
+    """The waiter of a trial forked by the zygote: ``warm`` is (its supervisor's pid, the write end of the
+    supervisor's lifeline, the read end of its status pipe, on which it writes the trial's exit code)."""
+    pid, _lifeline, status = warm
+    write_json(os.path.join(msg["dir"], "pid.json"), {"pid": pid, "pgid": pid, "waiter": os.getpid(),
+                                                      "waiter_start": start_time(os.getpid()), "time": time.time()})
+    try:
+        os.write(notify, b"%d\n" % pid)
+    except OSError:
+        pass
+    data, ended, timed_out = b"", [False], False
+    max_duration = msg.get("max_duration")
+    deadline = time.time() + float(max_duration) if max_duration else None
+
+    def read_status(timeout):
+        nonlocal data
+        if not ended[0] and select.select([status], [], [], timeout)[0]:
+            chunk = os.read(status, 64)
+            data += chunk
+            ended[0] = not chunk
+        return ended[0]
+
+    while not read_status(None if deadline is None else max(0.0, deadline - time.time())):
+        if deadline is not None and time.time() >= deadline:
+            timed_out, deadline = True, None
+            kill_tree(pid, pid, grace, lambda: read_status(0))
+    try:
+        code = int(data)
+    except ValueError:  # the supervisor was killed before it could say
+        code = -signal.SIGKILL
+    if msg.get("remove_after"):
+        shutil.rmtree(msg["remove_after"], ignore_errors=True)
+    write_json(os.path.join(msg["dir"], "exit.json"), {"code": code, "timeout": timed_out})
+
+
+def fork_waiter(msg, warm=None):
+    """Start the waiter; returns (its pid, the read end of its notification pipe).  ``warm``: see
+    :func:`warm_waiter` (the agent's copies of its descriptors are closed here)."""
     r, w = os.pipe()
+    keep = {w} | (set(warm[1:]) if warm else set())
     pid = os.fork()
     if pid == 0:  # child
         try:
@@ -218,15 +270,125 @@ def fork_waiter(msg):
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            os.closerange(3, w)
-            os.closerange(w + 1, 65536)
-            waiter(msg, w)
+            low = 3
+            for fd in sorted(keep):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 65536)
+            waiter(msg, w, warm)
         except BaseException:  # noqa: BLE001 - a child must never return into the agent's loop
             pass
         finally:
             os._exit(0)
     os.close(w)
+    for fd in (warm[1:] if warm else ()):
+        os.close(fd)
     return pid, r
+
+
+# -- warm starts: the zygote of this agent -------------------------------------------------------------------
+class WarmStarts:
+    """The zygote (``zygote.py`` beside this file) that forks this agent's warm trials; started on first use."""
+
+    SLOT = "HPO_ZYGOTE_ENV_SLOT"
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.sock = None
+        self.proc = None
+        self.base_env = None
+        self.broken = None      # why warm starts are off on this host (then every trial starts cold)
+        self.warned = set()
+
+    def cold(self, why):
+        self.warn("trials start cold on this machine: " + why)
+        return None
+
+    def fork(self, msg):
+        """Fork the trial of ``msg`` from the zygote: (supervisor pid, lifeline write end, status read end), or
+        None when it starts cold (the reason sent once)."""
+        warm = msg["warm"]
+        env = trial_env(msg)
+        exe = shutil.which(warm["interpreter"], path=env.get("PATH"))
+        if not exe or os.path.realpath(exe) != os.path.realpath(sys.executable):
+            return self.cold("%r there is %s, not the interpreter of hpo's agent (%s)"
+                             % (warm["interpreter"], exe or "not found", sys.executable))
+        if self.sock is None and not self.start(warm.get("preload") or [], msg):
+            return self.cold(self.broken)
+        env.update(warm.get("flag_env") or {})
+        request = {"id": msg["id"], "argv": warm["argv"], "cwd": msg["cwd"], "grace": float(msg.get("grace") or 5.0),
+                   "env_set": {k: v for k, v in env.items() if self.base_env.get(k) != v},
+                   "env_unset": [k for k in self.base_env if k not in env]}
+        fds = []
+        try:
+            fds.append(os.open(os.path.join(msg["dir"], STREAMS[1]), os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+            fds.append(os.open(os.path.join(msg["dir"], STREAMS[2]), os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+            fds.append(os.open(os.devnull, os.O_WRONLY))  # reports go to HPO_REPORT_FILE
+            life_r, life_w = os.pipe()
+            status_r, status_w = os.pipe()
+            fds += [life_r, status_w]
+            try:
+                socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
+                answer = json.loads(self.sock.recv(1 << 20) or b"{}")
+            except (OSError, ValueError) as exc:
+                os.close(life_w)
+                os.close(status_r)
+                self.close("the zygote is gone (%s)" % exc)
+                return self.cold(self.broken)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if "pid" not in answer:
+            os.close(life_w)
+            os.close(status_r)
+            return self.cold("the zygote could not fork a trial (%s)" % answer.get("error"))
+        return answer["pid"], life_w, status_r
+
+    def start(self, preload, msg):
+        if sys.version_info < (3, 9):
+            self.broken = "warm starts need Python 3.9 or newer there (it has %s)" % sys.version.split()[0]
+            return False
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = trial_env(msg)
+        for key in [k for k in env if k.startswith(("HPO_", "NNI_")) or k == "CUDA_VISIBLE_DEVICES"]:
+            del env[key]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with open(os.path.join(os.path.dirname(msg["dir"].rstrip("/")), "zygote.log"), "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, os.path.join(here, "zygote.py"), str(theirs.fileno())], cwd=msg["cwd"],
+                    env=dict(env, **{self.SLOT: "x" * 512}), pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, start_new_session=True)
+            theirs.close()
+            ours.sendall(json.dumps({"preload": list(preload), "function_file": None}).encode())
+            ours.settimeout(600)
+            hello = json.loads(ours.recv(1 << 20) or b"null") or {"error": "it exited; see zygote.log"}
+            ours.settimeout(None)
+        except (OSError, ValueError) as exc:
+            theirs.close()
+            ours.close()
+            self.broken = "the warm-start zygote did not start (%s)" % exc
+            return False
+        if not hello.get("ready"):
+            ours.close()
+            self.broken = "the warm-start zygote refused: %s" % hello.get("error")
+            return False
+        for warning in hello.get("warnings") or []:
+            self.warn("warm starts: " + warning)
+        self.sock, self.base_env = ours, env
+        return True
+
+    def warn(self, text):
+        """Tell the engine ``text`` (once)."""
+        if text not in self.warned:
+            self.warned.add(text)
+            self.agent.send(ev="warn", msg=text)
+
+    def close(self, why):
+        self.broken = why
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 # -- the agent ----------------------------------------------------------------------------------------------
@@ -253,6 +415,7 @@ class Agent:
         self.listeners = []        # (until, socket) of do_listen
         self.buf = b""
         self.pending = []
+        self.warm = WarmStarts(self)
 
     def send(self, **event):
         self.pending.append(json.dumps(event, separators=(",", ":")).encode() + b"\n")
@@ -339,7 +502,10 @@ class Agent:
         for name in STREAMS:
             open(os.path.join(tdir, name), "ab").close()
         t = Trial(tid, tdir)
-        t.child, t.pipe = fork_waiter(msg)
+        warm = self.warm.fork(msg) if msg.get("warm") and not self.warm.broken else None
+        if msg.get("warm") and self.warm.broken:
+            self.warm.cold(self.warm.broken)
+        t.child, t.pipe = fork_waiter(msg, warm)
         self.trials[tid] = t
 
     def do_follow(self, msg):

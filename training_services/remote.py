@@ -45,6 +45,11 @@ Trial processes get ``HPO_TRIAL_DIR`` (the remote trial folder), ``HPO_PARAMETER
 ``HPO_REPORT_FILE`` there, ``CUDA_VISIBLE_DEVICES``, and ``python_path`` first on ``PATH``
 (``python_path`` may be an interpreter or a folder holding ``python3``).  What a trial writes in its
 remote folder stays on the machine, as do the folders (for inspection).
+
+Warm starts (``trial_warm_start: true``, ``trial_preload``): each machine's agent starts one zygote, which preloads
+the modules once, and forks every ``python script.py args`` / ``python -m module args`` trial from it, with the
+local service's semantics (see ``training_services/warm_start.py``).  A machine whose ``python3`` is older than
+3.9, or another interpreter than the one the command names, starts its trials cold, with one warning.
 """
 from __future__ import annotations
 
@@ -70,12 +75,15 @@ from training_services.nni_env import nni_environment
 from training_services.gang import GangProcess
 from training_services.gpu import GpuAllocator, GpuInfo
 from training_services.remote_gang import RemoteGangs, _Gang, member_folder
+from training_services.warm_start import warm_argv
 
 __all__ = ["RemoteTrainingService", "RemoteMachine"]
 
 log = logging.getLogger("hpo.remote")
 
 AGENT_FILE = Path(__file__).with_name("_remote_agent.py")
+ZYGOTE_FILE = Path(__file__).with_name("_zygote.py")  # warm starts: uploaded beside the agent
+SUPERVISOR_FILE = Path(__file__).with_name("_trial_supervisor.py")
 RESTORE_FOLDER = "restore"  # in a copy's remote folder: the checkpoint it restores, while it runs
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
 
@@ -155,6 +163,7 @@ class _Trial:
     files: dict[str, str] | None = None         # written into its remote folder before it starts
     merge_partial: list[bytes] = field(default_factory=lambda: [b"", b""])
     end_status: tuple[str, int | None, str | None] | None = None
+    started_run: "_Run | None" = None           # a member's copy that started (it may have ended since)
 
 
 @dataclass
@@ -415,6 +424,9 @@ class _Host:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             return
+        if ev == "warn":  # the agent says each once
+            log.warning("%s: %s", self.label, msg.get("msg"))
+            return
         run = self.runs.get(msg.get("id", ""))
         if run is None:
             return
@@ -638,7 +650,8 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         self._leftovers: list[dict[str, Any]] = []
         self._guard: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self._agent_files = {"agent.py": AGENT_FILE.read_bytes(),
+        self._agent_files = {"agent.py": AGENT_FILE.read_bytes(), "zygote.py": ZYGOTE_FILE.read_bytes(),
+                             "_trial_supervisor.py": SUPERVISOR_FILE.read_bytes(),
                              **{f"lib/{name}": data for name, data in trial_api_files().items()}}
         digest = hashlib.sha256()
         for name in sorted(self._agent_files):
@@ -867,13 +880,18 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
             env["HPO_RESTORE_CHECKPOINT"] = f"{run.remote_dir}/{RESTORE_FOLDER}"
         if host.state != "up":
             return  # reconciled after the reconnect: the new agent does not know it, so it is launched then
+        command = process.command if process is not None else spec.command
+        launch = {"op": "launch", "id": run.key, "dir": run.remote_dir, "cwd": run.code_remote,
+                  "files": run.trial.files, "cmd": command, "env": env, "params": json.dumps(spec.parameters),
+                  "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace,
+                  "remove_after": env.get("HPO_RESTORE_CHECKPOINT")}
+        parsed = warm_argv(command) if spec.warm_start is not None and command else None
+        if parsed is not None:  # forked from the agent's zygote (which falls back to a cold start, saying why)
+            interpreter, argv, flag_env = parsed
+            launch["warm"] = {"preload": spec.warm_start, "interpreter": interpreter, "argv": argv,
+                              "flag_env": flag_env}
         with contextlib.suppress(ConnectionError):  # likewise
-            host.send({"op": "launch", "id": run.key, "dir": run.remote_dir,
-                       "cwd": run.code_remote, "files": run.trial.files,
-                       "cmd": process.command if process is not None else spec.command, "env": env,
-                       "params": json.dumps(spec.parameters),
-                       "lib": f"{host.agent_dir}/lib", "max_duration": spec.max_duration, "grace": self.kill_grace,
-                       "remove_after": env.get("HPO_RESTORE_CHECKPOINT")})
+            host.send(launch)
         if run.trial.kill_status is not None:
             self._send_kill(run)
 
@@ -883,6 +901,7 @@ class RemoteTrainingService(RemoteGangs, TrainingService):
         run.pid = pid
         run.started_sent = True
         if trial.gang is not None:
+            trial.started_run = run
             if not trial.started.done():
                 trial.started.set_result(None)
             self._gang_started(trial.gang)

@@ -137,19 +137,20 @@ class RemoteGangs:
             raise RuntimeError("; ".join(errors))
 
     def _gang_started(self: "RemoteTrainingService", gang: _Gang) -> None:
-        """Once every member runs: the trial runs."""
-        if gang.started_sent or any(m.current is None or m.current.pid is None for m in gang.members):
+        """Once every member has started (a fast one may have ended already): the trial runs."""
+        runs = [m.started_run for m in gang.members]
+        if gang.started_sent or any(r is None or r.pid is None for r in runs):
             return
         gang.started_sent = True
-        pids = {m.process.name: m.current.pid for m in gang.members if m.process and m.current}
-        gpus = {m.process.name: m.current.gpus for m in gang.members if m.process and m.current}
+        pids = {m.process.name: r.pid for m, r in zip(gang.members, runs) if m.process and r}
+        gpus = {m.process.name: r.gpus for m, r in zip(gang.members, runs) if m.process and r}
         processes = [{"name": p.name, "host": pl.host, "port": pl.port, "machine": machine, "pid": pids.get(p.name),
                       "gpus": gpus.get(p.name, [])}
                      for p, pl, machine in zip(gang.spec.processes, gang.placements, gang.machines)]
-        chief = gang.members[0].current
+        chief = runs[0]
         assert chief is not None
         self._events.started(gang.spec.trial_id, chief.pid, chief.pid, chief.host.label,  # type: ignore[union-attr]
-                             [g for m in gang.members if m.current for g in m.current.gpus], processes=processes)
+                             [g for r in runs if r for g in r.gpus], processes=processes)
 
     async def _acquire_gang(self: "RemoteTrainingService", spec: TrialSpec) -> list[tuple["_Host", list[int]]] | None:
         """A slot (and GPUs) for every process at once; waits while the machines cannot hold them all.  None if
