@@ -150,13 +150,12 @@ class Zygote:
                 os.dup2(fd, target)
                 os.close(fd)
         os.set_inheritable(report, True)
-        env = {**os.environ, **request["env_set"]}
+        env = os.environ  # the zygote's, changed by the request's difference only (a full reset costs ~0.5 ms)
         for key in (*request["env_unset"], ENV_SLOT):
             env.pop(key, None)
+        env.update(request["env_set"])
         if "HPO_REPORT_FD" in env:
             env["HPO_REPORT_FD"] = str(report)
-        os.environ.clear()
-        os.environ.update(env)
         os.chdir(request["cwd"])
         _fresh_stdio(env)
         _reseed()
@@ -240,13 +239,14 @@ def _reap() -> None:
 
 def _default_signals() -> None:
     """The dispositions a fresh interpreter starts with, and no signal blocked."""
+    import _signal  # `signal`'s C functions, without its enum conversions (a quarter of a millisecond per trial)
     signal.set_wakeup_fd(-1)
-    for sig in signal.valid_signals():
+    for sig in range(1, _signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
-                signal.signal(sig, signal.SIG_DFL)
+            if _signal.getsignal(sig) not in (_signal.SIG_DFL, None):
+                _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
     signal.signal(signal.SIGINT, signal.default_int_handler)

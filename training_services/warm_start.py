@@ -74,13 +74,32 @@ class WarmProcess:
     """A trial's supervisor forked by the zygote: ``pid`` (also its process group), ``returncode`` once it
     ended (negative: the signal that ended it), like :class:`asyncio.subprocess.Process` for what the local
     service uses.  The supervisor writes the trial's exit code on a status pipe before it exits; a pipe closed
-    with nothing on it means the supervisor was killed (``-SIGKILL``)."""
+    with nothing on it means the supervisor was killed (``-SIGKILL``).  It has ended once the pipe is closed and
+    (where the system has pidfds) the process is gone: the pipe closes while it is still exiting."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._data = bytearray()
+        self._pending = 1  # the status pipe's end, then the process's
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfds (or it is gone already): the pipe's end is the end
+            self._pidfd = -1
+        else:
+            self._pending += 1
+            asyncio.get_running_loop().add_reader(self._pidfd, self._exited)
+
+    def _exited(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._one_done()
+
+    def _one_done(self) -> None:
+        self._pending -= 1
+        if self._pending == 0 and not self._done.done():
+            self._done.set_result(None)
 
     async def wait(self) -> int:
         await asyncio.shield(self._done)
@@ -100,8 +119,7 @@ class WarmProcess:
                     process.returncode = int(process._data.decode())
                 except ValueError:
                     process.returncode = -signal.SIGKILL
-                if not process._done.done():
-                    process._done.set_result(None)
+                process._one_done()
 
         await loop.connect_read_pipe(Status, os.fdopen(status_fd, "rb", buffering=0))
 
