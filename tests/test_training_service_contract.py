@@ -50,6 +50,19 @@ def _remote(tmp: Path) -> Any:
         known_hosts_file=str(shared.known_hosts), remote_directory=str(tmp / "remote-host"), kill_grace=1.0)
 
 
+def _remote_warm(tmp: Path) -> Any:
+    """The remote service with warm starts on: trials forked from the zygote of the machine's agent."""
+    service = _remote(tmp)
+    launch = service.launch
+
+    async def warm_launch(spec: TrialSpec) -> None:
+        spec.warm_start = ["json"] if spec.warm_start is None else spec.warm_start
+        await launch(spec)
+
+    service.launch = warm_launch
+    return service
+
+
 def _kubernetes(tmp: Path) -> Any:
     """Trials as Jobs on the fake cluster of tests/fake_k8s (one for the whole run; a namespace per test)."""
     from kube_support import shared_cluster
@@ -60,7 +73,7 @@ def _kubernetes(tmp: Path) -> Any:
 
 
 SERVICES: dict[str, Callable[[Path], Any]] = {"local": _local, "local-warm": _local_warm, "remote": _remote,
-                                              "kubernetes": _kubernetes}
+                                              "remote-warm": _remote_warm, "kubernetes": _kubernetes}
 
 
 def processes(rec: "Recorder", trial_id: str) -> list[psutil.Process]:
@@ -232,6 +245,8 @@ def test_kill_ends_the_whole_tree_with_the_given_status(tmp_path, service_factor
         await asyncio.sleep(0.2)
         tree = processes(rec, "tree")
         assert len(tree) >= 4
+        if service_factory in (_local_warm, _remote_warm):  # forked: the supervisor is a zygote's child
+            assert "zygote" in " ".join(tree[0].cmdline()), tree[0].cmdline()
         await svc.kill("tree", "EARLY_STOPPED", "assessor")
         return rec, tree
 
