@@ -554,8 +554,10 @@ def test_wrong_key_fails_the_experiment_with_a_clear_message(tmp_path, keys, ser
 
 
 # -- faults while running -------------------------------------------------------------------------------------------
-def test_connection_drop_mid_trial_is_reconciled(tmp_path, keys, servers):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_connection_drop_mid_trial_is_reconciled(tmp_path, keys, servers, warm):
     a = servers()
+    preload = [] if warm else None
     go = tmp_path / "go"
     script = f"""
     import os, time, hpo
@@ -574,12 +576,13 @@ def test_connection_drop_mid_trial_is_reconciled(tmp_path, keys, servers):
         rec = Recorder()
         svc = service(tmp_path, [host_a(a, keys)], a)
         await svc.start(rec)
-        await svc.launch(spec(tmp_path, "drop", script))
-        await svc.launch(spec(tmp_path, "victim", "import time\ntime.sleep(300)\n", seq=2))
+        await svc.launch(spec(tmp_path, "drop", script, warm_start=preload))
+        await svc.launch(spec(tmp_path, "victim", "import time\ntime.sleep(300)\n", seq=2, warm_start=preload))
         await until(lambda: len(rec.of("drop")) >= 2, 20, "the first report")
         trial = psutil.Process(rec.pids["drop"])
         victim = psutil.Process(rec.pids["victim"])
-        a.kill()  # every connection drops; the trials are detached and keep running
+        assert warm == ("zygote" in " ".join(trial.cmdline()))  # forked by the agent's zygote: its supervisor
+        a.kill()  # every connection drops; the trials are detached and keep running (a zygote ends with its agent)
         await until(lambda: svc.hosts[0].state == "reconnecting", 10, "the drop to be noticed")
         kill = asyncio.ensure_future(svc.kill("victim", "USER_CANCELED", "killed while disconnected"))
         go.with_name("go1").write_text("")
