@@ -7,7 +7,7 @@ Usage (from the repository root)::
     python benchmarks/orchestration.py --rss-trials 10000   # engine RSS with 10,000 finished trials
     python benchmarks/orchestration.py --no-nni --remote    # also through the remote service (sshd on loopback)
     python benchmarks/orchestration.py --no-nni --kubernetes --concurrency 4   # also as Jobs on the fake cluster
-    python benchmarks/orchestration.py --warm [--trials 200] [--repeat 3]  # warm starts vs cold vs Optuna (warm_start.py)
+    python benchmarks/orchestration.py --warm [--remote] [--trials 200] [--repeat 3]  # warm vs cold vs Optuna (warm_start.py)
     python benchmarks/orchestration.py --gang 4 [--remote] [--warm]  # a gang's start against one process's (gang_start.py)
 
 Each system runs in its own child process (so RSS is the engine's alone), with trials started by
@@ -252,7 +252,7 @@ def main() -> None:
         warm_start = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(warm_start)  # type: ignore[union-attr]
         with tempfile.TemporaryDirectory(prefix="hpo-bench-warm-") as tmp:
-            lines = warm_start.compare(args.trials, args.repeat, Path(tmp), run_child)
+            lines = warm_start.compare(args.trials, args.repeat, Path(tmp), run_child, args.remote)
         print(f"\nWarm trial starts, {os.cpu_count()} CPUs (each case in its own process):\n" + "\n".join(lines))
         return
     if args.gang:

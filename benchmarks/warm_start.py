@@ -9,7 +9,9 @@ Each case runs in its own child process (``--side CASE``), so its CPU and memory
   with SQLite storage (persisted, like hpo) and in memory;
 * ``sklearn-cold`` / ``sklearn-warm``: function trials whose module imports scikit-learn;
 * ``utilisation``: 1-second warm function trials at concurrency 16: the trials' own busy seconds over
-  (first start to last end) x 16 slots.
+  (first start to last end) x 16 slots;
+* with ``--remote``, ``ssh-cold`` / ``ssh-warm``: the command trials over SSH (a real sshd on 127.0.0.1, see
+  ``orchestration.py --remote``), fresh interpreters against forks of the agent's zygote.
 
 Reported: trials/s (median of ``--repeat`` runs), the engine's CPU per trial (the engine thread's), and ratios.
 """
@@ -43,13 +45,22 @@ def hpo_case(case: str, trials: int, concurrency: int, home: Path) -> dict:
     from hpo import Experiment
     from tuners import RandomTuner
 
-    exp = Experiment(RandomTuner(seed=0), "local")
+    kind, _, mode = case.partition("-")
+    exp = Experiment(RandomTuner(seed=0), "remote" if kind == "ssh" else "local")
     c = exp.config
+    if kind == "ssh":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("orchestration", HERE / "orchestration.py")
+        orchestration = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(orchestration)  # type: ignore[union-attr]
+        machine, options = orchestration._loopback_machine(home)
+        c.training_service.machine_list = [{**machine, "max_trials": concurrency}]
+        for key, value in options.items():
+            setattr(c.training_service, key, value)
     c.search_space = SPACE if case != "utilisation" else {"x": SPACE["x"]}
     c.trial_concurrency, c.max_trial_number = concurrency, trials
     c.trial_code_directory = HERE
-    kind, _, mode = case.partition("-")
-    if kind == "cmd":
+    if kind in ("cmd", "ssh"):
         c.trial_command = f"{sys.executable} hpo_trial.py"
     elif kind == "sklearn":
         from warm_sklearn_trial import with_sklearn
@@ -101,12 +112,13 @@ def side(case: str, trials: int, concurrency: int, home: Path) -> dict:
     return hpo_case(case, trials, concurrency, home)
 
 
-def compare(trials: int, repeat: int, tmp: Path, run_child) -> list[str]:
+def compare(trials: int, repeat: int, tmp: Path, run_child, remote: bool = False) -> list[str]:
     """Run every case ``repeat`` times (alternating, so a passing load falls on all alike); the report's lines."""
-    runs: dict[str, list[dict]] = {case: [] for case in CASES + ["utilisation"]}
+    cases = CASES + ["ssh-cold", "ssh-warm"] * remote
+    runs: dict[str, list[dict]] = {case: [] for case in cases + ["utilisation"]}
     counts = {"sklearn-cold": max(10, trials // 10), "utilisation": 160}
     for i in range(repeat):
-        for case in CASES + ["utilisation"]:
+        for case in cases + ["utilisation"]:
             n = counts.get(case, trials)
             concurrency = 16 if case == "utilisation" else 2
             runs[case].append(run_child([sys.executable, __file__, "--side", case, "--trials", str(n),
@@ -118,7 +130,7 @@ def compare(trials: int, repeat: int, tmp: Path, run_child) -> list[str]:
         return statistics.median(values) if values else float("nan")
 
     lines = [f"{'case':16}{'trials':>8}{'trials/s (median)':>20}{'engine CPU ms/trial':>22}   runs (trials/s)"]
-    for case in CASES:
+    for case in cases:
         lines.append(f"{case:16}{runs[case][0]['trials']:>8}{med(case):>20.1f}"
                      f"{med(case, 'engine_cpu_ms_per_trial'):>22.2f}   {[r['trials_per_s'] for r in runs[case]]}")
     util = runs["utilisation"]
@@ -128,6 +140,7 @@ def compare(trials: int, repeat: int, tmp: Path, run_child) -> list[str]:
         f"warm function trials vs Optuna with SQLite storage (in-process, not isolated): "
         f"{med('fn-warm') / med('optuna-sqlite'):.1f}x",
         f"scikit-learn trials, warm vs cold: {med('sklearn-warm') / med('sklearn-cold'):.1f}x",
+        *([f"command trials over SSH, warm vs cold: {med('ssh-warm') / med('ssh-cold'):.1f}x"] if remote else []),
         f"1-second trials at concurrency 16 ({util[0]['trials']} trials): utilisation "
         f"{statistics.median(r['utilisation'] for r in util):.2%} (runs {[r['utilisation'] for r in util]})",
         f"pairing mismatches: {sum(r['pairing_mismatches'] for rs in runs.values() for r in rs)}",
