@@ -60,7 +60,9 @@ for step in range(1, count + 1):
                 for _ in range(size // 2**20 // 2):
                     fh.write(block)
         copy = os.path.join(os.path.dirname(os.environ["HPO_CHECKPOINT_DIR"]), "plain-copies", hpo.get_trial_id())
-        for which in ((0, 1) if step % 2 else (1, 0)):  # alternate the order: neither always goes first
+        # alternate the order over all trials' steps (the second copy of a step is the slower one): with an odd
+        # number of steps per trial, alternating by step alone would put one of them second more often
+        for which in ((0, 1) if (step + hpo.get_sequence_id()) % 2 else (1, 0)):
             os.sync()
             t0 = time.perf_counter()
             if which == 0 and s3:
