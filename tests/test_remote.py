@@ -1272,3 +1272,31 @@ def test_a_warm_gang_whose_processes_end_at_once_is_recorded_as_started(tmp_path
         log = (exp.directory / "trials" / t["id"] / "stdout.log").read_text()
         assert all(f"rank {r}" in log for r in range(4)), log
     assert_none_left(str(remote))
+
+
+def test_a_zygote_that_dies_is_replaced_for_the_next_trials(tmp_path, keys, servers, make_experiment, caplog):
+    """The first trial kills its machine's zygote (its supervisor's parent): it finishes all the same, and the next
+    trials are forked from a new zygote, which imports the preloaded module once more."""
+    a = servers()
+    remote = tmp_path / "remote"
+    body = """
+import os, signal, hpo, preloaded
+if hpo.get_sequence_id() == 1:
+    with open(f"/proc/{os.getppid()}/stat") as fh:
+        zygote = int(fh.read().rsplit(")", 1)[1].split()[1])
+    os.kill(zygote, signal.SIGKILL)
+hpo.report_final_result(1)
+"""
+    exp = make_experiment(body, max_trial_number=4, trial_concurrency=1,
+                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
+                                            python_path=sys.executable)],
+                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
+                                            "remote_directory": str(remote)},
+                          trial_warm_start=True, trial_preload=["preloaded"])
+    (exp.config.trial_code_directory / "preloaded.py").write_text(WARM_MODULE)
+    with caplog.at_level("WARNING", logger="hpo.remote"):
+        assert exp.run(port=0) is True
+    assert [t["status"] for t in exp.list_trial_jobs()] == ["SUCCEEDED"] * 4
+    assert len((remote / "imports.txt").read_text().split()) == 2  # two zygotes, no trial imported it itself
+    assert not [r for r in caplog.records if "start cold" in r.getMessage()]
+    assert_none_left(str(remote))

@@ -298,6 +298,8 @@ class WarmStarts:
         self.proc = None
         self.base_env = None
         self.broken = None      # why warm starts are off on this host (then every trial starts cold)
+        self.starts = 0         # a zygote that dies is replaced, twice at most
+        self.last_error = None
         self.warned = set()
 
     def cold(self, why):
@@ -313,10 +315,31 @@ class WarmStarts:
         if not exe or os.path.realpath(exe) != os.path.realpath(sys.executable):
             return self.cold("%r there is %s, not the interpreter of hpo's agent (%s)"
                              % (warm["interpreter"], exe or "not found", sys.executable))
-        if self.sock is None and not self.start(warm.get("preload") or [], msg):
-            return self.cold(self.broken)
         env.update(warm.get("flag_env") or {})
-        request = {"id": msg["id"], "argv": warm["argv"], "cwd": msg["cwd"], "grace": float(msg.get("grace") or 5.0),
+        for _ in range(2):  # a zygote found dead is replaced once here (and at most twice in all)
+            if self.sock is None:
+                if self.starts >= 3:
+                    self.broken = "the warm-start zygote died three times (last: %s)" % self.last_error
+                self.starts += 1
+                if self.broken or not self.start(warm.get("preload") or [], msg):
+                    return self.cold(self.broken)
+            forked = self.request(msg, env)
+            if forked is not None:
+                break
+        else:
+            return self.cold(self.last_error)
+        answer, life_w, status_r = forked
+        if "pid" not in answer:
+            os.close(life_w)
+            os.close(status_r)
+            return self.cold("the zygote could not fork a trial (%s)" % answer.get("error"))
+        return answer["pid"], life_w, status_r
+
+    def request(self, msg, env):
+        """Ask the zygote to fork the trial: (its answer, lifeline write end, status read end), or None when the
+        zygote is gone (then closed, its reason in ``last_error``)."""
+        request = {"id": msg["id"], "argv": msg["warm"]["argv"], "cwd": msg["cwd"],
+                   "grace": float(msg.get("grace") or 5.0),
                    "env_set": {k: v for k, v in env.items() if self.base_env.get(k) != v},
                    "env_unset": [k for k in self.base_env if k not in env]}
         fds = []
@@ -329,20 +352,18 @@ class WarmStarts:
             fds += [life_r, status_w]
             try:
                 socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
-                answer = json.loads(self.sock.recv(1 << 20) or b"{}")
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    raise OSError("it exited; see zygote.log")
+                return json.loads(data), life_w, status_r
             except (OSError, ValueError) as exc:
                 os.close(life_w)
                 os.close(status_r)
                 self.close("the zygote is gone (%s)" % exc)
-                return self.cold(self.broken)
+                return None
         finally:
             for fd in fds:
                 os.close(fd)
-        if "pid" not in answer:
-            os.close(life_w)
-            os.close(status_r)
-            return self.cold("the zygote could not fork a trial (%s)" % answer.get("error"))
-        return answer["pid"], life_w, status_r
 
     def start(self, preload, msg):
         if sys.version_info < (3, 9):
@@ -385,10 +406,12 @@ class WarmStarts:
             self.agent.send(ev="warn", msg=text)
 
     def close(self, why):
-        self.broken = why
+        self.last_error = why
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        if self.proc is not None:
+            self.proc.poll()  # reaped, if it has exited
 
 
 # -- the agent ----------------------------------------------------------------------------------------------
@@ -502,9 +525,7 @@ class Agent:
         for name in STREAMS:
             open(os.path.join(tdir, name), "ab").close()
         t = Trial(tid, tdir)
-        warm = self.warm.fork(msg) if msg.get("warm") and not self.warm.broken else None
-        if msg.get("warm") and self.warm.broken:
-            self.warm.cold(self.warm.broken)
+        warm = self.warm.fork(msg) if msg.get("warm") else None
         t.child, t.pipe = fork_waiter(msg, warm)
         self.trials[tid] = t
 
