@@ -132,7 +132,9 @@ class HyperbandTuner(Tuner):
         self._rng = np.random.default_rng(seed)
         self.rounds = rounds
         self.min_resource = min_resource
-        self._plan = bracket_plan(R, eta, min_resource) * rounds
+        one_round = bracket_plan(R, eta, min_resource)
+        self._per_round = len(one_round)
+        self._plan = one_round * rounds
         self._brackets: list[_Bracket] = []
         self._where: dict[int, tuple[_Bracket, int, int]] = {}  # parameter id -> (bracket, rung, index)
 
@@ -160,27 +162,41 @@ class HyperbandTuner(Tuner):
 
     def _draw(self) -> dict[str, Any]:
         """A first-rung configuration (sampler 'tpe'): random, or TPE's suggestion from the results at the largest
-        resource with ``min_points`` of them."""
+        resource with enough of them (:meth:`model_budget`)."""
         from tuners.tpe import TpeTuner
 
         assert self.space is not None
         rng = np.random.default_rng([self._entropy, self._draws, 5])
         self._draws += 1
-        need = self.min_points or len(self.space.names) + 1
-        by_resource: dict[float, list[tuple[dict[str, Any], float]]] = {}
-        for config, resource, score in self._observed:
-            if math.isfinite(score):
-                by_resource.setdefault(resource, []).append((config, score))
-        usable = [r for r, rows in by_resource.items() if len(rows) >= need]
-        if not usable or rng.random() < self.random_fraction:
+        budget = self.model_budget()
+        if budget is None or rng.random() < self.random_fraction:
             return random_point(self.space, rng)
-        model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=need)
+        model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=self._model_points(),
+                         **self._model_args)
         model.update_search_space(self.space)
-        model.import_data([{"parameter": c, "value": s} for c, s in by_resource[max(usable)]])
+        model.import_data([{"parameter": c, "value": s} for c, r, s in self._observed if r == budget and math.isfinite(s)])
         try:
             return model.generate_parameters(0)
         except NoMoreTrials:  # a small discrete space that TPE has seen whole: brackets sample with replacement
             return random_point(self.space, rng)
+
+    def model_budget(self) -> float | None:
+        """(sampler 'tpe') The resource whose results the next model-based draw is fitted on: the largest with at
+        least ``min_points`` results (BOHB's rule: one model per budget level, the highest that has enough); None
+        while no resource has that many (draws are random)."""
+        counts: dict[float, int] = {}
+        for _, resource, score in self._observed:
+            if math.isfinite(score):
+                counts[resource] = counts.get(resource, 0) + 1
+        need = self._model_points()
+        return max((r for r, n in counts.items() if n >= need), default=None)
+
+    _model_args: dict[str, Any] = {}  # TpeTuner's arguments for the model (BOHB sets its own)
+
+    def _model_points(self) -> int:
+        """Results a resource needs before the model is fitted on them."""
+        assert self.space is not None
+        return self.min_points or len(self.space.names) + 1
 
     def brackets_state(self) -> list[tuple[Any, ...]]:
         """Every started bracket's state (see ``_Bracket.state``): equal for a tuner and its resumed copy."""
@@ -247,7 +263,7 @@ class HyperbandTuner(Tuner):
         """(sampler 'tpe') The next free first-rung slot of the bracket that starts at the resource ``params`` have,
         taking their configuration (brackets before it are started, as the original tuner did)."""
         resource = params.get(self.resource_name)
-        for b, rungs in enumerate(self._plan):
+        for b, rungs in enumerate(self._plan[:len(self._brackets) + self._per_round]):  # started, or the next round's
             if self._resource(rungs[0][1]) != resource:
                 continue
             if b < len(self._brackets) and (self._brackets[b].rung != 0 or None not in self._brackets[b].configs):
