@@ -1,7 +1,8 @@
 """Multi-fidelity methods on learning curves: regret against epochs spent (``benchmarks/tuners.py --curves``).
 
-Each method runs one trial at a time on a curve problem (``problems.CURVE_PROBLEMS``: a loss per configuration
-and epoch count) until it has spent the epochs TPE without stopping spends on ``--curve-trials`` trials of ``R``
+Each method runs one trial at a time on a curve problem (a loss per configuration and epoch count:
+``--curve-suite synthetic``, the made-up curves of ``problems.CURVE_PROBLEMS``; ``sklearn``, the real runs of
+``benchmarks/data/learning_curves.npz`` as tables, see ``table_curves.py``; ``all``, both) until it has spent the epochs TPE without stopping spends on ``--curve-trials`` trials of ``R``
 epochs.  Epochs are counted honestly: a trial costs the epochs it trains; a trial stopped early by an assessor or a
 pruner costs the epochs it ran; a configuration that Hyperband/BOHB promote *with continuation* restores its
 checkpoint from the rung before and costs only the additional epochs (the loss at ``e`` epochs is the same whether
@@ -31,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from problems import CURVE_PROBLEMS, CurveProblem, get_curve_problem
+from table_curves import table_problems
 
 __all__ = ["METHODS", "curves"]
 
@@ -42,6 +44,9 @@ LABELS = {"tpe": "TPE, no stopping", "random": "random, no stopping", "tpe-asha"
           "hyperband-random-fresh": "Hyperband (random), from scratch", "bohb": "BOHB (hpo), continuation",
           "optuna-hb": "Optuna TPE + HyperbandPruner"}
 OPTUNA_PARAMS: Callable[..., dict[str, Any]] | None = None  # benchmarks/tuners.py's optuna_params (set by it)
+# more configurations to compare (--variant NAME=JSON): a name starting with "bohb" or "hyperband" is that method
+# with these constructor arguments on top of its own
+VARIANTS: dict[str, dict[str, Any]] = {}
 
 
 class _Trace:
@@ -62,12 +67,14 @@ def _bracketed(problem: CurveProblem, opt: str, seed: int, epochs: float) -> lis
     from tuners.hyperband import HyperbandTuner
 
     trace = _Trace(problem)
-    if opt == "bohb":
-        tuner: Any = BohbTuner(optimize_mode="minimize", seed=seed, min_budget=1, max_budget=problem.R, eta=3)
+    extra = VARIANTS.get(opt, {})
+    if opt.startswith("bohb"):
+        tuner: Any = BohbTuner(**{"optimize_mode": "minimize", "seed": seed, "min_budget": 1,
+                                  "max_budget": problem.R, "eta": 3, **extra})
     else:
-        tuner = HyperbandTuner(optimize_mode="minimize", seed=seed, R=problem.R, eta=3, rounds=50,
-                               sampler="random" if opt.startswith("hyperband-random") else "tpe",
-                               resume=not opt.endswith("-fresh"))
+        tuner = HyperbandTuner(**{"optimize_mode": "minimize", "seed": seed, "R": problem.R, "eta": 3, "rounds": 50,
+                                  "sampler": "random" if opt.startswith("hyperband-random") else "tpe",
+                                  "resume": not opt.endswith("-fresh"), **extra})
     tuner.update_search_space(problem.space)
     budget_of: dict[int, float] = {}
     pid = 0
@@ -145,9 +152,19 @@ def _optuna_hb(problem: CurveProblem, opt: str, seed: int, epochs: float) -> lis
     return trace.points
 
 
+SUITES = {"synthetic": lambda: list(CURVE_PROBLEMS), "sklearn": table_problems,
+          "all": lambda: list(CURVE_PROBLEMS) + table_problems()}
+
+
+def problem_named(name: str) -> CurveProblem:
+    """A synthetic curve problem, or ``sk_<task>`` of the scikit-learn table."""
+    found = [p for p in table_problems() if p.name == name]
+    return found[0] if found else get_curve_problem(name)
+
+
 def run(task: tuple[str, str, int, float]) -> dict[str, Any]:
     problem_name, opt, seed, epochs = task
-    problem = get_curve_problem(problem_name)
+    problem = problem_named(problem_name)
     runner = _optuna_hb if opt == "optuna-hb" else _bracketed if opt.startswith(("hyperband", "bohb")) else _whole
     t0 = time.process_time()
     trace = runner(problem, opt, seed, epochs)
@@ -164,22 +181,33 @@ def best_at(trace: list[tuple[float, float]], e: float) -> float:
     return best
 
 
-def reach(trace: list[tuple[float, float]], target: float) -> float:
-    """Epochs spent when the best loss first is <= ``target`` (inf: never)."""
-    return next((spent for spent, b in trace if b <= target), math.inf)
+GRID = np.arange(1, 201) / 200  # the shares of the reference's epochs at which curves are compared
 
 
-def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Median and a distribution-free interval for it (order statistics of the binomial(n, 1/2))."""
-    v = sorted(values)
-    n = len(v)
-    from math import comb
-    cdf, k = 0.0, 0
-    while k < n and cdf + comb(n, k) / 2 ** n <= (1 - level) / 2:
-        cdf += comb(n, k) / 2 ** n
-        k += 1
-    lo, hi = (v[k - 1], v[n - k]) if k >= 1 else (-math.inf, math.inf)
-    return float(statistics.median(v)), lo, hi
+def on_grid(trace: list[tuple[float, float]], total: float) -> np.ndarray:
+    """Best loss after each share of ``total`` epochs in GRID (inf before the first trial ended)."""
+    spent = np.array([p[0] for p in trace])
+    best = np.array([p[1] for p in trace] + [math.inf])  # index -1: nothing ended yet
+    return best[np.searchsorted(spent, GRID * total + 1e-9, side="right") - 1]
+
+
+def _first(curve: np.ndarray, target: float) -> float:
+    hit = np.flatnonzero(curve <= target)
+    return float(GRID[hit[0]]) if hit.size else math.inf
+
+
+def share_interval(method: np.ndarray, reference: np.ndarray, stat: Callable[..., Any],
+                   resamples: int = 1000) -> tuple[float, float, float]:
+    """The share of the reference's epochs after which ``stat`` (np.median or np.mean over seeds) of the method's best
+    loss is down to ``stat`` of the reference's final one (inf: not within them), and a 95% bootstrap interval (seeds
+    resampled with replacement, the same draws for both).  Rows: seeds; columns: GRID."""
+    point = _first(stat(method, axis=0), float(stat(reference[:, -1])))
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(method), len(method))
+        boot.append(_first(stat(method[idx], axis=0), float(stat(reference[idx, -1]))))
+    return point, float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
 def _mean_interval(values: list[float]) -> tuple[float, float, float]:
@@ -195,8 +223,10 @@ def _share(x: float) -> str:
 def curves(args: Any, command: str, environment: Callable[[float, int], str],
            table: Callable[[list[str], list[list[str]]], str]) -> None:
     """Run every method on every problem and seed, and print the anytime tables and the targets."""
-    problems = [get_curve_problem(p) for p in args.problems.split(",")] if args.problems else CURVE_PROBLEMS
-    methods = [m for m in (args.optimizers.split(",") if args.optimizers else METHODS) if m in METHODS]
+    problems = [problem_named(p) for p in args.problems.split(",")] if args.problems else \
+        SUITES[args.curve_suite]()
+    known = METHODS + list(VARIANTS)
+    methods = [m for m in (args.optimizers.split(",") if args.optimizers else known) if m in known]
     if "tpe" not in methods:
         methods.insert(0, "tpe")
     seeds = list(range(args.seeds))
@@ -225,29 +255,28 @@ def curves(args: Any, command: str, environment: Callable[[float, int], str],
             for f in fractions:
                 m, lo, hi = _mean_interval([best_at(results[(p.name, o, s)]["trace"], f * total) for s in seeds])
                 cells.append(f"{m:.4g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(m) else "-")
-            rows.append([LABELS[o]] + cells)
+            rows.append([LABELS.get(o, o)] + cells)
         print(table(["method"] + [f"{f:.0%} ({f * total:.0f} ep.)" for f in fractions], rows))
-        finals = [best_at(results[(p.name, "tpe", s)]["trace"], total) for s in seeds]
-        target_median, target_mean = statistics.median(finals), statistics.fmean(finals)
+        reference = np.array([on_grid(results[(p.name, "tpe", s)]["trace"], total) for s in seeds])
+        finals = list(reference[:, -1])
         verdicts[p.name] = {}
         rows = []
         for o in methods:
-            shares = [reach(results[(p.name, o, s)]["trace"], target_median) / total for s in seeds]
-            med, lo, hi = median_interval(shares)
-            mean_reach = next((step / 1000 for step in range(1, 1001) if statistics.fmean(
-                best_at(results[(p.name, o, s)]["trace"], total * step / 1000) for s in seeds) <= target_mean), math.inf)
-            verdicts[p.name][o] = (med, lo, hi, mean_reach)
+            traces = np.array([on_grid(results[(p.name, o, s)]["trace"], total) for s in seeds])
+            med = share_interval(traces, reference, np.median)
+            mean = share_interval(traces, reference, np.mean)
+            verdicts[p.name][o] = (*med, mean[0])
             cpu = statistics.fmean(results[(p.name, o, s)]["cpu"] for s in seeds)
-            rows.append([LABELS[o], f"{_share(med)} [{_share(lo)}, {_share(hi)}]",
-                         f"{sum(math.isfinite(x) for x in shares)}/{len(seeds)}", _share(mean_reach), f"{cpu:.1f}"])
-        print(f"\nShare of TPE's {total} epochs needed to reach TPE's final regret (median over seeds {target_median:.4g};"
-              f" mean {target_mean:.4g}):\n")
-        print(table(["method", "per seed: median [95% interval]", "seeds that reach it", "mean curve reaches the mean",
-                     "CPU s per run"], rows))
-    print("\n## Targets (per seed, median share of TPE's epochs to reach TPE's median final regret)\n")
+            rows.append([LABELS.get(o, o), f"{_share(med[0])} [{_share(med[1])}, {_share(med[2])}]",
+                         f"{_share(mean[0])} [{_share(mean[1])}, {_share(mean[2])}]", f"{cpu:.1f}"])
+        print(f"\nShare of TPE's {total} epochs after which the method's median (mean) regret over seeds is down to TPE's "
+              f"final median {statistics.median(finals):.4g} (mean {statistics.fmean(finals):.4g}); 95% bootstrap "
+              "intervals over seeds:\n")
+        print(table(["method", "median curve", "mean curve", "CPU s per run"], rows))
+    print("\n## Targets (share of TPE's epochs after which the median regret over seeds is TPE's final median)\n")
     for name, by in verdicts.items():
         for o, bar in (("hyperband", 0.4), ("bohb", 0.3)):
             if o in by:
                 med, lo, hi, mean_reach = by[o]
-                print(f"- {name}: {LABELS[o]} {_share(med)} [{_share(lo)}, {_share(hi)}] (mean curve: "
+                print(f"- {name}: {LABELS.get(o, o)} {_share(med)} [{_share(lo)}, {_share(hi)}] (mean curves: "
                       f"{_share(mean_reach)}); bar <= {bar:.0%}: {'met' if med <= bar else 'MISSED'}")

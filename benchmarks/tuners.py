@@ -740,6 +740,7 @@ def curves(args: argparse.Namespace) -> None:
     import curve_bench
 
     curve_bench.OPTUNA_PARAMS = optuna_params
+    curve_bench.VARIANTS.update({k: v for k, v in TPE_VARIANTS.items() if k.startswith(("bohb", "hyperband"))})
     curve_bench.curves(args, _command(), _environment, _table)
 
 
@@ -752,6 +753,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--curves", action="store_true",
                     help="multi-fidelity methods vs TPE on the learning-curve problems (regret against epochs spent; "
                          "benchmarks/curve_bench.py; --optimizers picks methods)")
+    ap.add_argument("--curve-suite", choices=("synthetic", "sklearn", "all"), default="synthetic",
+                    help="--curves: the synthetic curves (default), the scikit-learn tables, or both")
     ap.add_argument("--curve-trials", type=int, default=50,
                     help="--curves: TPE's (and random search's) trials of R epochs (default 50)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per problem and optimizer (default 10)")
