@@ -192,7 +192,7 @@ def on_grid(trace: list[tuple[float, float]], total: float) -> np.ndarray:
 
 
 def _first(curve: np.ndarray, target: float) -> float:
-    hit = np.flatnonzero(curve <= target)
+    hit = np.flatnonzero(curve <= target + 1e-12 * max(abs(target), 1.0))  # the same sum in another order
     return float(GRID[hit[0]]) if hit.size else math.inf
 
 
@@ -242,7 +242,8 @@ def curves(args: Any, command: str, environment: Callable[[float, int], str],
     print(environment(elapsed, args.jobs))
     print("Epochs are counted as trained: a stopped trial costs the epochs it ran, a continued (promoted) trial "
           "only its additional epochs.  Regret: the best noise-free loss of the trials ended so far (minimum 0).  "
-          "NNI's BOHB is not run: its advisor needs ConfigSpace, which the cached NNI venv does not have.")
+          "NNI's BOHB is not run: its advisor imports ConfigSpace and statsmodels (with pandas), which the cached NNI 3.0 "
+          "venv does not have.")
     fractions = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
     verdicts: dict[str, dict[str, tuple[float, float, float, float]]] = {}
     for p in problems:
