@@ -2,9 +2,10 @@
 
 Each method runs one trial at a time on a curve problem (a loss per configuration and epoch count:
 ``--curve-suite synthetic``, the made-up curves of ``problems.CURVE_PROBLEMS``; ``sklearn``, the real runs of
-``benchmarks/data/learning_curves.npz`` as tables, see ``table_curves.py``; ``all``, both) until it has spent the epochs TPE without stopping spends on ``--curve-trials`` trials of ``R``
-epochs.  Epochs are counted honestly: a trial costs the epochs it trains; a trial stopped early by an assessor or a
-pruner costs the epochs it ran; a configuration that Hyperband/BOHB promote *with continuation* restores its
+``benchmarks/data/learning_curves.npz`` as tables, see ``table_curves.py``; ``all``, both) until it has spent
+the epochs TPE without stopping spends on ``--curve-trials`` trials of ``R`` epochs.  Epochs are counted
+honestly: a trial costs the epochs it trains; a trial stopped early by an assessor or a pruner costs the epochs it
+ran; a configuration that Hyperband/BOHB promote *with continuation* restores its
 checkpoint from the rung before and costs only the additional epochs (the loss at ``e`` epochs is the same whether
 it was reached in one go or in two).  Regret after ``e`` epochs: the best noise-free loss of the trials ended so
 far, each at the epochs it reached (the methods see noisy losses).
@@ -39,7 +40,8 @@ __all__ = ["METHODS", "curves"]
 METHODS = ["tpe", "random", "tpe-asha", "hyperband", "hyperband-fresh", "hyperband-random", "hyperband-random-fresh",
            "bohb", "optuna-hb"]
 LABELS = {"tpe": "TPE, no stopping", "random": "random, no stopping", "tpe-asha": "TPE + ASHA (no sharing)",
-          "hyperband": "Hyperband (tpe sampler), continuation", "hyperband-fresh": "Hyperband (tpe sampler), from scratch",
+          "hyperband": "Hyperband (tpe sampler), continuation",
+          "hyperband-fresh": "Hyperband (tpe sampler), from scratch",
           "hyperband-random": "Hyperband (random), continuation",
           "hyperband-random-fresh": "Hyperband (random), from scratch", "bohb": "BOHB (hpo), continuation",
           "optuna-hb": "Optuna TPE + HyperbandPruner"}
@@ -132,7 +134,9 @@ def _optuna_hb(problem: CurveProblem, opt: str, seed: int, epochs: float) -> lis
     warnings.filterwarnings("ignore")
     space = parse_search_space(problem.space)
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=problem.R, reduction_factor=3)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, direction="minimize")
+    # a fixed study name: HyperbandPruner assigns trials to brackets by a hash of the study's name
+    study = optuna.create_study(study_name=f"curves-{problem.name}-{seed}", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=pruner, direction="minimize")
     trace = _Trace(problem)
     while trace.spent < epochs:
         trial = study.ask()
@@ -242,8 +246,8 @@ def curves(args: Any, command: str, environment: Callable[[float, int], str],
     print(environment(elapsed, args.jobs))
     print("Epochs are counted as trained: a stopped trial costs the epochs it ran, a continued (promoted) trial "
           "only its additional epochs.  Regret: the best noise-free loss of the trials ended so far (minimum 0).  "
-          "NNI's BOHB is not run: its advisor imports ConfigSpace and statsmodels (with pandas), which the cached NNI 3.0 "
-          "venv does not have.")
+          "NNI's BOHB is not run: its advisor imports ConfigSpace and statsmodels (with pandas), which the cached NNI "
+          "3.0 venv does not have.")
     fractions = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
     verdicts: dict[str, dict[str, tuple[float, float, float, float]]] = {}
     for p in problems:
@@ -270,8 +274,9 @@ def curves(args: Any, command: str, environment: Callable[[float, int], str],
             cpu = statistics.fmean(results[(p.name, o, s)]["cpu"] for s in seeds)
             rows.append([LABELS.get(o, o), f"{_share(med[0])} [{_share(med[1])}, {_share(med[2])}]",
                          f"{_share(mean[0])} [{_share(mean[1])}, {_share(mean[2])}]", f"{cpu:.1f}"])
-        print(f"\nShare of TPE's {total} epochs after which the method's median (mean) regret over seeds is down to TPE's "
-              f"final median {statistics.median(finals):.4g} (mean {statistics.fmean(finals):.4g}); 95% bootstrap "
+        print(f"\nShare of TPE's {total} epochs after which the method's median (mean) regret over seeds is down to "
+              f"TPE's final median {statistics.median(finals):.4g} (mean {statistics.fmean(finals):.4g}); "
+              "95% bootstrap "
               "intervals over seeds:\n")
         print(table(["method", "median curve", "mean curve", "CPU s per run"], rows))
     print("\n## Targets (share of TPE's epochs after which the median regret over seeds is TPE's final median)\n")

@@ -24,6 +24,7 @@ import errno
 import functools
 import json
 import logging
+import numbers
 import secrets
 import shlex
 import string
@@ -414,12 +415,12 @@ class Engine:
             return _NO_PARENT
         if parent is None:
             return None
-        if isinstance(parent, bool) or not isinstance(parent, int) or not 0 < parent < seq \
-                or self.store.trial(parent) is None:
+        if isinstance(parent, bool) or not isinstance(parent, numbers.Integral) or not 0 < int(parent) < seq \
+                or self.store.trial(int(parent)) is None:
             self._error = (f"tuner failed in continues_from: trial #{seq} cannot continue {parent!r} "
                            "(expected None or the parameter_id of an earlier trial)")
             return _NO_PARENT
-        return parent
+        return int(parent)
 
     def _create_and_launch(self, seq: int, params: dict[str, Any], rerun_of: int | None,
                            continues: int | None = None) -> None:

@@ -28,7 +28,8 @@ prev = hpo.restore_checkpoint()
 state = json.loads((prev / "state.json").read_text()) if prev is not None else None
 print("RESTORED " + json.dumps(state), flush=True)
 here = os.path.dirname(os.path.abspath(__file__))
-while state is not None and p["TRIAL_BUDGET"] == 9 and os.path.exists(os.path.join(here, "hold")) and not os.path.exists(os.path.join(here, "go")):
+hold, go = os.path.join(here, "hold"), os.path.join(here, "go")
+while state is not None and p["TRIAL_BUDGET"] == 9 and os.path.exists(hold) and not os.path.exists(go):
     time.sleep(0.05)
 start = state["epoch"] if state is not None else 0
 for epoch in range(start + 1, p["TRIAL_BUDGET"] + 1):

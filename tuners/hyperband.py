@@ -2,11 +2,11 @@
 or, as in BOHB (Falkner et al., 2018), from a TPE model of the results so far (``sampler='tpe'``).
 
 Each trial gets its resource (epochs, steps, ...) as the parameter ``resource_name`` (NNI's ``TRIAL_BUDGET`` by
-default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R))``) starts ``n = ceil((s_max + 1) /
-(s + 1) * eta**s)`` configurations at ``R * eta**-s``; once every trial of a rung has ended, the best
-``floor(n_i / eta)`` run again at ``eta`` times the resource, until ``R``.  A bracket waiting for its rung lets
-the next one start, so concurrent trials are never idle while a bracket remains.  Trials that end without a
-result rank last.
+default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R / min_resource))``) starts
+``n = ceil((s_max + 1) / (s + 1) * eta**s)`` configurations at ``R * eta**-s``; once every trial of a rung has
+ended, the best ``floor(n_i / eta)`` run again at ``eta`` times the resource, until ``R``.  A bracket waiting for
+its rung lets the next one start, so concurrent trials are never idle while a bracket remains.  Trials that end
+without a result rank last.
 
 Continuation (``resume=True``, the default)
     A configuration promoted to the next rung continues the trial that ran it at the rung before
@@ -174,7 +174,8 @@ class HyperbandTuner(Tuner):
         model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=self._model_points(),
                          **self._model_args)
         model.update_search_space(self.space)
-        model.import_data([{"parameter": c, "value": s} for c, r, s in self._observed if r == budget and math.isfinite(s)])
+        model.import_data([{"parameter": c, "value": s} for c, r, s in self._observed
+                           if r == budget and math.isfinite(s)])
         try:
             return model.generate_parameters(0)
         except NoMoreTrials:  # a small discrete space that TPE has seen whole: brackets sample with replacement
