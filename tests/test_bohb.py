@@ -43,6 +43,29 @@ def test_the_model_is_fitted_on_the_largest_budget_with_enough_results():
     assert make().model_budget() is None and make()._model_points() == 3  # default: the number of parameters + 1
 
 
+def test_hpbandsters_rule_needs_more_than_d_results_besides_its_good_set():
+    tuner = make(model_rule="hpbandster")  # d = 2: a good set of at least 3, and more than 2 others
+    assert tuner._model_points() == 6
+    drive(tuner, 5, concurrency=1)
+    assert tuner.model_budget() is None
+    drive(tuner, 1, concurrency=1, first_id=6)
+    assert tuner.model_budget() == 1
+    assert len(drive(tuner, 40, concurrency=1, first_id=7)) == 40  # model draws with the good set of >= 3
+    with pytest.raises(ValueError, match="model_rule"):
+        BohbTuner(model_rule="kde")
+
+
+def test_the_good_set_has_at_least_min_good_rows():
+    import numpy as np
+
+    from tuners._tpe_core import TpeSettings, split_good
+
+    loss = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert split_good(loss, TpeSettings(gamma=0.15)).tolist() == [i in (1, 3) for i in range(10)]
+    assert split_good(loss, TpeSettings(gamma=0.15, min_good=4)).tolist() == [i in (1, 2, 3, 4) for i in range(10)]
+    assert split_good(loss[:3], TpeSettings(gamma=0.15, min_good=4)).all()  # never more than there are
+
+
 def test_model_draws_move_to_where_the_good_results_are():
     """With enough results, model-based draws concentrate near the best x (the score grows with x)."""
     tuner = make(random_fraction=0.0, max_budget=27, rounds=3)

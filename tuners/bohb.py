@@ -43,13 +43,18 @@ class BohbTuner(HyperbandTuner):
     ``top_n_percent`` (the good share of results, 1-99), ``num_samples`` (candidates per draw),
     ``random_fraction``, ``bandwidth_factor``, ``min_bandwidth`` (a fraction of each parameter's range); and hpo's
     ``seed``, ``resource_name``, ``resource_type``, ``rounds`` (None: the brackets repeat until the experiment's
-    trial limit), ``resume`` (continue promoted configurations from their checkpoints)."""
+    trial limit), ``resume`` (continue promoted configurations from their checkpoints), ``model_rule`` (``'tpe'``:
+    TPE's split of a budget's results; ``'hpbandster'``: hpbandster's, see :meth:`_model_points`; measured worse)."""
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, min_budget: float = 1,
                  max_budget: float = 3, eta: float = 3, min_points_in_model: int | None = None,
                  top_n_percent: float = 15, num_samples: int = 64, random_fraction: float = 1 / 3,
                  bandwidth_factor: float = 1.0, min_bandwidth: float = 0.01, resource_name: str = "TRIAL_BUDGET",
-                 resource_type: str = "int", rounds: int | None = None, resume: bool = True) -> None:
+                 resource_type: str = "int", rounds: int | None = None, resume: bool = True,
+                 model_rule: str = "tpe") -> None:
+        if model_rule not in ("tpe", "hpbandster"):
+            raise ValueError(f"model_rule: got {model_rule!r}, expected 'tpe' or 'hpbandster'")
+        self.model_rule = model_rule
         if min_points_in_model is not None and (isinstance(min_points_in_model, bool) or
                                                 not isinstance(min_points_in_model, int) or min_points_in_model < 1):
             raise ValueError(f"min_points_in_model: got {min_points_in_model!r}, expected an integer >= 1 or null")
@@ -70,10 +75,29 @@ class BohbTuner(HyperbandTuner):
         self.bandwidth_factor, self.min_bandwidth = widen, narrowest
         self._model_args = {"gamma": top / 100, "max_good": 10**6, "n_ei_candidates": num_samples,
                             "bandwidth_factor": widen, "min_bandwidth": narrowest}
+        self._model_settings = {}
 
-    def _model_points(self) -> int:
+    def _least(self) -> int:
         assert self.space is not None
         return max(len(self.space.names) + 1, self.min_points_in_model or 0)
+
+    def _model_points(self) -> int:
+        """``'tpe'``: ``max(d + 1, min_points_in_model)`` results.  ``'hpbandster'``: as many as leave more than
+        ``d`` results besides the good ones, which are at least that many too (the good set: the best
+        ``max(min_points, top_n_percent% of them)``)."""
+        least = self._least()
+        if self.model_rule == "tpe":
+            return least
+        d = len(self.space.names)  # type: ignore[union-attr]
+        n = least
+        while n - max(least, int(self.top_n_percent * n) // 100) <= d:
+            n += 1
+        return n
+
+    def _draw(self) -> dict[str, Any]:
+        if self.model_rule == "hpbandster":
+            self._model_settings = {"min_good": self._least()}
+        return super()._draw()
 
     def class_args(self) -> dict[str, Any]:
         return {"optimize_mode": self.optimize_mode, "seed": self.seed, "min_budget": self.min_budget,
@@ -81,4 +105,5 @@ class BohbTuner(HyperbandTuner):
                 "top_n_percent": self.top_n_percent, "num_samples": self.num_samples,
                 "random_fraction": self.random_fraction, "bandwidth_factor": self.bandwidth_factor,
                 "min_bandwidth": self.min_bandwidth, "resource_name": self.resource_name,
-                "resource_type": self.resource_type, "rounds": self.rounds_arg, "resume": self.resume}
+                "resource_type": self.resource_type, "rounds": self.rounds_arg, "resume": self.resume,
+                "model_rule": self.model_rule}

@@ -33,6 +33,7 @@ Resume
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -173,6 +174,8 @@ class HyperbandTuner(Tuner):
             return random_point(self.space, rng)
         model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=self._model_points(),
                          **self._model_args)
+        if self._model_settings:
+            model.settings = dataclasses.replace(model.settings, **self._model_settings)
         model.update_search_space(self.space)
         model.import_data([{"parameter": c, "value": s} for c, r, s in self._observed
                            if r == budget and math.isfinite(s)])
@@ -192,7 +195,8 @@ class HyperbandTuner(Tuner):
         need = self._model_points()
         return max((r for r, n in counts.items() if n >= need), default=None)
 
-    _model_args: dict[str, Any] = {}  # TpeTuner's arguments for the model (BOHB sets its own)
+    _model_args: dict[str, Any] = {}  # TpeTuner's arguments for the model (BOHB sets its own) ...
+    _model_settings: dict[str, Any] = {}  # ... and TpeSettings fields it has no argument for
 
     def _model_points(self) -> int:
         """Results a resource needs before the model is fitted on them."""
