@@ -6,7 +6,8 @@ Usage (from the repository root)::
     python benchmarks/tuners.py --quick          # 3 seeds, budgets 25 and 50
     python benchmarks/tuners.py --suite holdout  # the same on the 10 holdout problems
     python benchmarks/tuners.py --latency        # ask+tell latency at 100, 1,000 and 3,000 finished trials
-    python benchmarks/tuners.py --curves         # Hyperband vs TPE on synthetic learning curves (regret vs epochs)
+    python benchmarks/tuners.py --curves         # multi-fidelity methods (Hyperband, BOHB, ASHA, Optuna's
+                                                 # HyperbandPruner) vs TPE on learning curves (regret vs epochs)
 
 (Run heavy jobs with ``nice -n 19`` on a shared machine.  The full quality run takes about 4
 minutes on 2 idle cores, 15-20 when the machine is busy.  Optuna's CMA-ES sampler needs the
@@ -76,8 +77,7 @@ sys.path.append(str(HERE))  # problems.py
 
 from hpo.search_space import (Categorical, IntRange, NestedOption, Numeric, SearchSpace,  # noqa: E402
                               nested_value, parse_search_space)
-from problems import (CURVE_PROBLEMS, HOLDOUT_PROBLEMS, PROBLEMS, Problem,  # noqa: E402
-                      get_curve_problem, get_problem)
+from problems import HOLDOUT_PROBLEMS, PROBLEMS, Problem, get_problem  # noqa: E402
 
 SUITES: dict[str, list[Problem]] = {"main": PROBLEMS, "holdout": HOLDOUT_PROBLEMS,
                                     "all": PROBLEMS + HOLDOUT_PROBLEMS}
@@ -542,8 +542,7 @@ def _tpe_defaults() -> str:
 
 
 def _label(o: str) -> str:
-    return {"tpe": "hpo TpeTuner", "gp": "hpo GpTuner", "hyperband": "hpo Hyperband (tpe sampler)",
-            "hyperband-random": "hpo Hyperband (random)"}.get(o, o)
+    return {"tpe": "hpo TpeTuner", "gp": "hpo GpTuner"}.get(o, o)
 
 
 def _cache_key(t: tuple[str, str, int, int]) -> str:
@@ -735,114 +734,14 @@ def latency(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> No
 
 
 # ------------------------------------------------------------------------------------------------
-# learning curves: Hyperband against TPE, regret against epochs spent
-
-def _curve_run(task: tuple[str, str, int, int]) -> dict[str, Any]:
-    """One run on a curve problem until ``epochs`` are spent: (epochs spent, best loss so far) after each trial.
-    ``tpe`` and ``random`` train every trial for R epochs; ``hyperband`` gives each its rung's epochs, and starts a
-    new round of brackets (next seed) when one is done."""
-    problem_name, opt, seed, epochs = task
-    from tuners import RandomTuner, TpeTuner
-    from tuners.hyperband import HyperbandTuner
-
-    problem = get_curve_problem(problem_name)
-    spent, best, trace = 0.0, math.inf, []
-    overhead = 0.0
-    rounds = 0
-    while spent < epochs:
-        if opt.startswith("hyperband"):
-            tuner: Any = HyperbandTuner(optimize_mode="minimize", seed=seed * 1000 + rounds, R=problem.R, eta=3,
-                                        sampler="random" if opt == "hyperband-random" else "tpe", rounds=20)
-        elif opt == "tpe":
-            tuner = TpeTuner(optimize_mode="minimize", seed=seed)
-        else:
-            tuner = RandomTuner(optimize_mode="minimize", seed=seed)
-        tuner.update_search_space(problem.space)
-        rounds += 1
-        pid = 0
-        while spent < epochs:
-            pid += 1
-            t0 = time.perf_counter()
-            try:
-                params = tuner.generate_parameters(pid)
-            except Exception:  # NoMoreTrials: this round of brackets is done
-                break
-            overhead += time.perf_counter() - t0
-            budget = params.pop("TRIAL_BUDGET", problem.R)
-            loss = problem.fn(params, budget)
-            spent += budget
-            best = min(best, problem.fn(params, budget, noisy=False))
-            trace.append((spent, best))
-            t0 = time.perf_counter()
-            tuner.receive_trial_result(pid, {**params, "TRIAL_BUDGET": budget} if opt.startswith("hyperband")
-                                       else params, loss)
-            tuner.trial_end(pid, True)
-            overhead += time.perf_counter() - t0
-    return {"problem": problem_name, "optimizer": opt, "seed": seed, "trace": trace, "overhead": overhead}
-
-
-def _best_at(trace: list[tuple[float, float]], e: float) -> float:
-    """Best loss after ``e`` epochs (inf before the first trial ended)."""
-    best = math.inf
-    for spent, b in trace:
-        if spent > e + 1e-9:
-            break
-        best = b
-    return best
-
+# learning curves: multi-fidelity methods against TPE, regret against epochs spent (benchmarks/curve_bench.py)
 
 def curves(args: argparse.Namespace) -> None:
-    problems = [get_curve_problem(p) for p in args.problems.split(",")] if args.problems else CURVE_PROBLEMS
-    seeds = list(range(args.seeds))
-    budget = args.curve_trials
-    optimizers = ["tpe", "hyperband", "hyperband-random", "random"]
-    tasks = [(p.name, o, s, budget * p.R) for p in problems for o in optimizers for s in seeds]
-    t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(args.jobs) as pool:
-        results = {(r["problem"], r["optimizer"], r["seed"]): r for r in pool.imap_unordered(_curve_run, tasks)}
-    elapsed = time.perf_counter() - t0
-    print(f"# Tuner benchmark: Hyperband vs TPE on synthetic learning curves ({len(problems)} problems, {len(seeds)} "
-          f"seeds; TPE and random search: {budget} trials of R epochs each)")
-    print(f"command: `{_command()}`")
-    print(_environment(elapsed, args.jobs))
-    print("Regret = the best noise-free loss of the trials so far, each at its own epochs (the tuners see noisy "
-          "losses; every problem's minimum is 0 at R epochs); Hyperband: R = the problem's epochs, eta = 3, "
-          "rounds=20 (brackets repeated, results kept), a trial's epochs are its resource "
-          "(no warm start); `hyperband` is HyperbandTuner's default (first-rung configurations from TPE, BOHB-style), "
-          "`hyperband-random` plain Hyperband (sampler='random').")
-    fractions = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
-    verdicts = []
-    for p in problems:
-        total = budget * p.R
-        print()
-        print(f"## {p.name}: {p.description} (R = {p.R}; TPE's total: {total} epochs)")
-        print()
-        header = ["optimizer"] + [f"{f:.0%} ({f * total:.0f} ep.)" for f in fractions]
-        rows = []
-        for o in optimizers:
-            cells = []
-            for f in fractions:
-                m, lo, hi = _mean_interval([_best_at(results[(p.name, o, s)]["trace"], f * total) for s in seeds])
-                cells.append(f"{m:.4g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(m) else "-")
-            rows.append([_label(o)] + cells)
-        print(_table(header, rows))
-        tpe_final = statistics.fmean(_best_at(results[(p.name, "tpe", s)]["trace"], total) for s in seeds)
-        reach = None
-        for step in range(1, 1001):
-            e = total * step / 1000
-            hb = statistics.fmean(_best_at(results[(p.name, "hyperband", s)]["trace"], e) for s in seeds)
-            if hb <= tpe_final:
-                reach = e
-                break
-        share = reach / total if reach is not None else math.inf
-        verdicts.append((p.name, tpe_final, reach, share))
-    print()
-    print("## Target: Hyperband reaches TPE's final mean regret with <= 40% of TPE's epochs")
-    print()
-    for name, tpe_final, reach, share in verdicts:
-        where = f"at {reach:.0f} epochs ({share:.0%} of TPE's)" if reach is not None else "not within TPE's epochs"
-        print(f"- {name}: TPE's final mean regret {tpe_final:.4g}; Hyperband's mean regret reaches it {where}: "
-              f"{'met' if share <= 0.4 else 'MISSED'}")
+    import curve_bench
+
+    curve_bench.OPTUNA_PARAMS = optuna_params
+    curve_bench.VARIANTS.update({k: v for k, v in TPE_VARIANTS.items() if k.startswith(("bohb", "hyperband"))})
+    curve_bench.curves(args, _command(), _environment, _table)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -852,7 +751,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 seeds, budgets 25 and 50")
     ap.add_argument("--latency", action="store_true", help="measure ask+tell latency instead of quality")
     ap.add_argument("--curves", action="store_true",
-                    help="Hyperband vs TPE on the synthetic learning-curve problems (regret against epochs spent)")
+                    help="multi-fidelity methods vs TPE on the learning-curve problems (regret against epochs spent; "
+                         "benchmarks/curve_bench.py; --optimizers picks methods)")
+    ap.add_argument("--curve-suite", choices=("synthetic", "sklearn", "all"), default="synthetic",
+                    help="--curves: the synthetic curves (default), the scikit-learn tables, or both")
     ap.add_argument("--curve-trials", type=int, default=50,
                     help="--curves: TPE's (and random search's) trials of R epochs (default 50)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per problem and optimizer (default 10)")

@@ -69,7 +69,7 @@ _NNI_ONLY = {
     "use_annotation": "call nni.get_next_parameter() in the trial instead of annotations",
     "debug": "use logLevel: debug",
     "tuner_gpu_indices": "tuners run in the engine's process, on the CPU",
-    "advisor": "use a tuner with the ASHA assessor instead of Hyperband/BOHB",
+    "advisor": "hpo runs Hyperband and BOHB as tuners: use tuner: {name: hyperband} or {name: bohb}",
     "shared_storage": "use checkpointStorage for outputs; trial code is shipped with each trial",
 }
 

@@ -24,6 +24,7 @@ import errno
 import functools
 import json
 import logging
+import numbers
 import secrets
 import shlex
 import string
@@ -374,7 +375,7 @@ class Engine:
     async def _fill_slots(self) -> None:
         while (not self.paused and len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
                and self._error is None):
-            rerun_of = None
+            rerun_of, continues = None, None
             seq = self.store.next_seq()
             if self._rerun:
                 rerun_of, params = self._rerun.pop(0)
@@ -396,16 +397,41 @@ class Engine:
                     return
                 if self._stopping or self._deadline_hit or self._error is not None:  # changed while we waited
                     return
-            self._create_and_launch(seq, params, rerun_of)
+                continues = await self._continues_from(seq)
+                if continues is _NO_PARENT or self._stopping or self._deadline_hit or self._error is not None:
+                    return
+            self._create_and_launch(seq, params, rerun_of, continues)
 
-    def _create_and_launch(self, seq: int, params: dict[str, Any], rerun_of: int | None) -> None:
-        """Record trial ``seq`` (the tuner's parameter_id) as WAITING, then hand it to the service."""
+    async def _continues_from(self, seq: int) -> Any:
+        """The trial the tuner says trial ``seq`` continues (``Tuner.continues_from``), None, or ``_NO_PARENT``
+        after recording the tuner's error (an answer that is no earlier trial's parameter_id)."""
+        ask = getattr(self.tuner, "continues_from", None)
+        if ask is None or getattr(type(self.tuner), "continues_from", None) is Tuner.continues_from:
+            return None  # the default (no continuation): no call, no hop to the tuner's thread
+        try:
+            parent = await self._tuner_call(ask, seq)
+        except Exception as exc:
+            self._error = f"tuner failed in continues_from: {_describe(exc)}"
+            return _NO_PARENT
+        if parent is None:
+            return None
+        if isinstance(parent, bool) or not isinstance(parent, numbers.Integral) or not 0 < int(parent) < seq \
+                or self.store.trial(int(parent)) is None:
+            self._error = (f"tuner failed in continues_from: trial #{seq} cannot continue {parent!r} "
+                           "(expected None or the parameter_id of an earlier trial)")
+            return _NO_PARENT
+        return int(parent)
+
+    def _create_and_launch(self, seq: int, params: dict[str, Any], rerun_of: int | None,
+                           continues: int | None = None) -> None:
+        """Record trial ``seq`` (the tuner's parameter_id) as WAITING, with the trial it re-runs or continues,
+        then hand it to the service."""
         trial_id = new_id(5, _ID_ALPHABET)
         while self.store.trial(trial_id) is not None:
             trial_id = new_id(5, _ID_ALPHABET)
-        self.store.add_trial(seq, trial_id, params, rerun_of)  # recorded before it runs
-        log.info("trial %s (#%d) created%s: %s", trial_id, seq, f" (re-run of #{rerun_of})" if rerun_of else "",
-                 json.dumps(params, default=str))
+        self.store.add_trial(seq, trial_id, params, rerun_of, continues)  # recorded before it runs
+        note = f" (re-run of #{rerun_of})" if rerun_of else f" (continues #{continues})" if continues else ""
+        log.info("trial %s (#%d) created%s: %s", trial_id, seq, note, json.dumps(params, default=str))
         self.active[trial_id] = _Active(seq, trial_id, params)
         self._publish("trial", {"id": trial_id, "seq": seq, "status": "WAITING"})
         try:
@@ -427,9 +453,10 @@ class Engine:
         folder = self.service.checkpoint_dir(spec, self._checkpoint_folder)
         if folder is not None:
             spec.env["HPO_CHECKPOINT_DIR"] = folder
-            self._writes_checkpoints[trial_id] = rerun_of is not None
+            self._writes_checkpoints[trial_id] = rerun_of is not None or continues is not None
+        restore_from = rerun_of if rerun_of is not None else continues
         self._launching += 1
-        task = asyncio.get_running_loop().create_task(self._launch(spec, rerun_of if folder is not None else None))
+        task = asyncio.get_running_loop().create_task(self._launch(spec, restore_from if folder is not None else None))
         task.add_done_callback(_log_task_error)
 
     def _command_for(self, params: dict[str, Any]) -> str:
@@ -640,8 +667,9 @@ class Engine:
             await asyncio.wait(pending)
 
     async def _restore_point(self, rerun_of: int, trial_id: str) -> Path | None:
-        """The latest whole checkpoint of the trial a re-run continues (or of the one that trial re-ran), as a
-        local folder: a remote storage's is downloaded into the staging folder (removed when the trial ends)."""
+        """The latest whole checkpoint of the trial a re-run or a continuation starts from (when it has none, of the
+        trial that one re-ran or continued, and so on), as a local folder: a remote storage's is downloaded into the
+        staging folder (removed when the trial ends)."""
         assert self._loop is not None
         seq: int | None = rerun_of
         while seq is not None:
@@ -652,7 +680,7 @@ class Engine:
                 dest = self._checkpoint_folder / partial_name(self.experiment_id, trial_id, "restore")
                 return await self._loop.run_in_executor(None, self._storage.local_folder, latest["location"], dest)
             rec = self.store.trial(seq)
-            seq = rec["rerun_of"] if rec is not None else None
+            seq = None if rec is None else rec["rerun_of"] if rec["rerun_of"] is not None else rec["continues"]
         return None
 
     def _assess(self, trial: _Active) -> None:
@@ -904,6 +932,7 @@ class Engine:
 
 
 NO_RESULT = "finished without reporting a final result"
+_NO_PARENT = object()  # _continues_from: the tuner's answer was an error (recorded)
 
 
 def _remove_leftover_checkpoints(storage: CheckpointStorage, pattern: str, deleted: list[str],

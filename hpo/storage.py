@@ -159,7 +159,8 @@ CREATE TABLE IF NOT EXISTS trials (
     gpus TEXT,
     rerun_of INTEGER,
     interrupted INTEGER NOT NULL DEFAULT 0,
-    processes TEXT
+    processes TEXT,
+    continues INTEGER
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials(status);
 CREATE INDEX IF NOT EXISTS trials_final ON trials(final_value);
@@ -217,7 +218,7 @@ _CHECKPOINT_COLUMNS = ("uuid", "trial_seq", "steps_completed", "value", "metrics
 
 _TRIAL_COLUMNS = ("seq", "id", "parameters", "status", "created_at", "started_at", "ended_at", "exit_code",
                   "message", "final", "final_value", "pid", "pgid", "host", "gpus", "rerun_of", "interrupted",
-                  "processes")
+                  "processes", "continues")
 
 
 class TrialRecord(dict):
@@ -398,8 +399,10 @@ class ExperimentStore:
             for column in ("elapsed_seconds", "resumed_at"):  # a store written before these columns existed
                 if column not in columns:
                     self._conn.execute(f"ALTER TABLE experiment ADD COLUMN {column} REAL")
-            if "processes" not in {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}:
-                self._conn.execute("ALTER TABLE trials ADD COLUMN processes TEXT")
+            trial_columns = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
+            for column, kind in (("processes", "TEXT"), ("continues", "INTEGER")):  # stores older than these
+                if column not in trial_columns:
+                    self._conn.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
             self._trial_columns = ", ".join(_TRIAL_COLUMNS)
             self._has_resumed_at = True
         except sqlite3.Error as exc:
@@ -557,10 +560,13 @@ class ExperimentStore:
             self._max_seq = self._query("SELECT COALESCE(MAX(seq), 0) FROM trials")[0][0]
         return self._max_seq + 1
 
-    def add_trial(self, seq: int, trial_id: str, parameters: dict[str, Any], rerun_of: int | None = None) -> None:
-        """Insert a WAITING trial; with ``rerun_of``, atomically mark that interrupted trial as re-queued."""
-        insert = ("INSERT INTO trials (seq, id, parameters, status, created_at, rerun_of) VALUES (?, ?, ?, ?, ?, ?)",
-                  (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of))
+    def add_trial(self, seq: int, trial_id: str, parameters: dict[str, Any], rerun_of: int | None = None,
+                  continues: int | None = None) -> None:
+        """Insert a WAITING trial; with ``rerun_of``, atomically mark that interrupted trial as re-queued.
+        ``continues``: the earlier trial whose checkpoint this one starts from (the tuner's choice)."""
+        insert = ("INSERT INTO trials (seq, id, parameters, status, created_at, rerun_of, continues) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (seq, trial_id, _dumps(parameters), "WAITING", time.time(), rerun_of, continues))
         if rerun_of is None:
             self._transaction(insert)
             if self._counted is not None:
@@ -826,7 +832,7 @@ class ExperimentStore:
             last = rows[-1][0]
 
     def tuner_history(self) -> list[dict[str, Any]]:
-        """What a resumed tuner is given (``import_data``): ``{"parameter", "value"}`` of every trial that ran (not
+        """What a resumed tuner is given (``import_data``): ``{"parameter", "value", "parameter_id"}`` of every trial that ran (not
         an interrupted one: its re-run stands for it), by sequence number; ``value`` None for a trial that ended
         without a usable result.  Two columns read a page at a time: at 100,000 trials a fraction of a second
         and of the memory that whole trial records take."""
@@ -837,7 +843,7 @@ class ExperimentStore:
             rows = self._query(f"SELECT seq, parameters, final_value FROM trials WHERE seq > ? AND status IN ({states}) "
                                "AND +interrupted=0 ORDER BY seq LIMIT 5000", (last,))
             params = json.loads("[" + ",".join(p for _, p, _ in rows) + "]")  # one decode a page
-            out.extend({"parameter": p, "value": r[2]} for p, r in zip(params, rows))
+            out.extend({"parameter": p, "value": r[2], "parameter_id": r[0]} for p, r in zip(params, rows))
             if len(rows) < 5000:
                 return out
             last = rows[-1][0]

@@ -139,7 +139,8 @@ def report_checkpoint(folder: str | os.PathLike[str], metadata: dict[str, Any] |
 
 
 def restore_checkpoint() -> Path | None:
-    """The folder of the checkpoint this trial continues from (the latest one of the trial it re-runs, when it is
-    a retry or a re-run), or None.  Read it, do not change it: it may be another trial's."""
+    """The folder of the checkpoint this trial continues from, or None: the latest one of the trial it re-runs (a
+    retry or a re-run), or of the trial its tuner says it continues (a configuration Hyperband or BOHB promoted, see
+    ``Tuner.continues_from``).  Read it, do not change it: it may be another trial's."""
     folder = os.environ.get("HPO_RESTORE_CHECKPOINT")
     return Path(folder) if folder and os.path.isdir(folder) else None

@@ -112,10 +112,12 @@ def test_hyperopt_matrix(work):
     assert len(trials) == 3 and all(t["final"]["default"] == t["final"]["loss"] for t in trials)
 
 
-def test_hyperband_gives_each_run_its_resource_and_promotes_the_best(work):
+@pytest.mark.parametrize("resume", [None, True])
+def test_hyperband_gives_each_run_its_resource_and_promotes_the_best(work, resume):
     matrix = {"kind": "hyperband", "maxIterations": 3, "eta": 3, "concurrency": 3, "seed": 0,
               "resource": {"name": "epochs", "type": "int"}, "metric": {"name": "loss", "optimization": "minimize"},
-              "params": {"learning_rate": {"kind": "uniform", "value": [0.05, 0.5]}}}
+              "params": {"learning_rate": {"kind": "uniform", "value": [0.05, 0.5]}},
+              **({"resume": resume} if resume is not None else {})}
     op = op_with(matrix)
     del op["params"]["epochs"]  # the resource input needs no value: hyperband gives it
     trials = sorted(run_op(op, work), key=lambda t: t["seq"])
@@ -124,6 +126,10 @@ def test_hyperband_gives_each_run_its_resource_and_promotes_the_best(work):
     best = min(first_rung, key=lambda t: t["final"]["loss"])["parameters"]["learning_rate"]
     promoted = [t["parameters"]["learning_rate"] for t in trials if t["parameters"]["epochs"] == 3]
     assert best in promoted
+    # matrix.resume: the promoted run continues (from the checkpoint of) the run of its configuration at 1 epoch
+    parents = {t["seq"]: t["continues"] for t in trials if t["continues"] is not None}
+    best_seq = next(t["seq"] for t in first_rung if t["parameters"]["learning_rate"] == best)
+    assert list(parents.values()) == ([best_seq] if resume else [])
 
 
 def test_bayes_matrix(work):

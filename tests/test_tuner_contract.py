@@ -45,11 +45,11 @@ DISCRETE = {
 TUNERS: dict[str, list[dict]] = {"random": [MIXED, DISCRETE], "grid": [DISCRETE], "tpe": [MIXED, DISCRETE],
                                  "logspace": [MIXED, DISCRETE], "hyperopt": [MIXED, DISCRETE],
                                  "anneal": [MIXED, DISCRETE], "optuna": [MIXED, DISCRETE], "gp": [MIXED, DISCRETE],
-                                 "hyperband": [MIXED, DISCRETE]}
+                                 "hyperband": [MIXED, DISCRETE], "bohb": [MIXED, DISCRETE]}
 # tuners whose suggestions carry one more key than the space: the trial's resource (Hyperband's budget)
-EXTRA_KEYS = {"hyperband": ("TRIAL_BUDGET",)}
+EXTRA_KEYS = {"hyperband": ("TRIAL_BUDGET",), "bohb": ("TRIAL_BUDGET",)}
 # tuners that sample configurations with replacement by design (so a finite space is no reason to stop)
-WITH_REPLACEMENT = ("random", "hyperband")
+WITH_REPLACEMENT = ("random", "hyperband", "bohb")
 
 
 def _in_space(tuner_name: str, params: dict) -> dict:

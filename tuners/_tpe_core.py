@@ -52,7 +52,8 @@ class TpeSettings:
     multivariate: bool = True
     n_startup_trials: int = 10
     gamma: float = 0.1                 # fraction of finished trials that are "good" ...
-    max_good: int = 25                 # ... capped at this many
+    max_good: int = 25                 # ... capped at this many ...
+    min_good: int = 0                  # ... and at least this many (of the finished trials; BOHB's rule)
     prior_weight: float = 1.0          # weight of the prior component (one observation has weight 1)
     n_candidates: int = 24             # candidates drawn from l per suggestion
     bandwidth: str = "gap"             # "gap" (distance to neighbours, as hyperopt/Optuna) or "scott"
@@ -91,9 +92,10 @@ class History:
 # split and weights
 
 def split_good(loss: np.ndarray, s: TpeSettings) -> np.ndarray:
-    """Boolean mask of the good rows: the ``min(ceil(gamma n), max_good)`` lowest losses (stable)."""
+    """Boolean mask of the good rows: the ``min(ceil(gamma n), max_good)`` (at least ``min_good``, at most ``n``)
+    lowest losses (stable)."""
     n = len(loss)
-    n_good = min(int(math.ceil(s.gamma * n)), s.max_good) if n else 0
+    n_good = min(max(min(int(math.ceil(s.gamma * n)), s.max_good), s.min_good), n) if n else 0
     good = np.zeros(n, dtype=bool)
     if n_good:  # the n_good smallest losses, ties to the earlier trial: O(n), same as a stable sort
         kth = np.partition(loss, n_good - 1)[n_good - 1]

@@ -10,7 +10,11 @@ The engine calls, from one thread at a time:
 * :meth:`Tuner.receive_trial_result` with the trial's final *scalar* value (the number, or the
   ``"default"`` entry of a dict result), or the result as reported when ``receives_reported_value``;
 * :meth:`Tuner.trial_end` when a trial ends, successfully or not;
-* :meth:`Tuner.import_data` with earlier results, for warm start and resume.
+* :meth:`Tuner.import_data` with earlier results, for warm start and resume;
+* :meth:`Tuner.continues_from` right after each ``generate_parameters``: which earlier trial the new one
+  continues (its latest checkpoint becomes the new trial's ``hpo.restore_checkpoint()``), or None (the default:
+  every trial starts fresh).  Multi-fidelity tuners (Hyperband, BOHB) use it so that a configuration promoted to
+  a larger resource trains only the additional epochs.
 """
 from __future__ import annotations
 
@@ -105,8 +109,19 @@ class Tuner(ABC):
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """Called once per trial when it ends, whether or not it reported a result."""
 
+    def continues_from(self, parameter_id: int) -> int | None:
+        """The parameter_id of the earlier trial that trial ``parameter_id`` (just suggested) continues, or None.
+
+        The engine records the link before the trial runs and points the trial's ``hpo.restore_checkpoint()`` at
+        that trial's latest completed checkpoint (None when it has none: the trial starts fresh).  The trial still
+        gets its own parameters; reading where the checkpoint stopped (its step) is the trial's job.  The id must
+        be one the engine gave (a suggested trial's, or an imported record's ``parameter_id``); anything else ends
+        the experiment with an error.  Default: None (no continuation)."""
+        return None
+
     def import_data(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Feed earlier trials: records of ``{"parameter": dict, "value": number or None}``.
+        """Feed earlier trials: records of ``{"parameter": dict, "value": number or None}``; on resume each record
+        also has the trial's ``parameter_id`` (a tuner may ignore it; warm-start records have none).
 
         A None value is a trial that ran but gave no usable result (failed, cancelled); the base
         class skips it, tuners that must not repeat points (grid) record it as tried.

@@ -2,11 +2,18 @@
 or, as in BOHB (Falkner et al., 2018), from a TPE model of the results so far (``sampler='tpe'``).
 
 Each trial gets its resource (epochs, steps, ...) as the parameter ``resource_name`` (NNI's ``TRIAL_BUDGET`` by
-default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R))``) starts ``n = ceil((s_max + 1) /
-(s + 1) * eta**s)`` configurations at ``R * eta**-s``; once every trial of a rung has ended, the best
-``floor(n_i / eta)`` run again at ``eta`` times the resource, until ``R``.  A bracket waiting for its rung lets
-the next one start, so concurrent trials are never idle while a bracket remains.  Trials that end without a
-result rank last.
+default): bracket ``s`` (``s_max`` down to 0, ``s_max = floor(log_eta(R / min_resource))``) starts
+``n = ceil((s_max + 1) / (s + 1) * eta**s)`` configurations at ``R * eta**-s``; once every trial of a rung has
+ended, the best ``floor(n_i / eta)`` run again at ``eta`` times the resource, until ``R``.  A bracket waiting for
+its rung lets the next one start, so concurrent trials are never idle while a bracket remains.  Trials that end
+without a result rank last.
+
+Continuation (``resume=True``, the default)
+    A configuration promoted to the next rung continues the trial that ran it at the rung before
+    (:meth:`Tuner.continues_from`): the engine points the new trial's ``hpo.restore_checkpoint()`` at that
+    trial's latest checkpoint.  The new trial's ``resource_name`` is still its total (say 9 epochs); a trial that
+    restores a checkpoint of 3 epochs trains the other 6.  A trial that writes no checkpoints, or a parent that left
+    none, starts fresh as before.  ``resume=False``: every promoted configuration is trained from scratch.
 
 Model-based sampling (``sampler='tpe'``)
     A first-rung configuration is drawn when its trial is asked for: at random with probability
@@ -26,6 +33,7 @@ Resume
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -39,9 +47,10 @@ from tuners.registry import register_tuner
 __all__ = ["HyperbandTuner", "bracket_plan"]
 
 
-def bracket_plan(R: float, eta: float) -> list[list[tuple[int, float]]]:
-    """Per bracket (most aggressive first), per rung: (configurations, resource)."""
-    s_max = int(math.floor(math.log(R) / math.log(eta) + 1e-9))
+def bracket_plan(R: float, eta: float, r_min: float = 1) -> list[list[tuple[int, float]]]:
+    """Per bracket (most aggressive first), per rung: (configurations, resource); the smallest resource is at least
+    ``r_min`` (``s_max = floor(log_eta(R / r_min))``)."""
+    s_max = int(math.floor(math.log(R / r_min) / math.log(eta) + 1e-9))
     plan = []
     for s in range(s_max, -1, -1):
         n = int(math.ceil((s_max + 1) / (s + 1) * eta ** s))
@@ -55,6 +64,8 @@ class _Bracket:
     rungs: list[tuple[int, float]]
     rung: int = 0
     configs: list[dict[str, Any] | None] = field(default_factory=list)  # current rung, issue order (None: not drawn)
+    ran: dict[int, int] = field(default_factory=dict)  # index -> parameter_id of the trial that ran it at this rung
+    parents: list[int | None] = field(default_factory=list)  # index -> who ran it at the rung before (None: unknown)
     issued: set[int] = field(default_factory=set)
     results: dict[int, float] = field(default_factory=dict)  # index in configs -> score (higher is better)
     ended: set[int] = field(default_factory=set)
@@ -81,14 +92,21 @@ class HyperbandTuner(Tuner):
     ``sampler`` ``'tpe'`` (model-based, the default) or ``'random'`` (plain Hyperband); for ``'tpe'``,
     ``min_points`` results at a resource before the model is used (default: the number of parameters + 1) and
     ``random_fraction`` of first-rung configurations still drawn at random; ``rounds``: how many times the
-    brackets are run (later rounds start from what the model learnt)."""
+    brackets are run (later rounds start from what the model learnt); ``resume``: a promoted configuration continues
+    from the checkpoint of its trial at the rung before (see the module's docstring); ``min_resource``: the
+    smallest resource (1 by default: brackets start at ``R * eta**-s`` for ``s`` up to ``log_eta(R /
+    min_resource)``)."""
 
     loop_safe = True
 
     def __init__(self, optimize_mode: str = "maximize", seed: int | None = None, R: float = 60, eta: float = 3,
                  resource_name: str = "TRIAL_BUDGET", resource_type: str = "int", sampler: str = "tpe",
-                 min_points: int | None = None, random_fraction: float = 1 / 3, rounds: int = 1) -> None:
+                 min_points: int | None = None, random_fraction: float = 1 / 3, rounds: int = 1,
+                 resume: bool = True, min_resource: float = 1) -> None:
         super().__init__(optimize_mode, seed)
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume: got {resume!r}, expected true or false")
+        self.resume = resume
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds: got {rounds!r}, expected an integer >= 1")
         if sampler not in ("tpe", "random"):
@@ -104,21 +122,28 @@ class HyperbandTuner(Tuner):
         self._observed: list[tuple[dict[str, Any], float, float]] = []  # (configuration, resource, score) in order
         if not eta > 1:
             raise ValueError(f"eta: got {eta!r}, expected a number > 1")
-        if not R >= 1:
-            raise ValueError(f"R: got {R!r}, expected a number >= 1 (the largest resource a trial gets)")
+        if isinstance(min_resource, bool) or not isinstance(min_resource, (int, float)) or not min_resource > 0:
+            raise ValueError(f"min_resource: got {min_resource!r}, expected a number > 0")
+        if not R >= min_resource:
+            raise ValueError(f"R: got {R!r}, expected a number >= {min_resource} (the largest resource a trial gets; "
+                             "min_resource is the smallest)")
         if resource_type not in ("int", "float"):
             raise ValueError(f"resource_type: got {resource_type!r}, expected 'int' or 'float'")
         self.R, self.eta, self.resource_name, self.resource_type = R, eta, resource_name, resource_type
         self._rng = np.random.default_rng(seed)
         self.rounds = rounds
-        self._plan = bracket_plan(R, eta) * rounds
+        self.min_resource = min_resource
+        one_round = bracket_plan(R, eta, min_resource)
+        self._per_round = len(one_round)
+        self._plan = one_round * rounds
         self._brackets: list[_Bracket] = []
         self._where: dict[int, tuple[_Bracket, int, int]] = {}  # parameter id -> (bracket, rung, index)
 
     def class_args(self) -> dict[str, Any]:
         return {**super().class_args(), "R": self.R, "eta": self.eta, "resource_name": self.resource_name,
                 "resource_type": self.resource_type, "sampler": self.sampler, "min_points": self.min_points,
-                "random_fraction": self.random_fraction, "rounds": self.rounds}
+                "random_fraction": self.random_fraction, "rounds": self.rounds, "resume": self.resume,
+                "min_resource": self.min_resource}
 
     def total_trials(self) -> int:
         """How many trials every bracket makes in all."""
@@ -138,27 +163,45 @@ class HyperbandTuner(Tuner):
 
     def _draw(self) -> dict[str, Any]:
         """A first-rung configuration (sampler 'tpe'): random, or TPE's suggestion from the results at the largest
-        resource with ``min_points`` of them."""
+        resource with enough of them (:meth:`model_budget`)."""
         from tuners.tpe import TpeTuner
 
         assert self.space is not None
         rng = np.random.default_rng([self._entropy, self._draws, 5])
         self._draws += 1
-        need = self.min_points or len(self.space.names) + 1
-        by_resource: dict[float, list[tuple[dict[str, Any], float]]] = {}
-        for config, resource, score in self._observed:
-            if math.isfinite(score):
-                by_resource.setdefault(resource, []).append((config, score))
-        usable = [r for r, rows in by_resource.items() if len(rows) >= need]
-        if not usable or rng.random() < self.random_fraction:
+        budget = self.model_budget()
+        if budget is None or rng.random() < self.random_fraction:
             return random_point(self.space, rng)
-        model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=need)
+        model = TpeTuner(optimize_mode="maximize", seed=int(rng.integers(2**62)), n_startup_trials=self._model_points(),
+                         **self._model_args)
+        if self._model_settings:
+            model.settings = dataclasses.replace(model.settings, **self._model_settings)
         model.update_search_space(self.space)
-        model.import_data([{"parameter": c, "value": s} for c, s in by_resource[max(usable)]])
+        model.import_data([{"parameter": c, "value": s} for c, r, s in self._observed
+                           if r == budget and math.isfinite(s)])
         try:
             return model.generate_parameters(0)
         except NoMoreTrials:  # a small discrete space that TPE has seen whole: brackets sample with replacement
             return random_point(self.space, rng)
+
+    def model_budget(self) -> float | None:
+        """(sampler 'tpe') The resource whose results the next model-based draw is fitted on: the largest with at
+        least ``min_points`` results (BOHB's rule: one model per budget level, the highest that has enough); None
+        while no resource has that many (draws are random)."""
+        counts: dict[float, int] = {}
+        for _, resource, score in self._observed:
+            if math.isfinite(score):
+                counts[resource] = counts.get(resource, 0) + 1
+        need = self._model_points()
+        return max((r for r, n in counts.items() if n >= need), default=None)
+
+    _model_args: dict[str, Any] = {}  # TpeTuner's arguments for the model (BOHB sets its own) ...
+    _model_settings: dict[str, Any] = {}  # ... and TpeSettings fields it has no argument for
+
+    def _model_points(self) -> int:
+        """Results a resource needs before the model is fitted on them."""
+        assert self.space is not None
+        return self.min_points or len(self.space.names) + 1
 
     def brackets_state(self) -> list[tuple[Any, ...]]:
         """Every started bracket's state (see ``_Bracket.state``): equal for a tuner and its resumed copy."""
@@ -178,8 +221,17 @@ class HyperbandTuner(Tuner):
         if bracket.configs[index] is None:
             bracket.configs[index] = self._draw()
         bracket.issued.add(index)
+        bracket.ran[index] = parameter_id
         self._where[parameter_id] = (bracket, bracket.rung, index)
         return self._params(bracket, index)
+
+    def continues_from(self, parameter_id: int) -> int | None:
+        """(``resume``) The trial that ran this promoted configuration at the rung before, if any."""
+        where = self._where.get(parameter_id)
+        if not self.resume or where is None or where[1] == 0 or where[1] != where[0].rung:
+            return None
+        parents = where[0].parents
+        return parents[where[2]] if where[2] < len(parents) else None
 
     def _params(self, bracket: _Bracket, index: int) -> dict[str, Any]:
         return {**bracket.configs[index], self.resource_name: self._resource(bracket.rungs[bracket.rung][1])}
@@ -216,7 +268,7 @@ class HyperbandTuner(Tuner):
         """(sampler 'tpe') The next free first-rung slot of the bracket that starts at the resource ``params`` have,
         taking their configuration (brackets before it are started, as the original tuner did)."""
         resource = params.get(self.resource_name)
-        for b, rungs in enumerate(self._plan):
+        for b, rungs in enumerate(self._plan[:len(self._brackets) + self._per_round]):  # started, or the next round's
             if self._resource(rungs[0][1]) != resource:
                 continue
             if b < len(self._brackets) and (self._brackets[b].rung != 0 or None not in self._brackets[b].configs):
@@ -243,6 +295,7 @@ class HyperbandTuner(Tuner):
             if slot is None:
                 return
             slot[0].issued.add(slot[1])
+            slot[0].ran[slot[1]] = parameter_id
             where = self._where[parameter_id] = (slot[0], slot[0].rung, slot[1])
         if where[0].rung == where[1] and where[2] not in where[0].ended:
             where[0].results[where[2]] = value if self.maximize else -value
@@ -264,7 +317,8 @@ class HyperbandTuner(Tuner):
         keep = bracket.rungs[bracket.rung][0]
         ranked = sorted(range(len(bracket.configs)), key=lambda i: bracket.results.get(i, -math.inf), reverse=True)
         bracket.configs = [bracket.configs[i] for i in ranked[:keep]]
-        bracket.issued, bracket.results, bracket.ended = set(), {}, set()
+        bracket.parents = [bracket.ran.get(i) for i in ranked[:keep]]
+        bracket.issued, bracket.results, bracket.ended, bracket.ran = set(), {}, set(), {}
 
     def import_data(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Replay earlier trials in order (see the module's docstring); a record without a value ended without a
@@ -275,6 +329,9 @@ class HyperbandTuner(Tuner):
                 continue
             bracket, index = slot
             bracket.issued.add(index)
+            pid = record.get("parameter_id")
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                bracket.ran[index] = pid
             value = record.get("value")
             if value is not None and not math.isnan(float(value)):
                 bracket.results[index] = float(value) if self.maximize else -float(value)

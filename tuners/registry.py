@@ -31,13 +31,14 @@ _BUILTIN_MODULES = {
     "optuna": ("tuners.optuna_tuner", ("optuna", "optunatuner")),
     "tpe": ("tuners.tpe", ("tpe", "tpetuner", "treeparzen")),
     "hyperband": ("tuners.hyperband", ("hyperband", "hyperbandtuner", "hb")),
+    "bohb": ("tuners.bohb", ("bohb", "bohbtuner")),
     "mapping": ("tuners.mapping", ("mapping", "mappingtuner")),
     "gp": ("tuners.gp", ("gp", "gptuner", "gaussianprocess")),
 }
 
 
 _LABELS = {"tpe": "TPE", "random": "Random", "grid": "Grid", "logspace": "Logspace", "hyperopt": "Hyperopt",
-           "anneal": "Anneal", "optuna": "Optuna", "hyperband": "Hyperband", "mapping": "Mapping",
+           "anneal": "Anneal", "optuna": "Optuna", "hyperband": "Hyperband", "bohb": "BOHB", "mapping": "Mapping",
            "gp": "GP"}
 
 

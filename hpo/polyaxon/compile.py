@@ -148,8 +148,9 @@ def _tuner(op: V1Operation, space: dict[str, Any], maximize: bool) -> tuple[dict
                 m.num_runs or m.max_iterations)
     if m.kind == "hyperband":
         from tuners.hyperband import HyperbandTuner
+        # resume: a promoted run goes on from the checkpoint of its run at the rung before (Polyaxon's default: off)
         args = {**mode, **seed, "R": m.max_iterations, "eta": m.eta, "resource_name": m.resource.name,
-                "resource_type": m.resource.type}
+                "resource_type": m.resource.type, "resume": bool(m.resume)}
         return {"name": "hyperband", "class_args": args}, HyperbandTuner(**args).total_trials()
     if m.kind == "bayes":
         args = {**mode, **seed, **_gp_args(m)}
@@ -379,8 +380,6 @@ def compile_operation(op: V1Operation, *, base: Path, where: str, params: dict[s
         data["max_trial_number"] = budget
         data["trial_concurrency"] = op.matrix.concurrency or 1
         data["early_stopping"], data["assessor"] = _early_stopping(op, notes)
-        if op.matrix.kind == "hyperband" and op.matrix.resume:
-            notes.append("matrix.resume (a promoted run trains afresh with its larger resource)")
     termination = op.termination or (component.termination.to_dict() if component.termination else None) or {}
     if termination.get("maxRetries") or termination.get("max_retries"):
         data["max_trial_retries"] = termination.get("maxRetries") or termination.get("max_retries")
