@@ -9,7 +9,8 @@ Each case runs in its own child process (``--side CASE``), so its CPU and memory
   with SQLite storage (persisted, like hpo) and in memory;
 * ``sklearn-cold`` / ``sklearn-warm``: function trials whose module imports scikit-learn;
 * ``utilisation``: 1-second warm function trials at concurrency 16: the trials' own busy seconds over
-  (first start to last end) x 16 slots;
+  (first start to last end) x 16 slots, and the same in steady state (from the moment every slot has started a trial
+  to the start of the last round: without the run's ramp-up and tail);
 * with ``--remote``, ``ssh-cold`` / ``ssh-warm``: the command trials over SSH (a real sshd on 127.0.0.1, see
   ``orchestration.py --remote``), fresh interpreters against forks of the agent's zygote.
 
@@ -87,6 +88,11 @@ def hpo_case(case: str, trials: int, concurrency: int, home: Path) -> dict:
         ends = [d["value"]["end"] for d in data]
         busy = sum(e - s for s, e in zip(starts, ends))
         out["utilisation"] = round(busy / ((max(ends) - min(starts)) * concurrency), 4)
+        # steady state: from the moment every slot has started its first trial to the start of the last round
+        a, b = sorted(starts)[concurrency - 1], sorted(ends)[-concurrency]
+        if b > a:
+            inside = sum(max(0.0, min(e, b) - max(s, a)) for s, e in zip(starts, ends))
+            out["utilisation_steady"] = round(inside / ((b - a) * concurrency), 4)
     return out
 
 
@@ -142,7 +148,9 @@ def compare(trials: int, repeat: int, tmp: Path, run_child, remote: bool = False
         f"scikit-learn trials, warm vs cold: {med('sklearn-warm') / med('sklearn-cold'):.1f}x",
         *([f"command trials over SSH, warm vs cold: {med('ssh-warm') / med('ssh-cold'):.1f}x"] if remote else []),
         f"1-second trials at concurrency 16 ({util[0]['trials']} trials): utilisation "
-        f"{statistics.median(r['utilisation'] for r in util):.2%} (runs {[r['utilisation'] for r in util]})",
+        f"{statistics.median(r['utilisation'] for r in util):.2%} (runs {[r['utilisation'] for r in util]}); in "
+        f"steady state (every slot started, before the last round) "
+        f"{statistics.median(r.get('utilisation_steady', float('nan')) for r in util):.2%}",
         f"pairing mismatches: {sum(r['pairing_mismatches'] for rs in runs.values() for r in rs)}",
     ]
     return lines
