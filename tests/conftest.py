@@ -149,6 +149,18 @@ def make_experiment(tmp_path: Path):
     factory.cleanup()
 
 
+def resume_to_end(experiment_id: str, timeout: float) -> Any:
+    """Resume experiment ``experiment_id`` (its engine was killed) and wait up to ``timeout`` s for it to end;
+    returns the resumed Experiment, stopped."""
+    from hpo import Experiment
+    resumed = Experiment.resume(experiment_id, port=0, wait_completion=False)
+    try:
+        assert resumed.wait(timeout)
+    finally:
+        resumed.stop()
+    return resumed
+
+
 def experiment_script(path: Path, code: Path, config: dict[str, Any], then: str) -> Path:
     """Write ``path``: a Python script that configures ``Experiment("random", "local")`` to run
     ``code/trial.py`` with ``config`` (config attribute -> value; a one-parameter space by default), then runs

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, wait_until, resume_to_end
 
 # Four epochs, a checkpoint after each; epoch 2 has the best value.  x > 0.5 crashes after epoch 3 unless restored.
 EPOCHS = """
@@ -187,7 +187,6 @@ hpo.report_final_result(2)
 def test_engine_killed_mid_checkpoint_then_resumed_leaves_nothing_half_written(launcher):
     import signal
 
-    from hpo import Experiment
     from hpo.storage import ExperimentStore
 
     body = """
@@ -214,11 +213,7 @@ hpo.report_final_result(1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (Path(launcher.tmp_path) / "code" / "go").write_text("")
-    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
-    try:
-        assert resumed.wait(60)
-    finally:
-        resumed.stop()
+    resumed = resume_to_end(exp_id, 60)
     assert not list((directory / "checkpoints").glob(".*"))  # the half-written one is gone
     rows = resumed._store().checkpoints()
     kept = [r for r in rows if r["state"] == "COMPLETED"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, wait_until, resume_to_end
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -146,7 +146,6 @@ def test_a_retry_restores_the_failed_trials_latest_checkpoint_from_s3(make_exper
 
 
 def test_engine_killed_mid_upload_then_resumed_leaves_nothing_that_looks_whole(launcher, s3):
-    from hpo import Experiment
 
     body = """
 import hpo
@@ -161,11 +160,7 @@ hpo.report_final_result(1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert [n for n in _staging(directory) if not n.startswith(".")]  # killed before the upload finished
-    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
-    try:
-        assert resumed.wait(60)
-    finally:
-        resumed.stop()
+    resumed = resume_to_end(exp_id, 60)
     rows = resumed._store().checkpoints()
     objects = _objects(s3)
     assert not [r for r in rows if r["state"] == "COMPLETED"]

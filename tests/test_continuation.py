@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_until
+from conftest import wait_until, resume_to_end
 from hpo import Experiment
 from hpo.storage import ExperimentStore
 from tuners.base import Tuner
@@ -118,11 +118,7 @@ def test_an_engine_killed_while_a_continued_trial_runs_resumes_it_from_the_paren
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (Path(launcher.tmp_path) / "code" / "go").write_text("")
-    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
-    try:
-        assert resumed.wait(60)
-    finally:
-        resumed.stop()
+    resumed = resume_to_end(exp_id, 60)
     trials = resumed.list_trial_jobs()
     rerun = next(t for t in trials if t["rerun_of"] == 13)
     assert rerun["status"] == "SUCCEEDED" and rerun["continues"] is None

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import PY, ROOT, wait_until
+from conftest import PY, ROOT, wait_until, resume_to_end
 from kube_support import shared_cluster, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
@@ -299,7 +299,6 @@ def _launch_k8s(launcher: Any, target: Target, body: str, **config: Any) -> tupl
 
 
 def test_engine_kill9_then_resume_adopts_running_jobs(launcher, target):
-    from hpo import Experiment
     from hpo.storage import ExperimentStore
 
     created_before = target.jobs_created() if target.fake is not None else 0
@@ -313,11 +312,7 @@ def test_engine_kill9_then_resume_adopts_running_jobs(launcher, target):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(2.0)  # the pods keep running and reporting into their logs while no engine listens
-    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
-    try:
-        assert resumed.wait(90)
-    finally:
-        resumed.stop()
+    resumed = resume_to_end(exp_id, 90)
     trials = resumed.list_trial_jobs()
     assert [t["status"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]  # adopted, not re-run
     for t in trials:
@@ -775,7 +770,6 @@ def test_a_failing_pod_fails_the_distributed_trial_and_ends_its_gang(make_experi
 
 
 def test_a_distributed_trial_is_not_adopted_but_re_run_whole_after_a_crash(launcher, target):
-    from hpo import Experiment
     from hpo.storage import ExperimentStore
 
     proc, exp_id, directory = _launch_k8s(launcher, target, STEPS_SCRIPT.format(steps=6, pause=0.3),
@@ -788,11 +782,7 @@ def test_a_distributed_trial_is_not_adopted_but_re_run_whole_after_a_crash(launc
     first = wait_until(running, 60, what="the gang running")[0]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = Experiment.resume(exp_id, port=0, wait_completion=False)
-    try:
-        assert resumed.wait(90)
-    finally:
-        resumed.stop()
+    resumed = resume_to_end(exp_id, 90)
     trials = resumed.list_trial_jobs()
     assert [t["status"] for t in trials] == ["SYS_CANCELED", "SUCCEEDED"]
     assert trials[1]["rerun_of"] == first["seq"]
