@@ -83,19 +83,31 @@ def _gb_clf_data() -> tuple[np.ndarray, ...]:
     return _split(X, y, 1000, 11)
 
 
-def gb_clf_sample(rng: np.random.Generator) -> dict[str, Any]:
+def _gb_sample(rng: np.random.Generator, max_leaf: int, min_features: float) -> dict[str, Any]:
+    """A gradient-boosting configuration (the two boosting tasks differ in two ranges only)."""
     return {"learning_rate": _loguniform(rng, 0.005, 0.8), "max_depth": int(rng.integers(1, 5)),
-            "subsample": float(rng.uniform(0.4, 1.0)), "min_samples_leaf": int(rng.integers(1, 40)),
-            "max_features": float(rng.uniform(0.2, 1.0))}
+            "subsample": float(rng.uniform(0.4, 1.0)), "min_samples_leaf": int(rng.integers(1, max_leaf)),
+            "max_features": float(rng.uniform(min_features, 1.0))}
 
 
-def gb_clf_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
+def _gb_log_loss_curve(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...],
+                       clip: float | None = None) -> list[float]:
+    """Validation log-loss of a boosted classifier every 3 trees (probabilities clipped to [clip, 1 - clip])."""
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import log_loss
     Xt, yt, Xv, yv = data
     m = GradientBoostingClassifier(n_estimators=3 * STEPS, random_state=seed, **p).fit(Xt, yt)
     staged = list(m.staged_predict_proba(Xv))
-    return [log_loss(yv, staged[3 * k - 1], labels=[0, 1]) for k in range(1, STEPS + 1)]
+    return [log_loss(yv, staged[3 * k - 1] if clip is None else np.clip(staged[3 * k - 1], clip, 1 - clip),
+                     labels=[0, 1]) for k in range(1, STEPS + 1)]
+
+
+def gb_clf_sample(rng: np.random.Generator) -> dict[str, Any]:
+    return _gb_sample(rng, 40, 0.2)
+
+
+def gb_clf_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
+    return _gb_log_loss_curve(p, seed, data)
 
 
 def _gb_reg_data() -> tuple[np.ndarray, ...]:
@@ -236,18 +248,11 @@ def sgd_reg_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> l
 
 
 def gb_cancer_sample(rng: np.random.Generator) -> dict[str, Any]:
-    return {"learning_rate": _loguniform(rng, 0.005, 0.8), "max_depth": int(rng.integers(1, 5)),
-            "subsample": float(rng.uniform(0.4, 1.0)), "min_samples_leaf": int(rng.integers(1, 30)),
-            "max_features": float(rng.uniform(0.1, 1.0))}
+    return _gb_sample(rng, 30, 0.1)
 
 
 def gb_cancer_run(p: dict[str, Any], seed: int, data: tuple[np.ndarray, ...]) -> list[float]:
-    from sklearn.ensemble import GradientBoostingClassifier
-    from sklearn.metrics import log_loss
-    Xt, yt, Xv, yv = data
-    m = GradientBoostingClassifier(n_estimators=3 * STEPS, random_state=seed, **p).fit(Xt, yt)
-    staged = list(m.staged_predict_proba(Xv))
-    return [log_loss(yv, np.clip(staged[3 * k - 1], 1e-6, 1 - 1e-6), labels=[0, 1]) for k in range(1, STEPS + 1)]
+    return _gb_log_loss_curve(p, seed, data, clip=1e-6)
 
 
 def _friedman() -> tuple[np.ndarray, ...]:
