@@ -22,6 +22,17 @@ hpo.report_final_result(p["x"] * p["steps"])
 """
 
 
+def curve_grid(make_experiment, xs: list[float], steps: int, sleep: float | None = None,
+               max_trials: int | None = None):
+    """An experiment running CURVE for each x of ``xs`` in grid order, one trial at a time, each reporting
+    ``steps`` intermediate results (``sleep`` s apart when given)."""
+    space = {"x": {"_type": "choice", "_value": xs}, "steps": {"_type": "choice", "_value": [steps]}}
+    if sleep is not None:
+        space["sleep"] = {"_type": "choice", "_value": [sleep]}
+    return make_experiment(CURVE, search_space=space, max_trial_number=max_trials or len(xs), trial_concurrency=1,
+                           tuner="grid")
+
+
 def test_threshold_rules():
     rules = [{"metric": "accuracy", "value": 0.9, "optimization": "maximize"},
              {"metric": "loss", "value": 0.1, "optimization": "minimize"}]
@@ -72,9 +83,7 @@ def test_asha_rungs_and_promotion():
 
 
 def test_metric_threshold_ends_the_experiment(make_experiment):
-    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [0.1, 0.2, 1.0]},
-                                        "steps": {"_type": "choice", "_value": [5]}},
-                          max_trial_number=50, trial_concurrency=1, tuner="grid")
+    exp = curve_grid(make_experiment, [0.1, 0.2, 1.0], steps=5, max_trials=50)
     exp.config.early_stopping = [{"metric": "default", "value": 3.0, "optimization": "maximize"}]
     assert exp.run(port=0)
     status = exp.get_experiment_profile()
@@ -87,10 +96,7 @@ def test_metric_threshold_ends_the_experiment(make_experiment):
 
 def test_median_stop_kills_bad_trials_and_feeds_the_tuner(make_experiment):
     # grid order, one at a time: three good curves complete, then a bad one is judged against them
-    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [1.0, 0.99, 0.98, 0.01]},
-                                               "steps": {"_type": "choice", "_value": [6]},
-                                               "sleep": {"_type": "choice", "_value": [0.15]}},
-                          max_trial_number=4, trial_concurrency=1, tuner="grid")
+    exp = curve_grid(make_experiment, [1.0, 0.99, 0.98, 0.01], steps=6, sleep=0.15)
     exp.config.assessor = {"name": "Medianstop", "class_args": {"optimize_mode": "maximize", "start_step": 2}}
     assert exp.run(port=0)
     trials = {t["seq"]: t for t in exp.list_trial_jobs()}
@@ -106,9 +112,7 @@ def test_median_stop_kills_bad_trials_and_feeds_the_tuner(make_experiment):
 
 def test_asha_stops_the_worst_trials(make_experiment):
     xs = [0.9, 0.8, 0.1, 0.7, 0.05, 0.6]
-    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": xs},
-                                        "steps": {"_type": "choice", "_value": [9]}},
-                          max_trial_number=6, trial_concurrency=1, tuner="grid")
+    exp = curve_grid(make_experiment, xs, steps=9)
     exp.config.assessor = {"name": "ASHA", "class_args": {"reduction_factor": 3, "min_steps": 1, "max_steps": 9}}
     assert exp.run(port=0)
     by_x = {t["parameters"]["x"]: t["status"] for t in exp.list_trial_jobs()}
@@ -182,10 +186,7 @@ def test_evidence_stop_waits_for_enough_finished_trials():
 
 def test_evidence_stop_by_name_in_an_experiment(make_experiment):
     # one at a time: four good curves complete, then a bad one is stopped at its first value
-    exp = make_experiment(CURVE, search_space={"x": {"_type": "choice", "_value": [1.0, 0.99, 0.98, 0.97, 0.01]},
-                                               "steps": {"_type": "choice", "_value": [5]},
-                                               "sleep": {"_type": "choice", "_value": [0.15]}},
-                          max_trial_number=5, trial_concurrency=1, tuner="grid")
+    exp = curve_grid(make_experiment, [1.0, 0.99, 0.98, 0.97, 0.01], steps=5, sleep=0.15)
     exp.config.assessor = {"name": "EvidenceStop", "class_args": {"optimize_mode": "maximize", "min_completed": 4}}
     assert exp.run(port=0)
     trials = {t["seq"]: t for t in exp.list_trial_jobs()}
