@@ -184,12 +184,12 @@ def trial_env(msg):
 
 def waiter(msg, notify, warm=None):
     tdir = msg["dir"]
-    env = trial_env(msg)
-    open(env["HPO_REPORT_FILE"], "ab").close()
     grace = float(msg.get("grace") or 5.0)
     if warm is not None:
         warm_waiter(msg, notify, warm, grace)
         return
+    env = trial_env(msg)
+    open(env["HPO_REPORT_FILE"], "ab").close()
     try:
         with open(os.path.join(tdir, STREAMS[1]), "ab") as out, open(os.path.join(tdir, STREAMS[2]), "ab") as err:
             proc = subprocess.Popen(["/bin/sh", "-c", msg["cmd"]], cwd=msg["cwd"], env=env, stdin=subprocess.DEVNULL,
@@ -226,6 +226,10 @@ def warm_waiter(msg, notify, warm, grace):
     """The waiter of a trial forked by the zygote: ``warm`` is (its supervisor's pid, the write end of the
     supervisor's lifeline, the read end of its status pipe, on which it writes the trial's exit code)."""
     pid, _lifeline, status = warm
+    try:  # the supervisor has ended once it is gone, not when its status pipe closes (it is exiting then)
+        gone = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        gone = None
     write_json(os.path.join(msg["dir"], "pid.json"), {"pid": pid, "pgid": pid, "waiter": os.getpid(),
                                                       "waiter_start": start_time(os.getpid()), "time": time.time()})
     try:
@@ -248,6 +252,9 @@ def warm_waiter(msg, notify, warm, grace):
         if deadline is not None and time.time() >= deadline:
             timed_out, deadline = True, None
             kill_tree(pid, pid, grace, lambda: read_status(0))
+    if gone is not None:
+        select.select([gone], [], [], 5.0)
+        os.close(gone)
     try:
         code = int(data)
     except ValueError:  # the supervisor was killed before it could say
@@ -315,15 +322,14 @@ class WarmStarts:
         if not exe or os.path.realpath(exe) != os.path.realpath(sys.executable):
             return self.cold("%r there is %s, not the interpreter of hpo's agent (%s)"
                              % (warm["interpreter"], exe or "not found", sys.executable))
-        env.update(warm.get("flag_env") or {})
         for _ in range(2):  # a zygote found dead is replaced once here (and at most twice in all)
             if self.sock is None:
                 if self.starts >= 3:
                     self.broken = "the warm-start zygote died three times (last: %s)" % self.last_error
                 self.starts += 1
-                if self.broken or not self.start(warm.get("preload") or [], msg):
+                if self.broken or not self.start(warm.get("preload") or [], msg, env):
                     return self.cold(self.broken)
-            forked = self.request(msg, env)
+            forked = self.request(msg, dict(env, **(warm.get("flag_env") or {})))
             if forked is not None:
                 break
         else:
@@ -365,14 +371,15 @@ class WarmStarts:
             for fd in fds:
                 os.close(fd)
 
-    def start(self, preload, msg):
+    def start(self, preload, msg, first_env):
+        """Start the zygote with what ``first_env`` (the first warm trial's environment) has in common with every
+        trial's."""
         if sys.version_info < (3, 9):
             self.broken = "warm starts need Python 3.9 or newer there (it has %s)" % sys.version.split()[0]
             return False
         here = os.path.dirname(os.path.abspath(__file__))
-        env = trial_env(msg)
-        for key in [k for k in env if k.startswith(("HPO_", "NNI_")) or k == "CUDA_VISIBLE_DEVICES"]:
-            del env[key]
+        env = {k: v for k, v in first_env.items()
+               if not k.startswith(("HPO_", "NNI_")) and k != "CUDA_VISIBLE_DEVICES"}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with open(os.path.join(os.path.dirname(msg["dir"].rstrip("/")), "zygote.log"), "ab") as log:
