@@ -832,9 +832,9 @@ class ExperimentStore:
             last = rows[-1][0]
 
     def tuner_history(self) -> list[dict[str, Any]]:
-        """What a resumed tuner is given (``import_data``): ``{"parameter", "value", "parameter_id"}`` of every trial that ran (not
-        an interrupted one: its re-run stands for it), by sequence number; ``value`` None for a trial that ended
-        without a usable result.  Two columns read a page at a time: at 100,000 trials a fraction of a second
+        """What a resumed tuner is given (``import_data``): ``{"parameter", "value", "parameter_id"}`` of every trial
+        that ran (not an interrupted one: its re-run stands for it), by sequence number; ``value`` None for a trial
+        that ended without a usable result.  Two columns read a page at a time: at 100,000 trials a fraction of a second
         and of the memory that whole trial records take."""
         out: list[dict[str, Any]] = []
         last = 0

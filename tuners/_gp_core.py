@@ -43,8 +43,8 @@ import numpy as np
 
 from tuners._tpe_space import CompiledSpace
 
-__all__ = ["one_blas_thread", "GpSettings", "GpHistory", "GpFit", "Features", "fit_gp", "propose", "refit_point", "MAX_FIT_POINTS",
-           "KERNELS", "UTILITIES"]
+__all__ = ["one_blas_thread", "GpSettings", "GpHistory", "GpFit", "Features", "fit_gp", "propose", "refit_point",
+           "MAX_FIT_POINTS", "KERNELS", "UTILITIES"]
 
 KERNELS = ("matern", "rbf")
 UTILITIES = ("ei", "ucb", "poi")

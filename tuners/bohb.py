@@ -21,19 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuners._args import check_int, check_number
 from tuners.hyperband import HyperbandTuner
 from tuners.registry import register_tuner
 
 __all__ = ["BohbTuner"]
-
-
-def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and \
-        (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{name}: got {value!r}, expected a number {bound}" + (f" and <= {high}" if high else ""))
-    return float(value)
 
 
 @register_tuner("bohb", aliases=("BOHB", "bohbtuner"))
@@ -55,16 +47,13 @@ class BohbTuner(HyperbandTuner):
         if model_rule not in ("tpe", "hpbandster"):
             raise ValueError(f"model_rule: got {model_rule!r}, expected 'tpe' or 'hpbandster'")
         self.model_rule = model_rule
-        if min_points_in_model is not None and (isinstance(min_points_in_model, bool) or
-                                                not isinstance(min_points_in_model, int) or min_points_in_model < 1):
-            raise ValueError(f"min_points_in_model: got {min_points_in_model!r}, expected an integer >= 1 or null")
-        top = _number("top_n_percent", top_n_percent, 1, 99)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples: got {num_samples!r}, expected an integer >= 1")
-        widen = _number("bandwidth_factor", bandwidth_factor, 0, low_open=True)
-        narrowest = _number("min_bandwidth", min_bandwidth, 0, low_open=True)
-        _number("min_budget", min_budget, 0, low_open=True)
-        _number("max_budget", max_budget, min_budget)
+        check_int("min_points_in_model", min_points_in_model, optional=True)
+        top = check_number("top_n_percent", top_n_percent, 1, 99)
+        check_int("num_samples", num_samples)
+        widen = check_number("bandwidth_factor", bandwidth_factor, 0, low_open=True)
+        narrowest = check_number("min_bandwidth", min_bandwidth, 0, low_open=True)
+        check_number("min_budget", min_budget, 0, low_open=True)
+        check_number("max_budget", max_budget, min_budget)
         super().__init__(optimize_mode, seed, R=max_budget, eta=eta, resource_name=resource_name,
                          resource_type=resource_type, sampler="tpe", min_points=min_points_in_model,
                          random_fraction=random_fraction, rounds=1000 if rounds is None else rounds, resume=resume,

@@ -25,6 +25,7 @@ import numpy as np
 from hpo.search_space import SearchSpace, parse_search_space
 from tuners._gp_core import (KERNELS, UTILITIES, Features, GpFit, GpHistory, GpSettings, fit_gp, fit_rows,
                              one_blas_thread, propose, refit_point)
+from tuners._args import check_int
 from tuners._tpe_core import loss_of, unseen_point
 from tuners._tpe_space import CompiledSpace, compile_space
 from tuners.base import NoMoreTrials, Tuner
@@ -81,8 +82,7 @@ class GpTuner(Tuner):
         for name, value, least in (("cold_start_num", cold_start_num, 0), ("selection_num_warm_up", selection_num_warm_up, 1),
                                    ("selection_num_starting_points", selection_num_starting_points, 0),
                                    ("num_restarts_optimizer", num_restarts_optimizer, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}: got {value!r}, expected an integer >= {least}")
+            check_int(name, value, least)
         self.settings = GpSettings(
             utility=utility, kappa=float(kappa), xi=float(xi), kernel=kernel, nu=float(nu),
             length_scale=float(length_scale), alpha=float(alpha), cold_start_num=cold_start_num,

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from tuners._args import check_int
 from tuners.base import NoMoreTrials, Tuner, TryLater
 from tuners.random_tuner import random_point
 from tuners.registry import register_tuner
@@ -107,12 +108,10 @@ class HyperbandTuner(Tuner):
         if not isinstance(resume, bool):
             raise ValueError(f"resume: got {resume!r}, expected true or false")
         self.resume = resume
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds: got {rounds!r}, expected an integer >= 1")
+        check_int("rounds", rounds)
         if sampler not in ("tpe", "random"):
             raise ValueError(f"sampler: got {sampler!r}, expected 'tpe' or 'random'")
-        if min_points is not None and (isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 1):
-            raise ValueError(f"min_points: got {min_points!r}, expected an integer >= 1 or null")
+        check_int("min_points", min_points, optional=True)
         if isinstance(random_fraction, bool) or not isinstance(random_fraction, (int, float)) or \
                 not 0 <= random_fraction <= 1:
             raise ValueError(f"random_fraction: got {random_fraction!r}, expected a number in [0, 1]")
