@@ -26,18 +26,6 @@ def _local(tmp: Path) -> Any:
     return create_training_service("local", kill_grace=1.0)
 
 
-def _local_warm(tmp: Path) -> Any:
-    """The local service with warm starts on: every trial is forked from the experiment's zygote."""
-    from training_services.local import LocalTrainingService
-
-    class WarmLocal(LocalTrainingService):
-        async def launch(self, spec: TrialSpec) -> None:
-            spec.warm_start = ["json"] if spec.warm_start is None else spec.warm_start
-            await super().launch(spec)
-
-    return WarmLocal(kill_grace=1.0)
-
-
 def _remote(tmp: Path) -> Any:
     """Trials over SSH to a real sshd on loopback (tests/sshd.py), one server for the whole run."""
     from sshd import SharedServer, unavailable
@@ -50,17 +38,23 @@ def _remote(tmp: Path) -> Any:
         known_hosts_file=str(shared.known_hosts), remote_directory=str(tmp / "remote-host"), kill_grace=1.0)
 
 
-def _remote_warm(tmp: Path) -> Any:
-    """The remote service with warm starts on: trials forked from the zygote of the machine's agent."""
-    service = _remote(tmp)
-    launch = service.launch
+def _warm_starts(factory: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    """``factory``'s service with warm starts on: every trial that can be is forked from a zygote (the local
+    service's, or the one of the machine's agent)."""
+    def make(tmp: Path) -> Any:
+        service = factory(tmp)
+        launch = service.launch
 
-    async def warm_launch(spec: TrialSpec) -> None:
-        spec.warm_start = ["json"] if spec.warm_start is None else spec.warm_start
-        await launch(spec)
+        async def warm_launch(spec: TrialSpec) -> None:
+            spec.warm_start = ["json"] if spec.warm_start is None else spec.warm_start
+            await launch(spec)
 
-    service.launch = warm_launch
-    return service
+        service.launch = warm_launch
+        return service
+    return make
+
+
+_local_warm, _remote_warm = _warm_starts(_local), _warm_starts(_remote)
 
 
 def _kubernetes(tmp: Path) -> Any:
