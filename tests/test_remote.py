@@ -100,6 +100,15 @@ def known_hosts(tmp_path: Path, *servers: SshServer) -> Path:
     return path
 
 
+def one_host(tmp_path: Path, srv: SshServer, keys: Any, **options: Any) -> dict[str, Any]:
+    """The ``training_service`` of an experiment on the one sshd ``srv`` (key login, this interpreter), its remote
+    folder ``tmp_path / "remote"``; ``max_trials`` goes to the machine, any other option to the service."""
+    machine = srv.machine(keys.key, python_path=sys.executable,
+                          **({"max_trials": options.pop("max_trials")} if "max_trials" in options else {}))
+    return {"platform": "remote", "machine_list": [machine], "known_hosts_file": str(known_hosts(tmp_path, srv)),
+            "remote_directory": str(tmp_path / "remote"), **options}
+
+
 def host_a(srv: SshServer, keys: Any, **extra: Any) -> dict[str, Any]:
     return srv.machine(keys.pkey, ssh_passphrase=PASSPHRASE, python_path=sys.executable, **extra)
 
@@ -887,9 +896,7 @@ for step in (1, 2, 3):
 hpo.report_final_result(1)
 """
     remote = tmp_path / "remote"
-    exp = make_experiment(body, max_trial_number=1, training_service={
-        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
-        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+    exp = make_experiment(body, max_trial_number=1, training_service=one_host(tmp_path, a, keys))
     exp.run(port=0)
     rows = exp._store().checkpoints()
     assert exp.list_trial_jobs()[0]["status"] == "SUCCEEDED"
@@ -1114,9 +1121,7 @@ def test_a_retry_on_an_ssh_host_resumes_from_the_failed_trials_checkpoint(tmp_pa
     a = servers()
     remote = tmp_path / "remote"
     exp = make_experiment(RESUMING, max_trial_number=1, max_trial_retries=1, checkpoint_storage={
-        "save_trial_latest": 3}, training_service={
-        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
-        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+        "save_trial_latest": 3}, training_service=one_host(tmp_path, a, keys))
     exp.run(port=0)
     first, retry = exp.list_trial_jobs()
     assert (first["status"], retry["status"], retry["rerun_of"]) == ("FAILED", "SUCCEEDED", first["seq"])
@@ -1140,11 +1145,8 @@ for step, size in ((1, 3 * 2**20), (2, 1000)):  # the first does not fit on the 
         (path / "weights.bin").write_bytes(b"w" * size)
 hpo.report_final_result(1)
 """
-    remote = tmp_path / "remote"
     exp = make_experiment(body, max_trial_number=1, checkpoint_storage={"host_path": str(small_disk)},
-                          training_service={
-        "platform": "remote", "machine_list": [a.machine(keys.key, python_path=sys.executable)],
-        "known_hosts_file": str(known_hosts(tmp_path, a)), "remote_directory": str(remote)})
+                          training_service=one_host(tmp_path, a, keys))
     exp.run(port=0)
     assert exp.get_status() == "DONE" and exp.list_trial_jobs()[0]["status"] == "SUCCEEDED"
     failed, saved = exp._store().checkpoints()
@@ -1203,10 +1205,7 @@ def test_warm_trials_fork_from_one_zygote_per_machine(tmp_path, keys, servers, m
     a = servers()
     remote = tmp_path / "remote"
     exp = make_experiment(WARM_TRIAL, command=f"{PY} trial.py --lr 0.1", max_trial_number=5, trial_concurrency=2,
-                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
-                                            python_path=sys.executable)], "kill_grace": 1.0,
-                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
-                                            "remote_directory": str(remote)},
+                          training_service=one_host(tmp_path, a, keys, kill_grace=1.0),
                           trial_warm_start=True, trial_preload=["preloaded"])
     (exp.config.trial_code_directory / "preloaded.py").write_text(WARM_MODULE)
     exp.start(port=0)
@@ -1241,10 +1240,7 @@ def test_a_machine_whose_interpreter_differs_starts_trials_cold_saying_why(tmp_p
     remote = tmp_path / "remote"
     exp = make_experiment("import sys; print('PREFIX', sys.prefix); print('hi')", command="/usr/bin/python3 trial.py",
                           max_trial_number=2,
-                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
-                                            python_path=sys.executable)],
-                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
-                                            "remote_directory": str(remote)},
+                          training_service=one_host(tmp_path, a, keys),
                           trial_warm_start=True)
     with caplog.at_level("WARNING", logger="hpo.remote"):
         assert exp.run(port=0) is True
@@ -1260,10 +1256,7 @@ def test_a_warm_gang_whose_processes_end_at_once_is_recorded_as_started(tmp_path
     a = servers()
     remote = tmp_path / "remote"
     exp = make_experiment("import os; print('rank', os.environ['RANK'])", max_trial_number=4,
-                          training_service={"platform": "remote", "machine_list": [a.machine(
-                              keys.key, python_path=sys.executable, max_trials=4)],
-                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
-                                            "remote_directory": str(remote)},
+                          training_service=one_host(tmp_path, a, keys, max_trials=4),
                           trial_roles={"worker": {"count": 4}}, distribution="pytorch", trial_warm_start=True)
     assert exp.run(port=0) is True
     for t in exp.list_trial_jobs():
@@ -1288,10 +1281,7 @@ if hpo.get_sequence_id() == 1:
 hpo.report_final_result(1)
 """
     exp = make_experiment(body, max_trial_number=4, trial_concurrency=1,
-                          training_service={"platform": "remote", "machine_list": [a.machine(keys.key,
-                                            python_path=sys.executable)],
-                                            "known_hosts_file": str(known_hosts(tmp_path, a)),
-                                            "remote_directory": str(remote)},
+                          training_service=one_host(tmp_path, a, keys),
                           trial_warm_start=True, trial_preload=["preloaded"])
     (exp.config.trial_code_directory / "preloaded.py").write_text(WARM_MODULE)
     with caplog.at_level("WARNING", logger="hpo.remote"):
