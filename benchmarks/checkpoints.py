@@ -7,7 +7,8 @@
 Each trial writes a folder of ``--size-mb`` MB, then, timed side by side in the same process on the same files:
 
 * ``copytree``: ``shutil.copytree`` of that folder to a folder beside the checkpoint storage (what a script without
-  hpo does; on the same filesystem, and kept until both copies of the step are timed, as hpo's is), and
+  hpo does; on the same filesystem, and kept until the next step's copy is made, as hpo's policy keeps its latest
+  checkpoint until the next one is reported), and
 * ``report_checkpoint``: the same folder saved through hpo (copied under a partial name, ``metadata.json``,
   renamed, reported; the engine records it and applies the GC policy, defaults keep 2 per trial).
 
@@ -59,7 +60,8 @@ for step in range(1, count + 1):
             with open(os.path.join(src, f"part{part}.bin"), "wb") as fh:
                 for _ in range(size // 2**20 // 2):
                     fh.write(block)
-        copy = os.path.join(os.path.dirname(os.environ["HPO_CHECKPOINT_DIR"]), "plain-copies", hpo.get_trial_id())
+        copies = os.path.join(os.path.dirname(os.environ["HPO_CHECKPOINT_DIR"]), "plain-copies", hpo.get_trial_id())
+        copy = os.path.join(copies, str(step))
         # alternate the order over all trials' steps (the second copy of a step is the slower one): with an odd
         # number of steps per trial, alternating by step alone would put one of them second more often
         for which in ((0, 1) if (step + hpo.get_sequence_id()) % 2 else (1, 0)):
@@ -81,7 +83,9 @@ for step in range(1, count + 1):
                     except client.exceptions.ClientError:
                         time.sleep(0.01)
                 through_hpo.append(time.perf_counter() - t0)
-        shutil.rmtree(copy, ignore_errors=True)
+        # the previous step's copy goes now, as hpo's policy (keep the latest) removes the previous checkpoint:
+        # both sides then write beside as much kept data, onto a filesystem that frees as much
+        shutil.rmtree(os.path.join(copies, str(step - 1)), ignore_errors=True)
 hpo.report_final_result({"default": 1.0, "plain": plain, "hpo": through_hpo})
 '''
 
