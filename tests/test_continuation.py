@@ -149,3 +149,34 @@ def test_the_default_is_no_continuation():
     tuner.update_search_space(SPACE)
     assert tuner.class_args()["resume"] is False
     assert all(tuner.continues_from(i) is None for i in range(1, 10) if tuner.generate_parameters(i))
+
+
+def test_the_dashboard_links_a_continued_trial_to_the_trial_it_continues(make_experiment, browser, monkeypatch):
+    from browser_support import get_json, open_page
+
+    exp = make_experiment(TRIAL, tuner=HyperbandTuner(**{**ARGS, "R": 3}), search_space=SPACE, max_trial_number=4)
+    assert exp.run(port=0) is True
+    trials = {t["seq"]: t for t in exp.list_trial_jobs()}
+    child = next(t for t in trials.values() if t["continues"] is not None)
+    parent, fresh = trials[child["continues"]], trials[1]
+    view = Experiment.view(exp.id, port=0, non_blocking=True)
+    try:
+        base = f"http://127.0.0.1:{view.port}"
+        shown = get_json(f"{base}/api/v1/trials/{child['id']}")
+        assert (shown["continues"], shown["continues_id"], shown["rerun_of_id"]) == (parent["seq"], parent["id"], None)
+        assert get_json(f"{base}/api/v1/trials/{fresh['id']}")["continues"] is None
+        page = open_page(browser)
+        try:
+            page.goto(f"{base}/#/trial/{child['id']}")
+            link = page.locator("[data-testid=parent-link]")
+            link.wait_for()
+            assert link.inner_text() == f"#{parent['seq']} {parent['id']}"
+            link.click()
+            page.locator("#tb-id").wait_for()
+            page.wait_for_url(f"**/#/trial/{parent['id']}")
+            assert page.locator("[data-testid=parent-link]").count() == 0  # a first-rung trial continues nothing
+            assert not page.errors, page.errors
+        finally:
+            page.context.close()
+    finally:
+        view.stop()

@@ -62,6 +62,10 @@ _SCHEMAS: dict[str, Any] = {
             "properties": {
                 "intermediate": {"type": "array", "items": _NUM_OR_NULL},
                 "metrics": {"type": "array", "items": {"$ref": "#/components/schemas/Metric"}},
+                "continues": {"type": "integer", "nullable": True, "description": "sequence id of the trial this "
+                              "continues from its checkpoint (a configuration Hyperband or BOHB promoted)"},
+                "rerun_of_id": {"type": "string", "nullable": True, "description": "id of the trial this re-runs"},
+                "continues_id": {"type": "string", "nullable": True, "description": "id of the trial this continues"},
                 "log_sizes": {"type": "object", "properties": {"stdout": {"type": "integer", "nullable": True},
                                                                "stderr": {"type": "integer", "nullable": True}}},
                 "processes": {"type": "array", "description": "a distributed trial's processes, chief first (its logs: "

@@ -239,6 +239,10 @@ class _Api:
         started, ended = rec["started_at"], rec["ended_at"]
         out["duration"] = None if started is None else (ended if ended is not None else time.time()) - started
         out["log_sizes"] = {stream: _log_size(self.directory, rec["id"], stream) for stream in ("stdout", "stderr")}
+        out["continues"] = rec.get("continues")
+        for key in ("rerun_of", "continues"):  # the trial it re-runs or continues, by id, for a link
+            parent = self.store.trial(rec[key]) if isinstance(rec.get(key), int) else None
+            out[f"{key}_id"] = parent["id"] if parent else None
         if rec.get("processes"):  # a distributed trial: where each process runs and what it reported
             out["processes"] = rec["processes"]
             out["process_metrics"] = self.store.process_metrics(rec["seq"])

@@ -53,6 +53,11 @@ export async function mount(root, ctx, route) {
     h('section.card', h('div.card-head', h('h2.card-title', 'Log'), tabs, processPick, logInfo, h('label.toggle', follow, ' follow')), logEmpty, logBox),
   );
 
+  // the trial this one re-runs or continues: a link to its page (text only if it is gone)
+  function parentLink(seq, parentId, title) {
+    return parentId ? h('a', { href: ctx.link('trial', parentId), title: title || 'open that trial', 'data-testid': 'parent-link' }, `#${seq} ${parentId}`) : `#${seq}`;
+  }
+
   function render() {
     const t = trial;
     const ro = ctx.readOnly;
@@ -84,7 +89,8 @@ export async function mount(root, ctx, route) {
       ['Duration', fmtDuration(t.duration)],
       ['Exit code', t.exit_code ?? '—'],
       ['Message', t.message ? h(`span${t.status === 'FAILED' ? '.failed' : ''}`, t.message) : '—'],
-      t.rerun_of ? ['Re-run of', `#${t.rerun_of}`] : null,
+      t.rerun_of ? ['Re-run of', parentLink(t.rerun_of, t.rerun_of_id)] : null,
+      t.continues ? ['Continues', parentLink(t.continues, t.continues_id, 'trained on from its latest checkpoint')] : null,
       t.gpus && t.gpus.length ? ['GPUs', t.gpus.join(', ')] : null,
     ]));
     if (t.processes) renderProcesses(t);
