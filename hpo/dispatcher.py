@@ -107,7 +107,7 @@ class Engine:
         self.status = "INITIALIZED"
         self.message: str | None = None
         self.active: dict[str, _Active] = {}
-        self._launching = 0
+        self._launching: set[str] = set()  # trials whose launch task runs (each is active too, until it ends)
         self._rerun: list[tuple[int, dict[str, Any]]] = []
         self._custom: list[dict[str, Any]] = []
         self._exhausted = False
@@ -328,7 +328,7 @@ class Engine:
             await self._fill_slots()
             if self._error is not None or self._stopping:  # changed while the tuner was asked: see above
                 continue
-            if not self.active and self._launching == 0 and not self._can_submit():
+            if not self.active and not self._launching and not self._can_submit():
                 await self._drain_storage()
                 self._finish(None)
                 return
@@ -372,8 +372,13 @@ class Engine:
         limit = self.config.max_trial_number
         return limit is None or self.store.counted_trials() < limit
 
+    def _slots_taken(self) -> int:
+        """Trials that hold a slot: the active ones, and those that ended while their launch still runs (their
+        process may yet start).  A launching trial is active as well: counted once."""
+        return len(self.active) + sum(1 for trial_id in self._launching if trial_id not in self.active)
+
     async def _fill_slots(self) -> None:
-        while (not self.paused and len(self.active) + self._launching < self.config.trial_concurrency and self._can_submit()
+        while (not self.paused and self._slots_taken() < self.config.trial_concurrency and self._can_submit()
                and self._error is None):
             rerun_of, continues = None, None
             seq = self.store.next_seq()
@@ -437,9 +442,9 @@ class Engine:
         try:
             command = self._command_for(params)
         except KeyError as exc:
-            self._launching += 1
+            self._launching.add(trial_id)
             self.ended(trial_id, "FAILED", None, str(exc.args[0]))
-            self._launching -= 1
+            self._launching.discard(trial_id)
             return
         spec = TrialSpec(self.experiment_id, trial_id, seq, params, command, Path(self.config.trial_code_directory),
                          self.directory / "trials" / trial_id, self.config.trial_gpu_number,
@@ -455,7 +460,7 @@ class Engine:
             spec.env["HPO_CHECKPOINT_DIR"] = folder
             self._writes_checkpoints[trial_id] = rerun_of is not None or continues is not None
         restore_from = rerun_of if rerun_of is not None else continues
-        self._launching += 1
+        self._launching.add(trial_id)
         task = asyncio.get_running_loop().create_task(self._launch(spec, restore_from if folder is not None else None))
         task.add_done_callback(_log_task_error)
 
@@ -488,7 +493,7 @@ class Engine:
             else:
                 self.ended(spec.trial_id, "FAILED", None, f"could not start: {_describe(exc)}")
         finally:
-            self._launching -= 1
+            self._launching.discard(spec.trial_id)
             self._poke()
 
     async def _requeue_after_resource_error(self, spec: TrialSpec, exc: OSError) -> None:

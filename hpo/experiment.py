@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
 import logging
 import os
 import secrets
@@ -500,10 +501,12 @@ class _Runner:
             if task.done() and engine.start_error is not None:
                 self.sock.close()
                 raise ExperimentError(engine.start_error)
-            # let the first trials start before importing the web stack (~0.15 s of imports)
+            # let the first trial start before importing the web stack (0.15-0.5 s of imports), and import it in a
+            # thread: on the loop it would hold up the launch of the first round's other trials that long
             first = self.loop.create_task(engine.first_trial_started.wait())
             await asyncio.wait({task, first}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             first.cancel()
+            await asyncio.to_thread(importlib.import_module, "webui.server")
         else:
             self.engine_done.set()
         from webui.server import ApiServer, create_app

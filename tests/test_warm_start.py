@@ -275,3 +275,18 @@ def test_a_warm_commands_argv_is_what_the_shell_would_pass():
     assert warm_argv("python3 -u train.py --name 'a b' \"c\"") == ("python3", ["train.py", "--name", "a b", "c"],
                                                                    {"PYTHONUNBUFFERED": "1"})
     assert warm_argv("python -m pkg.train --x=1") == ("python", ["-m", "pkg.train", "--x=1"], {})
+
+
+def test_the_whole_first_round_is_launched_while_the_zygote_starts(make_experiment):
+    """Trials being launched count once against the concurrency limit: while the zygote imports a slow module,
+    every slot's trial is already recorded and waits for it (not half of them)."""
+    make_experiment.script("import time\ntime.sleep(1.5)\n", "slow_import.py")
+    exp = make_experiment("import hpo\nhpo.report_final_result(hpo.get_next_parameter()['x'])\n",
+                          trial_concurrency=4, max_trial_number=4, trial_warm_start=True,
+                          trial_preload=["slow_import"])
+    assert exp.run(port=0) is True
+    trials = exp.list_trial_jobs()
+    assert len(trials) == 4 and all(t["status"] == "SUCCEEDED" for t in trials)
+    first_start = min(t["started_at"] for t in trials)
+    assert max(t["created_at"] for t in trials) < first_start - 1.0, \
+        [(t["seq"], t["created_at"] - first_start) for t in trials]
