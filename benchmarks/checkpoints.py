@@ -21,7 +21,9 @@ by this script in its own process; ``pip install 'moto[server]' boto3``), and th
 
 Reported: the median time of each and hpo's overhead (target: at most 10 %), and the dashboard API's latency
 while the checkpoints are written (a thread asks ``GET /api/v1/experiment`` and ``/trials`` every 100 ms;
-target: median under 50 ms, i.e. the engine's loop is never blocked by checkpoint files).
+target: median under 50 ms, i.e. the engine's loop is never blocked by checkpoint files).  hpo's checkpoint module
+is imported on a trial's first use of it (the trial API itself stays light); that one-time cost is timed and reported
+on its own, before the first step, so the per-checkpoint figures compare copies with copies.
 """
 from __future__ import annotations
 
@@ -50,6 +52,11 @@ if s3:
     import boto3
     endpoint, bucket, prefix = s3.rsplit(":", 2)
     client = boto3.client("s3", endpoint_url=endpoint)
+# hpo's checkpoint module is imported on first use (the trial API stays cheap to import): that one-time cost of a
+# trial (pathlib and the like, which a training script has loaded anyway) is timed on its own, not in the first step
+t0 = time.perf_counter()
+hpo.report_checkpoint
+first_use = time.perf_counter() - t0
 plain, through_hpo = [], []
 for step in range(1, count + 1):
     hpo.report_intermediate_result(step)
@@ -86,7 +93,7 @@ for step in range(1, count + 1):
         # the previous step's copy goes now, as hpo's policy (keep the latest) removes the previous checkpoint:
         # both sides then write beside as much kept data, onto a filesystem that frees as much
         shutil.rmtree(os.path.join(copies, str(step - 1)), ignore_errors=True)
-hpo.report_final_result({"default": 1.0, "plain": plain, "hpo": through_hpo})
+hpo.report_final_result({"default": 1.0, "plain": plain, "hpo": through_hpo, "first_use": first_use})
 '''
 
 
@@ -186,6 +193,7 @@ def main() -> None:
     plain = [t for trial in trials if trial["final"] for t in trial["final"]["plain"]]
     through = [t for trial in trials if trial["final"] for t in trial["final"]["hpo"]]
     mp, mh = statistics.median(plain), statistics.median(through)
+    first_use = [trial["final"]["first_use"] for trial in trials if trial["final"]]
     lat = sorted(latencies)
     print(f"\nCheckpoints: {args.trials} trials x {args.checkpoints} checkpoints of {args.size_mb} MB, concurrency "
           f"{args.concurrency}, {os.cpu_count()} CPUs, {seconds:.1f} s")
@@ -195,6 +203,7 @@ def main() -> None:
     print(f"median per checkpoint: {baseline} {mp * 1000:.1f} ms, hpo.report_checkpoint {mh * 1000:.1f} ms "
           f"(overhead {100 * (mh / mp - 1):+.1f} %; per-checkpoint ratios median "
           f"{statistics.median(h / p for h, p in zip(through, plain)):.3f})")
+    print(f"once per trial, hpo's checkpoint module imported on first use: median {statistics.median(first_use) * 1000:.1f} ms")
     print(f"dashboard API while writing: {len(lat)} requests, median {statistics.median(lat) * 1000:.1f} ms, "
           f"p95 {lat[int(0.95 * (len(lat) - 1))] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
     print(json.dumps({"storage": "s3" if args.s3 else "shared_fs", "baseline_ms": round(mp * 1000, 1), "report_checkpoint_ms": round(mh * 1000, 1),
